@@ -1,0 +1,1 @@
+"""CLI commands: ae (to be filled)."""

@@ -1,0 +1,1 @@
+"""CLI commands: data (to be filled)."""

@@ -1,0 +1,1 @@
+"""CLI commands: diffusion (to be filled)."""

@@ -1,0 +1,1 @@
+"""CLI commands: evaluate (to be filled)."""

@@ -1,0 +1,1 @@
+"""CLI commands: history (to be filled)."""

@@ -1,0 +1,1 @@
+"""CLI commands: sample (to be filled)."""

@@ -1,0 +1,84 @@
+"""Safe output paths: atomic writes, no silent overwrites, `-` for stdin/stdout.
+
+Every file the tool writes goes through `atomic_output`: data is written to a temporary file in
+the destination folder and renamed over the target only when complete, so an interrupted write
+never leaves a half-written file behind (and never destroys the previous one).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ldns_cli.errors import LdnsError
+
+STDIO = "-"
+
+
+def check_output(path: str | Path, force: bool) -> None:
+    """Refuse to overwrite an existing file unless `force`; check the folder exists."""
+    if str(path) == STDIO:
+        return
+    p = Path(path)
+    if p.exists() and p.is_dir():
+        raise LdnsError(f"output path '{p}' is a folder", "give a file name, e.g. out.nwb")
+    if p.exists() and not force:
+        raise LdnsError(f"'{p}' already exists", "pass --force to overwrite it")
+    if not p.parent.exists():
+        raise LdnsError(f"folder '{p.parent}' does not exist", f"create it: mkdir -p {p.parent}")
+
+
+def check_input(path: str | Path) -> Path | None:
+    """Check that an input file exists and is a file; `-` (stdin) returns None."""
+    if str(path) == STDIO:
+        return None
+    p = Path(path)
+    if not p.exists():
+        raise LdnsError(f"file '{p}' not found", "check the path (relative to the working folder)")
+    if p.is_dir():
+        raise LdnsError(f"'{p}' is a folder, not a file", "give the path of an .nwb or .h5 file")
+    return p
+
+
+@contextmanager
+def atomic_output(path: str | Path, force: bool = False, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path to write to; on success rename it to `path` (or stream to stdout).
+
+    With `path == "-"`, the finished temporary file's bytes go to stdout and the file is removed.
+    On any exception the temporary file is removed and the target is untouched.
+    """
+    to_stdout = str(path) == STDIO
+    check_output(path, force)
+    folder = Path(tempfile.gettempdir()) if to_stdout else Path(path).parent
+    suffix = suffix or ("" if to_stdout else Path(path).suffix)
+    fd, tmp_name = tempfile.mkstemp(prefix=".ldns-", suffix=suffix + ".tmp", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if to_stdout:
+            with open(tmp, "rb") as fh:
+                sys.stdout.buffer.write(fh.read())
+            sys.stdout.buffer.flush()
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_stdin_to_temp(suffix: str) -> Path:
+    """Copy stdin bytes into a temporary file (HDF5/NWB readers need a seekable file)."""
+    data = sys.stdin.buffer.read()
+    if not data:
+        raise LdnsError(
+            "nothing on stdin", "pipe a file in, e.g. `ldns simulate lorenz -o - | ...`"
+        )
+    fd, name = tempfile.mkstemp(prefix=".ldns-stdin-", suffix=suffix)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return Path(name)
