@@ -148,7 +148,12 @@ def optimizer_from_tensors(
             state.setdefault(int(idx), {})[name] = value
     for idx, values in meta.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(values)
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    groups = [
+        # JSON turns tuples (Adam betas) into lists; restore them so the state is identical
+        {k: tuple(v) if k == "betas" else v for k, v in g.items()}
+        for g in meta["param_groups"]
+    ]
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def rng_to_tensor(gen: torch.Generator) -> torch.Tensor:
