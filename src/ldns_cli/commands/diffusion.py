@@ -1,1 +1,148 @@
-"""CLI commands: diffusion (to be filled)."""
+"""`ldns fit-diffusion`: train the latent denoiser on a fitted autoencoder's latents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ldns_cli.app import (
+    DEFAULT_MODELS,
+    ConfigOpt,
+    DeviceOpt,
+    ModelsOpt,
+    QuietOpt,
+    command,
+    resolve_device,
+    setup,
+)
+from ldns_cli.commands.options import (
+    AlignOpt,
+    BinMsOpt,
+    ChopOpt,
+    TrialsOpt,
+    WindowOpt,
+    read_options,
+    select_trials,
+)
+from ldns_cli.console import info
+from ldns_cli.errors import LdnsError
+
+
+def _opt(flag: str, help_text: str, *aliases: str) -> Any:
+    return typer.Option(flag, *aliases, help=help_text, show_default=False)
+
+
+@command("fit-diffusion")
+def fit_diffusion_cmd(
+    data_path: Annotated[Path, typer.Argument(metavar="DATA", help="Recording (.nwb, .h5) or -.")],
+    models: ModelsOpt = DEFAULT_MODELS,
+    preset: Annotated[
+        str | None,
+        _opt("--preset", "Settings: small (CPU demo), lorenz, mc_maze, speech (the paper's)."),
+    ] = None,
+    condition: Annotated[
+        list[str] | None,
+        _opt(
+            "--condition",
+            "Condition on this trial covariate or behaviour series (repeatable), e.g. angle.",
+        ),
+    ] = None,
+    cond_dropout: Annotated[
+        float | None,
+        _opt("--cond-dropout", "P(conditions dropped) in training, for guidance (default 0.1)."),
+    ] = None,
+    epochs: Annotated[int | None, _opt("--epochs", "Passes over the training trials.")] = None,
+    batch_size: Annotated[int | None, _opt("--batch-size", "Trials per step.")] = None,
+    lr: Annotated[float | None, _opt("--lr", "Peak learning rate (AdamW).")] = None,
+    width: Annotated[int | None, _opt("--width", "Denoiser hidden channels (x4).")] = None,
+    blocks: Annotated[int | None, _opt("--blocks", "Number of denoiser blocks.")] = None,
+    prediction: Annotated[
+        str | None, _opt("--prediction", "Network target: eps (the paper's) or v.")
+    ] = None,
+    schedule: Annotated[
+        str | None, _opt("--schedule", "Noise schedule: linear (the paper's) or cosine.")
+    ] = None,
+    loss: Annotated[str | None, _opt("--loss", "mse or smooth_l1.")] = None,
+    ema_decay: Annotated[
+        float | None, _opt("--ema-decay", "Fixed EMA decay of the weights used for sampling.")
+    ] = None,
+    config: ConfigOpt = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue an interrupted fit from -m/diffusion.safetensors."),
+    ] = False,
+    trials: TrialsOpt = None,
+    bin_ms: BinMsOpt = None,
+    align: AlignOpt = None,
+    window: WindowOpt = None,
+    chop: ChopOpt = None,
+    device: DeviceOpt = "auto",
+    seed: Annotated[
+        int | None, _opt("--seed", "Random seed (default 0); fixes every random choice.")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fit the latent diffusion model on the frozen autoencoder in MODELS.
+
+    Reads MODELS/ae.safetensors, encodes DATA, and writes MODELS/diffusion.safetensors (EMA
+    weights, settings, latent normalisation, conditions). Uses the file's train/val split (test
+    trials are never used). Ctrl-C saves a resumable checkpoint.
+
+    Example: ldns fit-diffusion reach.nwb -m models/ --preset small --condition angle
+    """
+    from ldns_cli import distributed as dist
+    from ldns_cli.diffusion import fit_diffusion, resolve_configs
+    from ldns_cli.readers import read_spikes
+    from ldns_cli.train import resume_hint
+
+    setup(quiet)
+    dev = dist.init(resolve_device(device))
+    try:
+        data = select_trials(
+            read_spikes(data_path, read_options(bin_ms, align, window, chop)), trials
+        )
+        overrides = {
+            "epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width,
+            "blocks": blocks, "prediction": prediction, "schedule": schedule, "loss": loss,
+            "ema_decay": ema_decay, "cond_dropout": cond_dropout, "seed": seed,
+            "conditions": tuple(condition) if condition else None,
+        }  # fmt: skip
+        if resume and (preset or config or width or blocks or condition):
+            raise LdnsError(
+                "--resume continues the saved model; its architecture and conditions are fixed",
+                "drop --preset/--config/--width/--blocks/--condition, or fit anew",
+            )
+        dcfg, tcfg = resolve_configs(preset, config, overrides)
+        for name in dcfg.conditions:
+            if name not in data.covariates and name not in data.behavior:
+                found = sorted(data.covariates) + sorted(data.behavior)
+                raise LdnsError(
+                    f"'{data_path}' has no covariate or behaviour series '{name}'",
+                    f"conditions available in this recording: {', '.join(found)}"
+                    if found
+                    else "this recording has none; fit without --condition",
+                )
+        cond_text = ", ".join(dcfg.conditions) or "none (unconditional)"
+        info(
+            f"fit-diffusion: {data.n_trials} trials, {data.n_bins} bins of "
+            f"{data.bin_size_s * 1e3:g} ms; denoiser width {dcfg.width}, {dcfg.blocks} blocks, "
+            f"{dcfg.prediction}-prediction, {dcfg.schedule} schedule, {dcfg.loss} loss; "
+            f"conditions: {cond_text}; {tcfg.epochs} epochs of batch {tcfg.batch_size}; "
+            f"device {dev}"
+        )
+        result, path = fit_diffusion(data, models, dcfg, tcfg, dev, resume=resume)
+        if result.interrupted:
+            if dist.is_main():
+                info(resume_hint(f"ldns fit-diffusion {data_path} -m {models}"))
+            raise typer.Exit(130)
+        if dist.is_main():
+            val = f", best validation loss {result.best_val:.4f}" if result.best_val else ""
+            info(
+                f"saved {path} (best epoch {result.best_epoch}/{result.epochs_done}{val}, "
+                f"{result.train_seconds:.0f} s)"
+            )
+        dist.barrier()
+    finally:
+        dist.shutdown()

@@ -1,0 +1,383 @@
+"""The LDNS autoencoder: spike counts -> smooth time-aligned latents -> Poisson rates.
+
+Architecture (ldns-reference.md §1.2–1.3; internally channels-first `[B, C, L]`):
+
+    counts [B, N, L] -> 1×1 in-projection N→C
+      -> blocks × (masked InstanceNorm over time, unconditional adaLN shift/scale, S4, GELU,
+                   per-channel scale+bias, residual; then norm, channel MLP C→2C→C, residual)
+      -> grouped 1×1 bottleneck C→Z (latent j reads its own block of C/Z channels)   = z
+    z -> grouped 1×1 unbottleneck Z→Z·k (each hidden unit sees one latent) -> GELU
+      -> dense 1×1 → N -> softplus                                                  = rates
+
+The decoder is time-local and additive over latents (§8.1), so decoding padded or long samples is
+safe and all temporal structure lives in z. Norm statistics use valid bins only and padded bins
+are zeroed before every S4 convolution, so padding never leaks into valid outputs (§8.4).
+
+Objective (§1.4): coordinated dropout (elementwise keep-mask, kept counts rescaled by 1/(1−p)),
+Poisson NLL (with Stirling term) on the *dropped* entries only, divided by the number of valid
+neuron-bins; plus [β1·Σz² + β2·Σ_{k=1..5} Σ_t ‖z_t − z_{t+k}‖²/(1+k)] / (N·valid bins).
+The public API is `[B, L, ·]` (trial, time, feature) like `SpikeData`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ldns_cli.checkpoint import Checkpoint, load_checkpoint
+from ldns_cli.config import config_from_dict
+from ldns_cli.data import SpikeData
+from ldns_cli.errors import LdnsError
+from ldns_cli.layers import ChannelMLP, Pointwise, apply_mask, masked_instance_norm
+from ldns_cli.s4 import S4Layer
+
+AE_FILE = "ae.safetensors"
+AE_KIND = "ae"
+FIT_COMMAND = "ldns fit-ae DATA"
+
+
+@dataclass(frozen=True)
+class AEConfig:
+    """Architecture and objective of the autoencoder (saved with its weights).
+
+    Attributes:
+        n_neurons: N, input/output units (taken from the data).
+        latent_dim: Z, latent channels.
+        width: C, hidden channels of the encoder.
+        blocks: number of encoder blocks.
+        bidirectional: bidirectional S4 (True) or strictly causal S4 (False) in the encoder.
+        state_dim: real state size of each S4 channel.
+        mlp_mult: channel-MLP expansion (C → mult·C → C).
+        decoder_hidden_per_latent: hidden units per latent in the additive decoder (0: C // Z).
+        dropout_p: coordinated-dropout probability p (0 disables it: loss on all entries).
+        l2: β1, weight of Σz².
+        smooth: β2, weight of the temporal-smoothness penalty.
+        smooth_lags: K, lags 1..K of the smoothness penalty.
+    """
+
+    n_neurons: int = 0
+    latent_dim: int = 8
+    width: int = 256
+    blocks: int = 4
+    bidirectional: bool = True
+    state_dim: int = 64
+    mlp_mult: int = 2
+    decoder_hidden_per_latent: int = 0
+    dropout_p: float = 0.2
+    l2: float = 0.01
+    smooth: float = 0.01
+    smooth_lags: int = 5
+
+    def validate(self) -> None:
+        checks = [
+            (self.n_neurons >= 1, f"n_neurons must be >= 1, got {self.n_neurons}"),
+            (self.latent_dim >= 1, f"latent dim must be >= 1, got {self.latent_dim}"),
+            (self.width >= 1, f"width must be >= 1, got {self.width}"),
+            (self.blocks >= 0, f"blocks must be >= 0, got {self.blocks}"),
+            (self.state_dim >= 2 and self.state_dim % 2 == 0, "state_dim must be even, >= 2"),
+            (0.0 <= self.dropout_p < 1.0, f"dropout p must be in [0, 1), got {self.dropout_p}"),
+            (self.l2 >= 0 and self.smooth >= 0, "penalty weights must be >= 0"),
+            (self.smooth_lags >= 0, "smooth_lags must be >= 0"),
+            (self.mlp_mult >= 1, "mlp_mult must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise LdnsError(msg, "check the fit-ae flags or --config file")
+
+    @property
+    def decoder_hidden(self) -> int:
+        k = self.decoder_hidden_per_latent or max(1, self.width // self.latent_dim)
+        return k * self.latent_dim
+
+
+# Paper settings (ldns-reference.md §1.3–1.5) and a CPU demo preset. Keys may belong to AEConfig
+# or to train.TrainConfig; commands/ae.py splits them.
+AE_PRESETS: dict[str, dict[str, Any]] = {
+    "lorenz": {
+        "latent_dim": 8, "width": 256, "blocks": 4, "bidirectional": True,
+        "dropout_p": 0.2, "l2": 0.01, "smooth": 0.01,
+        "epochs": 200, "warmup_epochs": 10, "batch_size": 512, "lr": 1e-3,
+        "final_lr_frac": 0.135, "grad_clip": 2.0,
+    },
+    "mc_maze": {
+        "latent_dim": 16, "width": 256, "blocks": 4, "bidirectional": False,
+        "dropout_p": 0.5, "l2": 0.001, "smooth": 0.2,
+        "epochs": 140, "warmup_epochs": 10, "batch_size": 64, "lr": 1e-3,
+        "final_lr_frac": 0.55, "grad_clip": 2.0,
+    },
+    "speech": {
+        "latent_dim": 32, "width": 256, "blocks": 6, "bidirectional": False,
+        "dropout_p": 0.2, "l2": 0.001, "smooth": 0.02,
+        "epochs": 400, "warmup_epochs": 20, "batch_size": 256, "lr": 1e-3,
+        "final_lr_frac": 0.26, "grad_clip": 2.0,
+    },
+    # CPU demo: minutes on 2 cores (bench/quality_ae.py measures it)
+    "small": {
+        "latent_dim": 8, "width": 64, "blocks": 2, "bidirectional": True, "state_dim": 32,
+        "dropout_p": 0.2, "l2": 0.01, "smooth": 0.01,
+        "epochs": 30, "warmup_epochs": 2, "batch_size": 64, "lr": 3e-3,
+        "final_lr_frac": 0.1, "grad_clip": 2.0,
+    },
+}  # fmt: skip
+
+
+class AEBlock(nn.Module):
+    """Residual S4 time-mixing + channel-MLP block (§1.2), masked for padding."""
+
+    def __init__(self, cfg: AEConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        c = cfg.width
+        # unconditional adaLN: shift/scale per sub-layer, zero init (LDNS's γ, β)
+        self.modulation = nn.Parameter(torch.zeros(4, c))  # [shift1, scale1, shift2, scale2]
+        self.s4 = S4Layer(c, cfg.state_dim, cfg.bidirectional, generator=generator)
+        self.post_scale = nn.Parameter(torch.ones(c))  # depthwise 1×1 after the time mixer
+        self.post_bias = nn.Parameter(torch.zeros(c))
+        self.mlp = ChannelMLP(c, cfg.mlp_mult, bias=False, generator=generator)
+
+    def forward(self, h: Tensor, mask: Tensor | None) -> Tensor:
+        """h `[B, C, L]`, mask `[B, L]` -> `[B, C, L]`."""
+        shift1, scale1, shift2, scale2 = (m[:, None] for m in self.modulation)  # [C, 1] each
+        x = masked_instance_norm(h, mask) * (1 + scale1) + shift1
+        x = F.gelu(self.s4(apply_mask(x, mask)))  # zero padding into the global convolution
+        h = h + self.post_scale[:, None] * x + self.post_bias[:, None]
+        x = masked_instance_norm(h, mask) * (1 + scale2) + shift2
+        return h + self.mlp(x)
+
+
+class Autoencoder(nn.Module):
+    """Counts `[B, L, N]` -> latents `[B, L, Z]` -> rates `[B, L, N]` (spikes per bin)."""
+
+    def __init__(self, cfg: AEConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        c, z = cfg.width, cfg.latent_dim
+        self.encoder_in = Pointwise(cfg.n_neurons, c, generator=generator)
+        self.blocks = nn.ModuleList(AEBlock(cfg, generator) for _ in range(cfg.blocks))
+        groups = z if (c % z == 0 and z < c) else 1
+        self.bottleneck = Pointwise(c, z, groups=groups, generator=generator)
+        self.unbottleneck = Pointwise(z, cfg.decoder_hidden, groups=z, generator=generator)
+        self.decoder_out = Pointwise(cfg.decoder_hidden, cfg.n_neurons, generator=generator)
+
+    # ------------------------------------------------------------------ channels-first core
+    def encode_cf(self, counts: Tensor, mask: Tensor | None = None) -> Tensor:
+        """counts `[B, N, L]` -> z `[B, Z, L]` (zero at padded bins)."""
+        h = self.encoder_in(counts.float())  # [B, C, L]
+        for block in self.blocks:
+            h = block(h, mask)
+        return apply_mask(self.bottleneck(h), mask)  # [B, Z, L]
+
+    def decode_cf(self, z: Tensor) -> Tensor:
+        """z `[B, Z, L]` -> rates `[B, N, L]`; acts on each bin on its own."""
+        u = self.decoder_out(F.gelu(self.unbottleneck(z)))  # [B, N, L]
+        return F.softplus(u.float())
+
+    # ------------------------------------------------------------------ public [B, L, ·] API
+    def encode(self, counts: Tensor, mask: Tensor | None = None) -> Tensor:
+        """counts `[B, L, N]` (float), mask `[B, L]` bool or None -> z `[B, L, Z]`."""
+        return self.encode_cf(counts.transpose(1, 2), mask).transpose(1, 2)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """z `[B, L, Z]` -> rates `[B, L, N]` (spikes per bin, > 0)."""
+        return self.decode_cf(z.transpose(1, 2)).transpose(1, 2)
+
+    def forward(self, counts: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """counts `[B, L, N]` -> (rates `[B, L, N]`, z `[B, L, Z]`)."""
+        z = self.encode_cf(counts.transpose(1, 2), mask)  # [B, Z, L]
+        return self.decode_cf(z).transpose(1, 2), z.transpose(1, 2)
+
+    @torch.no_grad()
+    def init_rate_bias(self, mean_rate: Tensor) -> None:
+        """Start the decoder at each neuron's mean rate `[N]` (spikes/bin): faster early training."""
+        r = mean_rate.float().clamp_min(1e-4)
+        inv_softplus = r + torch.log(-torch.expm1(-r))  # softplus⁻¹(r), stable for small r
+        self.decoder_out.bias.copy_(inv_softplus - self._decoder_mean_preact())
+
+    def _decoder_mean_preact(self) -> Tensor:
+        # decoder_out bias is added to W·GELU(unbottleneck(z)); at init z ≈ 0, so offset by it
+        zero = torch.zeros(1, self.config.latent_dim, 1, device=self.decoder_out.weight.device)
+        u = self.decoder_out(F.gelu(self.unbottleneck(zero)))[0, :, 0]
+        return u - self.decoder_out.bias
+
+
+# ---------------------------------------------------------------------------- objective
+def poisson_nll(rates: Tensor, counts: Tensor) -> Tensor:
+    """Elementwise Poisson NLL with the Stirling term (torch `full=True`), rates in spikes/bin."""
+    return F.poisson_nll_loss(rates, counts, log_input=False, full=True, eps=1e-8, reduction="none")
+
+
+def latent_penalty(z: Tensor, mask: Tensor | None, l2: float, smooth: float, lags: int) -> Tensor:
+    """β1·Σz² + β2·Σ_k Σ_t ‖z_t − z_{t+k}‖²/(1+k) over valid bins (unnormalised sum).
+
+    z `[B, L, Z]`; pairs (t, t+k) count only when both bins are valid.
+    """
+    m = None if mask is None else mask.to(z.dtype)[..., None]  # [B, L, 1]
+    zz = z if m is None else z * m
+    total = l2 * zz.square().sum()
+    if smooth > 0:
+        for k in range(1, min(lags, z.shape[1] - 1) + 1):
+            diff = (z[:, k:] - z[:, :-k]).square()  # [B, L−k, Z]
+            if m is not None:
+                diff = diff * m[:, k:] * m[:, :-k]
+            total = total + smooth * diff.sum() / (1 + k)
+    return total
+
+
+def crop_to_longest(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Drop time bins that are padding in every trial of the batch (saves FFT work)."""
+    mask = batch.get("mask")
+    if mask is None:
+        return batch
+    longest = int(mask.any(dim=0).nonzero().max().item()) + 1 if mask.any() else 1
+    if longest == mask.shape[1]:
+        return batch
+    return {k: (v[:, :longest] if v.ndim >= 2 else v) for k, v in batch.items()}
+
+
+def ae_loss(
+    model: Autoencoder, batch: dict[str, Tensor], generator: torch.Generator | None
+) -> tuple[Tensor, dict[str, float]]:
+    """Training objective on a batch {"counts": [B, L, N] float, "mask": [B, L] bool}.
+
+    The `train.fit` loss contract: returns (scalar loss, logs). Normalised by the number of valid
+    neuron-bins (= B·N·L without padding), as the reference divides by B·N·T.
+    """
+    net = model.module if hasattr(model, "module") else model  # DDP-wrapped or bare
+    cfg: AEConfig = net.config
+    batch = crop_to_longest(batch)
+    counts, mask = batch["counts"], batch.get("mask")
+    valid = torch.ones_like(counts[..., 0], dtype=torch.bool) if mask is None else mask
+    n_valid = valid.sum().clamp_min(1) * counts.shape[-1]  # valid neuron-bins
+    p = cfg.dropout_p
+    if p > 0:
+        keep = torch.rand(counts.shape, generator=generator, device=counts.device) >= p
+        inputs = counts * keep / (1 - p)
+        target_weight = (~keep) & valid[..., None]  # loss only on dropped, valid entries
+    else:
+        inputs = counts
+        target_weight = valid[..., None].expand_as(counts)
+    rates, z = model(inputs, mask)
+    nll = poisson_nll(rates, counts)
+    rec = (nll * target_weight).sum() / n_valid
+    lat = latent_penalty(z.float(), mask, cfg.l2, cfg.smooth, cfg.smooth_lags) / n_valid
+    n_target = target_weight.sum().clamp_min(1)
+    logs = {
+        "rec": float(rec.detach()),
+        "latent": float(lat.detach()),
+        "nll_per_target": float((nll * target_weight).sum().detach() / n_target),
+    }
+    return rec + lat, logs
+
+
+def ae_val_loss(
+    model: Autoencoder, batch: dict[str, Tensor], generator: torch.Generator | None
+) -> tuple[Tensor, dict[str, float]]:
+    """Validation criterion: Poisson NLL per *dropped* entry under a fixed-seed CD mask.
+
+    Predicting entries the encoder did not see is the honest reconstruction score (it cannot be
+    lowered by copying inputs); the trainer passes the same generator seed every epoch.
+    """
+    _, logs = ae_loss(model, batch, generator)
+    return torch.tensor(logs["nll_per_target"]), logs
+
+
+# ---------------------------------------------------------------------------- data <-> tensors
+def tensors_from_data(data: SpikeData) -> dict[str, Tensor]:
+    """SpikeData -> the trainer's in-memory dataset {"counts": [B, L, N] f32, "mask": [B, L]}."""
+    return {
+        "counts": torch.from_numpy(np.ascontiguousarray(data.counts, dtype=np.float32)),
+        "mask": torch.from_numpy(data.mask()),
+    }
+
+
+@torch.no_grad()
+def infer(
+    model: Autoencoder, data: SpikeData, batch_size: int = 64, device: str | torch.device = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encode and decode every trial (no dropout, no grad).
+
+    Returns:
+        latents `[B, L, Z]` and rates `[B, L, N]` (spikes per bin) as float32 arrays; both are 0
+        at padded bins.
+    """
+    model.eval()
+    counts_all, mask_all = data.counts, data.mask()
+    n_trials, n_bins = data.n_trials, data.n_bins
+    latents = np.zeros((n_trials, n_bins, model.config.latent_dim), np.float32)
+    rates = np.zeros((n_trials, n_bins, data.n_neurons), np.float32)
+    for start in range(0, n_trials, max(1, batch_size)):
+        sl = slice(start, start + batch_size)
+        longest = int(data.lengths[sl].max())
+        counts = torch.as_tensor(counts_all[sl, :longest], dtype=torch.float32, device=device)
+        mask = torch.as_tensor(mask_all[sl, :longest], device=device)
+        r, z = model(counts, mask if not bool(mask.all()) else None)
+        keep = mask[..., None]
+        latents[sl, :longest] = torch.where(keep, z, 0.0).float().cpu().numpy()
+        rates[sl, :longest] = torch.where(keep, r, 0.0).float().cpu().numpy()
+    return latents, rates
+
+
+def bits_per_spike(
+    rates: np.ndarray, counts: np.ndarray, mask: np.ndarray, null_rate: np.ndarray
+) -> float:
+    """Log-likelihood gain over a per-neuron constant-rate null, in bits per spike.
+
+    rates/counts `[B, L, N]`, mask `[B, L]`, null_rate `[N]` (spikes per bin).
+    """
+    m = mask[..., None]
+    r = np.clip(rates.astype(np.float64), 1e-9, None)
+    r0 = np.clip(null_rate.astype(np.float64), 1e-9, None)[None, None, :]
+    ll = np.sum(m * (counts * np.log(r) - r))
+    ll0 = np.sum(m * (counts * np.log(r0) - r0))
+    n_spikes = float(np.sum(m * counts))
+    return float((ll - ll0) / (max(n_spikes, 1.0) * math.log(2)))
+
+
+def mean_poisson_nll(rates: np.ndarray, counts: np.ndarray, mask: np.ndarray) -> float:
+    """Full Poisson NLL (with Stirling term) per valid neuron-bin."""
+    nll = poisson_nll(torch.from_numpy(rates), torch.from_numpy(counts.astype(np.float32)))
+    m = torch.from_numpy(mask)[..., None]
+    return float((nll * m).sum() / (m.sum() * counts.shape[-1]))
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def ae_path(models_dir: str | Path) -> Path:
+    return Path(models_dir) / AE_FILE
+
+
+def model_from_checkpoint(ckpt: Checkpoint, device: str | torch.device = "cpu") -> Autoencoder:
+    """Rebuild the autoencoder from a checkpoint's saved config and best weights."""
+    cfg_dict = ckpt.config.get("ae", ckpt.config)
+    cfg = config_from_dict(AEConfig, cfg_dict, source=str(ckpt.path or "checkpoint"))
+    model = Autoencoder(cfg)
+    state = ckpt.subset("model")
+    if not state:
+        raise LdnsError(f"'{ckpt.path}' holds no model weights", "refit: " + FIT_COMMAND)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise LdnsError(
+            f"'{ckpt.path}' does not match this version's autoencoder "
+            f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)",
+            "refit with this version: " + FIT_COMMAND,
+        )
+    return model.to(device).eval()
+
+
+def load_autoencoder(
+    models_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[Autoencoder, Checkpoint]:
+    """Load `models_dir/ae.safetensors` (clean LdnsError when missing or damaged)."""
+    ckpt = load_checkpoint(ae_path(models_dir), AE_KIND, fit_command=FIT_COMMAND)
+    return model_from_checkpoint(ckpt, device), ckpt
+
+
+def config_dict(cfg: AEConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

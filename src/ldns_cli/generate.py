@@ -1,0 +1,375 @@
+"""Generation: noise -> latents -> rates -> spikes, for any number of trials, lengths and conditions.
+
+    x_T ~ N(0, I)  --sampler (the denoiser, guidance)-->  x_0 (normalised latents)
+      -> z = x_0·σ + μ (training stats) -> AE decode -> rates -> observation model -> counts
+
+Trials are generated in chunks (sorted by length, so padding stays small, and capped by a bin
+budget so memory stays bounded for long trials); variable lengths are masked, and because the
+denoiser is exact under padding a trial's result does not depend on what it was batched with.
+
+Randomness: each trial owns two generators derived from (seed, trial index): one for its starting
+noise, one for its spikes. Deterministic samplers (dpm++, ddim with eta 0) therefore give each
+trial the same output whatever `batch_size` or `n` is (trial i of `-n 10` is trial i of `-n 100`,
+up to float rounding of batched matmuls). The ancestral noise of `ddpm` comes from one generator
+per chunk, seeded by (seed, first trial of the chunk): the same seed and batch size give identical
+output, a different batch size gives different (equally valid) ddpm samples.
+
+Guidance (classifier-free, beyond the paper): ε = ε_uncond + W·(ε_cond − ε_uncond); W = 1 is the
+plain conditional model and costs one network call per step; no condition = the unconditional path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ldns_cli import __version__
+from ldns_cli.data import SpikeData, VariableInfo
+from ldns_cli.diffusion import DiffusionModel, condition_features, denormalise
+from ldns_cli.errors import LdnsError
+from ldns_cli.s4 import cached_kernels
+from ldns_cli.schedule import make_sampler, resolve_sampler_name, sample_loop
+
+DEFAULT_SAMPLER = "dpm++"
+DEFAULT_STEPS = {"dpm++": 20, "ddim": 50, "ddpm": 1000}
+MAX_BINS_PER_CHUNK = 65_536  # trials x bins per network batch (bounds activation memory)
+
+_NOISE, _SPIKES, _ANCESTRAL = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """How to sample (recorded as provenance in the output file)."""
+
+    sampler: str = DEFAULT_SAMPLER
+    steps: int | None = None  # None: the sampler's default (DEFAULT_STEPS)
+    guidance: float = 1.0  # classifier-free guidance weight W (1 = plain conditional)
+    seed: int = 0
+    batch_size: int = 64  # trials per network batch (also capped by MAX_BINS_PER_CHUNK)
+    save_latents: bool = False
+    save_rates: bool = False
+
+    def resolved_steps(self) -> int:
+        return self.steps or DEFAULT_STEPS[resolve_sampler_name(self.sampler)]
+
+
+def trial_generator(
+    seed: int, stream: int, index: int, device: torch.device | str
+) -> torch.Generator:
+    """An independent generator for (seed, stream, trial index) (numpy SeedSequence mixing)."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, stream, int(index)]).generate_state(2)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(state[0]) << 32 | int(state[1]) >> 1)
+    return gen
+
+
+def parse_lengths(n: int, lengths: np.ndarray) -> np.ndarray:
+    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    if lengths.shape != (n,):
+        raise LdnsError(f"need {n} lengths, got {lengths.shape[0]}", "one length per trial")
+    if lengths.min() < 1:
+        raise LdnsError(f"lengths must be >= 1 bin, got {lengths.min()}", "e.g. --length 140")
+    return lengths
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditions
+# ---------------------------------------------------------------------------------------------
+
+
+def check_conditions(
+    model: DiffusionModel, values: dict[str, np.ndarray], lengths: np.ndarray, warn=None
+) -> dict[str, np.ndarray]:
+    """Validate raw per-trial condition values against the model's condition specs.
+
+    Each value is `[B]`/`[B, k]` (trial level) or `[B, L, k]` (time series, at least as long as each
+    trial). Unknown names, wrong dimensionality and missing time-series conditions are errors;
+    values outside the training range warn (through `warn`, one line per condition).
+    """
+    specs = {c["name"]: c for c in model.conditions}
+    n = len(lengths)
+    for name in values:
+        if name not in specs:
+            known = ", ".join(specs) if specs else "none (the model is unconditional)"
+            raise LdnsError(
+                f"the model has no condition '{name}'", f"the model's conditions: {known}"
+            )
+    if values:
+        missing = [
+            s for s in specs.values() if s["kind"] == "timeseries" and s["name"] not in values
+        ]
+        if missing:
+            names = ", ".join(s["name"] for s in missing)
+            raise LdnsError(
+                f"time-series condition {names} is required with the other conditions",
+                f"pass it with --condition-from DATA (a recording with '{missing[0]['name']}'), "
+                "or give no condition for unconditional samples",
+            )
+    out: dict[str, np.ndarray] = {}
+    for name, raw in values.items():
+        spec = specs[name]
+        arr = np.asarray(raw)
+        dim = int(spec["dim"])
+        if spec["kind"] == "timeseries":
+            if arr.ndim == 2 and dim == 1:
+                arr = arr[:, :, None]
+            if arr.ndim != 3 or arr.shape[0] != n or arr.shape[2] != dim:
+                raise LdnsError(
+                    f"condition '{name}' must be a [trial, time, {dim}] series, got {arr.shape}",
+                    f"take it from a recording whose '{name}' has {dim} column(s)",
+                )
+            if arr.shape[1] < int(lengths.max()):
+                raise LdnsError(
+                    f"condition '{name}' covers {arr.shape[1]} bins, trials need {lengths.max()}",
+                    "use a shorter --length or the source trials' own lengths",
+                )
+            arr = arr.astype(np.float32)
+        elif spec["kind"] == "categorical":
+            arr = arr.reshape(n)
+        else:
+            arr = arr.astype(np.float64)
+            if arr.ndim == 1 and dim == 1:
+                arr = arr[:, None]
+            if arr.ndim != 2 or arr.shape != (n, dim):
+                raise LdnsError(
+                    f"condition '{name}' has {dim} value(s) per trial, got shape {arr.shape[1:]}",
+                    f"give {dim} number(s) for '{name}'",
+                )
+            if not np.all(np.isfinite(arr)):
+                raise LdnsError(f"condition '{name}' has NaN/inf values", "give finite numbers")
+        if spec["kind"] in ("continuous", "timeseries") and warn is not None:
+            lo, hi = np.asarray(spec["min"]), np.asarray(spec["max"])
+            flat = arr.reshape(-1, dim)
+            if spec["kind"] == "timeseries":
+                mask = np.arange(arr.shape[1])[None, :] < lengths[:, None]
+                flat = arr[:, : arr.shape[1]][mask]
+            span = np.maximum(hi - lo, 1e-12)
+            outside = np.any((flat < lo - 0.01 * span) | (flat > hi + 0.01 * span))
+            if outside:
+                unit = f" {spec.get('unit')}" if spec.get("unit") else ""
+                warn(
+                    f"condition '{name}' has values outside its training range "
+                    f"[{_fmt(lo)}, {_fmt(hi)}]{unit}; the model extrapolates there"
+                )
+        out[name] = arr
+    return out
+
+
+def _fmt(v: np.ndarray) -> str:
+    return ", ".join(f"{x:.3g}" for x in np.atleast_1d(v))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling latents
+# ---------------------------------------------------------------------------------------------
+
+
+def chunks(lengths: np.ndarray, batch_size: int, max_bins: int = MAX_BINS_PER_CHUNK):
+    """Trial index chunks, sorted by length, each at most `batch_size` trials and `max_bins` bins."""
+    order = np.argsort(-lengths, kind="stable")
+    i = 0
+    while i < len(order):
+        n_bins = int(lengths[order[i]])
+        size = max(1, min(batch_size, max_bins // max(n_bins, 1)))
+        yield order[i : i + size]
+        i += size
+
+
+@torch.no_grad()
+def sample_latents(
+    model: DiffusionModel,
+    lengths: np.ndarray,
+    conditions: dict[str, np.ndarray] | None,
+    settings: SampleSettings,
+    device: torch.device | str,
+    index: np.ndarray | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample normalised latents for one chunk of trials.
+
+    Args:
+        model: the loaded diffusion model (EMA weights).
+        lengths: valid bins per trial `[B]`.
+        conditions: checked raw values (see `check_conditions`), or None/{} for unconditional.
+        settings: sampler, steps, guidance, seed.
+        device: where the network runs.
+        index: global trial indices `[B]` (seed the per-trial generators); default 0..B-1.
+        on_step: called with the chunk size after each sampler step (progress).
+
+    Returns:
+        (normalised latents `[B, L_max, Z]` zero on padded bins, mask `[B, L_max]`).
+    """
+    index = np.arange(len(lengths)) if index is None else np.asarray(index)
+    b, n_bins, n_lat = len(lengths), int(lengths.max()), model.denoiser.config.latent_dim
+    mask = (
+        torch.arange(n_bins, device=device)[None, :]
+        < torch.as_tensor(lengths, device=device)[:, None]
+    )
+    noise = torch.zeros(b, n_bins, n_lat)
+    for row, (i, n) in enumerate(zip(index, lengths, strict=True)):
+        gen = trial_generator(settings.seed, _NOISE, i, "cpu")
+        noise[row, :n] = torch.randn(int(n), n_lat, generator=gen)
+
+    cond = None
+    if conditions:
+        cond = {}
+        for spec in model.conditions:
+            if spec["name"] in conditions:
+                feats = condition_features(spec, conditions[spec["name"]])
+                if spec["kind"] == "timeseries":
+                    feats = feats[:, :n_bins]
+                cond[spec["name"]] = feats.to(device)
+    w = float(settings.guidance)
+    net = model.denoiser
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if cond is None:
+            return net(x, t, mask)
+        if w == 1.0:
+            return net(x, t, mask, cond)
+        # one batched call for the conditional and unconditional halves
+        both = net(
+            torch.cat([x, x]),
+            torch.cat([t, t]),
+            torch.cat([mask, mask]),
+            {k: torch.cat([v, v]) for k, v in cond.items()},
+            torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(
+                device
+            ),
+        )
+        eps_c, eps_u = both[:b], both[b:]
+        return eps_u + w * (eps_c - eps_u)
+
+    sampler = make_sampler(
+        settings.sampler, model.schedule, settings.resolved_steps(), device=device
+    )
+    ancestral = trial_generator(settings.seed, _ANCESTRAL, int(index[0]), "cpu")
+    callback = None if on_step is None else (lambda i, t, out: on_step(b))
+    with cached_kernels(net):
+        x0 = sample_loop(
+            denoise, (b, n_bins, n_lat), sampler, ancestral, device, callback,
+            initial_noise=noise.to(device),
+        )  # fmt: skip
+    return x0 * mask[:, :, None].to(x0.dtype), mask
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole pipeline
+# ---------------------------------------------------------------------------------------------
+
+
+def generate(
+    ae: torch.nn.Module,
+    model: DiffusionModel,
+    observation: Any,
+    lengths: np.ndarray,
+    settings: SampleSettings,
+    device: torch.device | str,
+    conditions: dict[str, np.ndarray] | None = None,
+    bin_size_s: float | None = None,
+    provenance: dict[str, str] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    max_bins: int = MAX_BINS_PER_CHUNK,
+) -> SpikeData:
+    """Generate `len(lengths)` trials of spikes.
+
+    Args:
+        ae: the autoencoder (its `decode(z [B, L, Z]) -> rates [B, L, N]` is used).
+        model: the diffusion model belonging to `ae`.
+        observation: has `sample(rates [B, L, N], generator, lengths) -> counts`.
+        lengths: bins per trial `[B]`.
+        settings: sampler, steps, guidance, seed, batch size, what to save.
+        device: where the networks run.
+        conditions: raw per-trial condition values by name (checked with `check_conditions`).
+        bin_size_s: bin width of the output (default: the AE's training data's).
+        provenance: extra provenance entries (model ids, observation kind, ...).
+        on_step: progress callback (trials x steps done so far, in increments).
+        max_bins: trials x bins per chunk.
+
+    Returns:
+        `SpikeData` with counts `[B, L_max, N]`, the conditions as covariates (trial level) and
+        behaviour (time series), optional latents/rates, and provenance.
+    """
+    lengths = parse_lengths(len(lengths), lengths)
+    conditions = dict(conditions or {})
+    n_trials, n_bins = len(lengths), int(lengths.max())
+    bin_size_s = float(bin_size_s or model.fingerprint.get("bin_size_s", 0) or 0)
+    if bin_size_s <= 0:
+        raise LdnsError("the models do not record a bin size", "refit with this ldns version")
+    counts = rates_all = latents_all = None
+    for idx in chunks(lengths, settings.batch_size, max_bins):
+        sub = {k: v[idx] for k, v in conditions.items()}
+        x0, mask = sample_latents(model, lengths[idx], sub, settings, device, idx, on_step)
+        z = denormalise(x0, model.latent_mean, model.latent_std)  # [b, l, Z]
+        with torch.no_grad():
+            rates = ae.decode(z).float()  # [b, l, N]
+        rates = rates * mask[:, :, None].to(rates.dtype)
+        chunk_counts = torch.zeros_like(rates)
+        for row, i in enumerate(idx):
+            gen = trial_generator(settings.seed, _SPIKES, int(i), rates.device)
+            n = int(lengths[i])
+            chunk_counts[row : row + 1, :n] = observation.sample(
+                rates[row : row + 1, :n], gen, torch.tensor([n], device=rates.device)
+            )
+        if counts is None:
+            n_neurons = rates.shape[-1]
+            counts = np.zeros((n_trials, n_bins, n_neurons), dtype=np.int32)
+            if settings.save_rates:
+                rates_all = np.zeros((n_trials, n_bins, n_neurons), dtype=np.float32)
+            if settings.save_latents:
+                latents_all = np.zeros((n_trials, n_bins, z.shape[-1]), dtype=np.float32)
+        l_chunk = rates.shape[1]
+        counts[idx, :l_chunk] = chunk_counts.round().to(torch.int32).cpu().numpy()
+        if rates_all is not None:
+            rates_all[idx, :l_chunk] = rates.cpu().numpy()
+        if latents_all is not None:
+            latents_all[idx, :l_chunk] = (z * mask[:, :, None]).cpu().numpy()
+
+    covariates, behavior, info = {}, {}, {}
+    for spec in model.conditions:
+        name = spec["name"]
+        if name not in conditions:
+            continue
+        v = conditions[name]
+        info[name] = VariableInfo(
+            unit=spec.get("unit", ""),
+            kind={"timeseries": "continuous"}.get(spec["kind"], spec["kind"]),
+            description=f"condition given to the diffusion model ({spec['kind']})",
+        )
+        if spec["kind"] == "timeseries":
+            series = np.zeros((n_trials, n_bins, v.shape[2]), dtype=np.float32)
+            series[:, : min(n_bins, v.shape[1])] = v[:, :n_bins]
+            series[~(np.arange(n_bins)[None, :] < lengths[:, None])] = 0.0
+            behavior[name] = series
+        else:
+            arr = np.asarray(v)
+            covariates[name] = arr[:, 0] if arr.ndim == 2 and arr.shape[1] == 1 else arr
+    prov = {
+        "generated_by": "ldns sample",
+        "ldns_version": __version__,
+        "sampler": resolve_sampler_name(settings.sampler),
+        "steps": str(settings.resolved_steps()),
+        "guidance": f"{settings.guidance:g}",
+        "seed": str(settings.seed),
+        "batch_size": str(settings.batch_size),
+        "diffusion_id": model.id if model.checkpoint is not None else "",
+        "ae_id": model.ae_id,
+        "conditions": ",".join(sorted(conditions)) or "none",
+    }
+    prov.update(provenance or {})
+    assert counts is not None
+    return SpikeData(
+        counts=counts,
+        lengths=lengths,
+        bin_size_s=bin_size_s,
+        covariates=covariates,
+        behavior=behavior,
+        variable_info=info,
+        latents=latents_all,
+        rates=rates_all,
+        provenance=prov,
+    )

@@ -1,0 +1,440 @@
+"""Fitting, storing and loading the spike-history observation model (reference §3).
+
+The model (`ldns_cli.observation.SpikeHistoryObservation`) is fitted after the autoencoder, on
+its inferred rates with the true past spikes as regressors (teacher forcing), by minimising the
+mean Poisson negative log-likelihood over valid bins with AdamW, as the authors do (lr 0.1,
+wd 0.01, 3000 full-batch iterations). Differences from the reference, each for a reason:
+
+- start from the Poisson reduction (w = 0, a = 1, b = 0) instead of N(0, 1) draws, so the fit
+  starts at the plain-Poisson solution and converges in far fewer steps;
+- all valid bins are targets, with a zero history before bin 0 — the same assumption the sampler
+  makes — instead of dropping the first H bins;
+- the cap enters the likelihood exactly (a count at the cap scores P(X ≥ cap));
+- a cosine learning-rate decay (to 1% of `lr`) so mini-batch fits settle;
+- very large training sets are subsampled to `max_fit_elements` trial·bin·neuron entries (22
+  parameters per neuron need far fewer bins than an AE does), which keeps a CPU fit to seconds.
+
+Stored as checkpoint kind "history" at `<models>/history.safetensors`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ldns_cli import console
+from ldns_cli.checkpoint import Checkpoint, check_data_matches, load_checkpoint, save_checkpoint
+from ldns_cli.config import config_from_dict, config_to_dict
+from ldns_cli.data import SpikeData
+from ldns_cli.errors import LdnsError
+from ldns_cli.observation import (
+    MIN_RATE,
+    Observation,
+    PoissonObservation,
+    SpikeHistoryObservation,
+    poisson_log_sf,
+    softplus_inverse,
+)
+
+HISTORY_FILE = "history.safetensors"
+OBSERVATION_KINDS = ("auto", "history", "poisson")
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """Settings of the spike-history model and its fit (saved with the weights)."""
+
+    history_bins: int = 20  # H, past bins per neuron (20 × 5 ms = 100 ms in the paper)
+    history_ms: float | None = None  # if set, H = round(history_ms / bin size), overrides bins
+    max_count: int | None = 5  # cap on counts in regressors, likelihood and samples; None = none
+    coupling_rank: int = 0  # rank of the optional neuron-to-neuron coupling (0 = paper's model)
+    lr: float = 0.1  # AdamW peak learning rate (reference value)
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (reference value)
+    iterations: int = 500  # optimiser steps (L-BFGS stops earlier; the reference ran AdamW 3000)
+    batch_bins: int = 0  # valid bins per AdamW step; 0 = full batch (of the subsampled set)
+    max_fit_elements: int = 2_000_000  # subsample trials above this many neuron·bin entries
+    optimizer: str = "lbfgs"  # "lbfgs" (full batch, converged in seconds) or "adamw" (reference)
+
+    def __post_init__(self) -> None:
+        if self.history_bins < 1:
+            raise LdnsError(f"history_bins must be ≥ 1, got {self.history_bins}", "e.g. 20")
+        if self.history_ms is not None and self.history_ms <= 0:
+            raise LdnsError(f"history_ms must be > 0, got {self.history_ms}", "e.g. 100")
+        if self.max_count is not None and self.max_count < 1:
+            raise LdnsError(
+                f"max_count must be ≥ 1, got {self.max_count}", "e.g. 5; omit it for no cap"
+            )
+        if self.iterations < 0 or self.lr <= 0 or self.weight_decay < 0:
+            raise LdnsError("iterations, lr and weight_decay must be ≥ 0 (lr > 0)", "e.g. lr 0.1")
+        if self.batch_bins < 0 or self.max_fit_elements < 1 or self.coupling_rank < 0:
+            raise LdnsError("batch_bins, coupling_rank ≥ 0 and max_fit_elements ≥ 1", "")
+        if self.optimizer not in ("adamw", "lbfgs"):
+            raise LdnsError(f"unknown optimizer '{self.optimizer}'", "use adamw or lbfgs")
+
+    def resolve(self, bin_size_s: float) -> HistoryConfig:
+        """The config with `history_bins` computed from `history_ms` for this bin size."""
+        if self.history_ms is None:
+            return self
+        bins = max(1, round(self.history_ms / (bin_size_s * 1e3)))
+        return dataclasses.replace(self, history_bins=bins)
+
+
+# ---------------------------------------------------------------------------- fitting
+class _Design:
+    """Teacher-forcing regressors for the valid bins of a set of trials, built once per fit.
+
+    Only valid (trial, bin) pairs are kept, so padding costs nothing and can never enter the loss.
+    M = number of valid bins. The history regressors are materialised (X [N, M, H]) so that each
+    step is one batched matmul instead of a convolution.
+    """
+
+    def __init__(self, counts: Tensor, rates: Tensor, mask: Tensor, H: int, cap: int | None):
+        L = counts.shape[1]
+        s = counts if cap is None else counts.clamp(max=float(cap))  # [B, L, N]
+        padded = torch.nn.functional.pad(s, (0, 0, H, 0))  # [B, H+L, N]
+        # window j of bin t covers s[t-H+j]; flip so that [..., k-1] is lag k
+        windows = padded.unfold(1, H, 1)[:, :L].flip(-1)  # [B, L, N, H]
+        self.X = windows[mask].permute(1, 0, 2).contiguous()  # [N, M, H]
+        self.target = s[mask].t().contiguous()  # [N, M]
+        self.rate_in = softplus_inverse(rates[mask].t()).contiguous()  # [N, M]
+        self.log_fact = torch.lgamma(self.target + 1.0)  # [N, M], constant
+        # entries at the cap are scored as the censored event {X ≥ cap}
+        self.at_cap = (
+            torch.nonzero((self.target >= cap).flatten()).squeeze(-1)
+            if cap is not None
+            else torch.empty(0, dtype=torch.long, device=counts.device)
+        )
+        self.cap = cap
+
+    @property
+    def n_bins(self) -> int:
+        return int(self.target.shape[1])
+
+    def subset(self, idx: Tensor) -> _Design:
+        """The same design restricted to bins `idx` (for mini-batches)."""
+        sub = object.__new__(_Design)
+        sub.X, sub.target = self.X[:, idx], self.target[:, idx]
+        sub.rate_in, sub.log_fact = self.rate_in[:, idx], self.log_fact[:, idx]
+        sub.cap = self.cap
+        sub.at_cap = (
+            torch.nonzero((sub.target >= self.cap).flatten()).squeeze(-1)
+            if self.cap is not None
+            else self.at_cap
+        )
+        return sub
+
+    def nll(self, model: SpikeHistoryObservation) -> Tensor:
+        """Mean negative log-likelihood in nats per neuron-bin (the full log pmf)."""
+        h = torch.bmm(self.X, model.history.unsqueeze(-1)).squeeze(-1)  # [N, M]
+        if model.coupling_rank > 0:
+            # c = U · (V^T (κ ⋆ past)): project the kernel-filtered past of every neuron
+            filt = torch.einsum("nmh,rh->rnm", self.X, model.coupling_kernel)  # [R, N, M]
+            proj = torch.einsum("rnm,nr->rm", filt, model.coupling_in)  # [R, M]
+            h = h + model.coupling_out @ proj  # [N, M]
+        eta = h + model.rate_gain[:, None] * self.rate_in + model.bias[:, None]
+        lam = torch.nn.functional.softplus(eta).clamp_min(MIN_RATE)  # [N, M]
+        nll = lam - self.target * torch.log(lam) + self.log_fact  # [N, M]
+        total = nll.sum()
+        if self.at_cap.numel():
+            lam_c = lam.flatten()[self.at_cap]
+            total = total - nll.flatten()[self.at_cap].sum()
+            total = total - poisson_log_sf(self.cap, lam_c).sum()
+        return total / self.target.numel()
+
+
+def fit_history(
+    counts: Tensor,
+    rates: Tensor,
+    mask: Tensor | None,
+    cfg: HistoryConfig,
+    generator: torch.Generator,
+    progress: bool = False,
+) -> SpikeHistoryObservation:
+    """Fit a spike-history model by teacher forcing: targets `counts`, regressors their past.
+
+    Args:
+        counts: observed spike counts [B, L, N] (any numeric dtype).
+        rates: rates for the same bins [B, L, N] (spikes per bin, e.g. AE-inferred).
+        mask: valid bins [B, L] (None = all valid); padding never enters the loss.
+        cfg: settings; `cfg.history_ms` must already be resolved to bins (`cfg.resolve`).
+        generator: CPU generator for the trial subsample, mini-batch order and coupling init.
+        progress: show a progress bar on stderr.
+    Returns the fitted model (on the device of `rates`), with `fit_summary` set as an attribute.
+    """
+    device = rates.device
+    B, L, N = counts.shape
+    H = cfg.history_bins
+    if mask is None:
+        mask = torch.ones(B, L, dtype=torch.bool, device=device)
+    mask = mask.to(device=device, dtype=torch.bool)
+    counts = counts.to(device=device, dtype=torch.float32)
+    rates = rates.to(device=device, dtype=torch.float32)
+    # padding bins must not act as (zero) history either
+    counts = counts * mask.unsqueeze(-1)
+
+    # subsample whole trials once if the set is very large (keeps history windows intact);
+    # the budget also bounds the regressor matrix X [N, M, H] to ~max_fit_elements·20 floats
+    budget = min(cfg.max_fit_elements, cfg.max_fit_elements * 20 // H)
+    valid_per_trial = mask.sum(1)  # [B]
+    order = torch.randperm(B, generator=generator).to(device)
+    cum = torch.cumsum(valid_per_trial[order] * N, 0)
+    n_keep = max(1, int((cum <= budget).sum()))
+    if n_keep < B:
+        keep = order[:n_keep].sort().values
+        counts, rates, mask = counts[keep], rates[keep], mask[keep]
+    design = _Design(counts, rates, mask, H, cfg.max_count)
+
+    model = SpikeHistoryObservation(N, H, cfg.max_count, cfg.coupling_rank, generator=generator).to(
+        device
+    )
+    with torch.no_grad():
+        start_nll = float(design.nll(model))
+    t0 = time.perf_counter()
+    if cfg.optimizer == "lbfgs":
+        _fit_lbfgs(model, design, cfg)
+    else:
+        _fit_adamw(model, design, cfg, generator, progress)
+    with torch.no_grad():
+        end_nll = float(design.nll(model))
+    model.fit_summary = {  # type: ignore[attr-defined]
+        "train_nll_start": start_nll,
+        "train_nll": end_nll,
+        "fit_trials": int(counts.shape[0]),
+        "fit_bins": design.n_bins,
+        "fit_seconds": round(time.perf_counter() - t0, 3),
+    }
+    return model
+
+
+def _fit_adamw(
+    model: SpikeHistoryObservation,
+    design: _Design,
+    cfg: HistoryConfig,
+    generator: torch.Generator,
+    progress: bool,
+) -> None:
+    """AdamW, full batch or mini-batches of `batch_bins` bins, cosine decay to 1% of `lr`."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_iter = max(1, cfg.iterations)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(i, n_iter) / n_iter))
+    )
+    M = design.n_bins
+    full_batch = cfg.batch_bins == 0 or cfg.batch_bins >= M
+    perm, pos = torch.empty(0, dtype=torch.long), 0
+    with console.progress("history fit", total=cfg.iterations) as bar:
+        task = bar.add_task("fit-history", total=cfg.iterations, status="", visible=progress)
+        for it in range(cfg.iterations):
+            if full_batch:
+                batch = design
+            else:
+                if pos + cfg.batch_bins > len(perm):
+                    perm, pos = torch.randperm(M, generator=generator), 0
+                idx = perm[pos : pos + cfg.batch_bins].to(design.X.device)
+                pos += cfg.batch_bins
+                batch = design.subset(idx)
+            opt.zero_grad(set_to_none=True)
+            loss = batch.nll(model)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if progress and (it % 25 == 0 or it == cfg.iterations - 1):
+                bar.update(task, completed=it + 1, status=f"nll {float(loss):.5f}")
+
+
+def _fit_lbfgs(model: SpikeHistoryObservation, design: _Design, cfg: HistoryConfig) -> None:
+    """Full-batch L-BFGS with a strong-Wolfe line search (the loss is convex without coupling).
+
+    `iterations` bounds the L-BFGS iterations (it stops earlier once the loss stops changing).
+    `weight_decay` becomes a weak Gaussian prior wd/2·‖θ − θ_Poisson‖² on the summed NLL, centred
+    on the Poisson reduction (w = 0, a = 1, b = 0), so silent neurons keep finite parameters.
+    """
+    params = list(model.parameters())
+    anchors = [p.detach().clone() for p in params]
+    opt = torch.optim.LBFGS(
+        params,
+        lr=1.0,
+        max_iter=max(1, cfg.iterations),
+        history_size=20,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-10,
+        line_search_fn="strong_wolfe",
+    )
+    n = design.target.numel()
+
+    def closure() -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = design.nll(model)
+        if cfg.weight_decay:
+            prior = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
+            loss = loss + 0.5 * cfg.weight_decay * prior / n
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
+@torch.no_grad()
+def validation_nll(model: Observation, counts: Tensor, rates: Tensor, mask: Tensor | None) -> float:
+    """Mean negative log-likelihood per valid neuron-bin (nats), teacher-forced for history."""
+    B, L, N = counts.shape
+    if mask is None:
+        mask = torch.ones(B, L, dtype=torch.bool, device=rates.device)
+    lp = model.log_prob(counts.to(rates), rates, mask)
+    return float(-lp.sum() / (mask.sum() * N).clamp_min(1))
+
+
+# ---------------------------------------------------------------------------- storage
+def history_path(models_dir: Path) -> Path:
+    return Path(models_dir) / HISTORY_FILE
+
+
+def save_history(
+    model: SpikeHistoryObservation,
+    cfg: HistoryConfig,
+    fingerprint: dict[str, Any],
+    models_dir: Path,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write `<models>/history.safetensors` (weights, resolved config, data fingerprint)."""
+    path = history_path(models_dir)
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    summary = dict(getattr(model, "fit_summary", {}))
+    summary.update(extra or {})
+    save_checkpoint(
+        path,
+        Checkpoint(
+            kind="history",
+            tensors=tensors,
+            config=config_to_dict(cfg),
+            fingerprint=fingerprint,
+            extra=summary,
+        ),
+    )
+    return path
+
+
+FIT_HINT = (
+    "fit it with `ldns fit-history DATA -m MODELS` (on a fitted autoencoder) or "
+    "`ldns fit-ae DATA --spike-history`, or use --observation poisson"
+)
+
+
+def load_history(
+    models_dir: Path, device: str = "cpu"
+) -> tuple[SpikeHistoryObservation, Checkpoint]:
+    """Load the fitted spike-history model; a clean `LdnsError` if there is none."""
+    path = history_path(models_dir)
+    if not path.exists():
+        raise LdnsError(f"no spike-history model in '{models_dir}'", FIT_HINT)
+    ckpt = load_checkpoint(path, "history")
+    try:
+        cfg = config_from_dict(HistoryConfig, ckpt.config, source=str(path))
+        n_neurons = int(ckpt.fingerprint["n_neurons"])
+        model = SpikeHistoryObservation(
+            n_neurons, cfg.history_bins, cfg.max_count, cfg.coupling_rank
+        )
+        model.load_state_dict(ckpt.subset("model"), strict=True)
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise LdnsError(
+            f"'{path}' does not hold a usable spike-history model ({type(exc).__name__})",
+            "refit it with `ldns fit-history DATA`",
+        ) from None
+    return model.to(device).eval(), ckpt
+
+
+def load_observation(
+    models_dir: Path,
+    kind: str = "auto",
+    device: str = "cpu",
+    fingerprint: dict[str, Any] | None = None,
+) -> Observation:
+    """The observation model to sample with: "history", "poisson" or "auto" (history if fitted).
+
+    `fingerprint` (e.g. the AE checkpoint's) is checked against the history model's, so a history
+    model fitted for other data is a clear error rather than a shape crash.
+    """
+    if kind not in OBSERVATION_KINDS:
+        raise LdnsError(
+            f"unknown observation model '{kind}'", f"use one of: {', '.join(OBSERVATION_KINDS)}"
+        )
+    if kind == "poisson" or (kind == "auto" and not history_path(models_dir).exists()):
+        return PoissonObservation().to(device)
+    model, ckpt = load_history(models_dir, device)
+    if fingerprint is not None:
+        check_data_matches(ckpt.fingerprint, fingerprint, "spike-history model")
+    return model
+
+
+# ---------------------------------------------------------------------------- AE glue
+def _tensors(data: SpikeData, rates: np.ndarray, device: str) -> tuple[Tensor, Tensor, Tensor]:
+    counts = torch.as_tensor(np.asarray(data.counts, dtype=np.float32), device=device)
+    r = torch.as_tensor(np.asarray(rates, dtype=np.float32), device=device)
+    mask = torch.as_tensor(data.mask(), device=device)
+    return counts, r, mask
+
+
+def fit_history_for_ae(
+    ae: Any,
+    train: SpikeData,
+    val: SpikeData | None,
+    models_dir: Path,
+    device: str,
+    seed: int,
+    quiet: bool = False,
+    cfg: HistoryConfig | None = None,
+    batch_size: int = 64,
+) -> SpikeHistoryObservation:
+    """Fit the history model on a fitted AE's rates for `train`, report, and save it.
+
+    Reports the validation NLL (nats per neuron-bin, teacher-forced) of history vs Poisson on the
+    AE's rates for `val` (or `train` when there is no validation split) on stderr.
+    """
+    from ldns_cli.autoencoder import infer
+
+    cfg = (cfg or HistoryConfig()).resolve(train.bin_size_s)
+    gen = torch.Generator().manual_seed(int(seed))
+    if not quiet:
+        console.info(
+            f"spike history: {cfg.history_bins} bins ({cfg.history_bins * train.bin_size_s * 1e3:g}"
+            f" ms), cap {cfg.max_count}, {cfg.iterations} iterations"
+        )
+    _, train_rates = infer(ae, train, batch_size, device)
+    counts, rates, mask = _tensors(train, train_rates, device)
+    model = fit_history(counts, rates, mask, cfg, gen, progress=not quiet)
+
+    ref = val if val is not None else train
+    ref_rates = train_rates if val is None else infer(ae, val, batch_size, device)[1]
+    vc, vr, vm = _tensors(ref, ref_rates, device)
+    nll_h = validation_nll(model, vc, vr, vm)
+    nll_p = validation_nll(PoissonObservation(), vc, vr, vm)
+    n_spikes = float(vc.sum())
+    gain_bits = (nll_p - nll_h) * float(vm.sum()) * vc.shape[-1] / max(n_spikes, 1.0) / math.log(2)
+    split = "validation" if val is not None else "training"
+    if not quiet:
+        console.info(
+            f"spike history: {split} NLL {nll_h:.5f} vs Poisson {nll_p:.5f} nats/bin/neuron "
+            f"({gain_bits:+.4f} bits/spike)"
+        )
+    model.fit_summary.update(  # type: ignore[attr-defined]
+        {
+            "nll_split": split,
+            "nll_history": nll_h,
+            "nll_poisson": nll_p,
+            "gain_bits_per_spike": gain_bits,
+            "history_bins": cfg.history_bins,
+            "seed": int(seed),
+        }
+    )
+    path = save_history(model, cfg, train.fingerprint(), models_dir)
+    if not quiet:
+        console.info(f"spike history: wrote {path}")
+    return model

@@ -1,0 +1,269 @@
+"""Observation models: how spike counts are drawn from the decoded firing rates.
+
+Two models share one interface, so sampling and evaluation code never needs to know which one it
+holds:
+
+- `PoissonObservation`: s ~ Poisson(r), independent across bins and neurons (the plain LDNS).
+- `SpikeHistoryObservation`: a per-neuron autoregressive GLM ("LDNS_sh", reference §3)
+
+      λ_{n,t} = softplus( Σ_{k=1..H} w_{n,k} s̃_{n,t−k} + a_n·softplus⁻¹(r_{n,t}) + b_n + c_{n,t} )
+      s_{n,t} ~ min(Poisson(λ_{n,t}), max_count)
+
+  with s̃ the capped past counts (zero before bin 0) and c an optional low-rank coupling term
+  between neurons (`coupling_rank` > 0; absent in the paper).
+
+Link choice. The authors feed `a·log r` into the softplus, so with w = 0, a = 1, b = 0 their model
+gives softplus(log r) = log(1 + r) ≠ r, i.e. it does *not* contain plain Poisson(r). We feed the
+rate through the inverse softplus instead: softplus⁻¹(r) = log(eʳ − 1) is exactly the decoder's
+pre-softplus value (the AE outputs r = softplus(·)), and it equals log r + r/2 + O(r²), so for the
+small per-bin rates of spiking data (r ≪ 1) it is the paper's regressor up to a small shift that
+the bias absorbs. With w = 0, a = 1, b = 0 and no cap, λ = r exactly and the model *is*
+Poisson(r). Fits start from that point, so a fitted history model can only improve on Poisson in
+training likelihood.
+
+Interface (all tensors on one device; legend B trials, L bins, N neurons):
+
+- `log_prob(counts [B,L,N], rates [B,L,N], mask [B,L] | None) -> [B,L,N]`: per-element log
+  probability in nats (the full log pmf, with the log s! term), 0 where `mask` is False. Sum it
+  for a total. The history model scores under teacher forcing: each bin is conditioned on the
+  observed past counts of the same trial. With a cap, counts ≥ cap are scored as the censored
+  event {X ≥ cap}, the exact pmf of min(Poisson(λ), cap).
+- `mean(rates, counts=None) -> [B,L,N]`: expected counts. Poisson: `rates`. History: with
+  `counts`, the exact conditional mean E[s_t | observed past] (teacher forcing); without, a
+  deterministic mean-field approximation of the free-running mean (the recursion run with the
+  expected count in place of each sample). The free-running mean has no closed form.
+- `sample(rates [B,L,N], generator, lengths [B] | None) -> counts [B,L,N]`: float tensor holding
+  whole numbers; bins at or beyond a trial's length are 0. `generator` must live on the rates'
+  device. The history model samples autoregressively from a zero history.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# rates are clamped here before softplus⁻¹ (log 0 = -inf would poison gradients and sums)
+MIN_RATE = 1e-8
+
+
+def softplus_inverse(rates: Tensor) -> Tensor:
+    """softplus⁻¹(r) = log(eʳ − 1), computed stably as r + log(1 − e⁻ʳ) (r clamped ≥ MIN_RATE)."""
+    r = rates.clamp_min(MIN_RATE)
+    return r + torch.log(-torch.expm1(-r))
+
+
+def poisson_log_pmf(counts: Tensor, lam: Tensor) -> Tensor:
+    """log Poisson(counts; lam), elementwise, including −log(counts!)."""
+    lam = lam.clamp_min(MIN_RATE)
+    return counts * torch.log(lam) - lam - torch.lgamma(counts + 1.0)
+
+
+def poisson_log_sf(k: int, lam: Tensor) -> Tensor:
+    """log P(X ≥ k) for X ~ Poisson(lam), k ≥ 1 (the regularised lower incomplete gamma)."""
+    lam = lam.clamp_min(MIN_RATE)
+    kk = torch.full_like(lam, float(k))
+    return torch.log(torch.special.gammainc(kk, lam).clamp_min(1e-38))
+
+
+def capped_poisson_log_prob(counts: Tensor, lam: Tensor, max_count: int | None) -> Tensor:
+    """log pmf of min(Poisson(lam), max_count) at `counts` (counts above the cap count as cap)."""
+    if not max_count:
+        return poisson_log_pmf(counts, lam)
+    c = counts.clamp(max=float(max_count))
+    at_cap = c >= max_count
+    below = poisson_log_pmf(torch.where(at_cap, torch.zeros_like(c), c), lam)
+    tail = poisson_log_sf(max_count, lam)
+    return torch.where(at_cap, tail, below)
+
+
+def capped_poisson_mean(lam: Tensor, max_count: int | None) -> Tensor:
+    """E[min(X, cap)] = Σ_{j=1..cap} P(X ≥ j) for X ~ Poisson(lam); lam itself without a cap."""
+    if not max_count:
+        return lam
+    lam = lam.clamp_min(MIN_RATE)
+    j = torch.arange(1, max_count + 1, dtype=lam.dtype, device=lam.device)
+    # [..., cap]
+    return torch.special.gammainc(j.expand(*lam.shape, max_count), lam.unsqueeze(-1)).sum(-1)
+
+
+def _valid(mask: Tensor | None, lengths: Tensor | None, shape: torch.Size, device) -> Tensor | None:
+    """A bool [B, L, 1] validity mask from a [B, L] mask or [B] lengths (None if neither)."""
+    if mask is not None:
+        return mask.to(device=device, dtype=torch.bool).unsqueeze(-1)
+    if lengths is not None:
+        t = torch.arange(shape[1], device=device)
+        return (t[None, :] < lengths.to(device)[:, None]).unsqueeze(-1)
+    return None
+
+
+def _check_generator(generator: torch.Generator, rates: Tensor) -> None:
+    if generator.device.type != rates.device.type:
+        raise ValueError(
+            f"generator is on {generator.device}, rates on {rates.device}; "
+            "create the generator on the rates' device"
+        )
+
+
+class PoissonObservation(nn.Module):
+    """s ~ Poisson(r), independent per bin and neuron (no cap, no parameters)."""
+
+    kind = "poisson"
+
+    def log_prob(self, counts: Tensor, rates: Tensor, mask: Tensor | None = None) -> Tensor:
+        lp = poisson_log_pmf(counts.to(rates.dtype), rates)  # [B, L, N]
+        valid = _valid(mask, None, rates.shape, rates.device)
+        return lp if valid is None else lp * valid
+
+    def mean(self, rates: Tensor, counts: Tensor | None = None) -> Tensor:
+        return rates
+
+    @torch.no_grad()
+    def sample(
+        self, rates: Tensor, generator: torch.Generator, lengths: Tensor | None = None
+    ) -> Tensor:
+        _check_generator(generator, rates)
+        s = torch.poisson(rates.clamp_min(0.0), generator=generator)  # [B, L, N]
+        valid = _valid(None, lengths, rates.shape, rates.device)
+        return s if valid is None else s * valid
+
+
+class SpikeHistoryObservation(nn.Module):
+    """Per-neuron spike-history GLM with a softplus link (see the module docstring).
+
+    Parameters (all per neuron n): `history` w [N, H] with w[:, k-1] the weight of lag k;
+    `rate_gain` a [N]; `bias` b [N]; with `coupling_rank` R > 0 also `coupling_in` V [N, R],
+    `coupling_out` U [N, R] and `coupling_kernel` κ [R, H], giving
+    c_{n,t} = Σ_r U_{n,r} Σ_k κ_{r,k} (Σ_m V_{m,r} s̃_{m,t−k}).
+    Initialised at the Poisson reduction: w = 0, a = 1, b = 0 (U = 0, V small random).
+    """
+
+    kind = "history"
+
+    def __init__(
+        self,
+        n_neurons: int,
+        history_bins: int = 20,
+        max_count: int | None = 5,
+        coupling_rank: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if history_bins < 1:
+            raise ValueError("history_bins must be ≥ 1")
+        if max_count is not None and max_count < 1:
+            raise ValueError("max_count must be ≥ 1 or None (no cap)")
+        self.n_neurons = int(n_neurons)
+        self.history_bins = int(history_bins)
+        self.max_count = int(max_count) if max_count else None
+        self.coupling_rank = int(coupling_rank)
+        self.history = nn.Parameter(torch.zeros(n_neurons, history_bins))  # [N, H]
+        self.rate_gain = nn.Parameter(torch.ones(n_neurons))  # [N]
+        self.bias = nn.Parameter(torch.zeros(n_neurons))  # [N]
+        if self.coupling_rank > 0:
+            R = self.coupling_rank
+            # U = 0 keeps the Poisson reduction at init; V random so gradients reach U
+            v = torch.randn(n_neurons, R, generator=generator) / math.sqrt(n_neurons)
+            self.coupling_in = nn.Parameter(v)  # V [N, R]
+            self.coupling_out = nn.Parameter(torch.zeros(n_neurons, R))  # U [N, R]
+            self.coupling_kernel = nn.Parameter(torch.ones(R, history_bins) / history_bins)
+
+    # ------------------------------------------------------------------ pieces
+    def _cap(self, counts: Tensor) -> Tensor:
+        return counts if self.max_count is None else counts.clamp(max=float(self.max_count))
+
+    def drive(self, rates: Tensor) -> Tensor:
+        """The history-free part a·softplus⁻¹(r) + b, [B, L, N]."""
+        return self.rate_gain * softplus_inverse(rates) + self.bias
+
+    def history_term(self, counts: Tensor) -> Tensor:
+        """Σ_k w_k s̃_{t−k} (+ coupling) from the observed past, zero before bin 0: [B, L, N].
+
+        A grouped conv1d over time: one causal filter per neuron (flip(w) so lag 1 sits next to t).
+        """
+        L, N = counts.shape[1:]
+        H = self.history_bins
+        s = self._cap(counts.to(self.history.dtype)).transpose(1, 2)  # [B, N, L]
+        s = F.pad(s, (H, 0))  # [B, N, H+L]; output t sees s[t-H .. t-1]
+        kernel = self.history.flip(-1).unsqueeze(1)  # [N, 1, H]
+        h = F.conv1d(s, kernel, groups=N)[..., :L]  # [B, N, L]
+        if self.coupling_rank > 0:
+            proj = torch.einsum("bnl,nr->brl", s, self.coupling_in)  # [B, R, H+L]
+            ck = self.coupling_kernel.flip(-1).unsqueeze(1)  # [R, 1, H]
+            pc = F.conv1d(proj, ck, groups=self.coupling_rank)[..., :L]  # [B, R, L]
+            h = h + torch.einsum("brl,nr->bnl", pc, self.coupling_out)
+        return h.transpose(1, 2)  # [B, L, N]
+
+    def intensity(self, counts: Tensor, rates: Tensor) -> Tensor:
+        """Teacher-forced λ_t given the observed past counts, [B, L, N]."""
+        return F.softplus(self.history_term(counts) + self.drive(rates))
+
+    # ------------------------------------------------------------------ interface
+    def log_prob(self, counts: Tensor, rates: Tensor, mask: Tensor | None = None) -> Tensor:
+        counts = counts.to(rates.dtype)
+        lp = capped_poisson_log_prob(counts, self.intensity(counts, rates), self.max_count)
+        valid = _valid(mask, None, rates.shape, rates.device)
+        return lp if valid is None else lp * valid
+
+    @torch.no_grad()
+    def mean(self, rates: Tensor, counts: Tensor | None = None) -> Tensor:
+        if counts is not None:
+            return capped_poisson_mean(
+                self.intensity(counts.to(rates.dtype), rates), self.max_count
+            )
+        # mean-field recursion: the sampler with E[count] in place of each draw
+        return self._run(rates, lambda lam: capped_poisson_mean(lam, self.max_count))
+
+    @torch.no_grad()
+    def sample(
+        self, rates: Tensor, generator: torch.Generator, lengths: Tensor | None = None
+    ) -> Tensor:
+        _check_generator(generator, rates)
+        cap = self.max_count
+
+        def draw(lam: Tensor) -> Tensor:
+            s = torch.poisson(lam, generator=generator)
+            return s if cap is None else s.clamp_(max=float(cap))
+
+        s = self._run(rates, draw)
+        valid = _valid(None, lengths, rates.shape, rates.device)
+        return s if valid is None else s * valid
+
+    def _run(self, rates: Tensor, step) -> Tensor:
+        """The autoregressive loop shared by `sample` and the mean-field `mean`.
+
+        Instead of re-reading a history window at every bin, each new count pushes its future
+        contribution w_k·s_t into a time-major drive buffer at bins t+1..t+H (one fused addcmul);
+        bin t then only needs softplus(drive[t]). Per bin: softplus, draw, store, push.
+        """
+        B, L, N = rates.shape
+        H = self.history_bins
+        dtype = self.history.dtype
+        drive = torch.zeros(L + H, B, N, dtype=dtype, device=rates.device)  # [L+H, B, N]
+        drive[:L] = self.drive(rates.to(dtype)).transpose(0, 1)  # [L, B, N]
+        w = self.history.detach().t().unsqueeze(1)  # [H, 1, N]; row k-1 = lag k
+        out = torch.empty(L, B, N, dtype=dtype, device=rates.device)  # [L, B, N]
+        if self.coupling_rank > 0:
+            V = self.coupling_in.detach()
+            # [H, R, N]: contribution to lag k of each projected count
+            UK = torch.einsum("rk,nr->krn", self.coupling_kernel.detach(), self.coupling_out)
+        for t in range(L):
+            s = step(F.softplus(drive[t]))  # [B, N]
+            out[t] = s
+            # future bins t+1..t+H receive w_k · s̃_t (s is already capped)
+            drive[t + 1 : t + 1 + H].addcmul_(w, s.unsqueeze(0))
+            if self.coupling_rank > 0:
+                p = s @ V  # [B, R]
+                drive[t + 1 : t + 1 + H] += torch.einsum("br,krn->kbn", p, UK)
+        return out.transpose(0, 1).contiguous()  # [B, L, N]
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_neurons={self.n_neurons}, history_bins={self.history_bins}, "
+            f"max_count={self.max_count}, coupling_rank={self.coupling_rank}"
+        )
+
+
+Observation = PoissonObservation | SpikeHistoryObservation

@@ -1,0 +1,243 @@
+"""Read spike recordings into `SpikeData`: one entry point, `read_spikes`, for every format.
+
+The format is decided by content, not by name: NWB files are HDF5 files with an `nwb_version`
+root attribute; any other HDF5 file must hold the ldns binned layout (`/spikes`, see
+`hdf5_io`) or LFADS-style `train_data`/`valid_data`. `-` reads the file's bytes from stdin.
+
+Every failure a damaged or unexpected file can cause ends in `LdnsError` (the property tests in
+`tests/test_read_fuzz.py` feed the readers truncated and random files to hold us to that).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ldns_cli.data import SpikeData
+from ldns_cli.errors import LdnsError
+from ldns_cli.paths import STDIO, check_input, read_stdin_to_temp
+
+DEFAULT_BIN_MS = 5.0  # the Neural Latents Benchmark's primary bin size
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# events this close (in bins) before a bin edge count as on it: spike and sample times on a
+# 1 kHz or 30 kHz grid land exactly on 5 ms edges, where float noise would flip them
+EDGE_TOL_BINS = 1e-6
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to turn spike times into binned trials (only NWB input has spike times).
+
+    bin_ms: bin width in ms. None: the file's own bin size (HDF5 `/bin_size`; NWB written by
+        ldns: `units.resolution`), else 5 ms.
+    align: trials-table column to align to (e.g. "move_onset_time"); needs `window_s`.
+    window_s: (start, stop) in seconds relative to `align` (or to each trial's `start_time`).
+    chop_s: cut the whole recording into back-to-back windows of this length (no trials table).
+    require: covariate columns that must load; a column that would be skipped (NaN values,
+        ragged rows) is an error naming it instead of a warning.
+    """
+
+    bin_ms: float | None = None
+    align: str | None = None
+    window_s: tuple[float, float] | None = None
+    chop_s: float | None = None
+    require: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.bin_ms is not None and not (np.isfinite(self.bin_ms) and self.bin_ms > 0):
+            raise LdnsError(f"bin size must be positive, got {self.bin_ms} ms", "e.g. --bin-ms 5")
+        if self.window_s is not None:
+            a, b = (float(x) for x in self.window_s)
+            if not (np.isfinite(a) and np.isfinite(b)) or b <= a:
+                raise LdnsError(
+                    f"window ({a}, {b}) s is empty: its stop must come after its start",
+                    "pass START STOP in seconds, e.g. --window -0.25 0.45",
+                )
+        if self.align is not None and self.window_s is None:
+            raise LdnsError(
+                f"--align {self.align} needs a window around the event",
+                "add e.g. --window -0.25 0.45 (seconds relative to the event)",
+            )
+        if self.chop_s is not None:
+            if not (np.isfinite(self.chop_s) and self.chop_s > 0):
+                raise LdnsError(f"--chop must be positive, got {self.chop_s} s", "e.g. --chop 1.0")
+            if self.align is not None or self.window_s is not None:
+                raise LdnsError(
+                    "--chop cannot be combined with --align/--window",
+                    "chop cuts the whole recording; align/window cut around trials",
+                )
+
+    @property
+    def bin_size_s(self) -> float | None:
+        return None if self.bin_ms is None else self.bin_ms / 1000.0
+
+
+def read_spikes(path: str | Path, opts: ReadOptions | None = None) -> SpikeData:
+    """Read an NWB or HDF5 file (or `-` for stdin) into binned `SpikeData`."""
+    opts = opts or ReadOptions()
+    tmp: Path | None = None
+    if str(path) == STDIO:
+        tmp = read_stdin_to_temp(".h5")
+        source, name = tmp, "<stdin>"
+    else:
+        p = check_input(path)
+        assert p is not None
+        source, name = p, str(p)
+    try:
+        return _read_file(source, name, opts)
+    finally:
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
+
+
+def file_kind(path: Path, name: str | None = None) -> str:
+    """'nwb' or 'hdf5' by content; LdnsError for anything that is not an HDF5 file."""
+    name = name or str(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise LdnsError(f"cannot open '{name}': {exc.strerror}", "check the path") from None
+    if head != HDF5_SIGNATURE:
+        import h5py
+
+        # HDF5 allows a user block before the signature (512, 1024, ... bytes)
+        if not h5py.is_hdf5(str(path)):
+            raise LdnsError(
+                f"'{name}' is not an HDF5 or NWB file",
+                "ldns reads NWB (.nwb) and HDF5 (.h5/.hdf5) files",
+            )
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "nwb" if "nwb_version" in f.attrs else "hdf5"
+    except Exception as exc:
+        raise _corrupt(name, exc) from None
+
+
+def _corrupt(name: str, exc: BaseException) -> LdnsError:
+    msg = " ".join(str(exc).split())[:200]
+    return LdnsError(
+        f"'{name}' could not be read; it looks truncated or corrupt ({type(exc).__name__}: {msg})",
+        "re-download or re-write the file; a complete NWB/HDF5 file is needed",
+    )
+
+
+def _read_file(path: Path, name: str, opts: ReadOptions) -> SpikeData:
+    kind = file_kind(path, name)
+    with warnings.catch_warnings():
+        # pynwb/hdmf warn about namespaces and cached specs; stderr stays ours
+        warnings.simplefilter("ignore")
+        try:
+            if kind == "nwb":
+                from ldns_cli.nwb_io import read_nwb
+
+                data = read_nwb(path, opts)
+            else:
+                from ldns_cli.hdf5_io import read_hdf5
+
+                data = read_hdf5(path, opts)
+        except LdnsError:
+            raise
+        except MemoryError:
+            raise
+        except Exception as exc:  # any library failure on a damaged file is a clean error
+            raise _corrupt(name, exc) from None
+    data.provenance.setdefault("source_file", Path(name).name)
+    return data
+
+
+# ---------------------------------------------------------------------- binning helpers
+def bin_spike_times(
+    spike_times: np.ndarray,
+    spike_index: np.ndarray,
+    starts_s: np.ndarray,
+    lengths: np.ndarray,
+    bin_size_s: float,
+    n_bins: int | None = None,
+) -> np.ndarray:
+    """Bin ragged spike trains into counts `[B, L, N]` (int32), vectorised over spikes.
+
+    spike_times: flat, per-unit sorted spike times (s) `[S]`; spike_index: end offset of each
+    unit's spikes in it `[N]` (the NWB `spike_times_index`). Trial b covers bins
+    `starts_s[b] + k * bin_size_s`, k < lengths[b]; windows may overlap. The only Python loop
+    is over units; each unit is one searchsorted + one bincount.
+    """
+    starts_s = np.asarray(starts_s, dtype=np.float64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n_trials = len(starts_s)
+    n_bins = int(lengths.max()) if n_bins is None else n_bins
+    n_units = len(spike_index)
+    tol_s = EDGE_TOL_BINS * bin_size_s
+    lo_s = starts_s - tol_s
+    hi_s = starts_s + lengths * bin_size_s - tol_s
+    counts = np.zeros((n_units, n_trials, n_bins), dtype=np.int32)  # [N, B, L]
+    offsets = np.concatenate([[0], np.asarray(spike_index, dtype=np.int64)])
+    trial_of_bin0 = np.arange(n_trials, dtype=np.int64) * n_bins
+    for u in range(n_units):
+        train = spike_times[offsets[u] : offsets[u + 1]]
+        if train.size == 0:
+            continue
+        lo = np.searchsorted(train, lo_s, side="left")  # [B]
+        hi = np.searchsorted(train, hi_s, side="left")  # [B]
+        per_trial = hi - lo
+        total = int(per_trial.sum())
+        if total == 0:
+            continue
+        # flat positions of every in-window spike: lo[b] .. hi[b]-1 for each trial b
+        first = np.cumsum(per_trial) - per_trial
+        trial = np.repeat(np.arange(n_trials), per_trial)  # [S_u]
+        spike = np.arange(total) - np.repeat(first - lo, per_trial)
+        k = np.floor((train[spike] - starts_s[trial]) / bin_size_s + EDGE_TOL_BINS).astype(np.int64)
+        # float rounding can put a spike a hair before stop into bin `length`
+        k = np.clip(k, 0, lengths[trial] - 1)
+        counts[u] = np.bincount(trial_of_bin0[trial] + k, minlength=n_trials * n_bins).reshape(
+            n_trials, n_bins
+        )
+    return np.ascontiguousarray(counts.transpose(1, 2, 0))  # [B, L, N]
+
+
+def resample_series(
+    times_s: np.ndarray,
+    values: np.ndarray,
+    starts_s: np.ndarray,
+    lengths: np.ndarray,
+    bin_size_s: float,
+    n_bins: int,
+) -> np.ndarray:
+    """Resample a sampled signal onto trial bins: the mean of samples inside each bin.
+
+    Bins with no sample (a signal slower than the bins) take the linear interpolation at the
+    bin centre. Bins outside the signal's time span are NaN; padding bins are 0.
+    times_s `[T]` sorted, values `[T, k]`; returns float32 `[B, L, k]`.
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(len(times_s), -1)  # [T, k]
+    n_trials = len(starts_s)
+    k_dim = values.shape[1]
+    edges = starts_s[:, None] + np.arange(n_bins + 1)[None, :] * bin_size_s  # [B, L+1]
+    tol_s = EDGE_TOL_BINS * bin_size_s
+    idx = np.searchsorted(times_s, edges.ravel() - tol_s, side="left").reshape(n_trials, n_bins + 1)
+    n_in = np.diff(idx, axis=1)  # [B, L]
+    csum = np.concatenate([np.zeros((1, k_dim)), np.cumsum(values, axis=0)])  # [T+1, k]
+    sums = csum[idx[:, 1:]] - csum[idx[:, :-1]]  # [B, L, k]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = sums / n_in[:, :, None]
+    empty = n_in == 0
+    if empty.any():
+        centres = (edges[:, :-1] + 0.5 * bin_size_s)[empty]
+        for j in range(k_dim):
+            out[:, :, j][empty] = np.interp(centres, times_s, values[:, j])
+    centres_all = edges[:, :-1] + 0.5 * bin_size_s  # [B, L]
+    period_s = float(np.median(np.diff(times_s))) if len(times_s) > 1 else bin_size_s
+    # a bin whose centre is more than half a sampling period beyond the signal has no data
+    span = (centres_all < times_s[0] - 0.5 * period_s) | (
+        centres_all > times_s[-1] + 0.5 * period_s
+    )
+    span &= empty
+    out[span] = np.nan
+    out[~(np.arange(n_bins)[None, :] < np.asarray(lengths)[:, None])] = 0.0
+    return out.astype(np.float32)

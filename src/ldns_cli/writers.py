@@ -1,0 +1,91 @@
+"""Write `SpikeData` to NWB or HDF5: one entry point, `write_spikes`.
+
+The extension picks the format (`.nwb` -> NWB, `.h5`/`.hdf5` -> HDF5); `-` streams the file's
+bytes to stdout (HDF5 unless `fmt="nwb"`). Every write goes through `paths.atomic_output`: a
+temporary file in the destination folder, renamed over the target only when complete, and an
+existing file is only replaced with `force`.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+from ldns_cli.data import SpikeData
+from ldns_cli.errors import LdnsError
+from ldns_cli.paths import STDIO, atomic_output
+
+NWB_SUFFIXES = (".nwb",)
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
+def output_format(path: str | Path, fmt: str | None = None) -> str:
+    """'nwb' or 'hdf5' for an output path (`fmt` overrides; `-` defaults to HDF5)."""
+    if fmt is not None:
+        if fmt not in ("nwb", "hdf5"):
+            raise LdnsError(f"unknown output format '{fmt}'", "use nwb or hdf5")
+        return fmt
+    if str(path) == STDIO:
+        return "hdf5"
+    suffix = Path(path).suffix.lower()
+    if suffix in NWB_SUFFIXES:
+        return "nwb"
+    if suffix in HDF5_SUFFIXES:
+        return "hdf5"
+    raise LdnsError(
+        f"cannot tell the output format of '{path}' from its extension",
+        "name the file .nwb (NWB) or .h5/.hdf5 (HDF5)",
+    )
+
+
+def write_spikes(
+    data: SpikeData,
+    path: str | Path,
+    *,
+    force: bool = False,
+    settings: dict[str, str] | None = None,
+    generated_by: str | None = None,
+    save_latents: bool = False,
+    save_rates: bool = False,
+    fmt: str | None = None,
+    source_script: str | None = None,
+) -> None:
+    """Write `data` to `path` atomically.
+
+    settings: flat generation settings (sampler, steps, seed, model fingerprints, ...), stored
+        as a key/value table (NWB `/analysis/ldns_settings`, HDF5 `/settings` attributes).
+    generated_by: e.g. "ldns sample"; marks the file as synthetic (NWB `data_collection`).
+    save_latents / save_rates: also store `data.latents` / `data.rates` when present.
+    source_script: the command line that made the file (NWB `source_script`).
+    """
+    kind = output_format(path, fmt)
+    if source_script is None and generated_by is not None:
+        source_script = " ".join(["ldns", *sys.argv[1:]]) if sys.argv else generated_by
+    flat = {str(k): str(v) for k, v in (settings or {}).items()}
+    suffix = ".nwb" if kind == "nwb" else ".h5"
+    with atomic_output(path, force=force, suffix=suffix) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "nwb":
+            from ldns_cli.nwb_io import write_nwb
+
+            write_nwb(
+                data,
+                tmp,
+                settings=flat,
+                generated_by=generated_by,
+                save_latents=save_latents,
+                save_rates=save_rates,
+                source_script=source_script,
+            )
+        else:
+            from ldns_cli.hdf5_io import write_hdf5
+
+            write_hdf5(
+                data,
+                tmp,
+                settings=flat,
+                generated_by=generated_by,
+                save_latents=save_latents,
+                save_rates=save_rates,
+            )

@@ -1,0 +1,121 @@
+"""`ldns fit-ae` and `ldns encode` through the CLI: exit codes, files, clean errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ldns_cli.checkpoint import load_checkpoint
+from ldns_cli.cli import app
+from ldns_cli.readers import read_spikes
+from ldns_cli.simulate import simulate_lorenz
+from ldns_cli.writers import write_spikes
+
+TINY = ["--width", "16", "--blocks", "1", "--latent-dim", "4", "--batch-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli_ae")
+    data = root / "tiny.h5"
+    write_spikes(simulate_lorenz(40, 16, 32, seed=0), data)
+    other = root / "other.h5"
+    write_spikes(simulate_lorenz(10, 20, 32, seed=1), other)
+    models = root / "models"
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["fit-ae", str(data), "-m", str(models), "--epochs", "2", "--no-spike-history", *TINY]
+    )
+    assert res.exit_code == 0, res.stderr
+    return {"root": root, "data": data, "other": other, "models": models, "fit_stdout": res.stdout}
+
+
+def test_fit_ae_writes_a_checkpoint_and_nothing_on_stdout(files: dict[str, Path]) -> None:
+    assert files["fit_stdout"] == ""
+    ckpt = load_checkpoint(files["models"] / "ae.safetensors", "ae")
+    assert ckpt.config["ae"]["n_neurons"] == 16 and ckpt.config["ae"]["latent_dim"] == 4
+    assert ckpt.config["train"]["epochs"] == 2
+    assert ckpt.fingerprint["n_neurons"] == 16
+    summary = ckpt.extra["summary"]
+    assert np.isfinite(summary["bits_per_spike"]) and summary["poisson_nll"] > 0
+    assert ckpt.extra["data"]["n_train"] == 28  # the file's 70% train split, never test
+    assert [p.name for p in files["models"].iterdir()] == ["ae.safetensors"]  # no temp files
+
+
+def test_encode_writes_latents_and_rates(files: dict[str, Path]) -> None:
+    out = files["root"] / "latents.h5"
+    res = CliRunner().invoke(
+        app, ["encode", str(files["data"]), "-m", str(files["models"]), "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout == ""
+    back = read_spikes(out)
+    assert back.latents is not None and back.latents.shape == (40, 32, 4)
+    assert back.rates is not None and back.rates.shape == (40, 32, 16)
+    assert (back.rates > 0).all()
+    again = CliRunner().invoke(
+        app, ["encode", str(files["data"]), "-m", str(files["models"]), "-o", str(out)]
+    )
+    assert again.exit_code == 1 and "--force" in again.stderr
+
+
+def test_encode_mismatched_neurons_names_both_values(files: dict[str, Path]) -> None:
+    out = files["root"] / "bad.h5"
+    res = CliRunner().invoke(
+        app, ["encode", str(files["other"]), "-m", str(files["models"]), "-o", str(out)]
+    )
+    assert res.exit_code == 1
+    assert "error:" in res.stderr and "hint:" in res.stderr
+    assert "16 neurons" in res.stderr and "20" in res.stderr
+    assert "Traceback" not in res.stderr and not out.exists()
+
+
+def test_encode_without_a_model_hints_fit_ae(files: dict[str, Path], tmp_path: Path) -> None:
+    res = CliRunner().invoke(
+        app, ["encode", str(files["data"]), "-m", str(tmp_path), "-o", str(tmp_path / "o.h5")]
+    )
+    assert res.exit_code == 1 and "ldns fit-ae" in res.stderr
+
+
+def test_resume_continues_to_more_epochs(files: dict[str, Path], tmp_path: Path) -> None:
+    models = tmp_path / "m"
+    models.mkdir()
+    (models / "ae.safetensors").write_bytes((files["models"] / "ae.safetensors").read_bytes())
+    res = CliRunner().invoke(
+        app,
+        ["fit-ae", str(files["data"]), "-m", str(models), "--resume", "--epochs", "3",
+         "--no-spike-history", "-q"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    ckpt = load_checkpoint(models / "ae.safetensors", "ae")
+    assert len(ckpt.extra["train"]["history"]) == 3
+    assert ckpt.extra["train"]["resume"]["complete"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--preset", "huge"], "unknown preset"),
+        (["--resume"], "no ae model"),
+        (["--dropout-p", "1.5"], "dropout"),
+        (["--val-frac", "1.0"], "--val-frac"),
+    ],
+)
+def test_fit_ae_user_errors_exit_1(
+    files: dict[str, Path], tmp_path: Path, args: list[str], needle: str
+) -> None:
+    res = CliRunner().invoke(
+        app, ["fit-ae", str(files["data"]), "-m", str(tmp_path / "m"), *TINY, *args]
+    )
+    assert res.exit_code == 1, res.stderr
+    assert "error:" in res.stderr and needle in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_help_has_an_example() -> None:
+    for cmd in ("fit-ae", "encode"):
+        res = CliRunner().invoke(app, [cmd, "--help"])
+        assert res.exit_code == 0 and "Example:" in res.stdout

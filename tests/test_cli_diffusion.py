@@ -1,0 +1,132 @@
+"""End to end through the CLI: fit-ae -> fit-diffusion (conditional) -> sample -> NWB/HDF5."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ldns_cli.cli import app
+from ldns_cli.readers import read_spikes
+from ldns_cli.simulate import simulate_reach
+from ldns_cli.writers import write_spikes
+
+runner = CliRunner()
+TINY_AE = ["--epochs", "1", "--width", "8", "--blocks", "1", "--latent-dim", "4"]
+TINY_DIFF = ["--preset", "small", "--epochs", "2", "--width", "16", "--blocks", "1"]
+
+
+def _ok(args: list[str]):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    return result
+
+
+def _fails(args: list[str], *needles: str):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert "error:" in result.stderr and "hint:" in result.stderr
+    assert result.stdout == ""
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("diffusion_cli")
+    data = root / "reach.h5"
+    write_spikes(simulate_reach(n_trials=40, n_neurons=8, n_bins=16, seed=0), data)
+    models = root / "models"
+    common = ["-m", str(models), "--device", "cpu", "-q"]
+    _ok(["fit-ae", str(data), *common, *TINY_AE, "--no-spike-history"])
+    conds = ["--condition", "angle", "--condition", "hand_vel"]
+    _ok(["fit-diffusion", str(data), *common, *TINY_DIFF, *conds])
+    return root, data, models
+
+
+def test_sample_unconditional_writes_valid_nwb(fitted):
+    root, _, models = fitted
+    out = root / "u.nwb"
+    res = _ok(["sample", "-m", str(models), "-n", "3", "--length", "37", "-o", str(out)])
+    assert res.stdout == ""  # logs and progress go to stderr only
+    back = read_spikes(out)
+    assert back.counts.shape == (3, 37, 8)
+    assert back.provenance["settings.sampler"] == "dpm++"
+    assert back.provenance["settings.seed"] == "0"
+    assert "settings.ae_id" in back.provenance and "settings.diffusion_id" in back.provenance
+
+
+def test_conditions_land_in_trials_table_and_seed_reproduces(fitted):
+    root, data, models = fitted
+    args = ["sample", "-m", str(models), "--condition-from", str(data), "--trials", "test"]
+    _ok([*args, "--per-condition", "2", "--guidance", "2", "-o", str(root / "c.nwb"), "-q"])
+    back = read_spikes(root / "c.nwb")
+    src = read_spikes(data)
+    test_angles = src.covariates["angle"][src.split == "test"]
+    assert np.allclose(back.covariates["angle"], np.repeat(test_angles, 2))
+    assert back.behavior["hand_vel"].shape == (2 * len(test_angles), 16, 2)
+    assert back.provenance["settings.guidance"] == "2"
+    # same seed -> same data (via stdout HDF5 bytes: stdout carries only the file)
+    a = runner.invoke(app, [*args, "--seed", "5", "-o", "-", "-q"])
+    b = runner.invoke(app, [*args, "--seed", "5", "-o", "-", "-q"])
+    c = runner.invoke(app, [*args, "--seed", "6", "-o", "-", "-q"])
+    spikes = []
+    for r in (a, b, c):
+        assert r.exit_code == 0 and r.stdout_bytes[:8] == b"\x89HDF\r\n\x1a\n"
+        with h5py.File(io.BytesIO(r.stdout_bytes), "r") as fh:
+            spikes.append(fh["spikes"][()])
+    assert np.array_equal(spikes[0], spikes[1]) and not np.array_equal(spikes[0], spikes[2])
+
+
+def test_variable_lengths_and_sampler_choice(fitted):
+    root, data, models = fitted
+    out = root / "v.h5"
+    sampler = ["--sampler", "ddim", "--steps", "3"]
+    save = ["--save-latents", "--save-rates"]
+    _ok(
+        [
+            "sample",
+            "-m",
+            str(models),
+            "-n",
+            "4",
+            "--length",
+            "5:40",
+            *sampler,
+            *save,
+            "-o",
+            str(out),
+        ]
+    )
+    back = read_spikes(out)
+    assert back.lengths.min() >= 5 and back.lengths.max() <= 40
+    assert back.latents is not None and back.rates is not None
+    _ok(["sample", "-m", str(models), "-n", "2", "--lengths-from", str(data), "-o", "-", "-q"])
+
+
+def test_error_exit_codes(fitted, tmp_path):
+    _, data, models = fitted
+    m = ["-m", str(models)]
+    o = ["-o", str(tmp_path / "x.nwb")]
+    _fails(["sample", "-m", str(tmp_path / "none"), "-n", "2", "--length", "8", *o], "fit-ae")
+    _fails(["sample", *m, "-n", "2", "--length", "0", *o], "--length")
+    _fails(["sample", *m, "-n", "2", "--length", "abc", *o], "--length")
+    _fails(["sample", *m, "-n", "2", *o], "length")
+    _fails(["sample", *m, "--condition", "speed=1", "--length", "8", *o], "speed", "angle")
+    _fails(["sample", *m, "--condition", "angle=0.5", "--length", "8", *o], "hand_vel")
+    _fails(["sample", *m, "-n", "2", "--length", "8", "--sampler", "euler", *o], "euler")
+    _fails(["fit-diffusion", str(data), *m, "--condition", "colour", "--epochs", "1"], "hand_vel")
+    # a diffusion model next to an autoencoder it was not trained on
+    other = tmp_path / "other"
+    _ok(
+        ["fit-ae", str(data), "-m", str(other), *TINY_AE, "--seed", "3", "--no-spike-history", "-q"]
+    )
+    shutil.copy(models / "diffusion.safetensors", other / "diffusion.safetensors")
+    _fails(["sample", "-m", str(other), "-n", "2", "--length", "8", *o], "different autoencoder")
+    # usage errors stay Typer's (exit 2)
+    assert runner.invoke(app, ["sample", "--no-such-flag"]).exit_code == 2

@@ -1,0 +1,82 @@
+"""`ldns fit-history` end to end: fit-ae without history, then refit history alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ldns_cli.cli import app
+from ldns_cli.history import load_history, load_observation
+from ldns_cli.observation import PoissonObservation, SpikeHistoryObservation
+from ldns_cli.simulate import simulate_lorenz
+from ldns_cli.writers import write_spikes
+
+runner = CliRunner()
+TINY_AE = ["--epochs", "1", "--width", "8", "--blocks", "1", "--latent-dim", "4"]
+
+
+def _ok(args: list[str]):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    return result
+
+
+def _fails(args: list[str], *needles: str):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert "error:" in result.stderr and "hint:" in result.stderr
+    assert result.stdout == ""
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("history_cli")
+    data = root / "lorenz.h5"
+    write_spikes(
+        simulate_lorenz(n_trials=30, n_neurons=6, n_bins=48, seed=0, history="refractory"), data
+    )
+    models = root / "models"
+    _ok(["fit-ae", str(data), "-m", str(models), "--device", "cpu", "-q", *TINY_AE,
+         "--no-spike-history"])  # fmt: skip
+    return root, data, models
+
+
+def test_fit_history_refits_alone(fitted):
+    _, data, models = fitted
+    assert isinstance(load_observation(models, "auto"), PoissonObservation)
+    res = _ok(["fit-history", str(data), "-m", str(models), "--history-ms", "50",
+               "--max-count", "3", "--device", "cpu", "--json"])  # fmt: skip
+    summary = json.loads(res.stdout)  # stdout holds only the JSON payload
+    assert summary["history_bins"] == 5  # 50 ms of 10 ms bins
+    assert summary["nll_split"] == "validation"
+    # refractory data: the history model explains held-out spikes better than Poisson
+    assert summary["nll_history"] < summary["nll_poisson"]
+    assert "spike history" in res.stderr
+    model, ckpt = load_history(models)
+    assert model.history_bins == 5 and model.max_count == 3
+    assert ckpt.fingerprint["n_neurons"] == 6
+    assert isinstance(load_observation(models, "auto"), SpikeHistoryObservation)
+    # 0 = no cap
+    _ok(["fit-history", str(data), "-m", str(models), "--max-count", "0", "--iterations", "20",
+         "-q"])  # fmt: skip
+    assert load_history(models)[0].max_count is None
+
+
+def test_fit_history_errors(fitted, tmp_path):
+    _, data, models = fitted
+    _fails(["fit-history", str(data), "-m", str(tmp_path / "none")], "fit-ae")
+    _fails(["fit-history", str(data), "-m", str(models), "--optimizer", "sgd"], "optimizer")
+    _fails(["fit-history", str(data), "-m", str(models), "--max-count", "-1"], "max-count")
+    other = tmp_path / "other.h5"
+    write_spikes(simulate_lorenz(n_trials=5, n_neurons=4, n_bins=16, seed=1), other)
+    _fails(["fit-history", str(other), "-m", str(models)], "neurons")
+
+
+def test_fit_history_help_has_example():
+    res = runner.invoke(app, ["fit-history", "--help"])
+    assert res.exit_code == 0 and "Example: ldns fit-history" in res.stdout

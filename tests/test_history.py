@@ -1,0 +1,301 @@
+"""Spike-history observation model: reduction to Poisson, kernel recovery, cap, seeds, storage."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from ldns_cli.errors import LdnsError
+from ldns_cli.history import (
+    HistoryConfig,
+    _Design,
+    fit_history,
+    load_history,
+    load_observation,
+    save_history,
+)
+from ldns_cli.observation import (
+    PoissonObservation,
+    SpikeHistoryObservation,
+    capped_poisson_log_prob,
+    capped_poisson_mean,
+    softplus_inverse,
+)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def smooth_rates(B: int, L: int, N: int, seed: int = 0, scale: float = 0.4) -> torch.Tensor:
+    """Slowly varying positive rates [B, L, N] (spikes per bin)."""
+    g = gen(seed)
+    phase = torch.rand(B, 1, N, generator=g) * 6.3
+    level = 0.05 + scale * torch.rand(B, 1, N, generator=g)
+    t = torch.arange(L, dtype=torch.float32)[None, :, None]
+    return level * (1.0 + 0.8 * torch.sin(t / 15.0 + phase))
+
+
+def known_model(N: int, H: int = 20, cap: int | None = 5) -> SpikeHistoryObservation:
+    """Alternating refractory and refractory-then-bursting kernels, a = 1.1, b = 0.2."""
+    m = SpikeHistoryObservation(N, H, cap)
+    k = torch.arange(1, H + 1, dtype=torch.float32)
+    rows = [
+        -3.0 * torch.exp(-k / 2.0) + (0.8 * torch.exp(-((k - 6.0) ** 2) / 8.0) if n % 2 else 0.0)
+        for n in range(N)
+    ]
+    with torch.no_grad():
+        m.history.copy_(torch.stack(rows))
+        m.rate_gain.fill_(1.1)
+        m.bias.fill_(0.2)
+    return m
+
+
+# ---------------------------------------------------------------- link and reduction to Poisson
+def test_softplus_inverse_is_exact_inverse():
+    r = torch.logspace(-6, 1.7, 200, dtype=torch.float64)
+    torch.testing.assert_close(F.softplus(softplus_inverse(r)), r, rtol=1e-10, atol=0)
+
+
+def test_reduction_to_poisson_intensity_and_log_prob():
+    B, L, N = 3, 40, 5
+    rates = smooth_rates(B, L, N, scale=3.0)
+    counts = torch.poisson(rates, generator=gen(1))
+    counts[0, 3, 0] = 9.0  # above the default cap: must still be scored as Poisson without a cap
+    m = SpikeHistoryObservation(N, history_bins=7, max_count=None)  # w = 0, a = 1, b = 0
+    torch.testing.assert_close(m.intensity(counts, rates), rates, rtol=1e-5, atol=1e-7)
+    lp_h = m.log_prob(counts, rates)
+    lp_p = PoissonObservation().log_prob(counts, rates)
+    torch.testing.assert_close(lp_h, lp_p, rtol=1e-5, atol=1e-5)
+    oracle = stats.poisson.logpmf(counts.numpy(), rates.numpy())
+    np.testing.assert_allclose(lp_h.detach().numpy(), oracle, rtol=1e-4, atol=1e-5)
+
+
+def test_reduction_to_poisson_in_distribution():
+    """Autoregressive samples with w = 0, a = 1, b = 0, no cap match torch.poisson draws."""
+    levels = torch.tensor([0.05, 0.4, 1.5, 6.0])  # one rate per neuron
+    B, L = 100, 50  # 5000 draws per level
+    rates = levels.expand(B, L, 4).contiguous()
+    m = SpikeHistoryObservation(4, history_bins=20, max_count=None)
+    hist = m.sample(rates, gen(2)).numpy()
+    pois = torch.poisson(rates, generator=gen(3)).numpy()
+    for n, lam in enumerate(levels.tolist()):
+        a, b = hist[..., n].ravel(), pois[..., n].ravel()
+        # moments against the closed form (5000 draws: s.e. of the mean sqrt(lam/5000))
+        assert abs(a.mean() - lam) < 5 * np.sqrt(lam / a.size)
+        assert abs(a.var() - lam) < 5 * lam * np.sqrt(2 / a.size) + 5 * np.sqrt(lam / a.size)
+        # histograms: two-sample chi-square on the pooled support
+        top = int(max(a.max(), b.max())) + 1
+        ha, hb = (
+            np.bincount(a.astype(int), minlength=top),
+            np.bincount(b.astype(int), minlength=top),
+        )
+        keep = (ha + hb) >= 10
+        _, p, _, _ = stats.chi2_contingency(np.stack([ha[keep], hb[keep]]))
+        assert p > 1e-3, (lam, p)
+
+
+def test_capped_likelihood_is_a_distribution_and_mean_matches():
+    lam = torch.tensor([0.01, 0.3, 2.0, 7.0], dtype=torch.float64)
+    cap = 5
+    support = torch.arange(0, cap + 1, dtype=torch.float64)[:, None].expand(-1, 4)
+    probs = capped_poisson_log_prob(support, lam.expand(cap + 1, 4), cap).exp()
+    torch.testing.assert_close(probs.sum(0), torch.ones(4, dtype=torch.float64))
+    mean = (support * probs).sum(0)
+    torch.testing.assert_close(capped_poisson_mean(lam, cap), mean)
+
+
+# ---------------------------------------------------------------- sampler
+def naive_run(m: SpikeHistoryObservation, rates: torch.Tensor, step) -> torch.Tensor:
+    """Reference loop: re-read the history window at every bin (no buffers, no tricks)."""
+    B, L, N = rates.shape
+    out = torch.zeros(B, L, N, dtype=m.history.dtype)
+    base = m.drive(rates.to(m.history.dtype))
+    for t in range(L):
+        eta = base[:, t].clone()
+        for k in range(1, m.history_bins + 1):
+            if t - k >= 0:
+                eta += m.history[:, k - 1] * out[:, t - k]
+                if m.coupling_rank:
+                    proj = out[:, t - k] @ m.coupling_in  # [B, R]
+                    eta += (proj * m.coupling_kernel[:, k - 1]) @ m.coupling_out.t()
+        out[:, t] = step(F.softplus(eta))
+    return out
+
+
+@pytest.mark.parametrize("rank", [0, 2])
+def test_sampler_recursion_matches_naive_loop_and_teacher_forcing(rank):
+    """With a deterministic 'draw' the fast loop, a naive loop and the conv1d path agree."""
+    N, H = 6, 5
+    m = SpikeHistoryObservation(N, H, max_count=3, coupling_rank=rank, generator=gen(4)).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=gen(5), dtype=p.dtype))
+    rates = smooth_rates(3, 30, N, scale=1.0).double()
+
+    def step(lam):
+        return torch.floor(3.0 * lam).clamp(max=3.0)
+
+    with torch.no_grad():
+        fast = m._run(rates, step)
+        slow = naive_run(m, rates, step)
+        torch.testing.assert_close(fast, slow)
+        assert fast.sum() > 0 and fast.max() == 3  # the check is not vacuous
+        # the sampled counts are a fixed point of the teacher-forced intensity
+        torch.testing.assert_close(step(m.intensity(fast, rates)), fast)
+
+
+def test_sampling_respects_cap_and_lengths():
+    N = 4
+    m = SpikeHistoryObservation(N, history_bins=3, max_count=2)
+    with torch.no_grad():
+        m.history.fill_(2.0)  # strong self-excitation: unbounded without the cap
+    rates = torch.full((5, 60, N), 0.5)
+    lengths = torch.tensor([60, 10, 1, 33, 59])
+    s = m.sample(rates, gen(6), lengths)
+    assert s.max() == 2 and (s == 2).float().mean() > 0.5
+    for b, n in enumerate(lengths.tolist()):
+        assert s[b, n:].sum() == 0 and s[b, :n].sum() > 0
+    p = PoissonObservation().sample(rates, gen(6), lengths)
+    assert p[1, 10:].sum() == 0 and p[1, :10].sum() >= 0
+
+
+def test_sampling_reproducible_with_seed():
+    m = known_model(5)
+    rates = smooth_rates(4, 50, 5)
+    a, b = m.sample(rates, gen(7)), m.sample(rates, gen(7))
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, m.sample(rates, gen(8)))
+    pa, pb = PoissonObservation().sample(rates, gen(7)), PoissonObservation().sample(rates, gen(7))
+    torch.testing.assert_close(pa, pb)
+
+
+def test_generator_device_must_match():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a second device")
+    with pytest.raises(ValueError):
+        PoissonObservation().sample(torch.ones(1, 2, 3, device="cuda"), gen(0))
+
+
+def test_mean_modes():
+    m = known_model(3)
+    rates = smooth_rates(2, 40, 3)
+    counts = m.sample(rates, gen(9))
+    tf = m.mean(rates, counts)
+    torch.testing.assert_close(tf, capped_poisson_mean(m.intensity(counts, rates), 5))
+    mf = m.mean(rates)  # mean-field free-running mean: below the rates (refractory kernels)
+    assert mf.shape == rates.shape and (mf < rates * 1.2 + 0.2).all()
+    mc = torch.stack([m.sample(rates, gen(s)) for s in range(200)]).mean(0)
+    # refractoriness lowers the free-running mean, and mean-field tracks that direction
+    assert mc.mean() < m.drive(rates).exp().mean()
+    assert abs(float(mf.mean() - mc.mean())) < 0.25 * float(mc.mean())
+
+
+# ---------------------------------------------------------------- fitting
+def test_design_likelihood_matches_conv_path():
+    m = known_model(4, H=6, cap=2)
+    rates = smooth_rates(3, 25, 4)
+    counts = torch.poisson(rates * 3, generator=gen(10))  # some counts above the cap
+    mask = torch.ones(3, 25, dtype=torch.bool)
+    mask[1, 20:] = False
+    counts = counts * mask[..., None]
+    d = _Design(counts, rates, mask, 6, 2)
+    ref = -m.log_prob(counts, rates, mask).sum() / (mask.sum() * 4)
+    torch.testing.assert_close(d.nll(m), ref)
+
+
+def test_fit_recovers_known_kernel():
+    N = 6
+    truth = known_model(N)
+    rates = smooth_rates(40, 250, N, seed=11)
+    counts = truth.sample(rates, gen(12))
+    cfg = HistoryConfig(iterations=200)
+    fitted = fit_history(counts, rates, None, cfg, gen(13))
+    w, wt = fitted.history.detach(), truth.history.detach()
+    for n in range(N):
+        r = np.corrcoef(w[n].numpy(), wt[n].numpy())[0, 1]
+        assert r >= 0.9, (n, r)
+    assert fitted.fit_summary["train_nll"] < fitted.fit_summary["train_nll_start"]
+    torch.testing.assert_close(fitted.rate_gain.detach(), torch.full((N,), 1.1), atol=0.25, rtol=0)
+    # the reference optimiser (AdamW) reaches the same kernels
+    adam = fit_history(counts, rates, None, dataclasses.replace(cfg, optimizer="adamw"), gen(13))
+    corr = np.corrcoef(adam.history.detach().flatten(), w.flatten())[0, 1]
+    assert corr > 0.98
+
+
+def test_fit_ignores_padding_and_minibatches_work():
+    N = 3
+    truth = known_model(N, H=8)
+    rates = smooth_rates(12, 80, N, seed=14)
+    lengths = torch.tensor([80, 40, 80, 17, 80, 60, 80, 80, 25, 80, 80, 70])
+    mask = torch.arange(80)[None, :] < lengths[:, None]
+    counts = truth.sample(rates, gen(15), lengths)
+    junk_counts = torch.where(mask[..., None], counts, torch.full_like(counts, 4.0))
+    junk_rates = torch.where(mask[..., None], rates, torch.full_like(rates, 9.0))
+    cfg = HistoryConfig(history_bins=8, iterations=100)
+    clean = fit_history(counts, rates, mask, cfg, gen(16))
+    junk = fit_history(junk_counts, junk_rates, mask, cfg, gen(16))
+    for a, b in zip(clean.parameters(), junk.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    mini = fit_history(
+        counts, rates, mask, dataclasses.replace(cfg, optimizer="adamw", batch_bins=256), gen(16)
+    )
+    assert mini.fit_summary["train_nll"] < mini.fit_summary["train_nll_start"]
+
+
+def test_fit_with_coupling_improves_likelihood():
+    N = 4
+    truth = known_model(N, H=5)
+    rates = smooth_rates(20, 100, N, seed=17)
+    counts = truth.sample(rates, gen(18))
+    cfg = HistoryConfig(history_bins=5, coupling_rank=1, iterations=100)
+    m = fit_history(counts, rates, None, cfg, gen(19))
+    assert m.coupling_rank == 1
+    assert m.fit_summary["train_nll"] < m.fit_summary["train_nll_start"] - 0.01
+
+
+def test_config_history_ms_and_validation():
+    assert HistoryConfig(history_ms=100).resolve(0.005).history_bins == 20
+    assert HistoryConfig(history_ms=1).resolve(0.02).history_bins == 1
+    assert HistoryConfig(history_bins=7).resolve(0.005).history_bins == 7
+    for bad in ({"history_bins": 0}, {"max_count": 0}, {"optimizer": "sgd"}, {"lr": -1.0}):
+        with pytest.raises(LdnsError):
+            HistoryConfig(**bad)
+
+
+# ---------------------------------------------------------------- storage and selection
+FP = {"n_neurons": 3, "bin_size_s": 0.005, "covariates": {}, "behavior": {}}
+
+
+def test_save_load_round_trip_and_selection(tmp_path):
+    m = known_model(3, H=4, cap=4)
+    cfg = HistoryConfig(history_bins=4, max_count=4)
+    save_history(m, cfg, FP, tmp_path)
+    loaded, ckpt = load_history(tmp_path)
+    assert ckpt.kind == "history" and ckpt.fingerprint["n_neurons"] == 3
+    for a, b in zip(m.parameters(), loaded.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    rates = smooth_rates(2, 30, 3)
+    torch.testing.assert_close(m.sample(rates, gen(1)), loaded.sample(rates, gen(1)))
+    assert isinstance(load_observation(tmp_path, "auto"), SpikeHistoryObservation)
+    assert isinstance(load_observation(tmp_path, "history"), SpikeHistoryObservation)
+    assert isinstance(load_observation(tmp_path, "poisson"), PoissonObservation)
+    with pytest.raises(LdnsError, match="neurons"):
+        load_observation(tmp_path, "history", fingerprint={**FP, "n_neurons": 4})
+
+
+def test_load_observation_errors(tmp_path):
+    assert isinstance(load_observation(tmp_path, "auto"), PoissonObservation)
+    with pytest.raises(LdnsError) as exc:
+        load_observation(tmp_path, "history")
+    assert "ldns fit-history" in exc.value.hint and "--spike-history" in exc.value.hint
+    with pytest.raises(LdnsError, match="unknown observation"):
+        load_observation(tmp_path, "gaussian")
+    (tmp_path / "history.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(LdnsError):
+        load_observation(tmp_path, "auto")

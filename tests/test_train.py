@@ -1,0 +1,140 @@
+"""The shared training loop: schedule, EMA, best-validation weights, exact resume after Ctrl-C."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from ldns_cli.checkpoint import load_checkpoint
+from ldns_cli.s4 import S4Layer
+from ldns_cli.train import CheckpointSpec, TrainConfig, fit, lr_factor
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.s4 = S4Layer(3, 4, bidirectional=True, generator=gen)
+        self.lin = nn.Linear(3, 1)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(1, 3, generator=gen))
+            self.lin.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:  # x [B, L, 3] -> [B, L]
+        return self.lin(self.s4(x.transpose(1, 2)).transpose(1, 2))[..., 0]
+
+
+def dataset(n: int, seed: int) -> dict[str, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 10, 3, generator=gen)
+    return {"x": x, "y": x.sum(-1).cumsum(-1) * 0.1}
+
+
+def noisy_loss(model: nn.Module, batch: dict[str, Tensor], gen: torch.Generator) -> tuple:
+    noise = 0.1 * torch.randn(batch["x"].shape, generator=gen)  # randomness the resume must replay
+    loss = (model(batch["x"] + noise) - batch["y"]).square().mean()
+    return loss, {"mse": float(loss.detach())}
+
+
+def params(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+CFG = TrainConfig(
+    epochs=3, batch_size=8, lr=1e-2, warmup_epochs=1, final_lr_frac=0.2, ema_decay=0.8, seed=3,
+    checkpoint_every_s=0.0,
+)  # fmt: skip
+
+
+def test_lr_factor_warmup_then_cosine() -> None:
+    got = [lr_factor(s, 4, 14, 0.1) for s in range(15)]
+    assert got[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert got[4] == pytest.approx(1.0)
+    assert got[9] == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the decay
+    assert got[14] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(got[3:], got[4:], strict=False))
+    assert lr_factor(100, 4, 14, 0.1) == pytest.approx(0.1)  # stays at the floor
+
+
+def test_schedule_is_applied_per_step() -> None:
+    res = fit(TinyNet(), dataset(40, 0), None, noisy_loss, CFG)
+    spe = 5  # 40 trials / batch 8
+    for i, row in enumerate(res.history):
+        step = (i + 1) * spe - 1
+        assert row["lr"] == pytest.approx(CFG.lr * lr_factor(step, spe, 3 * spe, 0.2))
+
+
+def test_ema_is_the_fixed_decay_average_of_the_weights(tmp_path) -> None:  # noqa: ANN001
+    seen: list[dict[str, Tensor]] = []
+
+    def recording_loss(model: nn.Module, batch: dict, gen: torch.Generator) -> tuple:
+        seen.append(params(model))  # weights before each step
+        return noisy_loss(model, batch, gen)
+
+    net = TinyNet()
+    spec = CheckpointSpec(tmp_path / "t.safetensors", "test", {}, {})
+    res = fit(net, dataset(40, 0), None, recording_loss, CFG, checkpoint=spec)
+    final = load_checkpoint(spec.path, "test").subset("state.model")
+    trajectory = [*seen, final]  # p_0 ... p_K
+    ema = dict(trajectory[0])
+    for p in trajectory[1:]:
+        ema = {k: 0.8 * ema[k] + 0.2 * p[k] for k in ema}
+    for k, v in params(res.model).items():
+        torch.testing.assert_close(v, ema[k], atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(params(res.model)["lin.weight"], final["lin.weight"])
+
+
+def test_best_validation_weights_are_kept() -> None:
+    scores = iter([3.0, 1.0, 2.0])
+    snapshots: list[dict[str, Tensor]] = []
+
+    def val_once_per_epoch(model: nn.Module, batch: dict, gen: torch.Generator) -> tuple:
+        # one validation batch per epoch (batch_size 8 >= 6 val trials)
+        snapshots.append(params(model))
+        return torch.tensor(next(scores)), {}
+
+    res = fit(
+        TinyNet(), dataset(40, 0), dataset(6, 1), noisy_loss, CFG, val_loss_fn=val_once_per_epoch
+    )
+    assert len(snapshots) == 3 and res.best_epoch == 2 and res.best_val == pytest.approx(1.0)
+    for k, v in params(res.model).items():
+        assert torch.equal(v, snapshots[1][k])
+
+
+@pytest.mark.parametrize("stop_at_call", [7, 10])  # mid-epoch, and at an epoch boundary
+def test_resume_after_ctrl_c_replays_the_same_trajectory(tmp_path, stop_at_call: int) -> None:  # noqa: ANN001
+    train, val = dataset(40, 0), dataset(6, 1)
+    full = fit(TinyNet(), train, val, noisy_loss, CFG)
+
+    calls = {"n": 0}
+
+    def interrupting_loss(model: nn.Module, batch: dict, gen: torch.Generator) -> tuple:
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == stop_at_call:
+                os.kill(os.getpid(), signal.SIGINT)  # as a user's Ctrl-C
+        return noisy_loss(model, batch, gen)
+
+    spec = CheckpointSpec(tmp_path / "ae.safetensors", "test", {"m": 1}, {"n_neurons": 3})
+    part = fit(TinyNet(), train, val, interrupting_loss, CFG, checkpoint=spec)
+    assert part.interrupted and part.steps_done == stop_at_call
+    ckpt = load_checkpoint(spec.path, "test")
+    assert ckpt.extra["train"]["resume"]["complete"] is False
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+    resumed = fit(TinyNet(), train, val, noisy_loss, CFG, checkpoint=spec, resume=ckpt)
+    assert not resumed.interrupted and resumed.steps_done == 15
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx(
+        [h["train_loss"] for h in full.history], rel=1e-6
+    )
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    for k, v in params(full.model).items():
+        assert torch.equal(v, params(resumed.model)[k]), k
+    done = load_checkpoint(spec.path, "test")
+    assert done.extra["train"]["resume"]["complete"] is True
+    assert math.isfinite(done.extra["train"]["best_val"])
