@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,13 +35,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import environment, write_results  # noqa: E402
-
-from ldns_cli.history import HistoryConfig, fit_history, load_observation  # noqa: E402
-from ldns_cli.metrics import compare_counts  # noqa: E402
-from ldns_cli.observation import PoissonObservation, SpikeHistoryObservation  # noqa: E402
-from ldns_cli.simulate import simulate_lorenz  # noqa: E402
-from ldns_cli.writers import write_spikes  # noqa: E402
+from common import environment, write_results
+from ldns_cli.history import HistoryConfig, fit_history, load_observation
+from ldns_cli.metrics import compare_counts
+from ldns_cli.observation import PoissonObservation, SpikeHistoryObservation
+from ldns_cli.simulate import simulate_lorenz
+from ldns_cli.writers import write_spikes
 
 TARGETS = ("mean_isi_rmse_s", "std_isi_rmse_s", "autocorr_rmse")
 GUARDS = ("psc_kl", "corr_rmse")
@@ -93,6 +93,7 @@ def run_case(history: str, mode: str, args: argparse.Namespace) -> dict:
     train = data.select(data.split == "train")
     test = data.select(data.split == "test")
     extra: dict = {}
+    coupled = None
     if mode == "true":
         t0 = time.perf_counter()
         model = fit_history(
@@ -109,9 +110,17 @@ def run_case(history: str, mode: str, args: argparse.Namespace) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "data.h5"
             write_spikes(data, path)
-            rates, model, fit_s = ae_rates(
-                path, Path(tmp) / "models", test, args.ae_epochs, args.seed
-            )
+            models = Path(tmp) / "models"
+            rates, model, fit_s = ae_rates(path, models, test, args.ae_epochs, args.seed)
+            if args.coupling_rank > 0:
+                coupled_dir = Path(tmp) / "coupled"
+                coupled_dir.mkdir()
+                shutil.copy(models / "ae.safetensors", coupled_dir / "ae.safetensors")
+                cmd = [sys.executable, "-m", "ldns_cli", "fit-history", str(path),
+                       "-m", str(coupled_dir), "--coupling-rank", str(args.coupling_rank),
+                       "--device", "cpu", "--seed", str(args.seed)]  # fmt: skip
+                subprocess.run(cmd, check=True)
+                coupled = load_observation(coupled_dir, "history", "cpu")
         extra["fit_ae_wall_s"] = fit_s
     r = torch.as_tensor(np.asarray(rates, dtype=np.float32))
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -119,6 +128,10 @@ def run_case(history: str, mode: str, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     hist = model.sample(r, torch.Generator().manual_seed(args.seed + 2)).numpy().astype(np.int32)
     extra["history_sample_s"] = time.perf_counter() - t0
+
+    if coupled is not None:
+        gen_c = torch.Generator().manual_seed(args.seed + 2)
+        hist_c = coupled.sample(r, gen_c).numpy().astype(np.int32)
 
     rng = np.random.default_rng(args.seed)
     folds = rng.integers(0, test.n_trials, size=(args.folds, test.n_trials))
@@ -130,6 +143,10 @@ def run_case(history: str, mode: str, args: argparse.Namespace) -> dict:
             fold_metrics(floor_src, test.counts, data.bin_size_s, folds % len(floor_src))
         ),
     }
+    if coupled is not None:
+        res["history_coupled"] = summarise(
+            fold_metrics(hist_c, test.counts, data.bin_size_s, folds)
+        )
     verdict = {}
     for k in TARGETS:
         p, h = res["poisson"][k]["mean"], res["history"][k]["mean"]
@@ -163,6 +180,11 @@ def time_sampling(args: argparse.Namespace) -> dict:
     t1 = time.perf_counter()
     PoissonObservation().sample(rates, gen)
     dp = time.perf_counter() - t1
+    # one generator per trial (batch-independent streams), still one loop for the batch
+    gens = [torch.Generator().manual_seed(b) for b in range(B)]
+    t2 = time.perf_counter()
+    model.sample(rates, gens)
+    dg = time.perf_counter() - t2
     return {
         "shape_BLN": [B, L, N],
         "history_seconds": dt,
@@ -170,6 +192,8 @@ def time_sampling(args: argparse.Namespace) -> dict:
         "history_trial_bins_per_s": B * L / dt,
         "history_neuron_bins_per_s": B * L * N / dt,
         "poisson_seconds": dp,
+        "history_per_trial_generators_seconds": dg,
+        "history_per_trial_generators_trial_bins_per_s": B * L / dg,
         "mean_count": float(s.mean()),
         "threads": torch.get_num_threads(),
     }
@@ -188,6 +212,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed-shape", type=int, nargs=3, default=[64, 16384, 128])
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--coupling-rank", type=int, default=0, help="also fit a coupled model (ae)")
     ap.add_argument("--name", default="quality_history")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -199,8 +224,7 @@ def main() -> None:
             results["cases"][key] = case = run_case(history, mode, args)
             case["wall_s"] = time.perf_counter() - t0
             print(key, json.dumps(case["verdict"]), flush=True)
-            for name in ("poisson", "history", "data_floor"):
-                row = case["metrics"][name]
+            for name, row in case["metrics"].items():
                 print(f"  {name:10s}", "  ".join(
                     f"{k}={row[k]['mean']:.4g}±{row[k]['sd']:.2g}" for k in (*TARGETS, *GUARDS)
                 ), flush=True)  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -189,7 +191,7 @@ def _spike_data(n_trials: int, length: int, lengths: list[int] | None = None) ->
     return SpikeData(counts=c, lengths=lens, bin_size_s=0.01)
 
 
-def test_checkpoint_round_trip_gives_identical_outputs(tmp_path) -> None:  # noqa: ANN001
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
     model = tiny()
     data = _spike_data(5, 20, [20, 20, 13, 7, 20])
     ckpt = Checkpoint(
@@ -219,7 +221,7 @@ def test_infer_batches_agree_with_single_trials() -> None:
         np.testing.assert_allclose(r_all[i, :n], r[0].numpy(), atol=2e-5)
 
 
-def test_missing_checkpoint_is_a_clean_error(tmp_path) -> None:  # noqa: ANN001
+def test_missing_checkpoint_is_a_clean_error(tmp_path: Path) -> None:
     with pytest.raises(LdnsError) as exc:
         load_autoencoder(tmp_path / "nowhere")
     assert "ldns fit-ae" in exc.value.hint

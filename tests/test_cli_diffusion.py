@@ -46,6 +46,12 @@ def fitted(tmp_path_factory):
     _ok(["fit-ae", str(data), *common, *TINY_AE, "--no-spike-history"])
     conds = ["--condition", "angle", "--condition", "hand_vel"]
     _ok(["fit-diffusion", str(data), *common, *TINY_DIFF, *conds])
+    # a second model on the same AE: a circular and a categorical trial-level condition
+    typed = root / "typed"
+    typed.mkdir()
+    shutil.copy(models / "ae.safetensors", typed / "ae.safetensors")
+    conds = ["--condition", "angle", "--condition", "condition_id", "--cond-dropout", "0.2"]
+    _ok(["fit-diffusion", str(data), "-m", str(typed), "-q", *TINY_DIFF, *conds])
     return root, data, models
 
 
@@ -81,6 +87,31 @@ def test_conditions_land_in_trials_table_and_seed_reproduces(fitted):
         with h5py.File(io.BytesIO(r.stdout_bytes), "r") as fh:
             spikes.append(fh["spikes"][()])
     assert np.array_equal(spikes[0], spikes[1]) and not np.array_equal(spikes[0], spikes[2])
+
+
+def test_typed_condition_grid_and_categories(fitted):
+    root, data, _ = fitted
+    typed, out = root / "typed", root / "grid.nwb"
+    conds = ["--condition", "angle=0:360deg:4", "--condition", "condition_id=1,2"]
+    per = ["--per-condition", "2", "--length", "16"]
+    _ok(["sample", "-m", str(typed), *conds, *per, "-o", str(out), "-q"])
+    back = read_spikes(out)
+    assert back.n_trials == 4 * 2 * 2
+    angles = np.repeat(np.arange(4) * np.pi / 2, 4)  # first condition varies slowest
+    assert np.allclose(back.covariates["angle"], angles)
+    assert [str(v) for v in back.covariates["condition_id"][:4]] == ["1", "1", "2", "2"]
+    # only some conditions given: the rest take the null path; none given: unconditional
+    base = ["sample", "-m", str(typed), "--length", "8"]
+    _ok([*base, "--condition", "angle=1", "-n", "3", "-o", "-", "-q"])
+    bad = ["--condition", "condition_id=9", "-o", str(root / "bad.nwb")]
+    _fails([*base, *bad], "condition_id")
+    # --resume continues the saved fit for more epochs
+    _ok(["fit-diffusion", str(data), "-m", str(typed), "--resume", "--epochs", "3", "-q"])
+    from ldns_cli.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(typed / "diffusion.safetensors", "diffusion")
+    assert len(ckpt.extra["train"]["history"]) == 3
+    assert ckpt.extra["conditions"][1]["name"] == "condition_id"
 
 
 def test_variable_lengths_and_sampler_choice(fitted):

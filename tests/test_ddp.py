@@ -9,7 +9,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -20,8 +19,9 @@ from ldns_cli.cli import app
 from ldns_cli.simulate import simulate_lorenz
 from ldns_cli.writers import write_spikes
 
-# The worker trains the same tiny AE as `train_tiny` below; dropout off so the loss is
-# deterministic and the 2-process result must equal one process on the full batch.
+# Each rank runs the real `ldns fit-ae` command (what `torchrun ... -m ldns_cli fit-ae` runs),
+# with test hooks: record checkpoint writes per rank, keep the process group open afterwards to
+# compare the ranks' final weights and check the trial sharding.
 WORKER = textwrap.dedent(
     """
     import json, sys
@@ -29,16 +29,19 @@ WORKER = textwrap.dedent(
     import torch
     import torch.distributed as tdist
     from ldns_cli import distributed as dist, train
-    sys.path.insert(0, sys.argv[2])
-    from test_ddp import train_tiny
+    from ldns_cli.cli import app
 
-    out = Path(sys.argv[1])
-    dev = dist.init("cpu")
-    saves = []
-    real_save = train.save_checkpoint
+    out, args = Path(sys.argv[1]), sys.argv[2:]
+    saves, results = [], []
+    real_save, real_fit, real_shutdown = train.save_checkpoint, train.fit, dist.shutdown
     train.save_checkpoint = lambda *a, **k: (saves.append(1), real_save(*a, **k))
-    model = train_tiny(dev, out / "models" / "ae.safetensors")
-    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    train.fit = lambda *a, **k: results.append(real_fit(*a, **k)) or results[-1]
+    dist.shutdown = lambda: None
+    try:
+        app(args, standalone_mode=False)
+    finally:
+        dist.shutdown = real_shutdown
+    flat = torch.cat([p.detach().flatten() for p in results[0].model.parameters()])
     gathered = [torch.zeros_like(flat) for _ in range(dist.world_size())]
     tdist.all_gather(gathered, flat)
     shards = {}
@@ -51,7 +54,6 @@ WORKER = textwrap.dedent(
         (out / "result.json").write_text(json.dumps({
             "world": dist.world_size(),
             "rank_diff": max(float((g - gathered[0]).abs().max()) for g in gathered),
-            "params": flat.tolist(),
             "shards": shards,
         }))
     dist.shutdown()
@@ -59,24 +61,7 @@ WORKER = textwrap.dedent(
 )
 
 
-def train_tiny(device: str, ckpt_path: Path | None) -> torch.nn.Module:
-    from ldns_cli.autoencoder import AEConfig, Autoencoder, ae_loss
-    from ldns_cli.train import CheckpointSpec, TrainConfig, fit
-
-    torch.set_num_threads(1)
-    gen = torch.Generator().manual_seed(0)
-    counts = torch.poisson(torch.rand(20, 24, 6, generator=gen) * 2, generator=gen)
-    mask = torch.ones(20, 24, dtype=torch.bool)
-    train = {"counts": counts[:16], "mask": mask[:16]}
-    val = {"counts": counts[16:], "mask": mask[16:]}
-    cfg_ae = AEConfig(n_neurons=6, latent_dim=2, width=8, blocks=1, state_dim=4, dropout_p=0.0)
-    model = Autoencoder(cfg_ae, torch.Generator().manual_seed(1))
-    cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-2, warmup_epochs=0.5, seed=0)
-    spec = None if ckpt_path is None else CheckpointSpec(ckpt_path, "ae", {}, {})
-    return fit(model, train, val, ae_loss, cfg, device=device, checkpoint=spec).model
-
-
-def torchrun(args: list[str], cwd: Path, timeout_s: float = 120) -> subprocess.CompletedProcess:
+def torchrun(args: list[str], cwd: Path, timeout_s: float = 150) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     return subprocess.run(
@@ -84,37 +69,28 @@ def torchrun(args: list[str], cwd: Path, timeout_s: float = 120) -> subprocess.C
     )
 
 
-def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
+def test_two_gloo_processes_fit_ae_like_one_process(tmp_path: Path) -> None:
+    data = tmp_path / "tiny.h5"
+    write_spikes(simulate_lorenz(24, 8, 16, seed=0), data)
+    # dropout off: a deterministic loss, so 2 × half-batches must equal one full batch
+    flags = ["--width", "8", "--blocks", "1", "--latent-dim", "2", "--batch-size", "8",
+             "--epochs", "2", "--dropout-p", "0", "--no-spike-history", "--device", "cpu"]  # fmt: skip
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    proc = torchrun([str(script), str(tmp_path), str(Path(__file__).parent)], tmp_path)
+    proc = torchrun(
+        [str(script), str(tmp_path), "fit-ae", str(data), "-m", "ddp", *flags], tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout == ""
+    assert proc.stderr.count("saved ") == 1  # progress and reports from rank 0 alone
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["world"] == 2
     assert result["rank_diff"] == 0.0  # DDP keeps the replicas bitwise identical
-    single = train_tiny("cpu", None)
-    flat = torch.cat([p.detach().flatten() for p in single.parameters()])
-    np.testing.assert_allclose(result["params"], flat.numpy(), atol=2e-6, rtol=0)
     # only rank 0 writes checkpoints
     assert json.loads((tmp_path / "saves_rank0.json").read_text()) >= 1
     assert json.loads((tmp_path / "saves_rank1.json").read_text()) == 0
-    assert [p.name for p in (tmp_path / "models").iterdir()] == ["ae.safetensors"]
-    # sharding covers every index exactly once, odd sizes and fewer items than ranks included
-    for n, parts in result["shards"].items():
-        flat_idx = sorted(i for part in parts for i in part)
-        assert flat_idx == list(range(int(n)))
-        assert max(map(len, parts)) - min(map(len, parts)) <= 1
-
-
-def test_torchrun_fit_ae_cli_matches_single_process(tmp_path: Path) -> None:
-    data = tmp_path / "tiny.h5"
-    write_spikes(simulate_lorenz(24, 8, 16, seed=0), data)
-    flags = ["--width", "8", "--blocks", "1", "--latent-dim", "2", "--batch-size", "8",
-             "--epochs", "2", "--dropout-p", "0", "--no-spike-history", "--device", "cpu"]  # fmt: skip
-    proc = torchrun(["-m", "ldns_cli", "fit-ae", str(data), "-m", "ddp", *flags], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout == ""
-    assert proc.stderr.count("saved ") == 1  # rank 0 alone reports
+    assert [p.name for p in (tmp_path / "ddp").iterdir()] == ["ae.safetensors"]
+    # the same command in one process on the full batches
     res = CliRunner().invoke(app, ["fit-ae", str(data), "-m", str(tmp_path / "one"), *flags, "-q"])
     assert res.exit_code == 0, res.stderr
     a = load_checkpoint(tmp_path / "ddp" / "ae.safetensors", "ae").subset("model")
@@ -122,6 +98,17 @@ def test_torchrun_fit_ae_cli_matches_single_process(tmp_path: Path) -> None:
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=2e-6, rtol=0)
+    # sharding covers every index exactly once, odd sizes and fewer items than ranks included
+    for n, parts in result["shards"].items():
+        assert sorted(i for part in parts for i in part) == list(range(int(n)))
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_python_m_ldns_cli_is_the_cli() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ldns_cli", "fit-ae", "--help"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "torchrun" in proc.stdout
 
 
 def test_single_process_helpers_are_no_ops() -> None:

@@ -156,3 +156,51 @@ def test_config_round_trip_rebuilds_same_model():
     assert torch.equal(twin(x, torch.tensor([3])), model(x, torch.tensor([3])))
     with pytest.raises(ValueError):
         dataclasses.replace(model.config, width=18)
+
+
+def test_per_condition_drop_equals_leaving_that_condition_out():
+    model = _model(CONDS)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 10, 4, generator=gen)
+    t = torch.tensor([100, 200, 300])
+    cond = _cond(3, 10, gen)
+    drop = {"angle": torch.tensor([True, False, False]), "vel": torch.tensor([True] * 3)}
+    out = model(x, t, cond=cond, drop_cond=drop)
+    without = model(x, t, cond={"maze": cond["maze"]})
+    assert torch.allclose(out[0], without[0], atol=1e-6)
+    without_vel = model(x, t, cond={"maze": cond["maze"], "angle": cond["angle"]})
+    assert torch.allclose(out[1:], without_vel[1:], atol=1e-6)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_diffusion_loss_is_zero_for_the_oracle_and_masked(prediction):
+    from ldns_cli.diffusion import DiffusionConfig, diffusion_loss
+    from ldns_cli.schedule import NoiseSchedule
+
+    cfg = DiffusionConfig(prediction=prediction)
+    schedule = NoiseSchedule(cfg.schedule_config())
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 12, 3, generator=gen)
+    mask = torch.arange(12)[None, :] < torch.tensor([12, 7, 3, 12])[:, None]
+
+    class Oracle(torch.nn.Module):
+        """Knows x_0, so returns the exact ε (or v) of x_t: the loss must be 0."""
+
+        def forward(self, x_t, t, mask=None, cond=None, drop_cond=None):
+            a = schedule.alpha_cumprod(t).float()[:, None, None]
+            eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+            return eps if prediction == "eps" else a.sqrt() * eps - (1 - a).sqrt() * x0
+
+    batch = {"x": x0, "mask": mask}
+    loss, _ = diffusion_loss(Oracle(), batch, schedule, cfg, torch.Generator().manual_seed(1))
+    assert float(loss) < 1e-8
+
+    class Zero(torch.nn.Module):
+        def forward(self, x_t, t, mask=None, cond=None, drop_cond=None):
+            return torch.zeros_like(x_t)
+
+    # padding content never enters the loss
+    batch2 = {"x": torch.where(mask[:, :, None], x0, 50.0), "mask": mask}
+    a, _ = diffusion_loss(Zero(), batch, schedule, cfg, torch.Generator().manual_seed(1))
+    b, _ = diffusion_loss(Zero(), batch2, schedule, cfg, torch.Generator().manual_seed(1))
+    assert torch.allclose(a, b)

@@ -15,6 +15,7 @@ from ldns_cli.history import (
     HistoryConfig,
     _Design,
     fit_history,
+    fit_trials,
     load_history,
     load_observation,
     save_history,
@@ -142,7 +143,7 @@ def test_sampler_recursion_matches_naive_loop_and_teacher_forcing(rank):
         return torch.floor(3.0 * lam).clamp(max=3.0)
 
     with torch.no_grad():
-        fast = m._run(rates, step)
+        fast = m._run(rates, lambda lam, t: step(lam))
         slow = naive_run(m, rates, step)
         torch.testing.assert_close(fast, slow)
         assert fast.sum() > 0 and fast.max() == 3  # the check is not vacuous
@@ -299,3 +300,56 @@ def test_load_observation_errors(tmp_path):
     (tmp_path / "history.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(LdnsError):
         load_observation(tmp_path, "auto")
+
+
+def test_fit_subsamples_whole_trials_within_budget():
+    valid = torch.tensor([100, 50, 100, 100, 20, 100, 100, 100])
+    cfg = HistoryConfig(history_bins=10, max_fit_elements=2 * 300)  # N = 2: 300 bins of budget
+    keep = fit_trials(valid, 2, cfg, gen(0))
+    assert keep is not None and int(valid[keep].sum()) <= 300
+    assert torch.equal(keep, keep.sort().values) and len(set(keep.tolist())) == len(keep)
+    assert torch.equal(keep, fit_trials(valid, 2, cfg, gen(0)))  # seeded
+    assert fit_trials(valid, 2, HistoryConfig(history_bins=10), gen(0)) is None
+
+
+def test_per_trial_generators_are_batch_independent():
+    """One generator per trial: a trial's sample does not depend on its batch or padding."""
+    m = known_model(4)
+    rates = smooth_rates(3, 1100, 4)  # crosses a uniform block boundary (1024 bins)
+    gens = [gen(10), gen(11), gen(12)]
+    batch = m.sample(rates, gens, torch.tensor([1100, 1050, 7]))
+    alone = m.sample(rates[1:2, :1050], [gen(11)])
+    torch.testing.assert_close(batch[1:2, :1050], alone)
+    assert batch[2, 7:].sum() == 0 and batch.max() <= 5
+    again = m.sample(rates, [gen(10), gen(11), gen(12)], torch.tensor([1100, 1050, 7]))
+    torch.testing.assert_close(batch, again)
+    p = PoissonObservation()
+    pb = p.sample(rates, [gen(1), gen(2), gen(3)], torch.tensor([1100, 30, 7]))
+    torch.testing.assert_close(pb[1:2, :30], p.sample(rates[1:2, :30], [gen(2)]))
+    with pytest.raises(ValueError):
+        m.sample(rates, [gen(0)])
+
+
+@pytest.mark.parametrize("cap", [None, 2])
+def test_inversion_sampler_matches_capped_poisson(cap):
+    """The per-trial-generator path (inversion) draws min(Poisson(r), cap) exactly."""
+    levels = torch.tensor([0.1, 0.8, 3.0])
+    rates = levels.expand(40, 100, 3).contiguous()  # 4000 draws per level
+    m = SpikeHistoryObservation(3, history_bins=4, max_count=cap)
+    s = m.sample(rates, [gen(100 + b) for b in range(40)]).numpy()
+    for n, lam in enumerate(levels.tolist()):
+        x = s[..., n].ravel().astype(int)
+        top = cap if cap is not None else max(int(x.max()), 1)
+        pmf = stats.poisson.pmf(np.arange(top + 1), lam)
+        if cap is not None:
+            pmf[-1] = stats.poisson.sf(cap - 1, lam)
+        else:
+            pmf[-1] += stats.poisson.sf(top, lam)
+        observed = np.bincount(np.minimum(x, top), minlength=top + 1)
+        expected = pmf * x.size
+        keep = expected >= 5
+        rest = (observed[~keep].sum(), expected[~keep].sum())
+        obs = np.append(observed[keep], rest[0]) if rest[1] > 0 else observed[keep]
+        exp = np.append(expected[keep], rest[1]) if rest[1] > 0 else expected[keep]
+        _, p = stats.chisquare(obs, exp * obs.sum() / exp.sum())
+        assert p > 1e-3, (lam, cap, p)

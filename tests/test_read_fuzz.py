@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_tiny_data, write_nlb_nwb
@@ -83,13 +83,14 @@ _DTYPES = ["uint8", "int16", "int64", "float32", "float64", "bool"]
 
 @st.composite
 def random_layouts(draw):
-    rng_seed = draw(st.integers(0, 2**32 - 1))
-    rng = np.random.default_rng(rng_seed)
+    """Mostly plausible ldns/LFADS layouts with random damage: shapes, dtypes, NaN, signs."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     n_trials, n_bins, n_neurons = (draw(st.integers(0, 4)) for _ in range(3))
-    keys = draw(st.lists(st.sampled_from(_KEYS), unique=True, min_size=1, max_size=8))
+    core = draw(st.sampled_from(["spikes", "train_data", None]))
+    extra = draw(st.lists(st.sampled_from(_KEYS), unique=True, max_size=6))
+    keys = list(dict.fromkeys(([core] if core else []) + extra)) or ["spikes"]
     layout = {}
     for key in keys:
-        # mostly plausible shapes, sometimes not
         plausible = {
             "spikes": (n_trials, n_bins, n_neurons),
             "train_data": (n_trials, n_bins, n_neurons),
@@ -100,19 +101,24 @@ def random_layouts(draw):
             "neurons/unit_id": (n_neurons,),
             "bin_size": (),
             "align_offset": (),
+            "lengths": (n_trials,),
         }.get(key, (n_trials,))
-        shape = (
-            plausible
-            if draw(st.booleans())
-            else tuple(draw(st.lists(st.integers(0, 4), max_size=3)))
-        )
-        dtype = draw(st.sampled_from(_DTYPES))
+        damaged_shape = draw(st.integers(0, 3)) == 0
+        shape = tuple(draw(st.lists(st.integers(0, 4), max_size=3))) if damaged_shape else plausible
         if key == "split" and draw(st.booleans()):
-            layout[key] = np.array(["train", "val", "x", ""][: max(1, n_trials)], dtype=object)
+            layout[key] = np.array(
+                (["train", "val", "x", ""] * 2)[: max(1, n_trials)], dtype=object
+            )
             continue
-        values = rng.normal(0, 3, size=shape)
-        if dtype != "bool" and draw(st.booleans()):
-            values = np.abs(np.round(values))
+        dtype = draw(st.sampled_from(_DTYPES))
+        if key == "lengths":
+            values = rng.integers(-1, n_bins + 2, size=shape)
+        elif key == "bin_size":
+            values = rng.choice([0.005, 0.01, 0.0, -1.0], size=shape)
+        else:
+            values = rng.normal(0, 3, size=shape)
+            if draw(st.integers(0, 3)) > 0:
+                values = np.abs(np.round(values))  # count-like
         if dtype.startswith("float") and draw(st.integers(0, 5)) == 0:
             values = np.where(rng.random(shape) < 0.3, np.nan, values)
         layout[key] = values.astype(dtype) if dtype != "bool" else values > 0
@@ -134,9 +140,11 @@ def test_random_hdf5_layouts_fail_cleanly_or_read_exactly(layout, nwb_flag):
     try:
         data = read_spikes(path)
     except LdnsError:
+        event("clean error")
         return
     finally:
         path.unlink()
+    event("read")
     # it read: then the tensor must be exactly what the file holds
     assert not nwb_flag
     if "spikes" in layout:

@@ -15,7 +15,9 @@ from ldns_cli.s4 import (
 )
 
 
-def make_layer(bidirectional: bool, channels: int = 4, state_dim: int = 8, seed: int = 0) -> S4Layer:
+def make_layer(
+    bidirectional: bool, channels: int = 4, state_dim: int = 8, seed: int = 0
+) -> S4Layer:
     gen = torch.Generator().manual_seed(seed)
     # Δ up to 0.5 so the kernel is far from zero over the short test lengths
     return S4Layer(channels, state_dim, bidirectional, dt_min=0.05, dt_max=0.5, generator=gen)
@@ -114,7 +116,7 @@ def test_cached_kernels_give_identical_outputs_and_reuse() -> None:
         calls = []
         original = S4Layer.kernel_fft
 
-        def counting(self, *a, **k):  # noqa: ANN001, ANN002, ANN003
+        def counting(self: S4Layer, *a: object, **k: object) -> torch.Tensor:
             calls.append(1)
             return original(self, *a, **k)
 

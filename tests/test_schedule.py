@@ -30,6 +30,7 @@ from ldns_cli.schedule import (
     DPMSolverPPSampler,
     NoiseSchedule,
     ScheduleConfig,
+    apply_guidance,
     cosine_alpha_bar,
     make_sampler,
     make_timesteps,
@@ -379,3 +380,27 @@ def test_odd_shapes_and_dtypes(shape, dtype):
         assert x.shape == shape and x.dtype == dtype and torch.isfinite(x).all()
         assert [c[0] for c in calls] == list(range(6))
         assert all(c[2] == shape for c in calls)
+
+
+def test_guidance_combination():
+    gen = torch.Generator().manual_seed(0)
+    u, c = torch.randn(3, 4, generator=gen), torch.randn(3, 4, generator=gen)
+    assert apply_guidance(u, c, 1.0) is c and apply_guidance(u, c, 0.0) is u
+    torch.testing.assert_close(apply_guidance(u, c, 3.0), u + 3.0 * (c - u))
+
+
+def test_min_snr_weight_and_timestep_sampling():
+    t = torch.tensor([0, 300, 999])
+    ab = numpy_alphas_cumprod()[t.numpy()]
+    snr = ab / (1 - ab)
+    eps_w = NoiseSchedule().min_snr_weight(t, gamma=5.0).numpy()
+    np.testing.assert_allclose(eps_w, np.minimum(snr, 5.0) / snr, rtol=1e-6)
+    v_sched = NoiseSchedule(ScheduleConfig(prediction_type="v_prediction"))
+    np.testing.assert_allclose(
+        v_sched.min_snr_weight(t, 5.0).numpy(), np.minimum(snr, 5.0) / (snr + 1), rtol=1e-6
+    )
+    gen = torch.Generator().manual_seed(0)
+    ts = NoiseSchedule().sample_timesteps(20_000, gen, "cpu")
+    assert ts.dtype == torch.long and int(ts.min()) == 0 and int(ts.max()) == T - 1
+    # uniform on 0..999: mean 499.5, sd of the mean ≈ 288.7/√20000 ≈ 2.0
+    assert abs(ts.float().mean().item() - 499.5) < 10

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,7 +59,7 @@ def test_lr_factor_warmup_then_cosine() -> None:
     assert got[4] == pytest.approx(1.0)
     assert got[9] == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the decay
     assert got[14] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(got[3:], got[4:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(got[3:]))
     assert lr_factor(100, 4, 14, 0.1) == pytest.approx(0.1)  # stays at the floor
 
 
@@ -69,7 +71,7 @@ def test_schedule_is_applied_per_step() -> None:
         assert row["lr"] == pytest.approx(CFG.lr * lr_factor(step, spe, 3 * spe, 0.2))
 
 
-def test_ema_is_the_fixed_decay_average_of_the_weights(tmp_path) -> None:  # noqa: ANN001
+def test_ema_is_the_fixed_decay_average_of_the_weights(tmp_path: Path) -> None:
     seen: list[dict[str, Tensor]] = []
 
     def recording_loss(model: nn.Module, batch: dict, gen: torch.Generator) -> tuple:
@@ -107,7 +109,7 @@ def test_best_validation_weights_are_kept() -> None:
 
 
 @pytest.mark.parametrize("stop_at_call", [7, 10])  # mid-epoch, and at an epoch boundary
-def test_resume_after_ctrl_c_replays_the_same_trajectory(tmp_path, stop_at_call: int) -> None:  # noqa: ANN001
+def test_resume_after_ctrl_c_replays_the_same_trajectory(tmp_path: Path, stop_at_call: int) -> None:
     train, val = dataset(40, 0), dataset(6, 1)
     full = fit(TinyNet(), train, val, noisy_loss, CFG)
 

@@ -127,11 +127,13 @@ class ConditionTable:
             in the condition's unit (radians for circular ones), categorical as their labels.
         n_trials: rows.
         n_combinations: distinct condition combinations (n_trials = n_combinations · per_condition).
+        lengths: per-trial lengths in bins of the source trials (`conditions_from_data` only).
     """
 
     values: dict[str, np.ndarray] = field(default_factory=dict)
     n_trials: int = 0
     n_combinations: int = 1
+    lengths: np.ndarray | None = None  # per-trial bins when taken from a recording
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,14 +148,18 @@ def split_condition_arg(text: str) -> tuple[str, str]:
     if not sep or not name or not value:
         raise LdnsError(
             f"cannot read condition '{text}'",
-            "write NAME=VALUE, e.g. --condition angle=0.5, angle=30deg, angle=0:6.28:8 or speed=1,2",
+            "write NAME=VALUE, e.g. --condition angle=0.5, angle=30deg, angle=0:6.28:8 "
+            "or speed=1,2",
         )
     return name, value
 
 
 def _model_conditions_hint(specs: list[ConditionSpec]) -> str:
     if not specs:
-        return "this model was trained without conditions: drop --condition, or refit with fit-diffusion --condition NAME"
+        return (
+            "this model was trained without conditions: drop --condition, "
+            "or refit with fit-diffusion --condition NAME"
+        )
     return "this model's conditions: " + "; ".join(s.describe() for s in specs)
 
 
@@ -349,10 +355,8 @@ def check_range(spec: ConditionSpec, values: np.ndarray) -> None:
         bad = np.unique(values[outside.any(axis=1)])[:5]
         shown = ", ".join(f"{x:g}" for x in np.ravel(bad)[:5])
         rng = ", ".join(f"[{a:g}, {b:g}]" for a, b in zip(lo, hi, strict=True))
-        warn(
-            f"condition '{spec.name}' value(s) {shown} lie outside the training range {rng}"
-            f"{' ' + spec.unit if spec.unit else ''}; samples there are extrapolations"
-        )
+        unit = f" {spec.unit}" if spec.unit else ""
+        warn(f"{spec.name}={shown} is outside the training range {rng}{unit} (extrapolating)")
 
 
 def build_condition_table(
@@ -487,9 +491,154 @@ def embed_condition_values(
 def embed_conditions(
     spec: Sequence[Mapping[str, Any] | ConditionSpec], values: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """`embed_condition_values` for every condition present in `values` (absent ones stay absent)."""
+    """`embed_condition_values` for each condition present in `values` (absent ones stay absent)."""
     return {
         s.name: embed_condition_values(s, values[s.name])
         for s in as_specs(spec)
         if s.name in values
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs and tables from a recording (fit-diffusion --condition NAME, sample --condition-from)
+# ---------------------------------------------------------------------------------------------
+
+ANGLE_UNIT_NAMES = {"rad": "rad", "radian": "rad", "radians": "rad", "deg": "deg", "degree": "deg"}
+ANGLE_UNIT_NAMES["degrees"] = "deg"
+_CIRCULAR_WORDS = ("angle", "direction", "theta", "phase", "heading", "orientation")
+_CATEGORY_SUFFIXES = ("id", "label", "type", "condition", "class")
+
+
+def _json_scalar(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def detect_kind(name: str, values: np.ndarray, declared: str = "", unit: str = "") -> str:
+    """The condition kind of a trial covariate: declared, else detected from unit, name, dtype.
+
+    Circular: an angle unit (rad, deg) or an angle-like name (angle, direction, theta, phase,
+    heading, orientation) with values inside ±2π. Categorical: strings/booleans, or integers
+    whose name ends in id/label/type/condition/class. Otherwise continuous.
+    """
+    if declared in ("circular", "categorical"):
+        return declared
+    if values.dtype.kind in "USOb":
+        return "categorical"
+    lname = name.lower()
+    if unit.lower() in ANGLE_UNIT_NAMES:
+        return "circular"
+    if any(w in lname for w in _CIRCULAR_WORDS) and np.nanmax(np.abs(values)) <= 2 * math.pi + 1e-6:
+        return "circular"
+    if values.dtype.kind in "iu" and lname.replace("-", "_").split("_")[-1] in _CATEGORY_SUFFIXES:
+        return "categorical"
+    return "continuous"
+
+
+def condition_spec_from_data(data: Any, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Build the checkpoint's condition spec for `fit-diffusion --condition NAME ...`.
+
+    Trial covariates (`data.covariates`) become circular/continuous/categorical conditions (kind
+    from `data.variable_info`, else `detect_kind`); behaviour series (`data.behavior`) become
+    required time-series conditions. Each entry records the unit and the training range
+    (min/max, mean/std per dimension; categories for categorical ones), JSON-ready.
+
+    Args:
+        data: a `SpikeData` (the training split).
+        names: the requested condition names.
+    """
+    out: list[dict[str, Any]] = []
+    for name in names:
+        info = data.info(name)
+        if name in data.covariates:
+            raw = np.asarray(data.covariates[name])
+            kind = detect_kind(name, raw, info.kind, info.unit)
+            entry: dict[str, Any] = {"name": name, "kind": kind, "unit": info.unit}
+            if kind == "categorical":
+                entry["dim"] = 1
+                entry["values"] = [_json_scalar(v) for v in np.unique(raw)]
+            else:
+                x = raw.astype(np.float64).reshape(len(raw), -1)  # [B, k]
+                if kind == "circular" and not entry["unit"]:
+                    entry["unit"] = "rad"
+                if kind == "circular":
+                    entry["unit"] = ANGLE_UNIT_NAMES.get(entry["unit"].lower(), "rad")
+                entry["dim"] = int(x.shape[1])
+                entry["min"] = np.nanmin(x, axis=0).tolist()
+                entry["max"] = np.nanmax(x, axis=0).tolist()
+                entry["mean"] = np.nanmean(x, axis=0).tolist()
+                entry["std"] = np.nanstd(x, axis=0).tolist()
+        elif name in data.behavior:
+            series = np.asarray(data.behavior[name], dtype=np.float64)  # [B, L, k]
+            valid = data.mask() if hasattr(data, "mask") else np.ones(series.shape[:2], bool)
+            x = series[valid.astype(bool)]  # [valid bins, k]
+            entry = {
+                "name": name,
+                "kind": "timeseries",
+                "unit": info.unit,
+                "dim": int(series.shape[-1]),
+                "min": np.nanmin(x, axis=0).tolist(),
+                "max": np.nanmax(x, axis=0).tolist(),
+                "mean": np.nanmean(x, axis=0).tolist(),
+                "std": np.nanstd(x, axis=0).tolist(),
+                "required": True,
+            }
+        else:
+            available = sorted(data.covariates) + sorted(data.behavior)
+            raise LdnsError(
+                f"the recording has no covariate or behaviour series '{name}'",
+                "available: " + (", ".join(available) if available else "none (run ldns inspect)"),
+            )
+        out.append(entry)
+    return out
+
+
+def conditions_from_data(
+    spec: Sequence[Mapping[str, Any] | ConditionSpec], data: Any, per_condition: int = 1
+) -> ConditionTable:
+    """Take every condition of `spec` from a recording's trials (`sample --condition-from`).
+
+    Each source trial is one combination, repeated `per_condition` times in a row; time series
+    come with the source trials' `lengths` (`ConditionTable.lengths`), which the generated
+    trials should use. Select trials beforehand with `data.select(...)`.
+    """
+    specs = as_specs(spec)
+    if isinstance(per_condition, bool) or not isinstance(per_condition, int) or per_condition < 1:
+        raise LdnsError(
+            f"--per-condition must be a positive integer, got {per_condition!r}", "e.g. 5"
+        )
+    if not specs:
+        raise LdnsError(
+            "this model was trained without conditions, so --condition-from has nothing to take",
+            "drop --condition-from",
+        )
+    values: dict[str, np.ndarray] = {}
+    for s in specs:
+        source = data.behavior if s.kind == "timeseries" else data.covariates
+        if s.name not in source:
+            where = "behaviour series" if s.kind == "timeseries" else "trial covariates"
+            raise LdnsError(
+                f"the recording has no {where} '{s.name}' that the model is conditioned on",
+                f"its {where}: {', '.join(sorted(source)) or 'none'}",
+            )
+        v = np.asarray(source[s.name])
+        if s.kind == "timeseries" and (v.ndim != 3 or v.shape[-1] != s.dim):
+            raise LdnsError(
+                f"'{s.name}' has shape {list(v.shape)}, the model needs [trial, time, {s.dim}]",
+                "use a recording prepared like the training data",
+            )
+        if s.kind == "categorical":
+            embed_condition_values(s, v)  # unknown categories fail here, with the list
+        elif s.kind != "timeseries":
+            width = 1 if v.ndim == 1 else int(np.prod(v.shape[1:]))
+            if width != s.dim:
+                raise LdnsError(
+                    f"'{s.name}' has {width} dimension(s) in the recording, the model {s.dim}",
+                    "use a recording prepared like the training data",
+                )
+            check_range(s, v.astype(np.float64))
+        values[s.name] = np.repeat(v, per_condition, axis=0)
+    n = len(next(iter(values.values())))
+    lengths = np.repeat(np.asarray(data.lengths), per_condition)
+    return ConditionTable(
+        values=values, n_trials=n, n_combinations=n // per_condition, lengths=lengths
+    )

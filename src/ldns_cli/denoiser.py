@@ -37,6 +37,8 @@ from ldns_cli.layers import ChannelMLP, Pointwise, masked_instance_norm
 from ldns_cli.s4 import S4Layer
 
 COND_INPUT_KINDS = ("vector", "categorical", "series")
+# which trials' conditions are dropped: all conditions `[B]` bool, or per condition name
+DropCond = torch.Tensor | dict[str, torch.Tensor] | None
 
 
 @dataclass(frozen=True)
@@ -162,19 +164,21 @@ class Denoiser(nn.Module):
 
     # ------------------------------------------------------------------ conditioning
     def _keep(
-        self, name: str, cond: dict | None, drop: torch.Tensor | None, b: int, device: torch.device
+        self, name: str, cond: dict | None, drop: DropCond, b: int, device: torch.device
     ) -> torch.Tensor:
         """Bool `[B]`: trials where condition `name` is used (given and not dropped)."""
         if cond is None or name not in cond:
             return torch.zeros(b, dtype=torch.bool, device=device)
         keep = torch.ones(b, dtype=torch.bool, device=device)
-        return keep if drop is None else keep & ~drop.to(device)
+        if isinstance(drop, dict):
+            drop = drop.get(name)
+        return keep if drop is None else keep & ~drop.to(device).bool()
 
     def embed(
         self,
         t: torch.Tensor,
         cond: dict[str, torch.Tensor] | None = None,
-        drop_cond: torch.Tensor | None = None,
+        drop_cond: DropCond = None,
         batch: int | None = None,
     ) -> torch.Tensor:
         """The conditioning vector `e` `[B, Cc]`: time-step embedding + trial-level conditions."""
@@ -202,7 +206,7 @@ class Denoiser(nn.Module):
     def series_inputs(
         self,
         cond: dict[str, torch.Tensor] | None,
-        drop_cond: torch.Tensor | None,
+        drop_cond: DropCond,
         b: int,
         n_bins: int,
     ) -> torch.Tensor | None:
@@ -228,7 +232,7 @@ class Denoiser(nn.Module):
         t: torch.Tensor,
         mask: torch.Tensor | None = None,
         cond: dict[str, torch.Tensor] | None = None,
-        drop_cond: torch.Tensor | None = None,
+        drop_cond: DropCond = None,
     ) -> torch.Tensor:
         """Model output for noisy latents.
 
@@ -238,7 +242,8 @@ class Denoiser(nn.Module):
             mask: valid bins `[B, L]` bool; None = all valid.
             cond: condition features by name: vector `[B, dim]`, categorical `[B]` long,
                 series `[B, L, dim]`. Missing names (or None) take the null path.
-            drop_cond: `[B]` bool, trials whose conditions are all dropped (guidance / training).
+            drop_cond: `[B]` bool, trials whose conditions are all dropped (guidance / training),
+                or `{name: [B] bool}` to drop conditions one by one.
 
         Returns:
             `[B, L, Z]`, zero on padded bins.

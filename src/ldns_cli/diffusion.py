@@ -94,6 +94,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }  # fmt: skip
 
 # ldns-reference §2.2-2.4 (keys of DiffusionConfig or train.TrainConfig); `small` is a CPU demo
+# and the default (as for fit-ae)
+DEFAULT_PRESET = "small"
 PRESETS: dict[str, dict[str, Any]] = {
     "small": {
         "width": 32, "blocks": 2, "state_dim": 32, "epochs": 100, "batch_size": 64,
@@ -282,10 +284,21 @@ def diffusion_loss(
     x_t = schedule.add_noise(x0, noise, t)
     target = schedule.training_target(x0, noise, t)
     cond = {k[len("cond.") :]: v for k, v in batch.items() if k.startswith("cond.")}
-    drop = None
+    drop: dict[str, torch.Tensor] | None = None
     if cond and config.cond_dropout > 0:
+        # all conditions of a trial dropped together with p (the unconditional path), and with
+        # several conditions each also on its own with p, so that sampling with only some of
+        # them given (the rest on their null embedding) is in distribution too
+        p = config.cond_dropout
         u = torch.rand(b, generator=generator, device=gen_device).to(x0.device)
-        drop = u < config.cond_dropout
+        drop_all = u < p
+        drop = {}
+        for name in sorted(cond):
+            if len(cond) > 1:
+                u = torch.rand(b, generator=generator, device=gen_device).to(x0.device)
+                drop[name] = drop_all | (u < p)
+            else:
+                drop[name] = drop_all
     pred = model(x_t, t, mask, cond or None, drop)
     if config.loss == "mse":
         err = F.mse_loss(pred, target, reduction="none")
@@ -429,7 +442,8 @@ def resolve_configs(
     a key that belongs to neither is an error listing the known ones.
     """
     values: dict[str, Any] = dict(TRAIN_DEFAULTS)
-    if preset is not None:
+    preset = preset or DEFAULT_PRESET
+    if preset:
         if preset not in PRESETS:
             raise LdnsError(
                 f"unknown preset '{preset}'", f"choose one of: {', '.join(sorted(PRESETS))}"
@@ -514,11 +528,12 @@ def fit_diffusion(
     train_config: TrainConfig,
     device: str = "cpu",
     resume: bool = False,
+    resume_epochs: int | None = None,
 ) -> tuple[FitResult, Path]:
     """Train the denoiser on `data`'s latents under the AE in `models_dir`; write the checkpoint.
 
     Returns the trainer's result and the checkpoint path. With `resume`, the existing checkpoint's
-    configs, statistics and condition specs are used (only `epochs` may be raised).
+    configs, statistics and condition specs are used; `resume_epochs` changes the epoch count.
     """
     from ldns_cli.autoencoder import load_autoencoder
 
@@ -531,11 +546,10 @@ def fit_diffusion(
     if resume:
         previous = load_checkpoint(path, "diffusion", fit_command="ldns fit-diffusion DATA")
         check_belongs_to_ae(previous.fingerprint, ae_ckpt, folder)
-        epochs = train_config.epochs
         config = config_from_dict(DiffusionConfig, previous.config["diffusion"], str(path))
         train_config = config_from_dict(TrainConfig, previous.config["train"], str(path))
-        if epochs > train_config.epochs:
-            train_config = dataclasses.replace(train_config, epochs=epochs)
+        if resume_epochs is not None:
+            train_config = dataclasses.replace(train_config, epochs=resume_epochs)
         stats = (previous.extra["latent_mean"], previous.extra["latent_std"])
         specs = previous.extra.get("conditions", [])
 

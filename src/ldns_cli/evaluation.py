@@ -143,17 +143,16 @@ def _pick_units(sizes: np.ndarray, target: int, rng: np.random.Generator, keep_r
 
 
 def _summarise_set(
-    data: SpikeData | tuple[np.ndarray, np.ndarray],
+    counts: np.ndarray,
+    lengths: np.ndarray,
+    perm: np.ndarray,
     bin_size_s: float,
     g: int,
     settings: MetricSettings,
     projection: Projection,
     segment_bins: int,
-    rng: np.random.Generator,
 ) -> SpikeSums:
-    """Permute trials at random, group into units of ~g trials, compute per-unit sums."""
-    counts, lengths = (data.counts, data.lengths) if isinstance(data, SpikeData) else data
-    perm = rng.permutation(len(lengths))
+    """Per-unit sums of the trials in the order `perm`, grouped into units of ~g trials."""
     n_units = max(1, round(len(lengths) / g))
     return summarise(
         counts[perm], lengths[perm], bin_size_s, settings, projection, n_units, segment_bins
@@ -192,31 +191,47 @@ def evaluate_full(
     n_neurons = reference.n_neurons
     n_ref, n_gen = reference.n_trials, generated.n_trials
 
+    # Trial lengths bound ISIs and spectra, so candidates must share one length distribution:
+    # each reference trial of A and each generated trial is cropped to min(own length, length of
+    # a random trial of the other set), which gives both min(ℓ_ref, ℓ_gen) in distribution. The
+    # comparison set B keeps full reference trials. Equal lengths everywhere: nothing changes.
+    ref_len = np.minimum(reference.lengths, rng.choice(generated.lengths, n_ref))
+    gen_len = np.minimum(generated.lengths, rng.choice(reference.lengths, n_gen))
+    cropped = not (
+        np.array_equal(ref_len, reference.lengths) and np.array_equal(gen_len, generated.lengths)
+    )
+
     # naive reference point: homogeneous Poisson at the reference's mean rates
     rate_per_bin = reference.counts.sum(axis=(0, 1), dtype=np.float64) / reference.lengths.sum()
-    naive_counts = draw_naive(rate_per_bin, generated.lengths, generated.n_bins, rng)
+    naive_counts = draw_naive(rate_per_bin, gen_len, generated.n_bins, rng)
 
     # the PSD metric's PCA is fitted on (a random subset of) the reference
     pca_idx = np.sort(rng.permutation(n_ref)[:PCA_MAX_TRIALS])
     projection = fit_projection(
         reference.counts[pca_idx], reference.lengths[pca_idx], bin_size_s, settings
     )
-    segment_bins = int(
-        min(settings.psd_segment_bins, reference.lengths.max(), generated.lengths.max())
-    )
-    segment_bins = max(segment_bins, 4)
+    segment_bins = max(4, int(min(settings.psd_segment_bins, np.median(gen_len))))
 
     g = unit_trials(n_ref, n_gen, n_neurons)
+    common = (bin_size_s, g, settings, projection, segment_bins)
+    perm_ref = rng.permutation(n_ref)
     log(f"summarising {n_ref} reference trials")
-    s_ref = _summarise_set(reference, bin_size_s, g, settings, projection, segment_bins, rng)
+    s_ref = _summarise_set(reference.counts, reference.lengths, perm_ref, *common)
+    s_ref_a = s_ref  # what the floor's part A is drawn from
+    if cropped:
+        log("summarising the reference at the generated set's trial lengths")
+        s_ref_a = _summarise_set(reference.counts, ref_len, perm_ref, *common)
     log(f"summarising {n_gen} generated trials")
-    s_gen = _summarise_set(generated, bin_size_s, g, settings, projection, segment_bins, rng)
+    perm_gen = rng.permutation(n_gen)
+    s_gen = _summarise_set(generated.counts, gen_len, perm_gen, *common)
+    s_gen_full = s_gen
+    if cropped:  # the paper-protocol and model_all values use the generated trials as they are
+        s_gen_full = _summarise_set(generated.counts, generated.lengths, perm_gen, *common)
     log("summarising the naive Poisson reference point")
-    s_naive = _summarise_set(
-        (naive_counts, generated.lengths), bin_size_s, g, settings, projection, segment_bins, rng
-    )
-    psc_size = max(s.psc_hist.shape[1] for s in (s_ref, s_gen, s_naive))
-    s_ref, s_gen, s_naive = (s.pad_psc(psc_size) for s in (s_ref, s_gen, s_naive))
+    s_naive = _summarise_set(naive_counts, gen_len, rng.permutation(n_gen), *common)
+    sets = [s_ref, s_ref_a, s_gen, s_gen_full, s_naive]
+    psc_size = max(s.psc_hist.shape[1] for s in sets)
+    s_ref, s_ref_a, s_gen, s_gen_full, s_naive = (s.pad_psc(psc_size) for s in sets)
 
     m = min(n_ref // 2, n_gen)
     per_fold: dict[str, dict[str, list[float]]] = {
@@ -230,7 +245,7 @@ def evaluate_full(
         sum_b = finalise(s_ref.total(~in_a))
         for key, sums, pick in (
             ("model", s_gen, in_g),
-            ("floor", s_ref, in_a),
+            ("floor", s_ref_a, in_a),
             ("naive", s_naive, in_n),
         ):
             values = compare(finalise(sums.total(pick)), sum_b, settings)
@@ -239,20 +254,24 @@ def evaluate_full(
             sizes[key].append(int(sums.n_trials[pick].sum()))
         sizes["comparison"].append(sum_b.n_trials)
         # the authors' protocol: a bootstrap resample of the generated set vs all reference trials
-        boot = rng.multinomial(s_gen.n_units, np.full(s_gen.n_units, 1.0 / s_gen.n_units))
-        values = compare(finalise(s_gen.total(boot)), finalise(s_ref.total()), settings)
+        n_u = s_gen_full.n_units
+        boot = rng.multinomial(n_u, np.full(n_u, 1.0 / n_u))
+        values = compare(finalise(s_gen_full.total(boot)), finalise(s_ref.total()), settings)
         for name in METRIC_NAMES:
             per_fold["paper"][name].append(values[name])
 
-    ref_all, gen_all, naive_all = finalise(s_ref), finalise(s_gen), finalise(s_naive)
+    ref_all, gen_all, naive_all = finalise(s_ref), finalise(s_gen_full), finalise(s_naive)
     all_values = compare(gen_all, ref_all, settings)
     metrics: dict[str, Any] = {}
     for name in METRIC_NAMES:
         model, floor, naive = (_stats(per_fold[k][name]) for k in ("model", "floor", "naive"))
         score = None
         if None not in (model["mean"], floor["mean"], naive["mean"]):
+            # a score needs naive clearly worse than the floor: gap > 3 standard errors of the
+            # fold means, else the denominator is noise (e.g. rates: naive matches them exactly)
             gap = naive["mean"] - floor["mean"]
-            if gap > 1e-12 * max(abs(naive["mean"]), 1e-300):
+            se = math.sqrt((floor["sd"] ** 2 + naive["sd"] ** 2) / folds)
+            if gap > max(3.0 * se, 1e-12 * abs(naive["mean"])):
                 score = (model["mean"] - floor["mean"]) / gap
         metrics[name] = {
             "description": METRIC_DESCRIPTIONS[name],
@@ -286,6 +305,11 @@ def evaluate_full(
             "silent_neurons_reference": int(np.sum(ref_all.rates_hz == 0)),
             "silent_neurons_generated": int(np.sum(gen_all.rates_hz == 0)),
             "psd_segment_bins": segment_bins,
+            "psd_band_hz": [0.0, projection.cutoff_hz(bin_size_s)],
+            "lengths_matched": bool(cropped),
+            "score": "given only where naive − floor exceeds 3 standard errors of the fold "
+            "means; the naive model has the reference's mean rates by construction (rate RMSE at "
+            "the floor, no score) and mean ISI ≈ 1/rate (small denominator, noisy score)",
             "psd_sigma_bins": projection.sigma_bins,
             "pca_explained_variance": [float(v) for v in projection.explained],
             "kl": "KL(model‖data) in nats of Gaussian-KDE (Scott) psc densities on the grid 0..M "
@@ -317,7 +341,8 @@ def evaluate(
     settings: MetricSettings | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready payload of `evaluate_full` (metrics with floor, naive and score)."""
-    return evaluate_full(reference, generated, folds=folds, seed=seed, settings=settings).payload
+    ev = evaluate_full(reference, generated, folds=folds, seed=seed, settings=settings)
+    return jsonable(ev.payload)
 
 
 def _describe(data: SpikeData) -> dict[str, Any]:
@@ -329,3 +354,19 @@ def _describe(data: SpikeData) -> dict[str, Any]:
         "bin_size_s": data.bin_size_s,
         "mean_rate_hz": float(data.mean_rate_hz().mean()),
     }
+
+
+def jsonable(obj: Any) -> Any:
+    """A copy of `obj` that `json.dumps(allow_nan=False)` accepts: numpy scalars and arrays become
+    Python numbers and lists, and NaN/inf become None (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

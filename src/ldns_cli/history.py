@@ -150,6 +150,22 @@ class _Design:
         return total / self.target.numel()
 
 
+def fit_trials(
+    valid_bins: Tensor, n_neurons: int, cfg: HistoryConfig, generator: torch.Generator
+) -> Tensor | None:
+    """A random subset of trials within the fit budget (sorted indices), or None for all.
+
+    Whole trials keep their history windows intact. The budget bounds the neuron·bin entries to
+    `max_fit_elements`, and the regressor matrix X [N, M, H] to about 20·max_fit_elements floats.
+    """
+    budget = min(cfg.max_fit_elements, cfg.max_fit_elements * 20 // cfg.history_bins)
+    n_trials = int(valid_bins.shape[0])
+    order = torch.randperm(n_trials, generator=generator)
+    cum = torch.cumsum(valid_bins[order].long() * n_neurons, 0)
+    n_keep = max(1, int((cum <= budget).sum()))
+    return None if n_keep >= n_trials else order[:n_keep].sort().values
+
+
 def fit_history(
     counts: Tensor,
     rates: Tensor,
@@ -180,15 +196,9 @@ def fit_history(
     # padding bins must not act as (zero) history either
     counts = counts * mask.unsqueeze(-1)
 
-    # subsample whole trials once if the set is very large (keeps history windows intact);
-    # the budget also bounds the regressor matrix X [N, M, H] to ~max_fit_elements·20 floats
-    budget = min(cfg.max_fit_elements, cfg.max_fit_elements * 20 // H)
-    valid_per_trial = mask.sum(1)  # [B]
-    order = torch.randperm(B, generator=generator).to(device)
-    cum = torch.cumsum(valid_per_trial[order] * N, 0)
-    n_keep = max(1, int((cum <= budget).sum()))
-    if n_keep < B:
-        keep = order[:n_keep].sort().values
+    keep = fit_trials(mask.sum(1).cpu(), N, cfg, generator)
+    if keep is not None:
+        keep = keep.to(device)
         counts, rates, mask = counts[keep], rates[keep], mask[keep]
     design = _Design(counts, rates, mask, H, cfg.max_count)
 
@@ -407,12 +417,19 @@ def fit_history_for_ae(
             f"spike history: {cfg.history_bins} bins ({cfg.history_bins * train.bin_size_s * 1e3:g}"
             f" ms), cap {cfg.max_count}, {cfg.iterations} iterations"
         )
+    fingerprint = train.fingerprint()  # of all training trials, before any subsampling
+    # pick the fit trials first, so the AE only runs on trials that are used
+    keep = fit_trials(torch.as_tensor(train.lengths), train.n_neurons, cfg, gen)
+    train = train if keep is None else train.select(keep.numpy())
     _, train_rates = infer(ae, train, batch_size, device)
     counts, rates, mask = _tensors(train, train_rates, device)
     model = fit_history(counts, rates, mask, cfg, gen, progress=not quiet)
 
+    # validation on at most the same budget of trials
     ref = val if val is not None else train
-    ref_rates = train_rates if val is None else infer(ae, val, batch_size, device)[1]
+    keep = fit_trials(torch.as_tensor(ref.lengths), ref.n_neurons, cfg, gen)
+    ref = ref if keep is None else ref.select(keep.numpy())
+    ref_rates = train_rates if val is None else infer(ae, ref, batch_size, device)[1]
     vc, vr, vm = _tensors(ref, ref_rates, device)
     nll_h = validation_nll(model, vc, vr, vm)
     nll_p = validation_nll(PoissonObservation(), vc, vr, vm)
@@ -434,7 +451,7 @@ def fit_history_for_ae(
             "seed": int(seed),
         }
     )
-    path = save_history(model, cfg, train.fingerprint(), models_dir)
+    path = save_history(model, cfg, fingerprint, models_dir)
     if not quiet:
         console.info(f"spike history: wrote {path}")
     return model

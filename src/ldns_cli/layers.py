@@ -50,7 +50,7 @@ def apply_mask(x: Tensor, mask: Tensor | None) -> Tensor:
 
 
 class Pointwise(nn.Module):
-    """1×1 convolution `[B, C_in, L] -> [B, C_out, L]`, optionally grouped.
+    """1×1 convolution `[B, C_in, L] -> [B, C_out, L]`, optionally grouped (weight `[G, out/G, in/G]`).
 
     With `groups = g`, output block i (C_out/g channels) reads only input block i (C_in/g
     channels): the grouped bottleneck/unbottleneck of the LDNS autoencoder (§1.3).
@@ -80,15 +80,9 @@ class Pointwise(nn.Module):
             self.bias = nn.Parameter(b)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.groups == 1:
-            y = torch.matmul(self.weight[0], x)  # [B, C_out, L]
-        else:
-            b, c, length = x.shape
-            xg = x.reshape(b, self.groups, c // self.groups, length)  # [B, G, C_in/G, L]
-            y = torch.matmul(self.weight, xg).reshape(b, -1, length)  # [B, C_out, L]
-        if self.bias is not None:
-            y = y + self.bias[:, None]
-        return y
+        # conv1d beats a broadcast matmul: its backward needs no [B, C_out, C_in] expansion
+        w = self.weight.reshape(-1, self.weight.shape[-1], 1)  # [C_out, C_in/G, 1]
+        return F.conv1d(x, w, self.bias, groups=self.groups)
 
 
 class ChannelMLP(nn.Module):

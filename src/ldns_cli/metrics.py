@@ -60,7 +60,7 @@ METRIC_DESCRIPTIONS = {
     "rate_rmse_hz": "RMSE across neurons of the mean firing rate, Hz",
     "fano_rmse": "RMSE across neurons of the Fano factor of spike counts in fixed windows",
     "autocorr_rmse": "RMSE over neurons and lags 1..k of count autocorrelations",
-    "psd_log_mse": "MSE of log10 power spectra of smoothed population PCs (PCA on reference)",
+    "psd_log_mse": "MSE of log10 spectra of smoothed population PCs (PCA on reference), f ≤ 0.5/σ",
 }
 
 
@@ -72,7 +72,7 @@ class MetricSettings:
     autocorr_lags: int = 10  # autocorrelation at lags 1..k bins
     smooth_sigma_s: float = 0.03  # Gaussian smoothing std for the PCA/PSD metric (paper: 30 ms)
     psd_components: int = 5  # number of reference PCs whose spectra are compared (paper: 5)
-    psd_segment_bins: int = 64  # Welch segment length (bins); shorter trials give no segment
+    psd_segment_bins: int = 128  # Welch segment length (bins); shorter trials give no segment
     min_isi: int = 5  # neurons with fewer ISIs than this in either set are left out of ISI RMSEs
     isi_placement: str = "centred"  # "centred": (t+(j+0.5)/c)Δ; "paper": (t+(j+1)/(c+1))Δ
 
@@ -99,6 +99,14 @@ class Projection:
     components: np.ndarray  # [N, Z] orthonormal columns
     sigma_bins: float
     explained: np.ndarray  # [Z] fraction of standardised variance per component
+
+    def cutoff_hz(self, bin_size_s: float) -> float:
+        """Highest frequency the smoothing leaves measurable: 0.5/σ (gain exp(−π²/2) ≈ 0.007).
+
+        Above it the smoothed spectra are the Gaussian filter's tail (orders of magnitude down,
+        then float noise), so log-PSD differences there would measure nothing about the model.
+        """
+        return 0.5 / (self.sigma_bins * bin_size_s)
 
 
 # ----------------------------------------------------------------------------- basic helpers
@@ -232,18 +240,43 @@ def _spike_bins(counts: np.ndarray, placement: str) -> tuple[np.ndarray, np.ndar
 def _isi_sums(
     counts: np.ndarray, bin_size_s: float, placement: str, group_of_trial: np.ndarray, n_groups: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Σ isi, Σ isi², #isi per (group, neuron) `[G, N]`; ISIs only between spikes of one trial."""
-    n_neurons = counts.shape[2]
-    t, key = _spike_bins(counts, placement)
+    """Σ isi, Σ isi², #isi per (group, neuron) `[G, N]`; ISIs only between spikes of one trial.
+
+    Works on non-empty bins rather than single spikes: a bin with c spikes holds c−1 equal ISIs of
+    `step(c)` bins, and consecutive non-empty bins t1 < t2 of one (trial, neuron) add the ISI from
+    the last spike of t1 to the first of t2. Same values as differencing `spike_times`, faster.
+    """
+    n_bins, n_neurons = counts.shape[1], counts.shape[2]
+    flat = np.ascontiguousarray(counts.transpose(0, 2, 1)).reshape(-1)  # [B*N*L]
+    nz = np.flatnonzero(flat != 0)
+    c = flat[nz].astype(np.float64)
+    key = nz // n_bins  # trial*N + neuron, sorted
+    t = (nz - key * n_bins).astype(np.float64)
+    if placement == "paper":
+        step = 1.0 / (c + 1.0)  # spikes at (j+1)/(c+1), j = 0..c−1
+        first, last = step, c * step
+    else:
+        step = 1.0 / c  # spikes at (j+0.5)/c
+        first, last = 0.5 * step, 1.0 - 0.5 * step
     same = key[1:] == key[:-1]
-    isi = (np.diff(t)[same]) * bin_size_s
-    k = key[1:][same]
-    gk = group_of_trial[k // n_neurons] * n_neurons + k % n_neurons
+    gap = ((t[1:] + first[1:]) - (t[:-1] + last[:-1]))[same] * bin_size_s  # between bins
+    gap_key = key[1:][same]
+    to_group = group_of_trial * n_neurons  # [B]
+
+    def grouped(k: np.ndarray) -> np.ndarray:
+        return to_group[k // n_neurons] + k % n_neurons
+
+    g_in, g_gap = grouped(key), grouped(gap_key)
     size = n_groups * n_neurons
-    s1 = np.bincount(gk, weights=isi, minlength=size).reshape(n_groups, n_neurons)
-    s2 = np.bincount(gk, weights=isi * isi, minlength=size).reshape(n_groups, n_neurons)
-    n = np.bincount(gk, minlength=size).reshape(n_groups, n_neurons).astype(np.float64)
-    return s1, s2, n
+    step_s = step * bin_size_s
+    s1 = np.bincount(g_in, weights=(c - 1.0) * step_s, minlength=size)
+    s1 += np.bincount(g_gap, weights=gap, minlength=size)
+    s2 = np.bincount(g_in, weights=(c - 1.0) * step_s**2, minlength=size)
+    s2 += np.bincount(g_gap, weights=gap * gap, minlength=size)
+    n = np.bincount(g_in, weights=c - 1.0, minlength=size)
+    n += np.bincount(g_gap, minlength=size)
+    shape = (n_groups, n_neurons)
+    return s1.reshape(shape), s2.reshape(shape), n.reshape(shape)
 
 
 # ----------------------------------------------------------------------------- smoothing / PCA
@@ -374,6 +407,7 @@ class SpikeSums:
     psd_sum: np.ndarray  # [U, F, Z] Σ periodograms
     n_segments: np.ndarray  # [U]
     psd_freqs_hz: np.ndarray  # [F]
+    psd_max_hz: float  # upper end of the compared band (smoothing cutoff)
 
     @property
     def n_units(self) -> int:
@@ -392,7 +426,7 @@ class SpikeSums:
         out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name in ("bin_size_s", "psd_freqs_hz"):
+            if f.name in ("bin_size_s", "psd_freqs_hz", "psd_max_hz"):
                 out[f.name] = v
             elif f.name == "gram":
                 # float32 storage (memory), float64 accumulation in chunks (precision)
@@ -417,8 +451,9 @@ def summarise(
 ) -> SpikeSums:
     """Additive statistics of `counts [B, L, N]` for `n_units` contiguous, near-equal trial blocks.
 
-    Callers that want random units permute the trials first. Memory stays bounded: trials are
-    processed in chunks of about `chunk_trials` whole units.
+    Callers that want random units permute the trials first. Bins at or beyond `lengths` are
+    ignored even if non-zero (so trials can be cropped by passing shorter lengths). Memory stays
+    bounded: trials are processed in chunks of about `chunk_trials` whole units.
     """
     counts = np.asarray(counts)
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -456,8 +491,9 @@ def summarise(
         while u1 < n_units and bounds[u1 + 1] - bounds[u0] <= chunk_trials:
             u1 += 1
         b0, b1 = bounds[u0], bounds[u1]
-        x = counts[b0:b1]  # [b, L, N]
         lens = lengths[b0:b1]
+        # zero everything at or beyond each trial's length (callers may pass cropped lengths)
+        x = np.where(mask[b0:b1, :, None], counts[b0:b1], 0)  # [b, L, N]
         local = unit_of_trial[b0:b1] - u0
         n_local = u1 - u0
         xf = x.astype(np.float32)
@@ -491,7 +527,8 @@ def summarise(
             last = lens - k  # index of the bin leaving the first members' range
             first -= np.where((last >= 0)[:, None], x[rows, np.clip(last, 0, None)], 0)
             second -= np.where((k - 1 < lens)[:, None], x[:, k - 1], 0)
-            xy = (xf[:, :-k] * xf[:, k:]).sum(axis=1, dtype=np.float64)  # [b, N]
+            # float32 sums of integer products are exact below 2^24 per trial
+            xy = np.einsum("btn,btn->bn", xf[:, :-k], xf[:, k:]).astype(np.float64)  # [b, N]
             ac_xy[u0:u1, k - 1] = onehot @ xy
             ac_first[u0:u1, k - 1] = onehot @ first
             ac_second[u0:u1, k - 1] = onehot @ second
@@ -523,6 +560,7 @@ def summarise(
         psd_sum=psd_sum,
         n_segments=n_segments,
         psd_freqs_hz=psd_frequencies_hz(seg, bin_size_s),
+        psd_max_hz=0.0 if projection is None else projection.cutoff_hz(bin_size_s),
     )
 
 
@@ -542,6 +580,7 @@ class Summary:
     autocorr: np.ndarray  # [K, N] NaN for silent neurons
     psd: np.ndarray  # [F, Z] mean periodogram (NaN without segments)
     psd_freqs_hz: np.ndarray  # [F]
+    psd_max_hz: float  # the PSD metric compares 0 < f ≤ psd_max_hz
 
 
 def finalise(sums: SpikeSums) -> Summary:
@@ -595,6 +634,7 @@ def finalise(sums: SpikeSums) -> Summary:
         autocorr=autocorr,
         psd=psd,
         psd_freqs_hz=s.psd_freqs_hz,
+        psd_max_hz=s.psd_max_hz,
     )
 
 
@@ -603,7 +643,7 @@ def compare(model: Summary, data: Summary, settings: MetricSettings) -> dict[str
 
     psc densities are compared on the shared grid 0..max(M_model, M_data); ISI RMSEs use neurons
     with at least `settings.min_isi` ISIs in both sets; the PSD metric is
-    mean_{f>0, z} (log10 P^m_z(f) − log10 P^d_z(f))² over the non-DC frequencies.
+    mean over PCs z and frequencies 0 < f ≤ psd_max_hz of (log10 P^m_z(f) − log10 P^d_z(f))².
     """
     size = max(model.psc_hist.size, data.psc_hist.size)
     h_m = _pad_to(model.psc_hist.astype(np.float64), size)
@@ -622,9 +662,10 @@ def compare(model: Summary, data: Summary, settings: MetricSettings) -> dict[str
     out["rate_rmse_hz"] = nan_rmse(model.rates_hz, data.rates_hz)
     out["fano_rmse"] = nan_rmse(model.fano, data.fano)
     out["autocorr_rmse"] = nan_rmse(model.autocorr, data.autocorr)
+    band = (model.psd_freqs_hz > 0) & (model.psd_freqs_hz <= model.psd_max_hz)
     with np.errstate(divide="ignore", invalid="ignore"):
-        lm = np.log10(model.psd[1:])
-        ld = np.log10(data.psd[1:])
+        lm = np.log10(model.psd[band])
+        ld = np.log10(data.psd[band])
     ok = np.isfinite(lm) & np.isfinite(ld)
     out["psd_log_mse"] = float(np.mean((lm[ok] - ld[ok]) ** 2)) if ok.any() else float("nan")
     return out

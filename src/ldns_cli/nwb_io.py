@@ -565,9 +565,15 @@ def place_spike_times(
 
     Returns flat per-unit sorted times `[S]` and the NWB end-offset index `[N]`.
     """
-    per_unit = counts.transpose(2, 0, 1)  # [N, B, L]
-    unit, trial, k = np.nonzero(per_unit)  # lexicographic (unit, trial, bin) order
-    c = per_unit[unit, trial, k].astype(np.int64)
+    _, n_bins, n_units = counts.shape
+    flat_counts = np.ascontiguousarray(counts).reshape(-1)  # [B*L*N]
+    nz = np.flatnonzero(flat_counts)  # (trial, bin, unit) order
+    # regroup by unit keeping (trial, bin) order: a stable (radix) sort of small integers
+    unit_key = (nz % n_units).astype(np.uint16 if n_units < 2**16 else np.int64)
+    nz = nz[np.argsort(unit_key, kind="stable")]
+    trial, rest = np.divmod(nz, n_bins * n_units)
+    k, unit = np.divmod(rest, n_units)
+    c = flat_counts[nz].astype(np.int64)
     total = int(c.sum())
     owner = np.repeat(np.arange(len(c)), c)  # [S] which nonzero bin each spike belongs to
     j = np.arange(total) - np.repeat(np.cumsum(c) - c, c)
@@ -579,7 +585,6 @@ def place_spike_times(
         # trials not in time order (or overlapping windows): sort within each unit
         order = np.lexsort((times, spike_unit))
         times = times[order]
-    n_units = counts.shape[2]
     index = np.cumsum(np.bincount(unit, weights=c, minlength=n_units)).astype(np.int64)
     return times, index
 
@@ -694,6 +699,13 @@ def write_nwb(
     )
 
     # ---- units: spike times inside their bins, observed only during the trials
+    ends = data.trial_start_s + data.lengths * dt
+    order_s = np.argsort(data.trial_start_s, kind="stable")
+    if np.any(data.trial_start_s[order_s][1:] < ends[order_s][:-1] - 1e-9):
+        warn(
+            "trial windows overlap on the session clock; spikes in the overlaps are written "
+            "once per trial, so re-binning the file counts them twice"
+        )
     times, index = place_spike_times(data.counts, data.trial_start_s, dt)
     st = VectorData(name="spike_times", description="spike times (s)", data=times)
     win = np.stack([data.trial_start_s, data.trial_start_s + data.lengths * dt], axis=1)  # [B, 2]
@@ -719,10 +731,19 @@ def write_nwb(
         columns.append(
             VectorData(name=name, description=f"unit property '{name}'", data=_column(values))
         )
+    unit_ids = np.asarray(data.unit_ids)
+    if unit_ids.dtype.kind not in "iu":
+        # NWB row ids are integers; keep other ids (e.g. names) as a column
+        columns.append(
+            VectorData(
+                name="source_unit_id", description="unit id in the source", data=_column(unit_ids)
+            )
+        )
+        unit_ids = np.arange(n_units)
     nwbfile.units = Units(
         name="units",
         description=(f"spike times placed evenly within {dt * 1e3:g} ms bins of binned counts"),
-        id=np.asarray(data.unit_ids),
+        id=unit_ids,
         columns=columns,
         resolution=dt,
     )
@@ -757,10 +778,13 @@ def write_nwb(
                 name="split", description="data split: train, val or test", data=_column(data.split)
             )
         )
+    trial_ids = np.asarray(data.trial_ids)
+    if trial_ids.dtype.kind not in "iu":
+        trial_ids = np.arange(data.n_trials)
     nwbfile.trials = TimeIntervals(
         name="trials",
         description="one row per trial; covariates as columns",
-        id=np.asarray(data.trial_ids),
+        id=trial_ids,
         columns=trial_cols,
     )
 

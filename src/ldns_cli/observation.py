@@ -33,13 +33,18 @@ Interface (all tensors on one device; legend B trials, L bins, N neurons):
   deterministic mean-field approximation of the free-running mean (the recursion run with the
   expected count in place of each sample). The free-running mean has no closed form.
 - `sample(rates [B,L,N], generator, lengths [B] | None) -> counts [B,L,N]`: float tensor holding
-  whole numbers; bins at or beyond a trial's length are 0. `generator` must live on the rates'
-  device. The history model samples autoregressively from a zero history.
+  whole numbers; bins at or beyond a trial's length are 0. `generator` is one `torch.Generator`,
+  or a sequence of B generators, one per trial: then each trial's counts depend only on its own
+  generator (not on the batch it is in or its padding), and the history model still runs one
+  vectorised loop for the whole batch (per-trial uniforms, inverted to capped Poisson counts).
+  Generators must live on the rates' device. The history model samples autoregressively from a
+  zero history.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -99,12 +104,42 @@ def _valid(mask: Tensor | None, lengths: Tensor | None, shape: torch.Size, devic
     return None
 
 
-def _check_generator(generator: torch.Generator, rates: Tensor) -> None:
-    if generator.device.type != rates.device.type:
-        raise ValueError(
-            f"generator is on {generator.device}, rates on {rates.device}; "
-            "create the generator on the rates' device"
-        )
+Generators = torch.Generator | Sequence[torch.Generator]
+
+# with one generator per trial, uniforms are drawn per trial in blocks of this many bins, so a
+# trial's stream depends only on its own generator (not on batch size or padded length)
+UNIFORM_BLOCK_BINS = 1024
+
+
+def _check_generator(generator: Generators, rates: Tensor) -> None:
+    gens = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    if not isinstance(generator, torch.Generator) and len(gens) != rates.shape[0]:
+        raise ValueError(f"got {len(gens)} generators for {rates.shape[0]} trials")
+    for g in gens:
+        if g.device.type != rates.device.type:
+            raise ValueError(
+                f"generator is on {g.device}, rates on {rates.device}; "
+                "create the generator on the rates' device"
+            )
+
+
+def inverse_cdf_poisson(u: Tensor, lam: Tensor, max_count: int | None) -> Tensor:
+    """min(Poisson(lam), cap) by inversion of uniforms `u` (exact in distribution).
+
+    s = #{k ≥ 0 : u > F(k)}, F the Poisson CDF, accumulated term by term in float64. With a cap
+    only F(0..cap-1) are needed; without one the loop runs until no entry can go higher.
+    """
+    lam64, u64 = lam.double(), u.double()
+    p = torch.exp(-lam64)  # P(X = 0)
+    cdf = p.clone()
+    s = (u64 > cdf).to(lam.dtype)
+    k = 1
+    while (max_count is None or k < max_count) and bool((u64 > cdf).any()):
+        p = p * lam64 / k
+        cdf = cdf + p
+        s += u64 > cdf
+        k += 1
+    return s
 
 
 class PoissonObservation(nn.Module):
@@ -121,11 +156,16 @@ class PoissonObservation(nn.Module):
         return rates
 
     @torch.no_grad()
-    def sample(
-        self, rates: Tensor, generator: torch.Generator, lengths: Tensor | None = None
-    ) -> Tensor:
+    def sample(self, rates: Tensor, generator: Generators, lengths: Tensor | None = None) -> Tensor:
         _check_generator(generator, rates)
-        s = torch.poisson(rates.clamp_min(0.0), generator=generator)  # [B, L, N]
+        rates = rates.clamp_min(0.0)
+        if isinstance(generator, torch.Generator):
+            s = torch.poisson(rates, generator=generator)  # [B, L, N]
+        else:  # one generator per trial, each drawing only its trial's valid bins
+            s = torch.zeros_like(rates)
+            n_valid = [rates.shape[1]] * rates.shape[0] if lengths is None else lengths.tolist()
+            for b, (g, n) in enumerate(zip(generator, n_valid, strict=True)):
+                s[b, :n] = torch.poisson(rates[b, :n], generator=g)
         valid = _valid(None, lengths, rates.shape, rates.device)
         return s if valid is None else s * valid
 
@@ -214,18 +254,32 @@ class SpikeHistoryObservation(nn.Module):
                 self.intensity(counts.to(rates.dtype), rates), self.max_count
             )
         # mean-field recursion: the sampler with E[count] in place of each draw
-        return self._run(rates, lambda lam: capped_poisson_mean(lam, self.max_count))
+        return self._run(rates, lambda lam, t: capped_poisson_mean(lam, self.max_count))
 
     @torch.no_grad()
-    def sample(
-        self, rates: Tensor, generator: torch.Generator, lengths: Tensor | None = None
-    ) -> Tensor:
+    def sample(self, rates: Tensor, generator: Generators, lengths: Tensor | None = None) -> Tensor:
         _check_generator(generator, rates)
         cap = self.max_count
+        if isinstance(generator, torch.Generator):
 
-        def draw(lam: Tensor) -> Tensor:
-            s = torch.poisson(lam, generator=generator)
-            return s if cap is None else s.clamp_(max=float(cap))
+            def draw(lam: Tensor, t: int) -> Tensor:
+                s = torch.poisson(lam, generator=generator)
+                return s if cap is None else s.clamp_(max=float(cap))
+
+        else:
+            # one generator per trial: uniforms drawn per trial in fixed blocks, then inverted
+            # for all trials at once (the loop over trials is one rand call per block)
+            gens = list(generator)
+            N = rates.shape[-1]
+            block: list[Tensor] = []
+
+            def draw(lam: Tensor, t: int) -> Tensor:
+                j = t % UNIFORM_BLOCK_BINS
+                if j == 0:
+                    u = [torch.rand(UNIFORM_BLOCK_BINS, N, generator=g, device=lam.device)
+                         for g in gens]  # fmt: skip
+                    block[:] = [torch.stack(u, 1)]  # [block, B, N]
+                return inverse_cdf_poisson(block[0][j], lam, cap)
 
         s = self._run(rates, draw)
         valid = _valid(None, lengths, rates.shape, rates.device)
@@ -237,27 +291,30 @@ class SpikeHistoryObservation(nn.Module):
         Instead of re-reading a history window at every bin, each new count pushes its future
         contribution w_k·s_t into a time-major drive buffer at bins t+1..t+H (one fused addcmul);
         bin t then only needs softplus(drive[t]). Per bin: softplus, draw, store, push.
+        `step(lam [B, N], t) -> counts [B, N]` turns the intensity of bin t into counts.
         """
         B, L, N = rates.shape
         H = self.history_bins
         dtype = self.history.dtype
         drive = torch.zeros(L + H, B, N, dtype=dtype, device=rates.device)  # [L+H, B, N]
-        drive[:L] = self.drive(rates.to(dtype)).transpose(0, 1)  # [L, B, N]
+        for t0 in range(0, L, 1024):  # in time chunks: bounded temporaries at any length
+            chunk = rates[:, t0 : t0 + 1024].to(dtype)
+            drive[t0 : t0 + chunk.shape[1]] = self.drive(chunk).transpose(0, 1)
         w = self.history.detach().t().unsqueeze(1)  # [H, 1, N]; row k-1 = lag k
-        out = torch.empty(L, B, N, dtype=dtype, device=rates.device)  # [L, B, N]
+        out = torch.empty(B, L, N, dtype=dtype, device=rates.device)  # [B, L, N]
         if self.coupling_rank > 0:
             V = self.coupling_in.detach()
             # [H, R, N]: contribution to lag k of each projected count
             UK = torch.einsum("rk,nr->krn", self.coupling_kernel.detach(), self.coupling_out)
         for t in range(L):
-            s = step(F.softplus(drive[t]))  # [B, N]
-            out[t] = s
+            s = step(F.softplus(drive[t]), t)  # [B, N]
+            out[:, t] = s
             # future bins t+1..t+H receive w_k · s̃_t (s is already capped)
             drive[t + 1 : t + 1 + H].addcmul_(w, s.unsqueeze(0))
             if self.coupling_rank > 0:
                 p = s @ V  # [B, R]
                 drive[t + 1 : t + 1 + H] += torch.einsum("br,krn->kbn", p, UK)
-        return out.transpose(0, 1).contiguous()  # [B, L, N]
+        return out
 
     def extra_repr(self) -> str:
         return (

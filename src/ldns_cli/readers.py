@@ -164,8 +164,9 @@ def bin_spike_times(
 
     spike_times: flat, per-unit sorted spike times (s) `[S]`; spike_index: end offset of each
     unit's spikes in it `[N]` (the NWB `spike_times_index`). Trial b covers bins
-    `starts_s[b] + k * bin_size_s`, k < lengths[b]; windows may overlap. The only Python loop
-    is over units; each unit is one searchsorted + one bincount.
+    `starts_s[b] + k * bin_size_s`, k < lengths[b]; windows may overlap. Python loops run only
+    over units (one searchsorted each) and over blocks of trials (one bincount each), so the
+    counts are filled in their final layout without a transpose.
     """
     starts_s = np.asarray(starts_s, dtype=np.float64)
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -175,30 +176,35 @@ def bin_spike_times(
     tol_s = EDGE_TOL_BINS * bin_size_s
     lo_s = starts_s - tol_s
     hi_s = starts_s + lengths * bin_size_s - tol_s
-    counts = np.zeros((n_units, n_trials, n_bins), dtype=np.int32)  # [N, B, L]
     offsets = np.concatenate([[0], np.asarray(spike_index, dtype=np.int64)])
-    trial_of_bin0 = np.arange(n_trials, dtype=np.int64) * n_bins
+    # first and one-past-last spike of every (unit, trial) window, as flat positions
+    lo = np.empty((n_units, n_trials), dtype=np.int64)  # [N, B]
+    hi = np.empty((n_units, n_trials), dtype=np.int64)
     for u in range(n_units):
         train = spike_times[offsets[u] : offsets[u + 1]]
-        if train.size == 0:
-            continue
-        lo = np.searchsorted(train, lo_s, side="left")  # [B]
-        hi = np.searchsorted(train, hi_s, side="left")  # [B]
-        per_trial = hi - lo
-        total = int(per_trial.sum())
+        lo[u] = np.searchsorted(train, lo_s, side="left") + offsets[u]
+        hi[u] = np.searchsorted(train, hi_s, side="left") + offsets[u]
+    counts = np.zeros((n_trials, n_bins, n_units), dtype=np.int32)  # [B, L, N]
+    block = max(1, (1 << 21) // max(1, n_bins * n_units))  # ~2 M bins per bincount
+    for b0 in range(0, n_trials, block):
+        b1 = min(n_trials, b0 + block)
+        per = (hi[:, b0:b1] - lo[:, b0:b1]).ravel()  # [N * Tb] spikes per (unit, trial)
+        total = int(per.sum())
         if total == 0:
             continue
-        # flat positions of every in-window spike: lo[b] .. hi[b]-1 for each trial b
-        first = np.cumsum(per_trial) - per_trial
-        trial = np.repeat(np.arange(n_trials), per_trial)  # [S_u]
-        spike = np.arange(total) - np.repeat(first - lo, per_trial)
-        k = np.floor((train[spike] - starts_s[trial]) / bin_size_s + EDGE_TOL_BINS).astype(np.int64)
-        # float rounding can put a spike a hair before stop into bin `length`
-        k = np.clip(k, 0, lengths[trial] - 1)
-        counts[u] = np.bincount(trial_of_bin0[trial] + k, minlength=n_trials * n_bins).reshape(
-            n_trials, n_bins
+        pair = np.repeat(np.arange(per.size), per)  # [S_block]
+        first = np.cumsum(per) - per
+        spike = np.arange(total) + np.repeat(lo[:, b0:b1].ravel() - first, per)
+        unit, trial_in_block = np.divmod(pair, b1 - b0)
+        trial = trial_in_block + b0
+        k = np.floor((spike_times[spike] - starts_s[trial]) / bin_size_s + EDGE_TOL_BINS)
+        # float rounding can put a spike a hair before a window's end into bin `length`
+        k = np.clip(k.astype(np.int64), 0, lengths[trial] - 1)
+        flat = (trial_in_block * n_bins + k) * n_units + unit
+        counts[b0:b1] = np.bincount(flat, minlength=(b1 - b0) * n_bins * n_units).reshape(
+            b1 - b0, n_bins, n_units
         )
-    return np.ascontiguousarray(counts.transpose(1, 2, 0))  # [B, L, N]
+    return counts
 
 
 def resample_series(

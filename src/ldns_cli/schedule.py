@@ -75,7 +75,7 @@ def cosine_alpha_bar(u: torch.Tensor, s: float = 0.008) -> torch.Tensor:
 def cosine_betas(
     num_train_timesteps: int, s: float = 0.008, max_beta: float = 0.999
 ) -> torch.Tensor:
-    """β_t = 1 - ᾱ((t+1)/T)/ᾱ(t/T) from the cosine ᾱ, capped at `max_beta` (Nichol & Dhariwal eq. 17).
+    """β_t = 1 - ᾱ((t+1)/T)/ᾱ(t/T) from the cosine ᾱ, capped at `max_beta` (Nichol & Dhariwal).
 
     The cap only bites at the last few steps, where ᾱ → 0; without it β_{T-1} = 1 and every
     later quantity divides by zero. Uncapped steps telescope: ᾱ_t = ᾱ((t+1)/T)/ᾱ(0).
@@ -132,11 +132,15 @@ class ScheduleConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def _broadcast(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """float64 [B] (or []) coefficients -> like.dtype, shaped [B, 1, ...] to broadcast over `like`."""
-    coef = coef.to(device=like.device, dtype=like.dtype)
+def _broadcast(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor | float:
+    """float64 [B] coefficients -> like.dtype, shaped [B, 1, ...] to broadcast over `like`.
+
+    A 0-d coefficient (one timestep for the whole batch, as in sampling) becomes a Python float,
+    so no small tensor is copied to the device at every step.
+    """
     if coef.ndim == 0:
-        return coef
+        return float(coef)
+    coef = coef.to(device=like.device, dtype=like.dtype)
     return coef.reshape(coef.shape[0], *([1] * (like.ndim - 1)))
 
 
@@ -162,6 +166,8 @@ class NoiseSchedule:
             self.betas = cosine_betas(T)
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        # lookup table with ᾱ_{-1} = 1 appended, so index -1 means "the data"
+        self._alphas_cumprod_ext = torch.cat([self.alphas_cumprod, self.alphas_cumprod.new_ones(1)])
         self.num_train_timesteps = T
         self.prediction_type = self.config.prediction_type
 
@@ -184,8 +190,7 @@ class NoiseSchedule:
                 f"timestep out of range: {t64.tolist()}",
                 f"timesteps must lie in 0..{self.num_train_timesteps - 1}",
             )
-        table = torch.cat([self.alphas_cumprod, self.alphas_cumprod.new_ones(1)])
-        return table[t64]  # index -1 picks the appended 1.0
+        return self._alphas_cumprod_ext[t64]
 
     def snr(self, t: int | torch.Tensor) -> torch.Tensor:
         """Signal-to-noise ratio ᾱ_t/(1-ᾱ_t), float64."""
@@ -409,7 +414,7 @@ class Sampler:
 
 
 class DDPMSampler(Sampler):
-    """Ancestral DDPM (Ho et al. 2020, Algorithm 2) with the "fixed_small" variance β̃ (the paper's).
+    """Ancestral DDPM (Ho et al. 2020, Algorithm 2), "fixed_small" variance β̃ (the paper's).
 
     With n = T steps this is the reference sampler exactly (x̂_0 unclipped). With n < T the
     chain jumps between the strided timesteps and each jump uses the true posterior of that
@@ -608,6 +613,21 @@ def make_sampler(
 
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def apply_guidance(
+    uncond_output: torch.Tensor, cond_output: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022): u + w·(c - u) on ε̂ or v̂ (both linear).
+
+    w = 1 returns `cond_output` itself and w = 0 `uncond_output` (bit-exact, not recomputed),
+    so "guidance 1 = the plain conditional model" holds exactly. Call it inside `denoise_fn`.
+    """
+    if scale == 1:
+        return cond_output
+    if scale == 0:
+        return uncond_output
+    return uncond_output + scale * (cond_output - uncond_output)
 
 
 @torch.no_grad()

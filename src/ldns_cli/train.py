@@ -398,14 +398,18 @@ class _Trainer:
         )
         n_val = _n_trials(self.val)
         idx_all = dist.shard(torch.arange(n_val))
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # [Σ loss·n, Σ n]
+        loss_sum, count = 0.0, 0
         for start in range(0, len(idx_all), self.cfg.batch_size):
             idx = idx_all[start : start + self.cfg.batch_size].to(self.device)
             with self.autocast():
                 loss, _ = self.val_loss_fn(module, _index(self.val, idx), gen)
-            total[0] += float(loss) * len(idx)
-            total[1] += len(idx)
-        total = dist.all_reduce_sum(total)
+            loss_sum += float(loss) * len(idx)
+            count += len(idx)
+        # summed over ranks as a float64 tensor (a CPU tensor for one process: MPS has no fp64)
+        dev = self.device if dist.is_initialized() else "cpu"
+        total = dist.all_reduce_sum(
+            torch.tensor([loss_sum, count], dtype=torch.float64, device=dev)
+        )
         return float(total[0] / total[1].clamp_min(1))
 
     # ------------------------------------------------------------------ loop

@@ -71,10 +71,13 @@ def simulate(
 
     Example: ldns simulate lorenz -o lorenz.nwb --trials 1000 --seed 1
     """
+    from ldns_cli.paths import check_output
     from ldns_cli.simulate import SIMULATORS
-    from ldns_cli.writers import write_spikes
+    from ldns_cli.writers import output_format, write_spikes
 
     setup(quiet)
+    output_format(output)  # fail on a bad path before simulating, not after
+    check_output(output, force)
     name = dataset.value
     d_trials, d_neurons, d_length = DEFAULTS[name]
     n_trials = d_trials if trials is None else trials

@@ -40,7 +40,10 @@ def fit_diffusion_cmd(
     models: ModelsOpt = DEFAULT_MODELS,
     preset: Annotated[
         str | None,
-        _opt("--preset", "Settings: small (CPU demo), lorenz, mc_maze, speech (the paper's)."),
+        _opt(
+            "--preset",
+            "Settings: small (CPU demo, default), lorenz, mc_maze, speech (the paper's).",
+        ),
     ] = None,
     condition: Annotated[
         list[str] | None,
@@ -56,7 +59,9 @@ def fit_diffusion_cmd(
     epochs: Annotated[int | None, _opt("--epochs", "Passes over the training trials.")] = None,
     batch_size: Annotated[int | None, _opt("--batch-size", "Trials per step.")] = None,
     lr: Annotated[float | None, _opt("--lr", "Peak learning rate (AdamW).")] = None,
-    width: Annotated[int | None, _opt("--width", "Denoiser hidden channels (x4).")] = None,
+    width: Annotated[
+        int | None, _opt("--width", "Denoiser hidden channels (a multiple of 4).")
+    ] = None,
     blocks: Annotated[int | None, _opt("--blocks", "Number of denoiser blocks.")] = None,
     prediction: Annotated[
         str | None, _opt("--prediction", "Network target: eps (the paper's) or v.")
@@ -132,7 +137,9 @@ def fit_diffusion_cmd(
             f"conditions: {cond_text}; {tcfg.epochs} epochs of batch {tcfg.batch_size}; "
             f"device {dev}"
         )
-        result, path = fit_diffusion(data, models, dcfg, tcfg, dev, resume=resume)
+        result, path = fit_diffusion(
+            data, models, dcfg, tcfg, dev, resume=resume, resume_epochs=epochs
+        )
         if result.interrupted:
             if dist.is_main():
                 info(resume_hint(f"ldns fit-diffusion {data_path} -m {models}"))

@@ -73,7 +73,8 @@ def draw_lengths(
 def sample(
     models: ModelsOpt = DEFAULT_MODELS,
     n: Annotated[
-        int | None, _opt("-n", "Number of trials to generate (with conditions: per grid).")
+        int | None,
+        _opt("-n", "Number of trials (with conditions: cycles through them; default one each)."),
     ] = None,
     length: Annotated[
         str | None, _opt("--length", "Bins per trial: 256, or a range 200:400 (uniform).")
@@ -182,13 +183,21 @@ def sample(
     obs = load_observation(Path(models), observation, dev, fingerprint=ae_ckpt.fingerprint)
     obs_kind = "poisson" if type(obs).__name__ == "PoissonObservation" else "history"
     rng = np.random.default_rng([seed, 12345])
-    opts = read_options(bin_ms, align, window, chop)
+    # recordings read for conditions/lengths are binned like the model's training data
+    model_bin_ms = float(model.fingerprint.get("bin_size_s", 0)) * 1e3 or None
+    opts = read_options(bin_ms or model_bin_ms, align, window, chop)
 
     # ---- conditions: one row per distinct condition, repeated --per-condition times
     values: dict[str, np.ndarray] = {}
     source_lengths: np.ndarray | None = None
     if condition_from is not None:
         src = select_trials(read_spikes(condition_from, opts), trials)
+        if model_bin_ms and abs(src.bin_size_s * 1e3 - model_bin_ms) > 1e-6:
+            raise LdnsError(
+                f"'{condition_from}' has {src.bin_size_s * 1e3:g} ms bins, the model "
+                f"{model_bin_ms:g} ms",
+                f"drop --bin-ms (the file is then read with the model's {model_bin_ms:g} ms bins)",
+            )
         names = [c["name"] for c in model.conditions]
         if not names:
             raise LdnsError(
