@@ -10,7 +10,8 @@ counts at ~18 Hz: about 5 M spikes. Measured:
 Every time is also given as a ratio to the in-run 1024^3 fp32 matmul time (bench/common.py),
 so numbers from a shared, noisy machine can be compared across runs. Target: read+bin < 2 s.
 
-Run: python bench/bench_io.py [--trials 2000 --units 200]
+Run: nice python bench/bench_io.py [--trials 2000 --units 200] [--quick]
+Writes bench/results/io.json.
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ def main() -> None:
     parser.add_argument("--bins", type=int, default=140)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="500 trials (make bench)")
     args = parser.parse_args()
+    if args.quick:
+        args.trials, args.repeats = 500, 2
     torch.set_num_threads(args.threads)
 
     data = make_data(args.trials, args.units, args.bins)
@@ -86,6 +90,7 @@ def main() -> None:
         "n_bins": args.bins,
         "n_spikes": n_spikes,
         "threads": args.threads,
+        "quick": args.quick,
     }
     gemm_ref = matmul_gflops(1024)
     for name, fn in cases.items():

@@ -12,9 +12,11 @@
    - a bimodal 1-D Gaussian mixture (0.3·N(-1.5, 0.3²) + 0.7·N(1.2, 0.5²)), where the denoiser
      mixes the per-component posteriors with their responsibilities; scored by Monte Carlo
      (Wasserstein-1 to the true distribution via quantiles, the mass of the left mode, mean/var).
-   DDPM-1000 (the paper's) is the reference; DDIM-{10,25,50}, DPM-Solver++-{10,20,25}.
+   DDPM-1000 (the paper's) is the reference; DDPM-250 (strided), DDIM-{10,25,50},
+   DPM-Solver++-{10,20,25,50}; DPM-Solver++ also with "linspace" spacing on the Gaussian.
 
-Run: `OMP_NUM_THREADS=2 nice python bench/bench_samplers.py` (about a minute); writes
+Run: `OMP_NUM_THREADS=2 nice python bench/bench_samplers.py` (minutes; most of it is the
+100k-sample DDPM-1000 run on the mixture); writes
 bench/results/bench_samplers.json and prints the tables.
 """
 
@@ -50,6 +52,7 @@ SAMPLERS = [
     ("dpm++", 10),
     ("dpm++", 20),
     ("dpm++", 25),
+    ("dpm++", 50),
 ]
 
 
@@ -157,7 +160,7 @@ def mixture_quantiles(q: np.ndarray) -> np.ndarray:
     return np.interp(q, cdf, grid)
 
 
-def mixture_scores(n: int = 200_000) -> list[dict]:
+def mixture_scores(n: int = 100_000) -> list[dict]:
     sch = NoiseSchedule()
     den = mixture_denoiser(sch)
     true_q = mixture_quantiles((np.arange(n) + 0.5) / n)
@@ -233,7 +236,7 @@ def main() -> None:
         )
 
     results["mixture_mc"] = mixture_scores()
-    print("\nbimodal mixture, 200k Monte Carlo samples, linear schedule, ε-prediction:")
+    print("\nbimodal mixture, 100k Monte Carlo samples, linear schedule, ε-prediction:")
     for r in results["mixture_mc"]:
         extra = (
             f" mean {r['mean_err']:+.4f} var {r['var_rel_err']:+.4f} ({r['seconds']:.1f}s)"

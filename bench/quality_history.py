@@ -39,7 +39,7 @@ from common import environment, write_results
 from ldns_cli.history import HistoryConfig, fit_history, load_observation
 from ldns_cli.metrics import compare_counts
 from ldns_cli.observation import PoissonObservation, SpikeHistoryObservation
-from ldns_cli.simulate import simulate_lorenz
+from ldns_cli.simulate import history_kernel, simulate_lorenz
 from ldns_cli.writers import write_spikes
 
 TARGETS = ("mean_isi_rmse_s", "std_isi_rmse_s", "autocorr_rmse")
@@ -104,6 +104,15 @@ def run_case(history: str, mode: str, args: argparse.Namespace) -> dict:
             torch.Generator().manual_seed(args.seed),
         )
         extra["history_fit"] = dict(model.fit_summary)
+        # the simulator's kernel (exp link, 10 lags) against the fitted one (softplus link, 20)
+        true_k = np.zeros(model.history_bins)
+        sim_k = history_kernel(history)
+        true_k[: len(sim_k)] = sim_k
+        w = model.history.detach().numpy()  # [N, H]
+        per_neuron = [np.corrcoef(row, true_k)[0, 1] for row in w]
+        extra["kernel_corr_median"] = float(np.nanmedian(per_neuron))
+        extra["kernel_corr_of_mean"] = float(np.corrcoef(w.mean(0), true_k)[0, 1])
+        extra["kernel_fitted_mean"] = w.mean(0).astype(float).round(3).tolist()
         extra["history_fit_wall_s"] = time.perf_counter() - t0
         rates = test.rates
     else:
@@ -224,6 +233,10 @@ def main() -> None:
             results["cases"][key] = case = run_case(history, mode, args)
             case["wall_s"] = time.perf_counter() - t0
             print(key, json.dumps(case["verdict"]), flush=True)
+            if "kernel_corr_median" in case:
+                print(
+                    "  kernel", case["kernel_corr_median"], case["kernel_fitted_mean"], flush=True
+                )
             for name, row in case["metrics"].items():
                 print(f"  {name:10s}", "  ".join(
                     f"{k}={row[k]['mean']:.4g}±{row[k]['sd']:.2g}" for k in (*TARGETS, *GUARDS)

@@ -41,13 +41,22 @@ def fitted(tmp_path_factory):
         simulate_lorenz(n_trials=30, n_neurons=6, n_bins=48, seed=0, history="refractory"), data
     )
     models = root / "models"
-    _ok(["fit-ae", str(data), "-m", str(models), "--device", "cpu", "-q", *TINY_AE,
-         "--no-spike-history"])  # fmt: skip
-    return root, data, models
+    # the spike-history model is fitted by default at the end of fit-ae
+    res = _ok(["fit-ae", str(data), "-m", str(models), "--device", "cpu", *TINY_AE])
+    return root, data, models, res
+
+
+def test_fit_ae_fits_history_by_default(fitted):
+    _, _, models, res = fitted
+    assert "spike history: validation NLL" in res.stderr and res.stdout == ""
+    model, ckpt = load_history(models)
+    assert model.history_bins == 20 and model.max_count == 5
+    assert ckpt.extra["nll_split"] == "validation"
 
 
 def test_fit_history_refits_alone(fitted):
-    _, data, models = fitted
+    _, data, models, _ = fitted
+    (models / "history.safetensors").unlink()
     assert isinstance(load_observation(models, "auto"), PoissonObservation)
     res = _ok(["fit-history", str(data), "-m", str(models), "--history-ms", "50",
                "--max-count", "3", "--device", "cpu", "--json"])  # fmt: skip
@@ -68,7 +77,7 @@ def test_fit_history_refits_alone(fitted):
 
 
 def test_fit_history_errors(fitted, tmp_path):
-    _, data, models = fitted
+    _, data, models, _ = fitted
     _fails(["fit-history", str(data), "-m", str(tmp_path / "none")], "fit-ae")
     _fails(["fit-history", str(data), "-m", str(models), "--optimizer", "sgd"], "optimizer")
     _fails(["fit-history", str(data), "-m", str(models), "--max-count", "-1"], "max-count")

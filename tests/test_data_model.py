@@ -102,3 +102,28 @@ def test_summary_is_json_ready_and_correct(tiny_data):
     assert s["behavior"][0]["columns"] == ["x", "y"]
     text = render_text(s)
     assert "angle (circular [rad])" in text and "variable" in text
+
+
+def test_spikedata_select_keeps_every_per_trial_field(tiny_data):
+    data = tiny_data(6, 10, 3, variable_lengths=True, behavior=True, truth=True)
+    sub = data.select(np.array([4, 1]))
+    np.testing.assert_array_equal(sub.counts, data.counts[[4, 1]])
+    np.testing.assert_array_equal(sub.lengths, data.lengths[[4, 1]])
+    np.testing.assert_array_equal(sub.trial_ids, [4, 1])
+    for name in data.covariates:
+        np.testing.assert_array_equal(sub.covariates[name], data.covariates[name][[4, 1]])
+    np.testing.assert_array_equal(sub.behavior["hand_vel"], data.behavior["hand_vel"][[4, 1]])
+    np.testing.assert_array_equal(sub.latents, data.latents[[4, 1]])
+    np.testing.assert_array_equal(sub.split, data.split[[4, 1]])
+    # mean rate over valid bins only, in Hz
+    expected = data.counts.sum(axis=(0, 1)) / (data.lengths.sum() * data.bin_size_s)
+    np.testing.assert_allclose(data.mean_rate_hz(), expected)
+
+
+def test_spikedata_fingerprint_names_covariates_and_kinds(tiny_data):
+    fp = tiny_data(4, 8, 3, behavior=True).fingerprint()
+    assert fp["n_neurons"] == 3 and fp["bin_size_s"] == 0.01
+    assert fp["covariates"]["angle"]["kind"] == "circular"
+    assert fp["covariates"]["target"]["shape"] == [2]
+    assert fp["covariates"]["label"]["values"] == ["c0", "c1"]
+    assert fp["behavior"]["hand_vel"]["dim"] == 2

@@ -237,6 +237,8 @@ def test_bad_nwb_files_raise_clear_errors(tmp_path, kwargs, message):
     ("opts", "message"),
     [
         (ReadOptions(align="go_time", window_s=(-0.1, 0.1)), "no column 'go_time'"),
+        (ReadOptions(align="split", window_s=(-0.1, 0.1)), "not one time"),
+        (ReadOptions(align="target_pos", window_s=(-0.1, 0.1)), "not one time"),
         (ReadOptions(align="move_onset_time", window_s=(-250, 450)), "outside"),
         (ReadOptions(align="move_onset_time", window_s=(-1.0, 0.0)), "outside the recording"),
         (ReadOptions(bin_ms=1000, align="move_onset_time", window_s=(0, 0.1)), "shorter than"),

@@ -17,8 +17,10 @@ def random_counts(seed: int, b: int = 6, length: int = 40, n: int = 4, rate: flo
     """Poisson counts with a slow rate modulation and variable lengths (padding zeroed)."""
     rng = np.random.default_rng(seed)
     t = np.arange(length)
-    lam = rate * (1 + 0.8 * np.sin(2 * np.pi * t / 17.0))[None, :, None] * rng.uniform(
-        0.5, 1.5, (1, 1, n)
+    lam = (
+        rate
+        * (1 + 0.8 * np.sin(2 * np.pi * t / 17.0))[None, :, None]
+        * rng.uniform(0.5, 1.5, (1, 1, n))
     )
     counts = rng.poisson(np.broadcast_to(lam, (b, length, n)))
     lengths = rng.integers(length // 2, length + 1, b)
@@ -129,6 +131,7 @@ def test_isi_of_a_hand_built_spike_train():
     assert s.isi_mean_s[0] == pytest.approx(isis.mean())
     assert s.isi_std_s[0] == pytest.approx(isis.std())
     times, trial, neuron = M.spike_times(counts, lengths, dt)
+    assert not neuron.any()
     np.testing.assert_allclose(times, np.array([0.5, 3.25, 3.75, 5.5, 1.5, 3.5]) * dt)
     np.testing.assert_array_equal(trial, [0, 0, 0, 0, 1, 1])
     # the paper's placement: c spikes at (j+1)/(c+1) of the bin

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
@@ -154,3 +155,92 @@ def test_random_hdf5_layouts_fail_cleanly_or_read_exactly(layout, nwb_flag):
         np.testing.assert_array_equal(data.counts, np.concatenate(stored))
     assert data.counts.min() >= 0 and data.bin_size_s > 0
     assert np.all((data.lengths >= 1) & (data.lengths <= data.n_bins))
+
+
+def _oracle(trains, starts, lengths, bin_s):
+    n_bins = int(lengths.max())
+    out = np.zeros((len(starts), n_bins, len(trains)), dtype=np.int64)
+    for u, train in enumerate(trains):
+        for t in train:
+            for b, s in enumerate(starts):
+                k = int(np.floor((t - s) / bin_s + 1e-6))
+                if 0 <= k < lengths[b]:
+                    out[b, k, u] += 1
+    return out
+
+
+@st.composite
+def random_recordings(draw):
+    """Spike trains and trials, sometimes damaged (unsorted, negative, NaN, empty trials)."""
+    n_units = draw(st.integers(1, 4))
+    times = st.one_of(st.floats(-0.2, 3.0), st.just(float("nan")))
+    trains = [
+        draw(st.lists(times, max_size=30))
+        if draw(st.integers(0, 4)) == 0
+        else sorted(draw(st.lists(st.floats(0.0, 3.0), max_size=30)))
+        for _ in range(n_units)
+    ]
+    n_trials = draw(st.integers(1, 4))
+    starts = sorted(draw(st.lists(st.floats(0.0, 2.5), min_size=n_trials, max_size=n_trials)))
+    durations = draw(st.lists(st.floats(-0.1, 0.6), min_size=n_trials, max_size=n_trials))
+    trials = [(s, s + d) for s, d in zip(starts, durations, strict=True)]
+    bin_ms = draw(st.sampled_from([5.0, 10.0, 50.0]))
+    return trains, trials, bin_ms
+
+
+@settings(
+    max_examples=max(4, FUZZ.max_examples // 3),  # each example writes and reads an NWB file
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(recording=random_recordings())
+def test_random_nwb_recordings_fail_cleanly_or_bin_exactly(recording):
+    import warnings
+
+    from hdmf.common import VectorData, VectorIndex
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.misc import Units
+
+    from ldns_cli.readers import ReadOptions
+
+    trains, trials, bin_ms = recording
+    path = SCRATCH / "rec.nwb"
+    nwbfile = NWBFile(
+        session_description="fuzz",
+        identifier="fuzz",
+        session_start_time=datetime(2020, 1, 1, tzinfo=timezone.utc),
+    )
+    flat = np.asarray([t for train in trains for t in train], dtype=np.float64)
+    st_col = VectorData(name="spike_times", description="s", data=flat)
+    nwbfile.units = Units(
+        name="units",
+        description="u",
+        id=np.arange(len(trains)),
+        columns=[
+            st_col,
+            VectorIndex(
+                name="spike_times_index", data=np.cumsum([len(t) for t in trains]), target=st_col
+            ),
+        ],
+    )
+    for start, stop in trials:
+        nwbfile.add_trial(start_time=start, stop_time=stop)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with NWBHDF5IO(str(path), "w") as io:
+            io.write(nwbfile)
+    try:
+        data = read_spikes(path, ReadOptions(bin_ms=bin_ms))
+    except LdnsError:
+        event("clean error")
+        return
+    finally:
+        path.unlink()
+    event("read")
+    # it read: the input was valid and the counts are exactly the oracle's
+    assert all(np.all(np.diff(t) >= 0) and (len(t) == 0 or min(t) >= 0) for t in trains)
+    starts = np.array([s for s, _ in trials])
+    np.testing.assert_array_equal(data.trial_start_s, starts)
+    np.testing.assert_array_equal(data.counts, _oracle(trains, starts, data.lengths, bin_ms / 1000))
+    expected_lengths = [int(np.floor((b - a) / (bin_ms / 1000) + 1e-6)) for a, b in trials]
+    np.testing.assert_array_equal(data.lengths, expected_lengths)

@@ -108,8 +108,11 @@ def test_best_validation_weights_are_kept() -> None:
         assert torch.equal(v, snapshots[1][k])
 
 
-@pytest.mark.parametrize("stop_at_call", [7, 10])  # mid-epoch, and at an epoch boundary
-def test_resume_after_ctrl_c_replays_the_same_trajectory(tmp_path: Path, stop_at_call: int) -> None:
+# mid-epoch by Ctrl-C; at an epoch boundary by SIGTERM (torchrun's forwarded stop, preemption)
+@pytest.mark.parametrize(("stop_at_call", "sig"), [(7, signal.SIGINT), (10, signal.SIGTERM)])
+def test_resume_after_ctrl_c_replays_the_same_trajectory(
+    tmp_path: Path, stop_at_call: int, sig: int
+) -> None:
     train, val = dataset(40, 0), dataset(6, 1)
     full = fit(TinyNet(), train, val, noisy_loss, CFG)
 
@@ -119,7 +122,7 @@ def test_resume_after_ctrl_c_replays_the_same_trajectory(tmp_path: Path, stop_at
         if model.training:
             calls["n"] += 1
             if calls["n"] == stop_at_call:
-                os.kill(os.getpid(), signal.SIGINT)  # as a user's Ctrl-C
+                os.kill(os.getpid(), sig)  # as a user's Ctrl-C
         return noisy_loss(model, batch, gen)
 
     spec = CheckpointSpec(tmp_path / "ae.safetensors", "test", {"m": 1}, {"n_neurons": 3})
@@ -127,7 +130,8 @@ def test_resume_after_ctrl_c_replays_the_same_trajectory(tmp_path: Path, stop_at
     assert part.interrupted and part.steps_done == stop_at_call
     ckpt = load_checkpoint(spec.path, "test")
     assert ckpt.extra["train"]["resume"]["complete"] is False
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
     resumed = fit(TinyNet(), train, val, noisy_loss, CFG, checkpoint=spec, resume=ckpt)
     assert not resumed.interrupted and resumed.steps_done == 15

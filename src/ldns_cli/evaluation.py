@@ -51,7 +51,7 @@ from ldns_cli.metrics import (
 
 GRAM_BUDGET_BYTES = 256e6  # per data set, for the per-unit float32 Gram matrices
 MIN_UNITS_IN_SPLIT = 64  # a fold's m trials span about this many units (size matching ±1/64)
-PCA_MAX_TRIALS = 512  # reference trials used to fit the PCA of the PSD metric
+PCA_MAX_TRIALS = 256  # reference trials used to fit the PCA of the PSD metric (≥ 25k bins)
 N_EXAMPLES = 4  # trials kept per set for the report's rasters
 
 

@@ -369,9 +369,10 @@ def write_hdf5(
             else:
                 neurons[name] = values
         if save_latents and data.latents is not None:
-            f.create_dataset("latents", data=data.latents, compression="gzip", compression_opts=1)
+            # floats barely compress and gzip would dominate the write time: store them plain
+            f.create_dataset("latents", data=data.latents)
         if save_rates and data.rates is not None:
-            f.create_dataset("rates", data=data.rates, compression="gzip", compression_opts=1)
+            f.create_dataset("rates", data=data.rates)
         prov = f.create_group("provenance")
         prov.attrs.update(
             {k: v for k, v in data.provenance.items() if not k.startswith("settings.")}

@@ -252,6 +252,7 @@ def _isi_sums(
     c = flat[nz].astype(np.float64)
     key = nz // n_bins  # trial*N + neuron, sorted
     t = (nz - key * n_bins).astype(np.float64)
+    trial = key // n_neurons
     if placement == "paper":
         step = 1.0 / (c + 1.0)  # spikes at (j+1)/(c+1), j = 0..c−1
         first, last = step, c * step
@@ -260,13 +261,9 @@ def _isi_sums(
         first, last = 0.5 * step, 1.0 - 0.5 * step
     same = key[1:] == key[:-1]
     gap = ((t[1:] + first[1:]) - (t[:-1] + last[:-1]))[same] * bin_size_s  # between bins
-    gap_key = key[1:][same]
-    to_group = group_of_trial * n_neurons  # [B]
-
-    def grouped(k: np.ndarray) -> np.ndarray:
-        return to_group[k // n_neurons] + k % n_neurons
-
-    g_in, g_gap = grouped(key), grouped(gap_key)
+    # (group, neuron) key of every non-empty bin: group·N + (key − trial·N)
+    g_in = key + (group_of_trial[trial] - trial) * n_neurons
+    g_gap = g_in[1:][same]
     size = n_groups * n_neurons
     step_s = step * bin_size_s
     s1 = np.bincount(g_in, weights=(c - 1.0) * step_s, minlength=size)
@@ -285,10 +282,11 @@ def smooth_rates(counts: np.ndarray, lengths: np.ndarray, sigma_bins: float) -> 
 
     r_t = Σ_s g(t−s) x_s m_s / Σ_s g(t−s) m_s; padding bins come back as 0.
     """
-    mask = valid_mask(lengths, counts.shape[1]).astype(np.float64)  # [B, L]
-    num = gaussian_filter1d(counts.astype(np.float64), sigma_bins, axis=1, mode="constant")
+    mask = valid_mask(lengths, counts.shape[1]).astype(np.float32)  # [B, L]
+    # float32: these are smoothed spike counts, 7 digits are plenty and it halves the traffic
+    num = gaussian_filter1d(counts.astype(np.float32), sigma_bins, axis=1, mode="constant")
     den = gaussian_filter1d(mask, sigma_bins, axis=1, mode="constant")
-    out = num / np.maximum(den, 1e-12)[:, :, None]
+    out = num / np.maximum(den, 1e-6)[:, :, None]
     out[~mask.astype(bool)] = 0.0
     return out
 
@@ -299,6 +297,7 @@ def fit_projection(
     """Fit standardisation + PCA on smoothed rates of (a subset of) the reference trials."""
     sigma_bins = max(1.0, settings.smooth_sigma_s / bin_size_s)
     rates = smooth_rates(counts, lengths, sigma_bins)[valid_mask(lengths, counts.shape[1])]
+    rates = rates.astype(np.float64)  # [V, N]
     mean = rates.mean(axis=0)  # [N]
     scale = rates.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
@@ -325,10 +324,11 @@ def _project_smoothed(counts: np.ndarray, lengths: np.ndarray, proj: Projection)
     y = (counts.reshape(-1, n_neurons).astype(np.float32) @ w.astype(np.float32)).reshape(
         n_trials, n_bins, -1
     )  # [B, L, Z]
-    mask = valid_mask(lengths, n_bins).astype(np.float64)
-    num = gaussian_filter1d(y.astype(np.float64), proj.sigma_bins, axis=1, mode="constant")
+    mask = valid_mask(lengths, n_bins).astype(np.float32)
+    num = gaussian_filter1d(y, proj.sigma_bins, axis=1, mode="constant")
     den = gaussian_filter1d(mask, proj.sigma_bins, axis=1, mode="constant")
-    return num / np.maximum(den, 1e-12)[:, :, None] - (proj.mean @ w)[None, None, :]
+    offset = (proj.mean @ w).astype(np.float32)
+    return num / np.maximum(den, 1e-6)[:, :, None] - offset[None, None, :]
 
 
 def psd_frequencies_hz(segment_bins: int, bin_size_s: float) -> np.ndarray:
@@ -492,15 +492,17 @@ def summarise(
             u1 += 1
         b0, b1 = bounds[u0], bounds[u1]
         lens = lengths[b0:b1]
-        # zero everything at or beyond each trial's length (callers may pass cropped lengths)
-        x = np.where(mask[b0:b1, :, None], counts[b0:b1], 0)  # [b, L, N]
+        # one float32 copy per chunk, zero at or beyond each trial's length (callers may pass
+        # cropped lengths); float32 holds integer counts and their per-trial sums exactly
+        xf = counts[b0:b1].astype(np.float32)  # [b, L, N]
+        xf *= mask[b0:b1, :, None]
+        x = xf
         local = unit_of_trial[b0:b1] - u0
         n_local = u1 - u0
-        xf = x.astype(np.float32)
         for u in range(u0, u1):
             xu = xf[bounds[u] - b0 : bounds[u + 1] - b0].reshape(-1, n_neurons)  # [b_u*L, N]
             gram[u] = (xu.T @ xu)[iu]
-        per_trial = x.sum(axis=1, dtype=np.float64)  # [b, N]
+        per_trial = x.sum(axis=1).astype(np.float64)  # [b, N], exact: integer sums < 2^24
         onehot = np.zeros((n_local, b1 - b0))
         onehot[local, np.arange(b1 - b0)] = 1.0
         spikes[u0:u1] = onehot @ per_trial

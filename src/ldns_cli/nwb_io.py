@@ -254,11 +254,12 @@ def _trial_windows(
                 f"the trials table has no column '{opts.align}'",
                 f"alignment columns in this file: {', '.join(times) or 'none'}",
             )
-        col = trials[opts.align]
-        event = np.asarray(col.data[:], dtype=np.float64) if hasattr(col, "data") else None
+        event = _event_times(trials[opts.align])
         if event is None or event.shape != start.shape:
+            times = [c for c in trials.colnames if c.endswith("_time")]
             raise LdnsError(
-                f"column '{opts.align}' is not one time per trial", "pick a *_time column"
+                f"column '{opts.align}' is not one time (s) per trial",
+                f"align to an event-time column: {', '.join(times) or 'none in this file'}",
             )
         missing = ~np.isfinite(event)
         if missing.all():
@@ -287,6 +288,18 @@ def _trial_windows(
                 "shrink --window so that every trial's window lies inside the recording",
             )
     return starts, np.full(len(keep), n_bins, dtype=np.int64), keep, ids[keep], w0
+
+
+def _event_times(col: Any) -> np.ndarray | None:
+    """A trials column as float seconds, or None if it is not one number per trial."""
+    from hdmf.common import DynamicTableRegion, VectorIndex
+
+    if isinstance(col, (VectorIndex, DynamicTableRegion)) or not hasattr(col, "data"):
+        return None
+    values = np.asarray(col.data[:])
+    if values.dtype.kind not in "iuf" or values.ndim != 1:
+        return None
+    return values.astype(np.float64)
 
 
 def is_circular(name: str, description: str = "") -> bool:

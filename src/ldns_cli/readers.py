@@ -122,8 +122,8 @@ def file_kind(path: Path, name: str | None = None) -> str:
 def _corrupt(name: str, exc: BaseException) -> LdnsError:
     msg = " ".join(str(exc).split())[:200]
     return LdnsError(
-        f"'{name}' could not be read; it looks truncated or corrupt ({type(exc).__name__}: {msg})",
-        "re-download or re-write the file; a complete NWB/HDF5 file is needed",
+        f"'{name}' could not be read ({type(exc).__name__}: {msg})",
+        "the file may be truncated or corrupt; re-download or re-write it",
     )
 
 

@@ -129,7 +129,7 @@ def lorenz_trajectories(
 
 
 def softplus_beta(x: np.ndarray, beta: float) -> np.ndarray:
-    return np.logaddexp(0.0, beta * x) / beta
+    return np.logaddexp(np.zeros((), dtype=x.dtype), beta * x) / beta
 
 
 def simulate_lorenz(
@@ -147,19 +147,21 @@ def simulate_lorenz(
     traj = lorenz_trajectories(n_trials, n_bins + LORENZ_BURN_IN, rng)[:, LORENZ_BURN_IN:]
     # per trajectory and per dimension z-scoring, as the reference code does
     latents = (traj - traj.mean(axis=1, keepdims=True)) / traj.std(axis=1, keepdims=True)
+    latents = latents.astype(np.float32)
     readout = rng.normal(size=(n_neurons, 3))
     readout /= np.linalg.norm(readout, axis=1, keepdims=True)
     readout = readout[np.argsort(readout[:, 0], kind="stable")]  # [N, 3]
-    log_rate_bias = np.log(0.3)
-    rates = softplus_beta(latents @ readout.T + log_rate_bias, beta=2.0)  # [B, L, N]
+    log_rate_bias = np.float32(np.log(0.3))
+    # float32 halves the memory of the [B, L, N] arrays (5000 x 256 x 128 by default)
+    rates = softplus_beta(latents @ readout.T.astype(np.float32) + log_rate_bias, beta=2.0)
     counts = draw_spikes(rates, history, rng)
     return SpikeData(
         counts=counts,
         lengths=np.full(n_trials, n_bins),
         bin_size_s=bin_size_s,
         split=split_labels(n_trials, rng),
-        latents=latents.astype(np.float32),
-        rates=rates.astype(np.float32),
+        latents=latents,
+        rates=rates,
         provenance={
             "simulator": "lorenz",
             "simulator_version": __version__,

@@ -23,8 +23,9 @@ Contract
   RNG states); `extra["train"]` = summary + resume bookkeeping. Written at most every
   `checkpoint_every_s` at epoch ends, on Ctrl-C, and at the end. `fit(..., resume=ckpt)` continues
   bit-for-bit where the checkpoint stopped (mid-epoch included).
-- Ctrl-C: the first one finishes the current step, saves a resumable checkpoint and returns with
-  `result.interrupted = True` (the command prints how to resume); a second one aborts at once.
+- Ctrl-C (or SIGTERM): the first one finishes the current step, saves a resumable checkpoint and
+  returns with `result.interrupted = True` (the command prints how to resume); a second one
+  aborts at once. Under DDP every rank stops at the same step.
 - Multi-process: under `torchrun`, call `distributed.init()` first; the model is wrapped in DDP,
   every rank draws the same permutation and takes its shard of each *global* batch of
   `batch_size` trials, so results equal one process in expectation (exactly, for deterministic
@@ -158,12 +159,17 @@ class FitResult:
 
 
 class _StopOnInterrupt:
-    """First Ctrl-C requests a clean stop after the current step; the second aborts."""
+    """First Ctrl-C (or SIGTERM) requests a clean stop after the current step; a second aborts.
+
+    SIGTERM is handled too because torchrun forwards it to the workers when its own launcher is
+    interrupted (and then waits before killing them), and batch schedulers use it to preempt.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
-        self._installed = False
+        self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.requested:
@@ -174,13 +180,13 @@ class _StopOnInterrupt:
 
     def __enter__(self) -> _StopOnInterrupt:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-            self._installed = True
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def _index(data: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:

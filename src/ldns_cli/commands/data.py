@@ -102,6 +102,10 @@ def simulate(
         generated_by=f"ldns simulate {name}",
         save_latents=True,
         save_rates=True,
+        source_script=(
+            f"ldns simulate {name} -o {output} --trials {n_trials} --neurons {n_neurons} "
+            f"--length {n_bins} --history {history.value} --seed {seed}"
+        ),
     )
     info(
         f"wrote {output}: {n_trials} trials x {n_bins} bins x {n_neurons} neurons "

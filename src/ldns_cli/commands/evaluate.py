@@ -49,8 +49,8 @@ def _print_table(payload: dict) -> None:
     table = Table(
         title=f"generated ({gen['trials']} trials) vs reference ({ref['trials']} trials), "
         f"{payload['protocol']['folds']} folds",
-        caption="score = (model − floor)/(naive − floor): 0 = as good as the data, "
-        "1 = no better than homogeneous Poisson",
+        caption="lower is better; score = (model − floor)/(naive − floor): "
+        "0 = like the data, 1 = like Poisson",
     )
     for i, head in enumerate(TABLE_HEADER):
         table.add_column(head, justify="left" if i == 0 else "right")
