@@ -7,7 +7,8 @@ counts at ~18 Hz: about 5 M spikes. Measured:
 - the same read aligned to `move_onset_time` with a window (the NLB way),
 - binning alone (`bin_spike_times` on in-memory arrays),
 - HDF5 write and read of the binned tensor.
-Every time is also given as a ratio to the in-run 1024^3 fp32 matmul time (bench/common.py),
+Wall times (median/min) and the process's CPU time (median; less inflated when other jobs
+share the cores) are reported. Every time is also given as a ratio to the in-run 1024^3 fp32 matmul time (bench/common.py),
 so numbers from a shared, noisy machine can be compared across runs. Target: read+bin < 2 s.
 
 Run: nice python bench/bench_io.py [--trials 2000 --units 200] [--quick]
@@ -17,6 +18,8 @@ Writes bench/results/io.json.
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -96,11 +99,19 @@ def main() -> None:
     for name, fn in cases.items():
         t0 = time.perf_counter()
         stats = timeit(fn, repeats=args.repeats, warmup=1)
+        # CPU time of this process: less sensitive than wall time to other jobs on the machine
+        cpu = []
+        for _ in range(args.repeats):
+            c0 = time.process_time()
+            fn()
+            cpu.append(time.process_time() - c0)
+        stats["cpu_median_s"] = statistics.median(cpu)
         matmul_1024_s = matmul_seconds(2 * 1024**3, stats["gemm_gflops"])
         stats["ratio_to_matmul1024"] = stats["median_s"] / matmul_1024_s
         results[name] = stats
         print(
             f"{name:22s} median {stats['median_s']:.3f} s  min {stats['min_s']:.3f} s  "
+            f"cpu {stats['cpu_median_s']:.3f} s  "
             f"({stats['ratio_to_matmul1024']:.0f} x matmul-1024)  [{time.perf_counter() - t0:.1f} s]"
         )
     results["nwb_file_mb"] = nwb.stat().st_size / 1e6
@@ -108,6 +119,7 @@ def main() -> None:
     results["gemm_gflops_start"] = gemm_ref
     results["peak_rss_mb"] = peak_rss_mb()
     results["target_read_bin_s"] = 2.0
+    results["loadavg"] = os.getloadavg()
     print(
         f"files: nwb {results['nwb_file_mb']:.1f} MB, hdf5 {results['hdf5_file_mb']:.1f} MB; "
         f"peak RSS {results['peak_rss_mb']:.0f} MB; GEMM {gemm_ref:.1f} GFLOP/s"

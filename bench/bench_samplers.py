@@ -62,17 +62,36 @@ SAMPLERS = [
 
 
 def overhead(shape=(256, 16, 140), steps: int = 50, repeats: int = 5) -> dict:
+    """Per-step cost with a trivial denoiser, also as a multiple of one fused a·x + y pass over
+    the same tensor (measured interleaved), which is stable on a loaded machine."""
     sch = NoiseSchedule()
+    gen0 = torch.Generator().manual_seed(0)
+    a, b = torch.randn(shape, generator=gen0), torch.randn(shape, generator=gen0)
+
+    def axpy_s() -> float:
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            torch.add(b, a, alpha=0.1)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
     out = {}
     for name in ("ddpm", "ddim", "dpm++"):
         sampler = make_sampler(name, sch, steps)
-        per_step = []
+        per_step, axpy = [], []
         for r in range(repeats):
+            axpy.append(axpy_s())
             gen = torch.Generator().manual_seed(r)
             t0 = time.perf_counter()
             sample_loop(lambda x, t: 0.1 * x, shape, sampler, gen, "cpu")
             per_step.append((time.perf_counter() - t0) / steps)
-        out[name] = {"ms_per_step_median": 1e3 * float(np.median(per_step)), "steps": steps}
+        out[name] = {
+            "ms_per_step_median": 1e3 * float(np.median(per_step)),
+            "axpy_ms_median": 1e3 * float(np.median(axpy)),
+            "step_over_axpy": float(np.median(per_step) / np.median(axpy)),
+            "steps": steps,
+        }
     out["shape"] = list(shape)
     out["gemm_gflops_1024"] = matmul_gflops()
     return out
@@ -224,7 +243,11 @@ def main() -> None:
     results = {"overhead": overhead()}
     print("sampler overhead (trivial denoiser, B=256 Z=16 L=140 fp32, 2 threads):")
     for name in ("ddpm", "ddim", "dpm++"):
-        print(f"  {name:6s} {results['overhead'][name]['ms_per_step_median']:.2f} ms/step")
+        o = results["overhead"][name]
+        print(
+            f"  {name:6s} {o['ms_per_step_median']:.2f} ms/step "
+            f"= {o['step_over_axpy']:.1f}x one a*x+y pass ({o['axpy_ms_median']:.2f} ms)"
+        )
     print(f"  GEMM 1024: {results['overhead']['gemm_gflops_1024']:.1f} GFLOP/s")
 
     results["gaussian_exact"] = gaussian_table()

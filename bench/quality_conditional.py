@@ -199,6 +199,8 @@ def main() -> None:
     # ---- angle-conditioned samples, guidance sweep
     ae, ae_ckpt = load_autoencoder(ae_dir, "cpu")
     model_a = load_diffusion(ae_dir, "cpu", ae_ckpt)
+    results["ae_train_epochs"] = len(ae_ckpt.extra["train"]["history"])
+    results["diffusion_angle_epochs"] = len(model_a.checkpoint.extra["train"]["history"])
     target = np.repeat(test.covariates["angle"], k)
     cond = check_conditions(model_a, {"angle": target}, lengths)
     results["angle"] = {}

@@ -139,6 +139,14 @@ def main() -> None:
 
     ae, ae_ckpt = load_autoencoder(models, "cpu")
     model = load_diffusion(models, "cpu", ae_ckpt)
+    results["ae_train"] = {
+        "epochs_done": len(ae_ckpt.extra["train"]["history"]),
+        "best_val": ae_ckpt.extra["train"]["best_val"],
+    }
+    results["diffusion_train"] = {
+        "epochs_done": len(model.checkpoint.extra["train"]["history"]),
+        "best_val": model.checkpoint.extra["train"]["best_val"],
+    }
     results["diffusion_extra"] = {
         k: model.checkpoint.extra[k] for k in ("n_train", "n_val") if model.checkpoint
     }

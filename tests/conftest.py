@@ -112,16 +112,19 @@ def write_nlb_nwb(
     trials_table: bool = True,
     units_table: bool = True,
     extra_trial_columns: dict[str, Any] | None = None,
+    hand_vel_gap: bool = False,
 ) -> dict[str, Any]:
     """Write a small NWB file laid out like DANDI 000128 (NLB MC_Maze); return its truth.
 
     Units carry `heldout` and `obs_intervals` (no waveforms, no electrodes); trials carry
     `split`, `move_onset_time`, `maze_id`, ragged `target_pos`, and `cond_dir` in degrees;
     `processing/behavior/hand_vel` is a TimeSeries at 1 kHz whose x column is the time
-    itself (so its 5 ms bin means are the bin centres).
+    itself (so its 5 ms bin means are the bin centres); `cursor_pos` is a SpatialSeries
+    inside a Position container.
     """
     from hdmf.common import VectorData, VectorIndex
     from pynwb import NWBHDF5IO, NWBFile, ProcessingModule, TimeSeries
+    from pynwb.behavior import Position, SpatialSeries
     from pynwb.epoch import TimeIntervals
     from pynwb.file import Subject
     from pynwb.misc import Units
@@ -191,6 +194,9 @@ def write_nlb_nwb(
     n_samples = int(session_end * 1000)
     t_ms = np.arange(n_samples) / 1000.0
     hand_vel = np.stack([t_ms, np.sin(t_ms)], axis=1)  # [T, 2]
+    if hand_vel_gap:  # a tracking dropout inside trial 2's window
+        i0 = round(move_onset[2] * 1000)
+        hand_vel[i0 : i0 + 7] = np.nan
     behavior = ProcessingModule(name="behavior", description="behaviour")
     behavior.add(
         TimeSeries(
@@ -203,6 +209,19 @@ def write_nlb_nwb(
             description="hand velocity",
         )
     )
+    position = Position(name="position")
+    position.add_spatial_series(
+        SpatialSeries(
+            name="cursor_pos",
+            data=np.cumsum(hand_vel, axis=0) / 1000.0,
+            reference_frame="screen centre",
+            unit="mm",
+            rate=1000.0,
+            starting_time=0.0,
+            description="cursor position",
+        )
+    )
+    behavior.add(position)
     nwbfile.add_processing_module(behavior)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -120,30 +120,36 @@ class _RatesStub(nn.Module):
         self.rates = rates
         self.seen_inputs: torch.Tensor | None = None
 
-    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None) -> tuple:
+    def forward(
+        self, inputs: torch.Tensor, mask: torch.Tensor | None, channels_first: bool = False
+    ) -> tuple:
+        assert channels_first  # the loss works on [B, N, L]
         self.seen_inputs = inputs
-        return self.rates, torch.zeros(*inputs.shape[:2], self.config.latent_dim)
+        return self.rates, torch.zeros(inputs.shape[0], self.config.latent_dim, inputs.shape[2])
 
 
 def test_coordinated_dropout_loss_only_on_dropped_entries() -> None:
     p = 0.3
     cfg = AEConfig(n_neurons=N, latent_dim=Z, width=16, blocks=1, dropout_p=p, l2=0.0, smooth=0.0)
-    x = counts(4, 25, seed=1)
+    x = counts(4, 25, seed=1)  # [B, L, N]
     mask = torch.ones(4, 25, dtype=torch.bool)
     mask[2, 20:] = False
     x[2, 20:] = 0
-    rates = torch.full_like(x, 0.7, requires_grad=True)
+    x_cf = x.transpose(1, 2)  # [B, N, L], the loss's layout
+    rates = torch.full_like(x_cf, 0.7, requires_grad=True)
     stub = _RatesStub(cfg, rates)
-    loss, _ = ae_loss(stub, {"counts": x, "mask": mask}, torch.Generator().manual_seed(11))
+    loss, logs = ae_loss(stub, {"counts": x, "mask": mask}, torch.Generator().manual_seed(11))
     loss.backward()
-    keep = torch.rand(x.shape, generator=torch.Generator().manual_seed(11)) >= p
-    torch.testing.assert_close(stub.seen_inputs, x * keep / (1 - p))
-    used = rates.grad != 0
-    assert torch.equal(used, (~keep) & mask[..., None])
-    # value: Poisson NLL summed over dropped valid entries / (valid bins · N)
-    nll = F.poisson_nll_loss(rates, x, log_input=False, full=True, eps=1e-8, reduction="none")
-    expected = (nll * ((~keep) & mask[..., None])).sum() / (mask.sum() * N)
+    keep = torch.rand(x_cf.shape, generator=torch.Generator().manual_seed(11)) >= p
+    torch.testing.assert_close(stub.seen_inputs, x_cf * keep / (1 - p))
+    dropped = (~keep) & mask[:, None, :]
+    assert torch.equal(rates.grad != 0, dropped)
+    # value: full Poisson NLL summed over dropped valid entries / (valid bins · N)
+    nll = F.poisson_nll_loss(rates, x_cf, log_input=False, full=True, eps=1e-8, reduction="none")
+    expected = (nll * dropped).sum() / (mask.sum() * N)
     torch.testing.assert_close(loss, expected)
+    per_target = float((nll * dropped).sum().detach() / dropped.sum())
+    assert logs["nll_per_target"] == pytest.approx(per_target)
 
 
 def test_latent_penalty_closed_form() -> None:

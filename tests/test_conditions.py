@@ -71,8 +71,9 @@ def test_angles_in_radians_and_degrees(text, want):
     np.testing.assert_allclose(values(text), [want], rtol=1e-12)
 
 
-def test_degree_spec_takes_degrees():
-    spec = {"name": "dir", "kind": "circular", "unit": "deg"}
+@pytest.mark.parametrize("unit", ["deg", "degrees", "Degree", "°"])
+def test_degree_spec_takes_degrees(unit):
+    spec = {"name": "dir", "kind": "circular", "unit": unit}
     np.testing.assert_allclose(parse_values("90", spec), [90.0])
     np.testing.assert_allclose(parse_values("0.5pi", spec), [90.0])
     np.testing.assert_allclose(parse_values("1rad", spec), [180 / math.pi])

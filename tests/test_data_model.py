@@ -47,6 +47,13 @@ def test_place_spike_times_inverts_binning():
     np.testing.assert_array_equal(
         bin_spike_times(times, index, starts, np.full(3, 12), 0.01), counts
     )
+    # the at-most-one-spike-per-bin fast path: each spike at its bin centre
+    binary = (rng.random((3, 12, 4)) < 0.3).astype(np.int32)
+    times, index = place_spike_times(binary, starts, 0.01)
+    np.testing.assert_allclose((times * 100) % 1, 0.5, atol=1e-6)
+    np.testing.assert_array_equal(
+        bin_spike_times(times, index, starts, np.full(3, 12), 0.01), binary
+    )
 
 
 def test_resample_series_bin_means_interpolation_and_gaps():

@@ -141,3 +141,21 @@ def test_align_options_are_refused_for_binned_files(tmp_path, tiny_data):
 def test_unknown_output_extension(tmp_path, tiny_data):
     with pytest.raises(LdnsError, match="extension"):
         write_spikes(tiny_data(), tmp_path / "out.csv")
+
+
+def test_nlb_read_to_hdf5_keeps_alignment(tmp_path, nlb_nwb):
+    path, _ = nlb_nwb
+    opts = ReadOptions(bin_ms=5, align="move_onset_time", window_s=(-0.25, 0.45))
+    data = read_spikes(path, opts)
+    out = tmp_path / "nlb.h5"
+    write_spikes(data, out)
+    with h5py.File(out, "r") as f:
+        assert f["align_offset"][()] == -0.25
+        assert f["align_offset"].attrs["align_field"] == "move_onset_time"
+        assert f["neurons/heldout"].dtype == bool
+        assert f["behavior/hand_vel"].shape == (12, 140, 2)
+    back = read_spikes(out)
+    np.testing.assert_array_equal(back.counts, data.counts)
+    np.testing.assert_array_equal(back.unit_ids, data.unit_ids)
+    assert back.provenance["align_field"] == "move_onset_time"
+    np.testing.assert_array_equal(back.covariates["maze_id"], data.covariates["maze_id"])

@@ -71,6 +71,20 @@ def test_nlb_file_columns_units_and_behaviour(nlb_nwb):
     edges = data.trial_start_s[:, None] + np.arange(140)[None, :] * NLB_BIN_S  # [B, L]
     first_sample = np.ceil(edges * 1000 - 1e-9) / 1000
     np.testing.assert_allclose(vel[:, :, 0], first_sample + ms.mean(), atol=1e-5)
+    # a SpatialSeries inside a Position container loads too
+    assert data.behavior["cursor_pos"].shape == (12, 140, 2)
+    assert data.info("cursor_pos").unit == "mm"
+
+
+def test_behaviour_dropouts_are_interpolated(tmp_path):
+    path = tmp_path / "gap.nwb"
+    write_nlb_nwb(path, hand_vel_gap=True)
+    data = read_spikes(path, NLB_OPTS)
+    # x is a ramp, so linear interpolation over the gap restores it exactly
+    edges = data.trial_start_s[:, None] + np.arange(140)[None, :] * NLB_BIN_S
+    first_sample = np.ceil(edges * 1000 - 1e-9) / 1000
+    np.testing.assert_allclose(data.behavior["hand_vel"][:, :, 0], first_sample + 0.002, atol=1e-5)
+    assert "hand_vel: 7 NaN sample(s) interpolated" in data.provenance["skipped"]
 
 
 def test_trials_from_start_and_stop_are_variable_length(nlb_nwb):
@@ -125,6 +139,17 @@ def test_round_trip_is_exact(tmp_path, tiny_data):
     np.testing.assert_allclose(back.latents[mask], data.latents[mask], rtol=1e-6)
     np.testing.assert_allclose(back.rates[mask], data.rates[mask], rtol=1e-6)
     assert back.provenance["settings.seed"] == "3"
+
+
+def test_round_trip_with_trials_out_of_time_order(tmp_path, tiny_data):
+    data = tiny_data(5, 12, 3, behavior=True, truth=True).select(np.array([3, 0, 4, 1, 2]))
+    path = tmp_path / "shuffled.nwb"
+    write_spikes(data, path, save_latents=True, save_rates=True)
+    back = read_spikes(path)
+    np.testing.assert_array_equal(back.trial_ids, data.trial_ids)
+    np.testing.assert_array_equal(back.counts, data.counts)
+    np.testing.assert_array_equal(back.behavior["hand_vel"], data.behavior["hand_vel"])
+    np.testing.assert_allclose(back.latents, data.latents, rtol=1e-6)
 
 
 def test_spike_times_sit_inside_their_bins(tmp_path, tiny_data):

@@ -259,7 +259,7 @@ def exact_moments(schedule: NoiseSchedule, name: str, steps: int) -> tuple[float
 
 # (sampler, steps, bound on |exact mean - μ|/s and on |exact var/s² - 1|); the bounds are the
 # discretisation errors of each sampler on this oracle, measured by `exact_moments` (printed by
-# bench/bench_samplers.py) rounded up: e.g. DDIM-50 is first order and loses ≈6% variance on the
+# bench/bench_samplers.py) rounded up: e.g. DDIM-50 is first order and loses ≈6-7% variance on the
 # paper's linear schedule; the mean bias (≈0.005 s) is the schedule's non-zero terminal SNR.
 CASES = [
     ("ddpm", 1000, 0.01, 0.015),

@@ -144,3 +144,11 @@ def test_resume_after_ctrl_c_replays_the_same_trajectory(
     done = load_checkpoint(spec.path, "test")
     assert done.extra["train"]["resume"]["complete"] is True
     assert math.isfinite(done.extra["train"]["best_val"])
+
+
+def test_min_steps_adds_epochs_for_small_datasets() -> None:
+    cfg = TrainConfig(epochs=1, batch_size=8, min_steps=12, warmup_epochs=0, seed=0)
+    res = fit(TinyNet(), dataset(40, 0), None, noisy_loss, cfg)  # 5 steps per epoch
+    assert res.epochs_done == 3 and res.steps_done == 15
+    res = fit(TinyNet(), dataset(40, 0), None, noisy_loss, TrainConfig(epochs=2, batch_size=8))
+    assert res.epochs_done == 2 and res.steps_done == 10

@@ -189,8 +189,17 @@ class Autoencoder(nn.Module):
         """z `[B, L, Z]` -> rates `[B, L, N]` (spikes per bin, > 0)."""
         return self.decode_cf(z.transpose(1, 2)).transpose(1, 2)
 
-    def forward(self, counts: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """counts `[B, L, N]` -> (rates `[B, L, N]`, z `[B, L, Z]`)."""
+    def forward(
+        self, counts: Tensor, mask: Tensor | None = None, channels_first: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """counts `[B, L, N]` -> (rates `[B, L, N]`, z `[B, L, Z]`).
+
+        With `channels_first=True` everything is `[B, ·, L]` instead (the training loss uses it
+        to avoid transposing the largest tensors; it goes through `forward` for DDP's hooks).
+        """
+        if channels_first:
+            z = self.encode_cf(counts, mask)  # [B, Z, L]
+            return self.decode_cf(z), z
         z = self.encode_cf(counts.transpose(1, 2), mask)  # [B, Z, L]
         return self.decode_cf(z).transpose(1, 2), z.transpose(1, 2)
 
@@ -262,28 +271,40 @@ def ae_loss(
     net = model.module if hasattr(model, "module") else model  # DDP-wrapped or bare
     cfg: AEConfig = net.config
     batch = crop_to_longest(batch)
-    counts, mask = batch["counts"], batch.get("mask")
+    mask = batch.get("mask")
     if mask is not None and bool(mask.all()):
         mask = None  # no padding: skip the masking work
-    valid = torch.ones_like(counts[..., 0], dtype=torch.bool) if mask is None else mask
-    n_valid = valid.sum().clamp_min(1) * counts.shape[-1]  # valid neuron-bins
+    # one transpose up front; the model and the loss then work on contiguous [B, N, L]
+    counts = batch["counts"].float().transpose(1, 2).contiguous()  # [B, N, L]
+    n_neurons, n_bins = counts.shape[1], counts.shape[2]
+    n_valid_bins = counts.shape[0] * n_bins if mask is None else mask.sum().clamp_min(1)
+    n_valid = n_valid_bins * n_neurons  # valid neuron-bins
     p = cfg.dropout_p
     if p > 0:
         keep = torch.rand(counts.shape, generator=generator, device=counts.device) >= p
-        inputs = counts * keep / (1 - p)
-        target_weight = (~keep) & valid[..., None]  # loss only on dropped, valid entries
+        inputs = counts * (keep * (1.0 / (1.0 - p)))
+        target = ~keep  # loss only on dropped entries...
+        if mask is not None:
+            target &= mask[:, None, :]  # ...inside the trials
     else:
         inputs = counts
-        target_weight = valid[..., None].expand_as(counts)
-    rates, z = model(inputs, mask)
-    nll = poisson_nll(rates, counts)
-    rec = (nll * target_weight).sum() / n_valid
-    lat = latent_penalty(z.float(), mask, cfg.l2, cfg.smooth, cfg.smooth_lags) / n_valid
-    n_target = target_weight.sum().clamp_min(1)
+        target = None if mask is None else mask[:, None, :].expand_as(counts)
+    rates, z = model(inputs, mask, channels_first=True)  # [B, N, L], [B, Z, L]
+    # Poisson NLL r − s·log(r) plus the Stirling term of log(s!) (torch's full=True); the latter
+    # is constant, so it is summed only over its few non-zero entries (counts > 1)
+    term = rates - counts * torch.log(rates + 1e-8)
+    big = counts > 1 if target is None else target & (counts > 1)
+    k = counts[big]
+    stirling = (k * torch.log(k) - k + 0.5 * torch.log(2 * math.pi * k)).sum()
+    rec_sum = (term.sum() if target is None else torch.where(target, term, 0.0).sum()) + stirling
+    rec = rec_sum / n_valid
+    lat = latent_penalty(z.float().transpose(1, 2), mask, cfg.l2, cfg.smooth, cfg.smooth_lags)
+    lat = lat / n_valid
+    n_target = n_valid if target is None else target.sum().clamp_min(1)
     logs = {
         "rec": float(rec.detach()),
         "latent": float(lat.detach()),
-        "nll_per_target": float((nll * target_weight).sum().detach() / n_target),
+        "nll_per_target": float(rec_sum.detach() / n_target),
     }
     return rec + lat, logs
 

@@ -43,6 +43,9 @@ from ldns_cli.errors import LdnsError
 
 KINDS = ("circular", "continuous", "categorical", "timeseries")
 ANGLE_UNITS = {"rad": 1.0, "deg": math.pi / 180, "°": math.pi / 180, "pi": math.pi}
+# spellings of angle units in recordings -> the canonical "rad"/"deg"
+ANGLE_UNIT_NAMES = {"rad": "rad", "radian": "rad", "radians": "rad", "deg": "deg", "°": "deg"}
+ANGLE_UNIT_NAMES |= {"degree": "deg", "degrees": "deg"}
 _NUMBER = re.compile(
     r"^\s*(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)?\s*(?P<unit>deg|°|rad|pi)?\s*$"
 )
@@ -88,11 +91,13 @@ class ConditionSpec:
             return tuple(float(x) for x in arr)
 
         values = d.get("values")
+        unit = str(d.get("unit") or ("rad" if kind == "circular" else ""))
+        unit = ANGLE_UNIT_NAMES.get(unit.lower(), unit)
         return cls(
             name=str(d["name"]),
             kind=kind,
             dim=dim,
-            unit=str(d.get("unit") or ("rad" if kind == "circular" else "")),
+            unit=unit,
             min=vec("min"),
             max=vec("max"),
             mean=vec("mean"),
@@ -503,8 +508,6 @@ def embed_conditions(
 # Specs and tables from a recording (fit-diffusion --condition NAME, sample --condition-from)
 # ---------------------------------------------------------------------------------------------
 
-ANGLE_UNIT_NAMES = {"rad": "rad", "radian": "rad", "radians": "rad", "deg": "deg", "degree": "deg"}
-ANGLE_UNIT_NAMES["degrees"] = "deg"
 _CIRCULAR_WORDS = ("angle", "direction", "theta", "phase", "heading", "orientation")
 _CATEGORY_SUFFIXES = ("id", "label", "type", "condition", "class")
 

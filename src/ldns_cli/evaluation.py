@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +69,20 @@ class Evaluation:
     projection: Projection
     examples: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     bin_size_s: float = 0.0
+
+
+@contextmanager
+def single_threaded_torch() -> Iterator[None]:
+    """One torch thread per calling thread while the sets are summarised in parallel threads
+    (nested thread pools oversubscribe the cores; restored afterwards)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def check_compatible(reference: SpikeData, generated: SpikeData) -> None:
@@ -214,21 +231,25 @@ def evaluate_full(
 
     g = unit_trials(n_ref, n_gen, n_neurons)
     common = (bin_size_s, g, settings, projection, segment_bins)
-    perm_ref = rng.permutation(n_ref)
-    log(f"summarising {n_ref} reference trials")
-    s_ref = _summarise_set(reference.counts, reference.lengths, perm_ref, *common)
-    s_ref_a = s_ref  # what the floor's part A is drawn from
-    if cropped:
-        log("summarising the reference at the generated set's trial lengths")
-        s_ref_a = _summarise_set(reference.counts, ref_len, perm_ref, *common)
-    log(f"summarising {n_gen} generated trials")
-    perm_gen = rng.permutation(n_gen)
-    s_gen = _summarise_set(generated.counts, gen_len, perm_gen, *common)
-    s_gen_full = s_gen
-    if cropped:  # the paper-protocol and model_all values use the generated trials as they are
-        s_gen_full = _summarise_set(generated.counts, generated.lengths, perm_gen, *common)
-    log("summarising the naive Poisson reference point")
-    s_naive = _summarise_set(naive_counts, gen_len, rng.permutation(n_gen), *common)
+    perm_ref, perm_gen, perm_naive = (rng.permutation(n) for n in (n_ref, n_gen, n_gen))
+    jobs = {
+        "reference": (reference.counts, reference.lengths, perm_ref),
+        "generated": (generated.counts, gen_len, perm_gen),
+        "naive": (naive_counts, gen_len, perm_naive),
+    }
+    if cropped:  # floor part A at matched lengths; paper/model_all use uncropped generated trials
+        jobs["reference_matched"] = (reference.counts, ref_len, perm_ref)
+        jobs["generated_full"] = (generated.counts, generated.lengths, perm_gen)
+    log(f"summarising {n_ref} reference, {n_gen} generated and {n_gen} naive trials")
+    # the sets are independent and numpy releases the GIL in its array loops: one thread each
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = max(1, min(len(jobs), cores or 1))
+    with single_threaded_torch(), ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {k: pool.submit(_summarise_set, *job, *common) for k, job in jobs.items()}
+        done = {k: f.result() for k, f in futures.items()}
+    s_ref, s_gen, s_naive = done["reference"], done["generated"], done["naive"]
+    s_ref_a = done.get("reference_matched", s_ref)  # what the floor's part A is drawn from
+    s_gen_full = done.get("generated_full", s_gen)
     sets = [s_ref, s_ref_a, s_gen, s_gen_full, s_naive]
     psc_size = max(s.psc_hist.shape[1] for s in sets)
     s_ref, s_ref_a, s_gen, s_gen_full, s_naive = (s.pad_psc(psc_size) for s in sets)

@@ -237,6 +237,11 @@ def _read_ldns(f: Any, opts: ReadOptions) -> SpikeData:
             value = f.attrs[key]
             provenance.setdefault(key, value.decode() if isinstance(value, bytes) else str(value))
     provenance["bin_size_s"] = repr(bin_s)
+    if "align_offset" in f:
+        field = f["align_offset"].attrs.get("align_field", "")
+        field = field.decode() if isinstance(field, bytes) else str(field)
+        if field:
+            provenance["align_field"] = field
 
     return SpikeData(
         counts=counts,
@@ -334,6 +339,7 @@ def write_hdf5(
         f["lengths"] = data.lengths.astype(np.int32)
         f["bin_size"] = np.float64(data.bin_size_s)
         f["align_offset"] = np.float64(data.align_offset_s)
+        f["align_offset"].attrs["align_field"] = data.provenance.get("align_field", "")
         f["trial_id"] = np.asarray(data.trial_ids)
         f["trial_start"] = data.trial_start_s
         if data.split is not None:

@@ -199,6 +199,18 @@ def corr_rmse_paper(c_model: np.ndarray, c_data: np.ndarray) -> float:
     return float(np.sqrt(np.sum(d**2) / n**2))
 
 
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float32 matrix product through torch, whose thread count the caller controls.
+
+    numpy's OpenBLAS cannot be limited after import; with its threads on a busy machine the
+    hundreds of mid-sized Gram products here ran 5-20x slower (measured) than single-threaded.
+    `evaluation.evaluate_full` runs them one thread per data set instead.
+    """
+    import torch
+
+    return (torch.from_numpy(np.ascontiguousarray(a)) @ torch.from_numpy(b)).numpy()
+
+
 # ----------------------------------------------------------------------------- spike times
 def _bin_offsets(c: np.ndarray, placement: str) -> np.ndarray:
     """Offset (in bins) of each spike inside its bin, for bins with counts `c` (repeated)."""
@@ -265,12 +277,13 @@ def _isi_sums(
     g_in = key + (group_of_trial[trial] - trial) * n_neurons
     g_gap = g_in[1:][same]
     size = n_groups * n_neurons
-    step_s = step * bin_size_s
-    s1 = np.bincount(g_in, weights=(c - 1.0) * step_s, minlength=size)
+    multi = c >= 2  # only bins with several spikes hold ISIs inside them (rare at ms bins)
+    g_multi, c_multi, step_s = g_in[multi], c[multi], step[multi] * bin_size_s
+    s1 = np.bincount(g_multi, weights=(c_multi - 1.0) * step_s, minlength=size)
     s1 += np.bincount(g_gap, weights=gap, minlength=size)
-    s2 = np.bincount(g_in, weights=(c - 1.0) * step_s**2, minlength=size)
+    s2 = np.bincount(g_multi, weights=(c_multi - 1.0) * step_s**2, minlength=size)
     s2 += np.bincount(g_gap, weights=gap * gap, minlength=size)
-    n = np.bincount(g_in, weights=c - 1.0, minlength=size)
+    n = np.bincount(g_multi, weights=c_multi - 1.0, minlength=size)
     n += np.bincount(g_gap, minlength=size)
     shape = (n_groups, n_neurons)
     return s1.reshape(shape), s2.reshape(shape), n.reshape(shape)
@@ -321,7 +334,7 @@ def _project_smoothed(counts: np.ndarray, lengths: np.ndarray, proj: Projection)
     """
     n_trials, n_bins, n_neurons = counts.shape
     w = proj.components / proj.scale[:, None]  # [N, Z]
-    y = (counts.reshape(-1, n_neurons).astype(np.float32) @ w.astype(np.float32)).reshape(
+    y = _matmul(counts.reshape(-1, n_neurons).astype(np.float32), w.astype(np.float32)).reshape(
         n_trials, n_bins, -1
     )  # [B, L, Z]
     mask = valid_mask(lengths, n_bins).astype(np.float32)
@@ -432,10 +445,11 @@ class SpikeSums:
                 # float32 storage (memory), float64 accumulation in chunks (precision)
                 acc = np.zeros(v.shape[1])
                 for i in range(0, self.n_units, 256):
-                    acc += w[i : i + 256] @ v[i : i + 256].astype(np.float64)
+                    acc += np.einsum("u,uk->k", w[i : i + 256], v[i : i + 256].astype(np.float64))
                 out[f.name] = acc[None]
             else:
-                out[f.name] = np.tensordot(w, v, axes=(0, 0))[None]
+                # einsum without optimize: no BLAS call (tiny sizes, thread wake-ups cost more)
+                out[f.name] = np.einsum("u,u...->...", w, v)[None]
         return SpikeSums(**out)
 
 
@@ -501,11 +515,14 @@ def summarise(
         n_local = u1 - u0
         for u in range(u0, u1):
             xu = xf[bounds[u] - b0 : bounds[u + 1] - b0].reshape(-1, n_neurons)  # [b_u*L, N]
-            gram[u] = (xu.T @ xu)[iu]
+            gram[u] = _matmul(xu.T, xu)[iu]
         per_trial = x.sum(axis=1).astype(np.float64)  # [b, N], exact: integer sums < 2^24
-        onehot = np.zeros((n_local, b1 - b0))
-        onehot[local, np.arange(b1 - b0)] = 1.0
-        spikes[u0:u1] = onehot @ per_trial
+        starts = bounds[u0:u1] - b0  # units are contiguous: per-unit sums by reduceat, no BLAS
+
+        def by_unit(a: np.ndarray, starts: np.ndarray = starts) -> np.ndarray:
+            return np.add.reduceat(np.asarray(a, dtype=np.float64), starts, axis=0)
+
+        spikes[u0:u1] = by_unit(per_trial)
 
         s1, s2, n = _isi_sums(x, bin_size_s, settings.isi_placement, local, n_local)
         isi_sum[u0:u1], isi_sq[u0:u1], isi_n[u0:u1] = s1, s2, n
@@ -515,9 +532,9 @@ def summarise(
             wc = xf[:, : n_win * w_bins].reshape(len(x), n_win, w_bins, n_neurons).sum(axis=2)
             full = ((np.arange(n_win)[None, :] + 1) * w_bins <= lens[:, None]).astype(np.float32)
             wc = wc * full[:, :, None]  # [b, W, N], only windows inside the trial
-            win_sum[u0:u1] = onehot @ wc.sum(axis=1, dtype=np.float64)
-            win_sq[u0:u1] = onehot @ (wc * wc).sum(axis=1, dtype=np.float64)
-            n_windows[u0:u1] = onehot @ full.sum(axis=1, dtype=np.float64)
+            win_sum[u0:u1] = by_unit(wc.sum(axis=1))
+            win_sq[u0:u1] = by_unit((wc * wc).sum(axis=1))
+            n_windows[u0:u1] = by_unit(full.sum(axis=1))
 
         # first_k = Σ_{t < len−k} x_t and second_k = Σ_{k ≤ t < len} x_t, peeled one bin per lag
         rows = np.arange(len(x))
@@ -531,10 +548,10 @@ def summarise(
             second -= np.where((k - 1 < lens)[:, None], x[:, k - 1], 0)
             # float32 sums of integer products are exact below 2^24 per trial
             xy = np.einsum("btn,btn->bn", xf[:, :-k], xf[:, k:]).astype(np.float64)  # [b, N]
-            ac_xy[u0:u1, k - 1] = onehot @ xy
-            ac_first[u0:u1, k - 1] = onehot @ first
-            ac_second[u0:u1, k - 1] = onehot @ second
-            ac_pairs[u0:u1, k - 1] = onehot @ np.clip(lens - k, 0, None).astype(np.float64)
+            ac_xy[u0:u1, k - 1] = by_unit(xy)
+            ac_first[u0:u1, k - 1] = by_unit(first)
+            ac_second[u0:u1, k - 1] = by_unit(second)
+            ac_pairs[u0:u1, k - 1] = by_unit(np.clip(lens - k, 0, None))
 
         if projection is not None:
             z = _project_smoothed(x, lens, projection)

@@ -6,6 +6,24 @@ resampled onto the bins. Writing builds every table from whole columns (pynwb's 
 `add_unit`/`add_trial` is 40-100x slower to write) and produces files that nwbinspector's DANDI
 configuration has nothing to say about.
 
+Reading choices (a neuroscientist's file, not necessarily ours):
+- bins: `--bin-ms`, else `units.resolution` for ldns-written files, else 5 ms (a foreign
+  file's resolution is its spike-time precision, not a bin size).
+- trials: `start_time`/`stop_time` (variable lengths, zero padding), or `--align COL --window A B`
+  (fixed length; a window may reach past its trial's own bounds, as in NLB, but one that misses
+  its trial entirely or leaves the recording is an error; trials whose event is NaN are dropped
+  with a warning), or `--chop S` over the recording (obs_intervals span, else the spikes').
+- trial columns: strings -> categorical (`split` -> `SpikeData.split`), integers and booleans ->
+  categorical, floats -> continuous; names with angle/direction/dir/theta/heading ->
+  circular, converted from degrees when the description says so or values exceed 2 pi;
+  `*_time` columns -> seconds relative to the trial's first bin. Ragged columns load as
+  `[B, k]` when every row has k values, else they are skipped; a float column with NaN is
+  skipped too. Skips are warnings plus a note in `provenance["skipped"]`, and an error for
+  columns named in `ReadOptions.require`.
+- behaviour: every TimeSeries/SpatialSeries in `processing/behavior` (also inside containers
+  such as Position), bin-averaged; NaN dropouts are interpolated first; a series that does not
+  cover every trial is skipped with a note.
+
 Conventions of files written here (read back by `read_nwb`):
 - `units.resolution` = bin size; spike times sit evenly inside their bins
   (c spikes in [t0, t0 + dt) at t0 + (j + 0.5) dt / c), so re-binning is exact.
@@ -146,6 +164,8 @@ def _from_nwbfile(nwbfile: Any, opts: ReadOptions) -> SpikeData:
     latents, rates = _ground_truth(nwbfile, meta, starts_s, lengths, bin_size_s, n_bins)
 
     provenance = _provenance(nwbfile, meta, notes, bin_size_s)
+    if opts.align is not None:
+        provenance["align_field"] = opts.align
     return SpikeData(
         counts=counts,
         lengths=lengths,
@@ -444,8 +464,14 @@ def _series_times(ts: Any) -> np.ndarray:
 
 
 def _resampled(
-    ts: Any, starts_s: np.ndarray, lengths: np.ndarray, bin_size_s: float, n_bins: int
+    ts: Any,
+    starts_s: np.ndarray,
+    lengths: np.ndarray,
+    bin_size_s: float,
+    n_bins: int,
+    notes: list[str] | None = None,
 ) -> np.ndarray | None:
+    """A series bin-averaged onto the trial bins (NaN gaps interpolated), or None if unusable."""
     data = np.asarray(ts.data[:])
     if data.dtype.kind not in "fiub" or data.ndim not in (1, 2) or len(data) == 0:
         return None
@@ -453,6 +479,17 @@ def _resampled(
     if len(times) != len(data) or not np.all(np.diff(times) >= 0):
         return None
     values = data.astype(np.float64) * float(ts.conversion) + float(getattr(ts, "offset", 0.0))
+    values = values.reshape(len(values), -1)  # [T, k]
+    gaps = ~np.isfinite(values)
+    if gaps.any():
+        # short tracking dropouts are common (NLB fills them the same way, by interpolation)
+        for j in range(values.shape[1]):
+            ok = ~gaps[:, j]
+            if ok.sum() < 2:
+                return None
+            values[~ok, j] = np.interp(times[~ok], times[ok], values[ok, j])
+        if notes is not None:
+            notes.append(f"{ts.name}: {int(gaps.any(axis=1).sum())} NaN sample(s) interpolated")
     return resample_series(times, values, starts_s, lengths, bin_size_s, n_bins)
 
 
@@ -472,7 +509,7 @@ def _behavior(
     behavior: dict[str, np.ndarray] = {}
     infos: dict[str, VariableInfo] = {}
     for ts in _series(module):
-        out = _resampled(ts, starts_s, lengths, bin_size_s, n_bins)
+        out = _resampled(ts, starts_s, lengths, bin_size_s, n_bins, notes)
         if out is None:
             notes.append(f"{ts.name}: behaviour series with unusable data or times; skipped")
             continue
@@ -581,23 +618,25 @@ def place_spike_times(
     _, n_bins, n_units = counts.shape
     flat_counts = np.ascontiguousarray(counts).reshape(-1)  # [B*L*N]
     nz = np.flatnonzero(flat_counts)  # (trial, bin, unit) order
+    c = flat_counts[nz]  # gathered while nz ascends: cache-friendly
     # regroup by unit keeping (trial, bin) order: a stable (radix) sort of small integers
-    unit_key = (nz % n_units).astype(np.uint16 if n_units < 2**16 else np.int64)
-    nz = nz[np.argsort(unit_key, kind="stable")]
+    by_unit = np.argsort(
+        (nz % n_units).astype(np.uint16 if n_units < 2**16 else np.int64), kind="stable"
+    )
+    nz, c = nz[by_unit], c[by_unit].astype(np.int64)
     trial, rest = np.divmod(nz, n_bins * n_units)
     k, unit = np.divmod(rest, n_units)
-    c = flat_counts[nz].astype(np.int64)
-    total = int(c.sum())
-    owner = np.repeat(np.arange(len(c)), c)  # [S] which nonzero bin each spike belongs to
-    j = np.arange(total) - np.repeat(np.cumsum(c) - c, c)
-    t0 = trial_start_s[trial] + k * bin_size_s
-    times = t0[owner] + (j + 0.5) * bin_size_s / c[owner]
-    spike_unit = unit[owner]
-    backwards = np.diff(times) < 0
-    if np.any(backwards & (np.diff(spike_unit) == 0)):
+    t0 = trial_start_s[trial] + k * bin_size_s  # [M] start of each non-empty bin
+    if c.max(initial=0) <= 1:
+        times, spike_unit = t0 + 0.5 * bin_size_s, unit
+    else:
+        owner = np.repeat(np.arange(len(c)), c)  # [S] the non-empty bin of each spike
+        j = np.arange(len(owner)) - np.repeat(np.cumsum(c) - c, c)
+        times = t0[owner] + (j + 0.5) * bin_size_s / c[owner]
+        spike_unit = unit[owner]
+    if np.any((np.diff(times) < 0) & (np.diff(spike_unit) == 0)):
         # trials not in time order (or overlapping windows): sort within each unit
-        order = np.lexsort((times, spike_unit))
-        times = times[order]
+        times = times[np.lexsort((times, spike_unit))]
     index = np.cumsum(np.bincount(unit, weights=c, minlength=n_units)).astype(np.int64)
     return times, index
 
@@ -802,6 +841,9 @@ def write_nwb(
     )
 
     times_valid = _valid_bin_times(data)
+    # series need ascending times even when trials are not stored in time order
+    by_time = np.argsort(times_valid, kind="stable")
+    times_valid = times_valid[by_time]
     mask = data.mask()
     if data.behavior:
         module = ProcessingModule(
@@ -813,7 +855,7 @@ def write_nwb(
             module.add(
                 _time_series(
                     name,
-                    values[mask].astype(np.float32),  # [T, k]
+                    values[mask][by_time].astype(np.float32),  # [T, k]
                     times_valid,
                     unit=info.unit or "a.u.",
                     description=info.description or f"behaviour series '{name}' at bin centres",
@@ -823,12 +865,14 @@ def write_nwb(
         nwbfile.add_processing_module(module)
     truth = []
     if save_latents and data.latents is not None:
-        truth.append(("latents", data.latents[mask], "a.u.", "latent trajectories at bin centres"))
+        truth.append(
+            ("latents", data.latents[mask][by_time], "a.u.", "latent trajectories at bin centres")
+        )
     if save_rates and data.rates is not None:
         truth.append(
             (
                 "rates",
-                data.rates[mask] / np.float32(dt),
+                data.rates[mask][by_time] / np.float32(dt),
                 "Hz",
                 "firing rates at bin centres; columns follow the units table",
             )

@@ -101,17 +101,14 @@ def file_kind(path: Path, name: str | None = None) -> str:
             head = fh.read(8)
     except OSError as exc:
         raise LdnsError(f"cannot open '{name}': {exc.strerror}", "check the path") from None
-    if head != HDF5_SIGNATURE:
-        import h5py
-
-        # HDF5 allows a user block before the signature (512, 1024, ... bytes)
-        if not h5py.is_hdf5(str(path)):
-            raise LdnsError(
-                f"'{name}' is not an HDF5 or NWB file",
-                "ldns reads NWB (.nwb) and HDF5 (.h5/.hdf5) files",
-            )
     import h5py
 
+    # HDF5 allows a user block before the signature (512, 1024, ... bytes)
+    if head != HDF5_SIGNATURE and not h5py.is_hdf5(str(path)):
+        raise LdnsError(
+            f"'{name}' is not an HDF5 or NWB file",
+            "ldns reads NWB (.nwb) and HDF5 (.h5/.hdf5) files",
+        )
     try:
         with h5py.File(path, "r") as f:
             return "nwb" if "nwb_version" in f.attrs else "hdf5"
@@ -141,9 +138,7 @@ def _read_file(path: Path, name: str, opts: ReadOptions) -> SpikeData:
                 from ldns_cli.hdf5_io import read_hdf5
 
                 data = read_hdf5(path, opts)
-        except LdnsError:
-            raise
-        except MemoryError:
+        except (LdnsError, MemoryError, KeyboardInterrupt):
             raise
         except Exception as exc:  # any library failure on a damaged file is a clean error
             raise _corrupt(name, exc) from None

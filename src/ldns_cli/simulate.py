@@ -273,6 +273,7 @@ def simulate_reach(
         rates=rates.astype(np.float32),
         provenance={
             "simulator": "reach",
+            "align_field": "move_onset_time",
             "simulator_version": __version__,
             "seed": str(seed),
             "reach": (

@@ -83,6 +83,8 @@ class TrainConfig:
         amp: bf16 autocast on CUDA (FFTs stay in float32); ignored on CPU.
         seed: seeds the data order and the loss's random draws.
         checkpoint_every_s: minimum wall time between periodic checkpoints (epoch ends).
+        min_steps: train for at least this many optimiser steps: small datasets get more epochs
+            than `epochs` (0: exactly `epochs`).
     """
 
     epochs: int = 100
@@ -97,6 +99,7 @@ class TrainConfig:
     amp: bool = False
     seed: int = 0
     checkpoint_every_s: float = 60.0
+    min_steps: int = 0
 
     def validate(self) -> None:
         checks = [
@@ -109,6 +112,7 @@ class TrainConfig:
             (0 <= self.final_lr_frac <= 1, "final_lr_frac must be in [0, 1]"),
             (self.grad_clip >= 0, "grad_clip must be >= 0"),
             (self.ema_decay is None or 0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
+            (self.min_steps >= 0, "min_steps must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -241,7 +245,9 @@ class _Trainer:
             self.ema.requires_grad_(False)
 
         self.steps_per_epoch = max(1, math.ceil(self.n_train / cfg.batch_size))
-        self.total_steps = cfg.epochs * self.steps_per_epoch
+        # small datasets get extra epochs so that training lasts at least `min_steps` steps
+        self.epochs = max(cfg.epochs, math.ceil(cfg.min_steps / self.steps_per_epoch))
+        self.total_steps = self.epochs * self.steps_per_epoch
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         self.data_gen = torch.Generator().manual_seed(cfg.seed)  # same order on every rank
         self.loss_gen = torch.Generator(self.device).manual_seed(dist.rank_seed(cfg.seed) + 1)
@@ -422,6 +428,11 @@ class _Trainer:
     def run(self) -> FitResult:
         cfg = self.cfg
         main = dist.is_main()
+        if self.epochs > cfg.epochs and self.epoch == 0 and self.step_in_epoch == 0:
+            info(
+                f"{self.description}: {self.epochs} epochs instead of {cfg.epochs}, to train for "
+                f"at least {cfg.min_steps} steps ({self.steps_per_epoch} per epoch)"
+            )
         last_save = time.monotonic()
         interrupted = False
         show = main and not is_quiet()
@@ -430,7 +441,7 @@ class _Trainer:
             task = bar.add_task(
                 self.description, total=self.total_steps, completed=self.global_step, status=""
             )
-            while self.epoch < cfg.epochs:
+            while self.epoch < self.epochs:
                 self.data_gen.set_state(self.epoch_start_data_state)
                 perm = torch.randperm(self.n_train, generator=self.data_gen)
                 t0 = time.perf_counter()
@@ -475,7 +486,7 @@ class _Trainer:
                 self.step_in_epoch, self.epoch_loss_sum, self.epoch_loss_n = 0, 0.0, 0
                 self.epoch_start_data_state = self.data_gen.get_state()
                 if (
-                    self.epoch < cfg.epochs
+                    self.epoch < self.epochs
                     and time.monotonic() - last_save >= cfg.checkpoint_every_s
                 ):
                     self.save(complete=False)
@@ -500,8 +511,8 @@ class _Trainer:
         )
 
     def _status(self, train_loss: float, val_loss: float | None, done: bool = False) -> str:
-        shown = self.epoch if done else min(self.epoch + 1, self.cfg.epochs)
-        text = f"epoch {shown}/{self.cfg.epochs} train {train_loss:.4f}"
+        shown = self.epoch if done else min(self.epoch + 1, self.epochs)
+        text = f"epoch {shown}/{self.epochs} train {train_loss:.4f}"
         if val_loss is not None:
             text += f" val {val_loss:.4f}"
         if self.best_val is not None:
