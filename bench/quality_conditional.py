@@ -116,6 +116,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--per-condition", type=int, default=2)
     ap.add_argument("--ema-decay", type=float, default=0.995)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -137,7 +139,9 @@ def main() -> None:
             [*ldns, "fit-ae", str(data_path), "-m", str(ae_dir), *common, *ae_flags]
         )
     cfg_file = work / "diffusion_config.json"
-    cfg_file.write_text(json.dumps({"warmup_epochs": 5, "ema_decay": args.ema_decay}))
+    cfg_file.write_text(
+        json.dumps({"warmup_epochs": 2, "ema_decay": args.ema_decay, "lr": args.lr})
+    )
     diff_flags = [
         "--width",
         str(args.width),
@@ -146,7 +150,7 @@ def main() -> None:
         "--config",
         str(cfg_file),
     ]
-    diff_flags += ["--epochs", str(args.diff_epochs), "--batch-size", "64"]
+    diff_flags += ["--epochs", str(args.diff_epochs), "--batch-size", str(args.batch_size)]
     vel_dir = work / "models_vel"
     vel_dir.mkdir(exist_ok=True)
     shutil.copy(ae_dir / "ae.safetensors", vel_dir / "ae.safetensors")

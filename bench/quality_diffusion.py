@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--fast-steps", type=int, default=20)
     ap.add_argument("--n-long", type=int, default=24)
     ap.add_argument("--ema-decay", type=float, default=0.995)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -128,7 +129,9 @@ def main() -> None:
     diff_flags += ["--epochs", str(args.diff_epochs), "--batch-size", str(args.batch_size)]
     # short CPU runs: a short warm-up and an EMA window (~200 steps) well inside the run
     cfg_file = work / "diffusion_config.json"
-    cfg_file.write_text(json.dumps({"warmup_epochs": 5, "ema_decay": args.ema_decay}))
+    cfg_file.write_text(
+        json.dumps({"warmup_epochs": 2, "ema_decay": args.ema_decay, "lr": args.lr})
+    )
     diff_flags += ["--config", str(cfg_file)]
     if not (models / "ae.safetensors").exists():
         results["fit_ae_s"] = run([*ldns, "fit-ae", str(data_path), *common, *ae_flags])

@@ -210,7 +210,7 @@ def time_sampling(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rates", nargs="+", default=["true"], choices=["true", "ae"])
+    ap.add_argument("--rates", nargs="*", default=["true"], choices=["true", "ae"])
     ap.add_argument("--histories", nargs="+", default=["refractory", "bursting"])
     ap.add_argument("--trials", type=int, default=1000)
     ap.add_argument("--neurons", type=int, default=64)

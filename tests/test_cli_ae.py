@@ -38,6 +38,7 @@ def test_fit_ae_writes_a_checkpoint_and_nothing_on_stdout(files: dict[str, Path]
     ckpt = load_checkpoint(files["models"] / "ae.safetensors", "ae")
     assert ckpt.config["ae"]["n_neurons"] == 16 and ckpt.config["ae"]["latent_dim"] == 4
     assert ckpt.config["train"]["epochs"] == 2
+    assert len(ckpt.extra["train"]["history"]) == 2  # --epochs overrides the preset's min_steps
     assert ckpt.fingerprint["n_neurons"] == 16
     summary = ckpt.extra["summary"]
     assert np.isfinite(summary["bits_per_spike"]) and summary["poisson_nll"] > 0

@@ -100,6 +100,22 @@ def test_simulate_to_stdout_is_hdf5_bytes(runner):
     assert result.stdout_bytes[:8] == b"\x89HDF\r\n\x1a\n"
     piped = _ok(runner.invoke(app, ["inspect", "-", "--json"], input=result.stdout_bytes))
     assert json.loads(piped.stdout)["n_trials"] == 2
+    assert json.loads(piped.stdout)["latents"] == {"dim": 3}
+    bare = _ok(runner.invoke(app, ["simulate", "lorenz", "-o", "-", "--trials", "2", "--no-truth"]))
+    piped = _ok(runner.invoke(app, ["inspect", "-", "--json"], input=bare.stdout_bytes))
+    assert json.loads(piped.stdout)["latents"] is None and not json.loads(piped.stdout)["rates"]
+
+
+def test_simulate_nwb_to_stdout(runner):
+    result = _ok(
+        runner.invoke(
+            app,
+            ["simulate", "reach", "-o", "-", "--format", "nwb", "--trials", "3", "--neurons", "2"],
+        )
+    )
+    piped = _ok(runner.invoke(app, ["inspect", "-", "--json"], input=result.stdout_bytes))
+    summary = json.loads(piped.stdout)
+    assert summary["format"] == "nwb" and summary["n_trials"] == 3
 
 
 def test_inspect_text_view(runner, tmp_path):

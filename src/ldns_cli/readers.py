@@ -181,23 +181,30 @@ def bin_spike_times(
         hi[u] = np.searchsorted(train, hi_s, side="left") + offsets[u]
     counts = np.zeros((n_trials, n_bins, n_units), dtype=np.int32)  # [B, L, N]
     block = max(1, (1 << 21) // max(1, n_bins * n_units))  # ~2 M bins per bincount
+    inv_bin = 1.0 / bin_size_s
     for b0 in range(0, n_trials, block):
         b1 = min(n_trials, b0 + block)
-        per = (hi[:, b0:b1] - lo[:, b0:b1]).ravel()  # [N * Tb] spikes per (unit, trial)
+        n_block = b1 - b0
+        per = (hi[:, b0:b1] - lo[:, b0:b1]).ravel()  # [N * Tb] spikes per (unit, trial) pair
         total = int(per.sum())
         if total == 0:
             continue
-        pair = np.repeat(np.arange(per.size), per)  # [S_block]
         first = np.cumsum(per) - per
-        spike = np.arange(total) + np.repeat(lo[:, b0:b1].ravel() - first, per)
-        unit, trial_in_block = np.divmod(pair, b1 - b0)
-        trial = trial_in_block + b0
-        k = np.floor((spike_times[spike] - starts_s[trial]) / bin_size_s + EDGE_TOL_BINS)
+        spike = np.arange(total) + np.repeat(lo[:, b0:b1].ravel() - first, per)  # [S_block]
+        # per pair: window start, last valid bin, and flat offset of (trial, bin 0, unit)
+        pair_start = np.tile(starts_s[b0:b1], n_units)
+        pair_last = np.tile(lengths[b0:b1] - 1, n_units)
+        pair_base = (
+            np.arange(n_block)[None, :] * (n_bins * n_units) + np.arange(n_units)[:, None]
+        ).ravel()
+        rel = (spike_times[spike] - np.repeat(pair_start, per)) * inv_bin + EDGE_TOL_BINS
+        # rel >= -tol, so truncation is floor after the clip below
+        k = rel.astype(np.int64)
         # float rounding can put a spike a hair before a window's end into bin `length`
-        k = np.clip(k.astype(np.int64), 0, lengths[trial] - 1)
-        flat = (trial_in_block * n_bins + k) * n_units + unit
-        counts[b0:b1] = np.bincount(flat, minlength=(b1 - b0) * n_bins * n_units).reshape(
-            b1 - b0, n_bins, n_units
+        np.clip(k, 0, np.repeat(pair_last, per), out=k)
+        flat = np.repeat(pair_base, per) + k * n_units
+        counts[b0:b1] = np.bincount(flat, minlength=n_block * n_bins * n_units).reshape(
+            n_block, n_bins, n_units
         )
     return counts
 

@@ -77,8 +77,11 @@ def _resolve_configs(
             f"unknown preset '{name}'", f"choose one of: {', '.join(sorted(AE_PRESETS))}"
         )
     values: dict[str, Any] = dict(AE_PRESETS[name])
-    values.update(load_config_file(config_file))
+    from_file = load_config_file(config_file)
+    values.update(from_file)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("epochs") is not None and "min_steps" not in from_file:
+        values["min_steps"] = 0  # an explicit --epochs means exactly that many epochs
     values["n_neurons"] = n_neurons
     ae_keys = {f.name for f in dataclasses.fields(AEConfig)}
     unknown = sorted(set(values) - ae_keys - TRAIN_KEYS)
@@ -224,6 +227,8 @@ def fit_ae(
             saved_train.update(
                 {k: overrides[k] for k in ("epochs", "batch_size", "lr") if overrides[k]}
             )
+            if overrides["epochs"]:
+                saved_train["min_steps"] = 0  # an explicit --epochs means exactly that many
             train_cfg = config_from_dict(TrainConfig, saved_train, str(path))
             ae_cfg = dataclasses.replace(
                 ae_cfg,
@@ -238,6 +243,15 @@ def fit_ae(
             ae_cfg, train_cfg = _resolve_configs(preset, config, overrides, data.n_neurons)
             if path.exists():
                 info(f"replacing the existing autoencoder at {path}")
+                stale = ["diffusion.safetensors"] + (
+                    [] if spike_history else ["history.safetensors"]
+                )
+                stale = [name for name in stale if (Path(models) / name).exists()]
+                if stale:
+                    warn(
+                        f"{', '.join(stale)} in {models} belong to the previous autoencoder: "
+                        "refit them after this fit"
+                    )
         if not 0 <= val_frac < 1:
             raise LdnsError(f"--val-frac must be in [0, 1), got {val_frac}", "e.g. --val-frac 0.1")
 

@@ -59,6 +59,18 @@ def simulate(
             "--history", help="Single-neuron spike history: none, refractory or bursting."
         ),
     ] = History.none,
+    file_format: Annotated[
+        str | None,
+        typer.Option("--format", help="nwb or hdf5 (default: from the extension; HDF5 for -o -)."),
+    ] = None,
+    truth: Annotated[
+        bool,
+        typer.Option(
+            "--truth/--no-truth",
+            help="Store the true latents and rates (rates are float32 [trials, bins, neurons]: "
+            "about 650 MB at the paper's lorenz size).",
+        ),
+    ] = True,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
@@ -76,7 +88,7 @@ def simulate(
     from ldns_cli.writers import output_format, write_spikes
 
     setup(quiet)
-    output_format(output)  # fail on a bad path before simulating, not after
+    output_format(output, file_format)  # fail on a bad path before simulating, not after
     check_output(output, force)
     name = dataset.value
     d_trials, d_neurons, d_length = DEFAULTS[name]
@@ -98,10 +110,11 @@ def simulate(
         data,
         str(output),
         force=force,
+        fmt=file_format,
         settings=settings,
         generated_by=f"ldns simulate {name}",
-        save_latents=True,
-        save_rates=True,
+        save_latents=truth,
+        save_rates=truth,
         source_script=(
             f"ldns simulate {name} -o {output} --trials {n_trials} --neurons {n_neurons} "
             f"--length {n_bins} --history {history.value} --seed {seed}"
