@@ -19,8 +19,14 @@ Reported: mean ± sd over folds. `model_all` (all generated vs all reference tri
 (bootstrap resamples of the generated set with replacement vs the full reference, the authors'
 protocol, reference §5.2) are given for comparison with published numbers.
 
+Trial lengths bound ISIs and spectra, so when the two sets' lengths differ the candidates (A,
+generated, naive) are cropped to a common length distribution, min(ℓ_ref, ℓ_gen) of random pairs;
+B keeps full reference trials. A score is only given where naive − floor exceeds 3 standard errors
+(rates never get one: the naive model has the reference's mean rates by construction).
+
 Trials are resampled in units (random blocks of g trials) whose additive statistics are computed
-once (see `metrics.SpikeSums`), so folds cost almost nothing beyond reading the data once.
+once (see `metrics.SpikeSums`), so folds cost almost nothing beyond reading the data once; the
+sets are summarised in parallel threads.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from ldns_cli import __version__
 from ldns_cli.data import SpikeData, VariableInfo
 from ldns_cli.errors import LdnsError
 from ldns_cli.readers import DEFAULT_BIN_MS, ReadOptions
+from ldns_cli.writers import GZIP_LEVEL, RATE_MANTISSA_BITS, round_mantissa
 
 FORMAT = "ldns-binned"
 FORMAT_VERSION = 1
@@ -304,6 +305,30 @@ def _text(values: np.ndarray) -> np.ndarray:
     return np.asarray(values).astype(str).astype(object)
 
 
+def _write_floats(f: Any, name: str, values: np.ndarray, keep_bits: int | None) -> Any:
+    """`[B, L, k]` floats as float32, gzip+shuffle, written 64 trials at a time.
+
+    keep_bits: round to this many mantissa bits first (see `writers.round_mantissa`); None keeps
+    every bit. Chunk-wise writing bounds the extra memory to one chunk's float32 copy.
+    """
+    values = np.asarray(values)
+    n_trials = values.shape[0]
+    step = max(1, min(64, n_trials))
+    ds = f.create_dataset(
+        name,
+        shape=values.shape,
+        dtype=np.float32,
+        chunks=(step, *values.shape[1:]) if n_trials else None,
+        compression="gzip",
+        compression_opts=GZIP_LEVEL,
+        shuffle=True,
+    )
+    for start in range(0, n_trials, step):
+        part = np.array(values[start : start + step], dtype=np.float32)  # own copy
+        ds[start : start + step] = part if keep_bits is None else round_mantissa(part, keep_bits)
+    return ds
+
+
 def write_hdf5(
     data: SpikeData,
     path: Path,
@@ -327,13 +352,19 @@ def write_hdf5(
         )
         if generated_by:
             f.attrs["generated_by"] = generated_by
+        chunk_trials = max(1, min(64, n_trials))
         spikes = f.create_dataset(
             "spikes",
-            data=data.counts.astype(_count_dtype(data.counts)),
-            chunks=(min(64, n_trials), n_bins, n_neurons),
+            shape=data.counts.shape,
+            dtype=_count_dtype(data.counts),
+            chunks=(chunk_trials, n_bins, n_neurons),
             compression="gzip",
             compression_opts=1,
         )
+        # chunk-wise: no full-size cast copy of the counts
+        for start in range(0, n_trials, chunk_trials):
+            sl = slice(start, start + chunk_trials)
+            spikes[sl] = data.counts[sl].astype(spikes.dtype, copy=False)
         spikes.attrs["dims"] = ["trial", "time", "neuron"]
         spikes.attrs["units"] = "counts"
         f["lengths"] = data.lengths.astype(np.int32)
@@ -375,10 +406,10 @@ def write_hdf5(
             else:
                 neurons[name] = values
         if save_latents and data.latents is not None:
-            # floats barely compress and gzip would dominate the write time: store them plain
-            f.create_dataset("latents", data=data.latents)
+            _write_floats(f, "latents", data.latents, keep_bits=None)
         if save_rates and data.rates is not None:
-            f.create_dataset("rates", data=data.rates)
+            ds = _write_floats(f, "rates", data.rates, keep_bits=RATE_MANTISSA_BITS)
+            ds.attrs["mantissa_bits"] = RATE_MANTISSA_BITS
         prov = f.create_group("provenance")
         prov.attrs.update(
             {k: v for k, v in data.provenance.items() if not k.startswith("settings.")}

@@ -19,7 +19,7 @@ from ldns_cli.commands.options import (
     read_options,
     select_trials,
 )
-from ldns_cli.console import info
+from ldns_cli.console import info, warn
 from ldns_cli.errors import LdnsError
 from ldns_cli.paths import STDIO
 
@@ -120,6 +120,9 @@ def evaluate(
         f"{gen.n_trials} trials x {gen.n_neurons} neurons ({ref.bin_size_s * 1e3:g} ms bins)"
     )
     ev = evaluate_full(ref, gen, folds=folds, seed=seed, log=info)
+    matched = ev.payload["protocol"]["matched_trials"]["model"]
+    if matched < 20:
+        warn(f"each fold compares only {matched:g} trials per set: the numbers are noisy")
     ev.payload["reference"]["path"] = reference
     ev.payload["generated"]["path"] = generated
     if reference_trials is not None:
