@@ -609,36 +609,45 @@ def _provenance(
 
 
 # ====================================================================== writing
+UNIT_BLOCK_ELEMENTS = 1 << 24  # counts per block of units in place_spike_times (64 MB int32)
+
 def place_spike_times(
     counts: np.ndarray, trial_start_s: np.ndarray, bin_size_s: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Spike times from counts: c spikes in bin [t0, t0 + dt) at t0 + (j + 0.5) dt / c.
 
     Returns flat per-unit sorted times `[S]` and the NWB end-offset index `[N]`.
+
+    Memory: besides the output `[S]`, works on blocks of units (at most UNIT_BLOCK_ELEMENTS
+    counts at a time), so the temporaries stay bounded whatever the number of trials or spikes.
     """
-    _, n_bins, n_units = counts.shape
-    flat_counts = np.ascontiguousarray(counts).reshape(-1)  # [B*L*N]
-    nz = np.flatnonzero(flat_counts)  # (trial, bin, unit) order
-    c = flat_counts[nz]  # gathered while nz ascends: cache-friendly
-    # regroup by unit keeping (trial, bin) order: a stable (radix) sort of small integers
-    by_unit = np.argsort(
-        (nz % n_units).astype(np.uint16 if n_units < 2**16 else np.int64), kind="stable"
-    )
-    nz, c = nz[by_unit], c[by_unit].astype(np.int64)
-    trial, rest = np.divmod(nz, n_bins * n_units)
-    k, unit = np.divmod(rest, n_units)
-    t0 = trial_start_s[trial] + k * bin_size_s  # [M] start of each non-empty bin
-    if c.max(initial=0) <= 1:
-        times, spike_unit = t0 + 0.5 * bin_size_s, unit
-    else:
-        owner = np.repeat(np.arange(len(c)), c)  # [S] the non-empty bin of each spike
-        j = np.arange(len(owner)) - np.repeat(np.cumsum(c) - c, c)
-        times = t0[owner] + (j + 0.5) * bin_size_s / c[owner]
-        spike_unit = unit[owner]
-    if np.any((np.diff(times) < 0) & (np.diff(spike_unit) == 0)):
-        # trials not in time order (or overlapping windows): sort within each unit
-        times = times[np.lexsort((times, spike_unit))]
-    index = np.cumsum(np.bincount(unit, weights=c, minlength=n_units)).astype(np.int64)
+    n_trials, n_bins, n_units = counts.shape
+    totals = counts.sum(axis=(0, 1), dtype=np.int64)  # [N] spikes per unit
+    index = np.cumsum(totals).astype(np.int64)
+    times = np.empty(int(index[-1]) if n_units else 0, dtype=np.float64)  # [S]
+    k = np.arange(n_bins)
+    bin_start = (trial_start_s[:, None] + k[None, :] * bin_size_s).reshape(-1)  # [B*L]
+    in_time_order = n_trials < 2 or bool(np.all(np.diff(trial_start_s) >= 0))
+    block = max(1, min(n_units, UNIT_BLOCK_ELEMENTS // max(1, n_trials * n_bins)))
+    pos = 0
+    for u0 in range(0, n_units, block):
+        # [U, B*L]: one contiguous row per unit, (trial, bin) order
+        sub = np.ascontiguousarray(np.moveaxis(counts[:, :, u0 : u0 + block], 2, 0))
+        sub = sub.reshape(sub.shape[0], -1)
+        for row in sub:
+            nz = np.flatnonzero(row)  # non-empty bins of this unit
+            c = row[nz].astype(np.int64)
+            t0 = bin_start[nz]  # [M] start of each non-empty bin
+            if c.max(initial=0) <= 1:
+                t = t0 + 0.5 * bin_size_s
+            else:
+                owner = np.repeat(np.arange(len(c)), c)  # [S_u] the non-empty bin of each spike
+                j = np.arange(len(owner)) - np.repeat(np.cumsum(c) - c, c)
+                t = t0[owner] + (j + 0.5) * bin_size_s / c[owner]
+            if not in_time_order:
+                t.sort(kind="stable")  # trials not in time order (or overlapping windows)
+            times[pos : pos + len(t)] = t
+            pos += len(t)
     return times, index
 
 
