@@ -21,7 +21,6 @@ The public API is `[B, L, ·]` (trial, time, feature) like `SpikeData`.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -412,7 +411,3 @@ def load_autoencoder(
     """Load `models_dir/ae.safetensors` (clean LdnsError when missing or damaged)."""
     ckpt = load_checkpoint(ae_path(models_dir), AE_KIND, fit_command=FIT_COMMAND)
     return model_from_checkpoint(ckpt, device), ckpt
-
-
-def config_dict(cfg: AEConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)

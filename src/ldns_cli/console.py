@@ -37,12 +37,12 @@ def is_quiet() -> bool:
 def info(message: str) -> None:
     """An informational line on stderr (suppressed by --quiet)."""
     if not _state["quiet"]:
-        err_console.print(message, markup=False)
+        err_console.print(message, markup=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
     """A warning on stderr; shown even with --quiet."""
-    err_console.print(f"warning: {message}", markup=False, style="yellow")
+    err_console.print(f"warning: {message}", markup=False, style="yellow", soft_wrap=True)
 
 
 @contextmanager

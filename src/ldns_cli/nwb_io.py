@@ -611,6 +611,7 @@ def _provenance(
 # ====================================================================== writing
 UNIT_BLOCK_ELEMENTS = 1 << 24  # counts per block of units in place_spike_times (64 MB int32)
 
+
 def place_spike_times(
     counts: np.ndarray, trial_start_s: np.ndarray, bin_size_s: float
 ) -> tuple[np.ndarray, np.ndarray]:
