@@ -58,6 +58,10 @@ def atomic_output(path: str | Path, force: bool = False, suffix: str = "") -> It
     fd, tmp_name = tempfile.mkstemp(prefix=".ldns-", suffix=suffix + ".tmp", dir=folder)
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600 files; give outputs the usual umask-based permissions instead
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         if to_stdout:
