@@ -80,7 +80,15 @@ class Pointwise(nn.Module):
             self.bias = nn.Parameter(b)
 
     def forward(self, x: Tensor) -> Tensor:
-        # conv1d beats a broadcast matmul: its backward needs no [B, C_out, C_in] expansion
+        if not torch.is_grad_enabled():
+            # inference (sampling): CPU conv1d without grad falls back to a slow im2col path;
+            # a grouped matmul is ~1.1-1.3x faster per denoiser call (bench_pipeline "fixes")
+            b, _, length = x.shape
+            g, c_out_g, c_in_g = self.weight.shape
+            y = torch.matmul(self.weight, x.reshape(b, g, c_in_g, length))  # [B, G, C_out/G, L]
+            y = y.reshape(b, g * c_out_g, length)
+            return y if self.bias is None else y + self.bias[:, None]
+        # training: conv1d beats a broadcast matmul, its backward needs no [B, C_out, C_in] expansion
         w = self.weight.reshape(-1, self.weight.shape[-1], 1)  # [C_out, C_in/G, 1]
         return F.conv1d(x, w, self.bias, groups=self.groups)
 
