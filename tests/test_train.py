@@ -71,7 +71,7 @@ def test_schedule_is_applied_per_step() -> None:
         assert row["lr"] == pytest.approx(CFG.lr * lr_factor(step, spe, 3 * spe, 0.2))
 
 
-def test_ema_is_the_fixed_decay_average_of_the_weights(tmp_path: Path) -> None:
+def test_ema_is_the_warmed_up_fixed_decay_average_of_the_weights(tmp_path: Path) -> None:
     seen: list[dict[str, Tensor]] = []
 
     def recording_loss(model: nn.Module, batch: dict, gen: torch.Generator) -> tuple:
@@ -84,8 +84,9 @@ def test_ema_is_the_fixed_decay_average_of_the_weights(tmp_path: Path) -> None:
     final = load_checkpoint(spec.path, "test").subset("state.model")
     trajectory = [*seen, final]  # p_0 ... p_K
     ema = dict(trajectory[0])
-    for p in trajectory[1:]:
-        ema = {k: 0.8 * ema[k] + 0.2 * p[k] for k in ema}
+    for n, p in enumerate(trajectory[1:]):
+        d = min(0.8, (1 + n) / (10 + n))  # warm-up, then the fixed decay
+        ema = {k: d * ema[k] + (1 - d) * p[k] for k in ema}
     for k, v in params(res.model).items():
         torch.testing.assert_close(v, ema[k], atol=1e-6, rtol=1e-5)
     assert not torch.allclose(params(res.model)["lin.weight"], final["lin.weight"])

@@ -79,7 +79,8 @@ class TrainConfig:
         warmup_epochs: linear warm-up length in epochs (fractions allowed).
         final_lr_frac: the cosine decay ends at this fraction of the peak learning rate.
         grad_clip: maximum global gradient norm (0 disables clipping).
-        ema_decay: fixed EMA decay of the weights (None: no EMA).
+        ema_decay: EMA decay of the weights (None: no EMA), after a short warm-up
+            min(decay, (1+n)/(10+n)) at optimiser step n.
         amp: bf16 autocast on CUDA (FFTs stay in float32); ignored on CPU.
         seed: seeds the data order and the loss's random draws.
         checkpoint_every_s: minimum wall time between periodic checkpoints (epoch ends).
@@ -389,7 +390,10 @@ class _Trainer:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
         self.opt.step()
         if self.ema is not None:
-            decay = self.cfg.ema_decay
+            # warm-up min(decay, (1+n)/(10+n)): without it a short run's EMA still holds most of
+            # the random initialisation (0.999 over 300 steps keeps e^-0.3 = 74% of it)
+            n = self.global_step
+            decay = min(self.cfg.ema_decay, (1 + n) / (10 + n))
             with torch.no_grad():
                 for pe, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
                     pe.lerp_(p.detach(), 1.0 - decay)
