@@ -256,7 +256,12 @@ class Denoiser(nn.Module):
             inp = torch.cat([x, series.to(x.dtype)], dim=-1)  # [B, L, Z + k]
         if mask is not None:
             mask = mask.to(x.device).bool()
-            inp = inp * mask[:, :, None].to(x.dtype)
+            if bool(mask.all()):
+                # equal-length batches (the common sampling case): the unmasked norm is the same
+                # value at ~half the cost (bench_pipeline "fixes": 1.1-1.2x per denoiser call)
+                mask = None
+            else:
+                inp = inp * mask[:, :, None].to(x.dtype)
         h = self.conv_in(inp.transpose(1, 2))  # [B, C, L]
         if mask is not None:
             h = h * mask[:, None, :].to(h.dtype)

@@ -22,7 +22,6 @@ labels train/val; their bin size comes from a `dt` dataset/attribute, `--bin-ms`
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import numpy as np
 from ldns_cli import __version__
 from ldns_cli.data import SpikeData, VariableInfo
 from ldns_cli.errors import LdnsError
+from ldns_cli.provenance import reference_time
 from ldns_cli.readers import DEFAULT_BIN_MS, ReadOptions
 from ldns_cli.writers import GZIP_LEVEL, RATE_MANTISSA_BITS, round_mantissa
 
@@ -347,7 +347,7 @@ def write_hdf5(
             format=FORMAT,
             format_version=FORMAT_VERSION,
             created_by=f"ldns {__version__}",
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created=reference_time(bool(generated_by)).isoformat(timespec="seconds"),
             source=data.provenance.get("source_file", generated_by or "ldns"),
         )
         if generated_by:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from ldns_cli import __version__
 from ldns_cli.console import warn
 from ldns_cli.data import SpikeData, VariableInfo
 from ldns_cli.errors import LdnsError
+from ldns_cli.provenance import content_identifier, reference_time
 from ldns_cli.readers import DEFAULT_BIN_MS, ReadOptions, bin_spike_times, resample_series
 from ldns_cli.writers import GZIP_LEVEL, RATE_MANTISSA_BITS, round_mantissa
 
@@ -722,7 +722,7 @@ def write_nwb(
     else:
         description = prov.get("session_description", "Binned spike data written by ldns.")
         collection = prov.get("data_collection")
-    start_time = datetime.now(timezone.utc)
+    start_time = reference_time(synthetic)
     if "session_start_time" in prov:
         try:
             parsed = datetime.fromisoformat(prov["session_start_time"])
@@ -747,7 +747,7 @@ def write_nwb(
     )
     nwbfile = NWBFile(
         session_description=description,
-        identifier=str(uuid.uuid4()),
+        identifier=content_identifier(data, settings),
         session_start_time=start_time,
         experimenter=[e.strip() for e in experimenter.split(";") if e.strip()],
         institution=prov.get("institution", "unknown"),
