@@ -9,16 +9,29 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 SEED=0
 
-echo "== reach (angle-conditioned)" >&2
-ldns simulate reach --seed "$SEED" -o "$WORK/reach.h5" --force
-ldns fit-ae "$WORK/reach.h5" -m "$WORK/reach" --preset small --seed "$SEED" --device cpu
-ldns fit-diffusion "$WORK/reach.h5" -m "$WORK/reach" --preset small --condition angle \
-    --seed "$SEED" --device cpu
-
-echo "== lorenz (unconditional)" >&2
-ldns simulate lorenz --trials 1000 --seed "$SEED" -o "$WORK/lorenz.h5" --force
-ldns fit-ae "$WORK/lorenz.h5" -m "$WORK/lorenz" --preset small --seed "$SEED" --device cpu
-ldns fit-diffusion "$WORK/lorenz.h5" -m "$WORK/lorenz" --preset small --seed "$SEED" --device cpu
+reach() {
+    ldns simulate reach --seed "$SEED" -o "$WORK/reach.h5" --force
+    ldns fit-ae "$WORK/reach.h5" -m "$WORK/reach" --preset small --seed "$SEED" --device cpu
+    ldns fit-diffusion "$WORK/reach.h5" -m "$WORK/reach" --preset small --condition angle \
+        --seed "$SEED" --device cpu
+}
+lorenz() {
+    ldns simulate lorenz --trials 1000 --seed "$SEED" --no-truth -o "$WORK/lorenz.h5" --force
+    ldns fit-ae "$WORK/lorenz.h5" -m "$WORK/lorenz" --preset small --seed "$SEED" --device cpu
+    ldns fit-diffusion "$WORK/lorenz.h5" -m "$WORK/lorenz" --preset small --seed "$SEED" \
+        --device cpu
+}
+# the two models are independent: build them side by side (one thread each, so still
+# deterministic), and fail if either fails
+reach > "$WORK/reach.log" 2>&1 &
+pid_reach=$!
+lorenz > "$WORK/lorenz.log" 2>&1 &
+pid_lorenz=$!
+status=0
+wait "$pid_reach" || { echo "reach model failed:" >&2; tail -20 "$WORK/reach.log" >&2; status=1; }
+wait "$pid_lorenz" || { echo "lorenz model failed:" >&2; tail -20 "$WORK/lorenz.log" >&2; status=1; }
+[ "$status" -eq 0 ] || exit 1
+grep -h "saved\|bits/spike\|spike history:" "$WORK/reach.log" "$WORK/lorenz.log" >&2 || true
 
 mkdir -p models/lorenz
 for f in ae history diffusion; do
