@@ -119,6 +119,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prediction", default="v", help="eps (the paper's) or v (our small preset)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work
@@ -151,6 +152,7 @@ def main() -> None:
         str(cfg_file),
     ]
     diff_flags += ["--epochs", str(args.diff_epochs), "--batch-size", str(args.batch_size)]
+    diff_flags += ["--prediction", args.prediction]
     vel_dir = work / "models_vel"
     vel_dir.mkdir(exist_ok=True)
     shutil.copy(ae_dir / "ae.safetensors", vel_dir / "ae.safetensors")

@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--ema-decay", type=float, default=0.995)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prediction", default="v", help="eps (the paper's) or v (our small preset)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work, models = args.work, args.work / "models"
@@ -127,6 +128,7 @@ def main() -> None:
     ae_flags = ["--preset", "small", "--epochs", str(args.ae_epochs), "--no-spike-history"]
     diff_flags = ["--preset", "lorenz", "--width", str(args.width), "--blocks", str(args.blocks)]
     diff_flags += ["--epochs", str(args.diff_epochs), "--batch-size", str(args.batch_size)]
+    diff_flags += ["--prediction", args.prediction]
     # short CPU runs: a short warm-up and an EMA window (~200 steps) well inside the run
     cfg_file = work / "diffusion_config.json"
     cfg_file.write_text(

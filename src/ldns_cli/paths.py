@@ -58,12 +58,14 @@ def atomic_output(path: str | Path, force: bool = False, suffix: str = "") -> It
     fd, tmp_name = tempfile.mkstemp(prefix=".ldns-", suffix=suffix + ".tmp", dir=folder)
     os.close(fd)
     tmp = Path(tmp_name)
-    # mkstemp creates 0600 files; give outputs the usual umask-based permissions instead
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
+        if tmp.exists():
+            # mkstemp makes 0600 files (and some writers replace the file): give the output the
+            # usual umask-based permissions so shared model folders stay readable
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         if to_stdout:
             with open(tmp, "rb") as fh:
                 sys.stdout.buffer.write(fh.read())
