@@ -23,10 +23,15 @@ from ldns_cli.app import (
 )
 from ldns_cli.commands.options import (
     AlignOpt,
+    BatchSizeOpt,
     BinMsOpt,
     ChopOpt,
+    EpochsOpt,
+    LrOpt,
+    PresetOpt,
     TrialsOpt,
     WindowOpt,
+    flag_opt,
     read_options,
     select_trials,
 )
@@ -35,10 +40,6 @@ from ldns_cli.data import SpikeData
 from ldns_cli.errors import LdnsError
 
 DEFAULT_PRESET = "small"
-
-
-def _opt(flag: str, help_text: str, *aliases: str) -> Any:
-    return typer.Option(flag, *aliases, help=help_text, show_default=False)
 
 
 def split_train_val(
@@ -121,32 +122,29 @@ def _summary(model: Any, train: SpikeData, ref: SpikeData, device: str) -> dict[
 def fit_ae(
     data_path: Annotated[Path, typer.Argument(metavar="DATA", help="Recording (.nwb, .h5) or -.")],
     models: ModelsOpt = DEFAULT_MODELS,
-    preset: Annotated[
-        str | None,
-        _opt("--preset", "Settings: small (CPU demo, default), lorenz, mc_maze, speech (paper)."),
-    ] = None,
-    latent_dim: Annotated[int | None, _opt("--latent-dim", "Latent channels Z.")] = None,
-    width: Annotated[int | None, _opt("--width", "Hidden channels of the encoder.")] = None,
-    blocks: Annotated[int | None, _opt("--blocks", "Number of S4 encoder blocks.")] = None,
+    preset: PresetOpt = None,
+    latent_dim: Annotated[int | None, flag_opt("--latent-dim", "Latent channels Z.")] = None,
+    width: Annotated[int | None, flag_opt("--width", "Hidden channels of the encoder.")] = None,
+    blocks: Annotated[int | None, flag_opt("--blocks", "Number of S4 encoder blocks.")] = None,
     bidirectional: Annotated[
         bool | None,
-        _opt("--bidirectional/--causal", "Bidirectional or strictly causal S4 encoder."),
+        flag_opt("--bidirectional/--causal", "Bidirectional or strictly causal S4 encoder."),
     ] = None,
-    epochs: Annotated[int | None, _opt("--epochs", "Passes over the training trials.")] = None,
-    batch_size: Annotated[int | None, _opt("--batch-size", "Trials per step.")] = None,
-    lr: Annotated[float | None, _opt("--lr", "Peak learning rate (AdamW).")] = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = None,
     dropout_p: Annotated[
-        float | None, _opt("--dropout-p", "Coordinated-dropout probability.")
+        float | None, flag_opt("--dropout-p", "Coordinated-dropout probability.")
     ] = None,
-    l2: Annotated[float | None, _opt("--l2", "Weight of the latent L2 penalty.")] = None,
+    l2: Annotated[float | None, flag_opt("--l2", "Weight of the latent L2 penalty.")] = None,
     smooth: Annotated[
-        float | None, _opt("--smooth", "Weight of the latent temporal-smoothness penalty.")
+        float | None, flag_opt("--smooth", "Weight of the latent temporal-smoothness penalty.")
     ] = None,
     val_frac: Annotated[
         float, typer.Option("--val-frac", help="Validation fraction when the file has no split.")
     ] = 0.1,
     amp: Annotated[
-        bool | None, _opt("--amp/--no-amp", "bf16 mixed precision on CUDA (FFTs stay fp32).")
+        bool | None, flag_opt("--amp/--no-amp", "bf16 mixed precision on CUDA (FFTs stay fp32).")
     ] = None,
     spike_history: Annotated[
         bool,
@@ -166,7 +164,7 @@ def fit_ae(
     chop: ChopOpt = None,
     device: DeviceOpt = "auto",
     seed: Annotated[
-        int | None, _opt("--seed", "Random seed (default 0); fixes every random choice.")
+        int | None, flag_opt("--seed", "Random seed (default 0); fixes every random choice.")
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:

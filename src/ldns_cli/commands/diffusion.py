@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -19,10 +19,15 @@ from ldns_cli.app import (
 )
 from ldns_cli.commands.options import (
     AlignOpt,
+    BatchSizeOpt,
     BinMsOpt,
     ChopOpt,
+    EpochsOpt,
+    LrOpt,
+    PresetOpt,
     TrialsOpt,
     WindowOpt,
+    flag_opt,
     read_options,
     select_trials,
 )
@@ -30,48 +35,40 @@ from ldns_cli.console import info
 from ldns_cli.errors import LdnsError
 
 
-def _opt(flag: str, help_text: str, *aliases: str) -> Any:
-    return typer.Option(flag, *aliases, help=help_text, show_default=False)
-
-
 @command("fit-diffusion")
 def fit_diffusion_cmd(
     data_path: Annotated[Path, typer.Argument(metavar="DATA", help="Recording (.nwb, .h5) or -.")],
     models: ModelsOpt = DEFAULT_MODELS,
-    preset: Annotated[
-        str | None,
-        _opt(
-            "--preset",
-            "Settings: small (CPU demo, default), lorenz, mc_maze, speech (the paper's).",
-        ),
-    ] = None,
+    preset: PresetOpt = None,
     condition: Annotated[
         list[str] | None,
-        _opt(
+        flag_opt(
             "--condition",
             "Condition on this trial covariate or behaviour series (repeatable), e.g. angle.",
         ),
     ] = None,
     cond_dropout: Annotated[
         float | None,
-        _opt("--cond-dropout", "P(conditions dropped) in training, for guidance (default 0.1)."),
+        flag_opt(
+            "--cond-dropout", "P(conditions dropped) in training, for guidance (default 0.1)."
+        ),
     ] = None,
-    epochs: Annotated[int | None, _opt("--epochs", "Passes over the training trials.")] = None,
-    batch_size: Annotated[int | None, _opt("--batch-size", "Trials per step.")] = None,
-    lr: Annotated[float | None, _opt("--lr", "Peak learning rate (AdamW).")] = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = None,
     width: Annotated[
-        int | None, _opt("--width", "Denoiser hidden channels (a multiple of 4).")
+        int | None, flag_opt("--width", "Denoiser hidden channels (a multiple of 4).")
     ] = None,
-    blocks: Annotated[int | None, _opt("--blocks", "Number of denoiser blocks.")] = None,
+    blocks: Annotated[int | None, flag_opt("--blocks", "Number of denoiser blocks.")] = None,
     prediction: Annotated[
-        str | None, _opt("--prediction", "Network target: eps (the paper's) or v.")
+        str | None, flag_opt("--prediction", "Network target: eps (the paper's) or v.")
     ] = None,
     schedule: Annotated[
-        str | None, _opt("--schedule", "Noise schedule: linear (the paper's) or cosine.")
+        str | None, flag_opt("--schedule", "Noise schedule: linear (the paper's) or cosine.")
     ] = None,
-    loss: Annotated[str | None, _opt("--loss", "mse or smooth_l1.")] = None,
+    loss: Annotated[str | None, flag_opt("--loss", "mse or smooth_l1.")] = None,
     ema_decay: Annotated[
-        float | None, _opt("--ema-decay", "Fixed EMA decay of the weights used for sampling.")
+        float | None, flag_opt("--ema-decay", "Fixed EMA decay of the weights used for sampling.")
     ] = None,
     config: ConfigOpt = None,
     resume: Annotated[
@@ -85,7 +82,7 @@ def fit_diffusion_cmd(
     chop: ChopOpt = None,
     device: DeviceOpt = "auto",
     seed: Annotated[
-        int | None, _opt("--seed", "Random seed (default 0); fixes every random choice.")
+        int | None, flag_opt("--seed", "Random seed (default 0); fixes every random choice.")
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:

@@ -25,14 +25,11 @@ from ldns_cli.commands.options import (
     ChopOpt,
     TrialsOpt,
     WindowOpt,
+    flag_opt,
     read_options,
     select_trials,
 )
 from ldns_cli.errors import LdnsError
-
-
-def _opt(flag: str, help_text: str) -> Any:
-    return typer.Option(flag, help=help_text, show_default=False)
 
 
 @command("fit-history")
@@ -40,26 +37,28 @@ def fit_history_cmd(
     data_path: Annotated[Path, typer.Argument(metavar="DATA", help="Recording (.nwb, .h5) or -.")],
     models: ModelsOpt = DEFAULT_MODELS,
     history_bins: Annotated[
-        int | None, _opt("--history-bins", "Past bins per neuron (default 20).")
+        int | None, flag_opt("--history-bins", "Past bins per neuron (default 20).")
     ] = None,
     history_ms: Annotated[
-        float | None, _opt("--history-ms", "History length in ms (overrides --history-bins).")
+        float | None, flag_opt("--history-ms", "History length in ms (overrides --history-bins).")
     ] = None,
     max_count: Annotated[
         int | None,
-        _opt("--max-count", "Cap on counts in the fit and in samples (default 5; 0 = no cap)."),
+        flag_opt("--max-count", "Cap on counts in the fit and in samples (default 5; 0 = no cap)."),
     ] = None,
     iterations: Annotated[
-        int | None, _opt("--iterations", "Optimiser iterations (default 500).")
+        int | None, flag_opt("--iterations", "Optimiser iterations (default 500).")
     ] = None,
     optimizer: Annotated[
         str | None,
-        _opt("--optimizer", "lbfgs (default: full batch, seconds) or adamw (the paper's)."),
+        flag_opt("--optimizer", "lbfgs (default: full batch, seconds) or adamw (the paper's)."),
     ] = None,
-    lr: Annotated[float | None, _opt("--lr", "AdamW learning rate (default 0.1).")] = None,
+    lr: Annotated[float | None, flag_opt("--lr", "AdamW learning rate (default 0.1).")] = None,
     coupling_rank: Annotated[
         int | None,
-        _opt("--coupling-rank", "Rank of a low-rank coupling between neurons (default 0: none)."),
+        flag_opt(
+            "--coupling-rank", "Rank of a low-rank coupling between neurons (default 0: none)."
+        ),
     ] = None,
     config: ConfigOpt = None,
     trials: TrialsOpt = None,
@@ -67,7 +66,9 @@ def fit_history_cmd(
     align: AlignOpt = None,
     window: WindowOpt = None,
     chop: ChopOpt = None,
-    seed: Annotated[int | None, _opt("--seed", "Random seed (default: the autoencoder's).")] = None,
+    seed: Annotated[
+        int | None, flag_opt("--seed", "Random seed (default: the autoencoder's).")
+    ] = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,

@@ -8,7 +8,7 @@ times into trials (`--bin-ms`, `--align`, `--window`, `--chop`) and for picking 
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -108,3 +108,18 @@ def select_trials(data: SpikeData, trials: str | None) -> SpikeData:
             f"use a range inside 0:{data.n_trials}",
         )
     return data.select(idx)
+
+
+# ---------------------------------------------------------------------------- training options
+def flag_opt(flag: str, help_text: str, *aliases: str) -> Any:
+    """A typer option without a shown default (None means: take it from preset/config)."""
+    return typer.Option(flag, *aliases, help=help_text, show_default=False)
+
+
+PresetOpt = Annotated[
+    str | None,
+    flag_opt("--preset", "Settings: small (CPU demo, default), lorenz, mc_maze, speech (paper)."),
+]
+EpochsOpt = Annotated[int | None, flag_opt("--epochs", "Passes over the training trials.")]
+BatchSizeOpt = Annotated[int | None, flag_opt("--batch-size", "Trials per step.")]
+LrOpt = Annotated[float | None, flag_opt("--lr", "Peak learning rate (AdamW).")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 import typer
@@ -25,6 +25,7 @@ from ldns_cli.commands.options import (
     ChopOpt,
     TrialsOpt,
     WindowOpt,
+    flag_opt,
     read_options,
     select_trials,
 )
@@ -32,10 +33,6 @@ from ldns_cli.console import info, progress, warn
 from ldns_cli.errors import LdnsError
 
 MAX_LENGTH = 1_000_000  # bins; a guard against typos like --length 1e9
-
-
-def _opt(flag: str, help_text: str, *aliases: str) -> Any:
-    return typer.Option(flag, *aliases, help=help_text, show_default=False)
 
 
 def parse_length(text: str) -> tuple[int, int]:
@@ -74,19 +71,22 @@ def sample(
     models: ModelsOpt = DEFAULT_MODELS,
     n: Annotated[
         int | None,
-        _opt("-n", "Number of trials (with conditions: cycles through them; default one each)."),
+        flag_opt(
+            "-n", "Number of trials (with conditions: cycles through them; default one each)."
+        ),
     ] = None,
     length: Annotated[
-        str | None, _opt("--length", "Bins per trial: 256, or a range 200:400 (uniform).")
+        str | None, flag_opt("--length", "Bins per trial: 256, or a range 200:400 (uniform).")
     ] = None,
     lengths_from: Annotated[
-        Path | None, _opt("--lengths-from", "Match the trial-length distribution of a recording.")
+        Path | None,
+        flag_opt("--lengths-from", "Match the trial-length distribution of a recording."),
     ] = None,
     sampler: Annotated[
         str, typer.Option("--sampler", help="ddpm (the paper's, 1000 steps), ddim or dpm++.")
     ] = "dpm++",
     steps: Annotated[
-        int | None, _opt("--steps", "Sampler steps (default: dpm++ 20, ddim 50, ddpm 1000).")
+        int | None, flag_opt("--steps", "Sampler steps (default: dpm++ 20, ddim 50, ddpm 1000).")
     ] = None,
     guidance: Annotated[
         float,
@@ -94,18 +94,20 @@ def sample(
     ] = 1.0,
     condition: Annotated[
         list[str] | None,
-        _opt(
+        flag_opt(
             "--condition",
             "NAME=VALUE (repeatable): angle=0.5, angle=30deg, a grid angle=0:6.28:8, or a,b,c.",
         ),
     ] = None,
     condition_from: Annotated[
         Path | None,
-        _opt("--condition-from", "Take the conditions (incl. velocity traces) from a recording."),
+        flag_opt(
+            "--condition-from", "Take the conditions (incl. velocity traces) from a recording."
+        ),
     ] = None,
     trials: TrialsOpt = None,
     per_condition: Annotated[
-        int | None, _opt("--per-condition", "Samples per condition value/trial (default 1).")
+        int | None, flag_opt("--per-condition", "Samples per condition value/trial (default 1).")
     ] = None,
     observation: Annotated[
         str,
@@ -121,7 +123,7 @@ def sample(
         int, typer.Option("--batch-size", help="Trials per network batch (bounds memory).")
     ] = 64,
     out: Annotated[
-        str | None, _opt("--output", "Output file (.nwb, .h5) or - for stdout (HDF5).", "-o")
+        str | None, flag_opt("--output", "Output file (.nwb, .h5) or - for stdout (HDF5).", "-o")
     ] = None,
     force: ForceOpt = False,
     bin_ms: BinMsOpt = None,
