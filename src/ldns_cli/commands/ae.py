@@ -26,14 +26,14 @@ from ldns_cli.commands.options import (
     BatchSizeOpt,
     BinMsOpt,
     ChopOpt,
+    DataArg,
     EpochsOpt,
     LrOpt,
     PresetOpt,
     TrialsOpt,
     WindowOpt,
     flag_opt,
-    read_options,
-    select_trials,
+    read_recording,
 )
 from ldns_cli.console import info, warn
 from ldns_cli.data import SpikeData
@@ -120,7 +120,7 @@ def _summary(model: Any, train: SpikeData, ref: SpikeData, device: str) -> dict[
 
 @command("fit-ae")
 def fit_ae(
-    data_path: Annotated[Path, typer.Argument(metavar="DATA", help="Recording (.nwb, .h5) or -.")],
+    data_path: DataArg,
     models: ModelsOpt = DEFAULT_MODELS,
     preset: PresetOpt = None,
     latent_dim: Annotated[int | None, flag_opt("--latent-dim", "Latent channels Z.")] = None,
@@ -190,15 +190,12 @@ def fit_ae(
     )
     from ldns_cli.checkpoint import check_data_matches, load_checkpoint, save_checkpoint
     from ldns_cli.config import config_from_dict, config_to_dict
-    from ldns_cli.readers import read_spikes
     from ldns_cli.train import CheckpointSpec, TrainConfig, fit, resume_hint
 
     setup(quiet)
     dev = dist.init(resolve_device(device))
     try:
-        data = select_trials(
-            read_spikes(data_path, read_options(bin_ms, align, window, chop)), trials
-        )
+        data = read_recording(data_path, bin_ms, align, window, chop, trials)
         path = ae_path(models)
         overrides = {
             "latent_dim": latent_dim, "width": width, "blocks": blocks,
@@ -340,7 +337,7 @@ def fit_ae(
 
 @command("encode")
 def encode(
-    data_path: Annotated[Path, typer.Argument(metavar="DATA", help="Recording (.nwb, .h5) or -.")],
+    data_path: DataArg,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Output file (.h5 or .nwb), or - for stdout.")
     ],
@@ -364,7 +361,6 @@ def encode(
     from ldns_cli.autoencoder import infer, load_autoencoder
     from ldns_cli.checkpoint import check_data_matches
     from ldns_cli.paths import check_output
-    from ldns_cli.readers import read_spikes
     from ldns_cli.writers import write_spikes
 
     setup(quiet)
@@ -373,7 +369,7 @@ def encode(
     check_output(output, force)
     dev = resolve_device(device)
     model, ckpt = load_autoencoder(models, dev)
-    data = select_trials(read_spikes(data_path, read_options(bin_ms, align, window, chop)), trials)
+    data = read_recording(data_path, bin_ms, align, window, chop, trials)
     check_data_matches(ckpt.fingerprint, data.fingerprint(), "autoencoder")
     latents, rates = infer(model, data, batch_size, dev)
     out = dataclasses.replace(data, latents=latents, rates=rates)

@@ -16,8 +16,7 @@ from ldns_cli.commands.options import (
     ChopOpt,
     TrialsOpt,
     WindowOpt,
-    read_options,
-    select_trials,
+    read_recording,
 )
 from ldns_cli.console import info
 
@@ -142,12 +141,10 @@ def inspect(
 
     Example: ldns inspect mc_maze.nwb --align move_onset_time --window -0.25 0.45 --bin-ms 5
     """
-    from ldns_cli.readers import read_spikes
     from ldns_cli.summary import render_text, summarize
 
     setup(quiet)
-    data = read_spikes(path, read_options(bin_ms, align, window, chop))
-    data = select_trials(data, trials)
+    data = read_recording(path, bin_ms, align, window, chop, trials)
     summary = summarize(data)
     if json_out:
         typer.echo(json.dumps(summary, indent=2))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,14 +21,14 @@ from ldns_cli.commands.options import (
     BatchSizeOpt,
     BinMsOpt,
     ChopOpt,
+    DataArg,
     EpochsOpt,
     LrOpt,
     PresetOpt,
     TrialsOpt,
     WindowOpt,
     flag_opt,
-    read_options,
-    select_trials,
+    read_recording,
 )
 from ldns_cli.console import info
 from ldns_cli.errors import LdnsError
@@ -37,7 +36,7 @@ from ldns_cli.errors import LdnsError
 
 @command("fit-diffusion")
 def fit_diffusion_cmd(
-    data_path: Annotated[Path, typer.Argument(metavar="DATA", help="Recording (.nwb, .h5) or -.")],
+    data_path: DataArg,
     models: ModelsOpt = DEFAULT_MODELS,
     preset: PresetOpt = None,
     condition: Annotated[
@@ -96,15 +95,12 @@ def fit_diffusion_cmd(
     """
     from ldns_cli import distributed as dist
     from ldns_cli.diffusion import fit_diffusion, resolve_configs
-    from ldns_cli.readers import read_spikes
     from ldns_cli.train import resume_hint
 
     setup(quiet)
     dev = dist.init(resolve_device(device))
     try:
-        data = select_trials(
-            read_spikes(data_path, read_options(bin_ms, align, window, chop)), trials
-        )
+        data = read_recording(data_path, bin_ms, align, window, chop, trials)
         overrides = {
             "epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width,
             "blocks": blocks, "prediction": prediction, "schedule": schedule, "loss": loss,

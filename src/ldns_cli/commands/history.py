@@ -23,18 +23,18 @@ from ldns_cli.commands.options import (
     AlignOpt,
     BinMsOpt,
     ChopOpt,
+    DataArg,
     TrialsOpt,
     WindowOpt,
     flag_opt,
-    read_options,
-    select_trials,
+    read_recording,
 )
 from ldns_cli.errors import LdnsError
 
 
 @command("fit-history")
 def fit_history_cmd(
-    data_path: Annotated[Path, typer.Argument(metavar="DATA", help="Recording (.nwb, .h5) or -.")],
+    data_path: DataArg,
     models: ModelsOpt = DEFAULT_MODELS,
     history_bins: Annotated[
         int | None, flag_opt("--history-bins", "Past bins per neuron (default 20).")
@@ -87,7 +87,6 @@ def fit_history_cmd(
     from ldns_cli.commands.ae import split_train_val
     from ldns_cli.config import resolve_config
     from ldns_cli.history import HistoryConfig, fit_history_for_ae
-    from ldns_cli.readers import read_spikes
 
     setup(quiet)
     dev = resolve_device(device)
@@ -110,7 +109,7 @@ def fit_history_cmd(
 
         cfg = dataclasses.replace(cfg, max_count=None)
 
-    data = select_trials(read_spikes(data_path, read_options(bin_ms, align, window, chop)), trials)
+    data = read_recording(data_path, bin_ms, align, window, chop, trials)
     check_data_matches(ckpt.fingerprint, data.fingerprint(), "autoencoder")
     # the same train/validation trials the autoencoder used
     ae_seed = int(ckpt.config.get("train", {}).get("seed", 0))

@@ -8,6 +8,7 @@ times into trials (`--bin-ms`, `--align`, `--window`, `--chop`) and for picking 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -15,8 +16,9 @@ import typer
 
 from ldns_cli.data import SpikeData
 from ldns_cli.errors import LdnsError
-from ldns_cli.readers import ReadOptions
+from ldns_cli.readers import ReadOptions, read_spikes
 
+DataArg = Annotated[Path, typer.Argument(metavar="DATA", help="Recording (.nwb, .h5) or -.")]
 BinMsOpt = Annotated[
     float | None,
     typer.Option(
@@ -75,6 +77,18 @@ def read_options(
         window_s=None if window is None else (float(window[0]), float(window[1])),
         chop_s=chop,
     )
+
+
+def read_recording(
+    path: str | Path,
+    bin_ms: float | None = None,
+    align: str | None = None,
+    window: tuple[float, float] | None = None,
+    chop: float | None = None,
+    trials: str | None = None,
+) -> SpikeData:
+    """Read a recording with the shared read flags, then apply `--trials`."""
+    return select_trials(read_spikes(path, read_options(bin_ms, align, window, chop)), trials)
 
 
 def select_trials(data: SpikeData, trials: str | None) -> SpikeData:
