@@ -72,6 +72,18 @@ def run_isolated(code: str, timeout_s: float = 600) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(cmd: list[str]) -> float:
+    """Run a command (failing loudly), logging it; return its wall time (seconds)."""
+    log("$ " + " ".join(cmd))
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - t0
+
+
 def environment() -> dict[str, Any]:
     return {
         "torch": torch.__version__,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,10 +32,11 @@ from scipy.ndimage import gaussian_filter1d
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import write_results
+from common import log, run, write_results
 from ldns_cli.autoencoder import load_autoencoder
 from ldns_cli.data import SpikeData
 from ldns_cli.diffusion import load_diffusion
+from ldns_cli.evaluation import evaluate
 from ldns_cli.generate import SampleSettings, check_conditions, generate
 from ldns_cli.observation import PoissonObservation
 from ldns_cli.readers import read_spikes
@@ -46,31 +46,6 @@ from ldns_cli.writers import write_spikes
 SMOOTH_BINS = 3.0  # Gaussian smoothing of counts (15 ms at 5 ms bins)
 ANGLE_STRIDE = 7  # bins between angle-decoder feature times
 RIDGE = 1.0
-
-
-def evaluate(reference, generated, **kw) -> dict:
-    """`ldns_cli.evaluation.evaluate`, imported when needed (retrying while the module is being
-    edited in the shared checkout)."""
-    for _ in range(60):
-        try:
-            from ldns_cli.evaluation import evaluate as _evaluate
-
-            return _evaluate(reference, generated, **kw)
-        except (SyntaxError, ImportError) as exc:
-            log(f"evaluation module not importable ({exc}); retrying in 10 s")
-            time.sleep(10)
-    raise RuntimeError("ldns_cli.evaluation stayed unimportable")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def run(cmd: list[str]) -> float:
-    log("$ " + " ".join(cmd))
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    return time.perf_counter() - t0
 
 
 def smoothed(data: SpikeData) -> np.ndarray:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,9 +33,10 @@ from scipy.signal import welch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import write_results
+from common import log, run, write_results
 from ldns_cli.autoencoder import infer, load_autoencoder
 from ldns_cli.diffusion import load_diffusion
+from ldns_cli.evaluation import evaluate
 from ldns_cli.generate import SampleSettings, generate
 from ldns_cli.observation import PoissonObservation
 from ldns_cli.readers import read_spikes
@@ -44,31 +44,6 @@ from ldns_cli.simulate import simulate_lorenz
 from ldns_cli.writers import write_spikes
 
 KEY_METRICS = ("psc_kl", "corr_rmse", "mean_isi_rmse_s", "std_isi_rmse_s", "autocorr_rmse")
-
-
-def evaluate(reference, generated, **kw) -> dict:
-    """`ldns_cli.evaluation.evaluate`, imported when needed (retrying while the module is being
-    edited in the shared checkout)."""
-    for _ in range(60):
-        try:
-            from ldns_cli.evaluation import evaluate as _evaluate
-
-            return _evaluate(reference, generated, **kw)
-        except (SyntaxError, ImportError) as exc:
-            log(f"evaluation module not importable ({exc}); retrying in 10 s")
-            time.sleep(10)
-    raise RuntimeError("ldns_cli.evaluation stayed unimportable")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def run(cmd: list[str]) -> float:
-    log("$ " + " ".join(cmd))
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    return time.perf_counter() - t0
 
 
 def latent_log_psd(latents: np.ndarray, lengths: np.ndarray, nperseg: int) -> np.ndarray:

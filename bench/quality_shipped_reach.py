@@ -1,4 +1,3 @@
-# ruff: noqa: E402, E731  (a linear measurement script, kept as it was run)
 """Conditional quality of the SHIPPED reach model (models/), issue 6's angle bar.
 
 Re-simulates the reach data `make models` trained on (seed 0; train/val used for fitting), trains
@@ -9,17 +8,18 @@ scores their fidelity with `evaluate` against those test trials.
     python bench/quality_shipped_reach.py        # ~1 min on 2 cores
 """
 
+from __future__ import annotations
+
 import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).parent))
 import torch
 
-torch.set_num_threads(1)
+sys.path.insert(0, str(Path(__file__).parent))
+
 from ldns_cli.autoencoder import load_autoencoder
 from ldns_cli.diffusion import load_diffusion
 from ldns_cli.evaluation import evaluate
@@ -28,50 +28,73 @@ from ldns_cli.observation import PoissonObservation
 from ldns_cli.simulate import simulate_reach
 from quality_conditional import angle_features, circ_err_deg, ridge_fit
 
-t0 = time.time()
-data = simulate_reach(seed=0)  # the data make_models trained on (train/val splits only)
-train = data.select(data.split == "train")
-test = data.select(data.split == "test")
-print(
-    "trials", data.n_trials, "test", test.n_trials, "neurons", data.n_neurons, "bins", data.n_bins
-)
-ang = lambda d: d.covariates["angle"].astype(float)
-dec = ridge_fit(angle_features(train), np.stack([np.cos(ang(train)), np.sin(ang(train))], 1))
+MODELS = Path(__file__).parents[1] / "models"
+RESULTS = Path(__file__).parent / "results" / "quality_shipped_reach.json"
 
 
-def decode(d):
-    p = dec(angle_features(d))
-    return np.arctan2(p[:, 1], p[:, 0])
+def angles(d) -> np.ndarray:
+    return d.covariates["angle"].astype(float)
 
 
-real_err = float(np.median(circ_err_deg(decode(test), ang(test))))
-print("real held-out median error deg", round(real_err, 2))
-ae, ae_ck = load_autoencoder(str(Path(__file__).parents[1] / "models"), "cpu")
-model = load_diffusion(str(Path(__file__).parents[1] / "models"), "cpu", ae_ck)
-out = {"real_test_median_err_deg": real_err}
-lengths = np.full(test.n_trials, data.n_bins)
-for w in (1.0, 2.0, 4.0):
-    conds = check_conditions(model, {"angle": ang(test)}, lengths)
-    s = generate(
-        ae,
-        model,
-        PoissonObservation(),
-        lengths,
-        SampleSettings(seed=1, guidance=w),
-        "cpu",
-        conditions=conds,
-        bin_size_s=data.bin_size_s,
-    )
-    err = float(np.median(circ_err_deg(decode(s), ang(test))))
-    ev = evaluate(test, s, folds=3, seed=0)
-    sc = {k: v.get("score") for k, v in ev["metrics"].items()}
+def angle_decoder(train):
+    """Ridge decoder of reach angle from smoothed counts, fitted on real `train` trials."""
+    a = angles(train)
+    dec = ridge_fit(angle_features(train), np.stack([np.cos(a), np.sin(a)], 1))
+
+    def decode(d) -> np.ndarray:
+        p = dec(angle_features(d))
+        return np.arctan2(p[:, 1], p[:, 0])
+
+    return decode
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    t0 = time.time()
+    data = simulate_reach(seed=0)  # the data make_models trained on (train/val splits only)
+    train = data.select(data.split == "train")
+    test = data.select(data.split == "test")
     print(
-        f"W={w}: median angle error {err:.2f} deg; scores",
-        {k: (None if v is None else round(v, 2)) for k, v in sc.items()},
-        flush=True,
+        "trials",
+        data.n_trials,
+        "test",
+        test.n_trials,
+        "neurons",
+        data.n_neurons,
+        "bins",
+        data.n_bins,
     )
-    out[f"W={w}"] = {"median_err_deg": err, "scores": sc}
-json.dump(
-    out, open(Path(__file__).parent / "results" / "quality_shipped_reach.json", "w"), indent=1
-)
-print("done in", round(time.time() - t0), "s")
+    decode = angle_decoder(train)
+    real_err = float(np.median(circ_err_deg(decode(test), angles(test))))
+    print("real held-out median error deg", round(real_err, 2))
+    ae, ae_ck = load_autoencoder(str(MODELS), "cpu")
+    model = load_diffusion(str(MODELS), "cpu", ae_ck)
+    out = {"real_test_median_err_deg": real_err}
+    lengths = np.full(test.n_trials, data.n_bins)
+    conds = check_conditions(model, {"angle": angles(test)}, lengths)
+    for w in (1.0, 2.0, 4.0):
+        s = generate(
+            ae,
+            model,
+            PoissonObservation(),
+            lengths,
+            SampleSettings(seed=1, guidance=w),
+            "cpu",
+            conditions=conds,
+            bin_size_s=data.bin_size_s,
+        )
+        err = float(np.median(circ_err_deg(decode(s), angles(test))))
+        ev = evaluate(test, s, folds=3, seed=0)
+        sc = {k: v.get("score") for k, v in ev["metrics"].items()}
+        print(
+            f"W={w}: median angle error {err:.2f} deg; scores",
+            {k: (None if v is None else round(v, 2)) for k, v in sc.items()},
+            flush=True,
+        )
+        out[f"W={w}"] = {"median_err_deg": err, "scores": sc}
+    RESULTS.write_text(json.dumps(out, indent=1))
+    print("done in", round(time.time() - t0), "s")
+
+
+if __name__ == "__main__":
+    main()

@@ -78,9 +78,14 @@ def test_lorenz_model_is_reproducible_with_a_seed(tmp_path):
 def test_reach_grid_of_directions_lands_in_trials_table(tmp_path, monkeypatch, guidance):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "fan.nwb"
-    grid = ["--condition", "angle=0:6.28:4", "--per-condition", "2"]
+    grid = ["--condition", "angle=0:6.28:4", "--per-condition", "2", "--seed", "0"]
     _sample([*grid, "--length", "140", "--guidance", guidance, "-o", str(out)])
     data = read_spikes(out)
+    assert data.counts.shape[:2] == (8, 140)
     np.testing.assert_allclose(
         np.sort(data.covariates["angle"]), np.repeat(np.arange(4) * np.pi / 2, 2), atol=1e-9
     )
+    if guidance != "1":  # the weight reaches the sampler: same seed, different spikes than W=1
+        ref = tmp_path / "w1.nwb"
+        _sample([*grid, "--length", "140", "--guidance", "1", "-o", str(ref)])
+        assert not np.array_equal(read_spikes(ref).counts, data.counts)
