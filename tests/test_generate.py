@@ -17,7 +17,7 @@ from ldns_cli.diffusion import (
 )
 from ldns_cli.errors import LdnsError
 from ldns_cli.generate import SampleSettings, check_conditions, generate, sample_latents
-from ldns_cli.observation import PoissonObservation
+from ldns_cli.observation import PoissonObservation, SpikeHistoryObservation
 from ldns_cli.schedule import NoiseSchedule
 
 Z, N = 4, 6
@@ -87,6 +87,21 @@ def test_batching_and_n_do_not_change_a_trial(sampler):
     assert np.array_equal(all_.lengths, lengths)
     pad = ~all_.mask()
     assert np.all(all_.counts[pad] == 0) and np.all(all_.latents[pad] == 0)
+
+
+def test_history_observation_spikes_do_not_depend_on_batching():
+    # spikes of the whole chunk are drawn in one call with one generator per trial
+    ae, model = _models()
+    obs = SpikeHistoryObservation(N, history_bins=3, max_count=3)
+    with torch.no_grad():
+        obs.history.fill_(-0.5)
+    lengths = np.array([9, 17, 5, 12])
+    runs = [
+        generate(ae, model, obs, lengths, SampleSettings(steps=3, seed=2, batch_size=bs), "cpu")
+        for bs in (1, 4)
+    ]
+    assert np.array_equal(runs[0].counts, runs[1].counts)
+    assert runs[1].counts.sum() > 0 and np.all(runs[1].counts[~runs[1].mask()] == 0)
 
 
 def test_ddpm_is_reproducible_for_a_batch_size():
@@ -163,6 +178,13 @@ def test_conditions_land_in_output_and_are_checked():
         model, {**cond, "speed": np.array([1, 1, 9.0])}, np.array([8] * 3), warnings.append
     )
     assert len(warnings) == 1 and "speed" in warnings[0] and "training range" in warnings[0]
+    # time series: only valid bins count (a far value on a padded bin is not a warning)
+    far = vel.copy()
+    far[0, 6:] = 50.0
+    check_conditions(model, {**cond, "vel": far}, np.array([6, 8, 8]), warnings.append)
+    assert len(warnings) == 1
+    check_conditions(model, {**cond, "vel": far}, np.array([7, 8, 8]), warnings.append)
+    assert len(warnings) == 2 and "vel" in warnings[1]
     with pytest.raises(LdnsError, match="no condition 'colour'") as exc:
         check_conditions(model, {"colour": np.ones(3)}, np.array([8] * 3))
     assert "angle" in exc.value.hint

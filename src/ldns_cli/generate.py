@@ -32,7 +32,7 @@ from ldns_cli.data import SpikeData, VariableInfo
 from ldns_cli.diffusion import DiffusionModel, condition_features, denormalise
 from ldns_cli.errors import LdnsError
 from ldns_cli.s4 import cached_kernels
-from ldns_cli.schedule import make_sampler, resolve_sampler_name, sample_loop
+from ldns_cli.schedule import apply_guidance, make_sampler, resolve_sampler_name, sample_loop
 
 DEFAULT_SAMPLER = "dpm++"
 DEFAULT_STEPS = {"dpm++": 20, "ddim": 50, "ddpm": 1000}
@@ -143,10 +143,10 @@ def check_conditions(
                 raise LdnsError(f"condition '{name}' has NaN/inf values", "give finite numbers")
         if spec["kind"] in ("continuous", "timeseries") and warn is not None:
             lo, hi = np.asarray(spec["min"]), np.asarray(spec["max"])
-            flat = arr.reshape(-1, dim)
-            if spec["kind"] == "timeseries":
-                mask = np.arange(arr.shape[1])[None, :] < lengths[:, None]
-                flat = arr[:, : arr.shape[1]][mask]
+            if spec["kind"] == "timeseries":  # valid bins only
+                flat = arr[np.arange(arr.shape[1])[None, :] < lengths[:, None]]
+            else:
+                flat = arr
             span = np.maximum(hi - lo, 1e-12)
             outside = np.any((flat < lo - 0.01 * span) | (flat > hi + 0.01 * span))
             if outside:
@@ -241,8 +241,7 @@ def sample_latents(
                 device
             ),
         )
-        eps_c, eps_u = both[:b], both[b:]
-        return eps_u + w * (eps_c - eps_u)
+        return apply_guidance(both[b:], both[:b], w)
 
     sampler = make_sampler(
         settings.sampler, model.schedule, settings.resolved_steps(), device=device
@@ -280,7 +279,7 @@ def generate(
     Args:
         ae: the autoencoder (its `decode(z [B, L, Z]) -> rates [B, L, N]` is used).
         model: the diffusion model belonging to `ae`.
-        observation: has `sample(rates [B, L, N], generator, lengths) -> counts`.
+        observation: has `sample(rates [B, L, N], generators [B], lengths [B]) -> counts`.
         lengths: bins per trial `[B]`.
         settings: sampler, steps, guidance, seed, batch size, what to save.
         device: where the networks run.
@@ -308,13 +307,11 @@ def generate(
         with torch.no_grad():
             rates = ae.decode(z).float()  # [b, l, N]
         rates = rates * mask[:, :, None].to(rates.dtype)
-        chunk_counts = torch.zeros_like(rates)
-        for row, i in enumerate(idx):
-            gen = trial_generator(settings.seed, _SPIKES, int(i), rates.device)
-            n = int(lengths[i])
-            chunk_counts[row : row + 1, :n] = observation.sample(
-                rates[row : row + 1, :n], gen, torch.tensor([n], device=rates.device)
-            )
+        # one generator per trial: a trial's spikes do not depend on its chunk or padding
+        gens = [trial_generator(settings.seed, _SPIKES, int(i), rates.device) for i in idx]
+        chunk_counts = observation.sample(
+            rates, gens, torch.as_tensor(lengths[idx], device=rates.device)
+        )
         if counts is None:
             n_neurons = rates.shape[-1]
             counts = np.zeros((n_trials, n_bins, n_neurons), dtype=np.int32)
