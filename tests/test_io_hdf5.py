@@ -160,3 +160,19 @@ def test_nlb_read_to_hdf5_keeps_alignment(tmp_path, nlb_nwb):
     np.testing.assert_array_equal(back.unit_ids, data.unit_ids)
     assert back.provenance["align_field"] == "move_onset_time"
     np.testing.assert_array_equal(back.covariates["maze_id"], data.covariates["maze_id"])
+
+
+def test_text_ids_and_columns_round_trip(tmp_path, tiny_data):
+    data = tiny_data(4, 8, 3)
+    data.unit_ids = np.array(["a1", "b2", "c3"])
+    data.unit_info["area"] = np.array(["M1", "PMd", "M1"])
+    data.covariates["target"] = np.array(["up", "down", "up", "left"])
+    path = tmp_path / "text.h5"
+    write_spikes(data, path)
+    with h5py.File(path, "r") as f:
+        assert h5py.check_string_dtype(f["neurons/unit_id"].dtype) is not None
+        assert h5py.check_string_dtype(f["conditions/target"].dtype) is not None
+    back = read_spikes(path)
+    assert back.unit_ids.tolist() == ["a1", "b2", "c3"]
+    assert back.unit_info["area"].tolist() == ["M1", "PMd", "M1"]
+    assert back.covariates["target"].tolist() == ["up", "down", "up", "left"]

@@ -31,7 +31,7 @@ from ldns_cli import __version__
 from ldns_cli.data import SpikeData, VariableInfo
 from ldns_cli.errors import LdnsError
 from ldns_cli.provenance import reference_time
-from ldns_cli.readers import DEFAULT_BIN_MS, ReadOptions
+from ldns_cli.readers import DEFAULT_BIN_MS, ReadOptions, as_str
 from ldns_cli.writers import GZIP_LEVEL, RATE_MANTISSA_BITS, round_mantissa
 
 FORMAT = "ldns-binned"
@@ -67,7 +67,12 @@ def _dataset(f: Any, key: str) -> np.ndarray:
     obj = f[key]
     if not isinstance(obj, h5py.Dataset):
         raise LdnsError(f"/{key} is a group, expected an array", "see README: file formats")
-    return obj.asstr()[()] if obj.dtype.kind in "OS" else obj[()]
+    return _values(obj)
+
+
+def _values(ds: Any) -> np.ndarray:
+    """A dataset's contents, strings decoded to str."""
+    return ds.asstr()[()] if ds.dtype.kind in "OS" else ds[()]
 
 
 def _counts(raw: np.ndarray, where: str) -> np.ndarray:
@@ -135,16 +140,11 @@ def _coarsen(values: np.ndarray, factor: int, n_bins: int, reduce: Any) -> np.nd
 def _attrs_info(obj: Any) -> VariableInfo:
     a = obj.attrs
 
-    def text(key: str) -> str:
-        v = a.get(key, "")
-        return v.decode() if isinstance(v, bytes) else str(v)
-
-    cols = a.get("columns", [])
-    cols = [c.decode() if isinstance(c, bytes) else str(c) for c in np.atleast_1d(cols)]
+    cols = [as_str(c) for c in np.atleast_1d(a.get("columns", []))]
     return VariableInfo(
-        unit=text("unit"),
-        description=text("description"),
-        kind=text("kind") or "continuous",
+        unit=as_str(a.get("unit", "")),
+        description=as_str(a.get("description", "")),
+        kind=as_str(a.get("kind", "")) or "continuous",
         columns=[c for c in cols if c],
     )
 
@@ -193,7 +193,7 @@ def _read_ldns(f: Any, opts: ReadOptions) -> SpikeData:
                 raise LdnsError(
                     f"/{group_name}/{name} must be an array", "see README: file formats"
                 )
-            values = obj.asstr()[()] if obj.dtype.kind in "OS" else obj[()]
+            values = _values(obj)
             infos[name] = _attrs_info(obj)
             if group_name == "conditions":
                 covariates[name] = np.asarray(values)
@@ -211,7 +211,7 @@ def _read_ldns(f: Any, opts: ReadOptions) -> SpikeData:
     if isinstance(neurons, h5py.Group):
         for name, obj in neurons.items():
             if isinstance(obj, h5py.Dataset):
-                values = obj.asstr()[()] if obj.dtype.kind in "OS" else obj[()]
+                values = _values(obj)
                 if name == "unit_id":
                     unit_ids = np.asarray(values)
                 else:
@@ -232,15 +232,13 @@ def _read_ldns(f: Any, opts: ReadOptions) -> SpikeData:
         if isinstance(group, h5py.Group):
             for key, value in group.attrs.items():
                 key = key if group_name == "provenance" else f"settings.{key}"
-                provenance[key] = value.decode() if isinstance(value, bytes) else str(value)
+                provenance[key] = as_str(value)
     for key in ("created_by", "source", "created"):
         if key in f.attrs:
-            value = f.attrs[key]
-            provenance.setdefault(key, value.decode() if isinstance(value, bytes) else str(value))
+            provenance.setdefault(key, as_str(f.attrs[key]))
     provenance["bin_size_s"] = repr(bin_s)
     if "align_offset" in f:
-        field = f["align_offset"].attrs.get("align_field", "")
-        field = field.decode() if isinstance(field, bytes) else str(field)
+        field = as_str(f["align_offset"].attrs.get("align_field", ""))
         if field:
             provenance["align_field"] = field
 
@@ -301,8 +299,15 @@ def _count_dtype(counts: np.ndarray) -> np.dtype:
     return np.dtype(np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.int32)
 
 
-def _text(values: np.ndarray) -> np.ndarray:
-    return np.asarray(values).astype(str).astype(object)
+def _write_array(group: Any, name: str, values: np.ndarray) -> Any:
+    """A dataset for `values`; string arrays are stored as variable-length UTF-8."""
+    import h5py
+
+    values = np.asarray(values)
+    if values.dtype.kind in "SUO":
+        text = values.astype(str).astype(object)
+        return group.create_dataset(name, data=text, dtype=h5py.string_dtype())
+    return group.create_dataset(name, data=values)
 
 
 def _write_floats(f: Any, name: str, values: np.ndarray, keep_bits: int | None) -> Any:
@@ -374,7 +379,7 @@ def write_hdf5(
         f["trial_id"] = np.asarray(data.trial_ids)
         f["trial_start"] = data.trial_start_s
         if data.split is not None:
-            f.create_dataset("split", data=_text(data.split), dtype=h5py.string_dtype())
+            _write_array(f, "split", data.split)
             f["train_inds"] = np.flatnonzero(data.split == "train")
             f["valid_inds"] = np.flatnonzero(data.split == "val")
         for group_name, values_by_name in (
@@ -385,26 +390,14 @@ def write_hdf5(
                 continue
             group = f.create_group(group_name)
             for name, values in values_by_name.items():
-                values = np.asarray(values)
-                if values.dtype.kind in "SUO":
-                    ds = group.create_dataset(name, data=_text(values), dtype=h5py.string_dtype())
-                else:
-                    ds = group.create_dataset(name, data=values)
+                ds = _write_array(group, name, values)
                 info = data.info(name)
                 ds.attrs.update(unit=info.unit, kind=info.kind, description=info.description)
                 ds.attrs["columns"] = info.columns
         neurons = f.create_group("neurons")
-        unit_ids = np.asarray(data.unit_ids)
-        if unit_ids.dtype.kind in "SUO":
-            neurons.create_dataset("unit_id", data=_text(unit_ids), dtype=h5py.string_dtype())
-        else:
-            neurons["unit_id"] = unit_ids
+        _write_array(neurons, "unit_id", data.unit_ids)
         for name, values in data.unit_info.items():
-            values = np.asarray(values)
-            if values.dtype.kind in "SUO":
-                neurons.create_dataset(name, data=_text(values), dtype=h5py.string_dtype())
-            else:
-                neurons[name] = values
+            _write_array(neurons, name, values)
         if save_latents and data.latents is not None:
             _write_floats(f, "latents", data.latents, keep_bits=None)
         if save_rates and data.rates is not None:

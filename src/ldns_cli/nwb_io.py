@@ -51,7 +51,13 @@ from ldns_cli.console import warn
 from ldns_cli.data import SpikeData, VariableInfo
 from ldns_cli.errors import LdnsError
 from ldns_cli.provenance import content_identifier, reference_time
-from ldns_cli.readers import DEFAULT_BIN_MS, ReadOptions, bin_spike_times, resample_series
+from ldns_cli.readers import (
+    DEFAULT_BIN_MS,
+    ReadOptions,
+    as_str,
+    bin_spike_times,
+    resample_series,
+)
 from ldns_cli.writers import GZIP_LEVEL, RATE_MANTISSA_BITS, round_mantissa
 
 SETTINGS_TABLE = "ldns_settings"
@@ -86,14 +92,10 @@ def _read_meta(nwbfile: Any) -> dict[str, str] | None:
     table = nwbfile.analysis.get(SETTINGS_TABLE) if nwbfile.analysis else None
     if table is None or "key" not in table.colnames or "value" not in table.colnames:
         return None
-    keys = [_as_str(k) for k in _col_data(table["key"])]
-    values = [_as_str(v) for v in _col_data(table["value"])]
+    keys = [as_str(k) for k in _col_data(table["key"])]
+    values = [as_str(v) for v in _col_data(table["value"])]
     values = ["" if v == EMPTY else v for v in values]
     return dict(zip(keys, values, strict=True))
-
-
-def _as_str(x: Any) -> str:
-    return x.decode() if isinstance(x, bytes) else str(x)
 
 
 def _from_nwbfile(nwbfile: Any, opts: ReadOptions) -> SpikeData:
@@ -323,7 +325,7 @@ def _event_times(col: Any) -> np.ndarray | None:
     return values.astype(np.float64)
 
 
-def is_circular(name: str, description: str = "") -> bool:
+def is_circular(name: str) -> bool:
     tokens = re.split(r"[^a-z]+", name.lower())
     return any(t in CIRCULAR_TOKENS for t in tokens) or "angle" in name.lower()
 
@@ -373,16 +375,13 @@ def _trial_covariates(
             notes.append(f"{name}: column with {values.ndim - 1}-D cells skipped")
             continue
         if values.dtype.kind in "SOUT":
-            values = np.array([_as_str(v) for v in values.ravel()]).reshape(values.shape)
+            values = np.array([as_str(v) for v in values.ravel()]).reshape(values.shape)
             if name == "split":
                 split = _normalise_split(values)
                 continue
             kind = "categorical"
-        elif values.dtype.kind == "b":
-            values = values.astype(np.int64)
-            kind = "categorical"
-        elif values.dtype.kind in "iu":
-            # integer trial columns are condition labels (maze_id, trial_type, ...)
+        elif values.dtype.kind in "biu":
+            # integer and boolean trial columns are condition labels (maze_id, trial_type, ...)
             kind = "categorical"
             values = values.astype(np.int64)
         elif values.dtype.kind == "f":
@@ -569,7 +568,7 @@ def _unit_info(units: Any) -> dict[str, np.ndarray]:
         if values.shape[:1] != (n,) or values.ndim > 2:
             continue
         if values.dtype.kind in "SO":
-            values = np.array([_as_str(v) for v in values.ravel()]).reshape(values.shape)
+            values = np.array([as_str(v) for v in values.ravel()]).reshape(values.shape)
         info[name] = values
     return info
 
@@ -578,15 +577,19 @@ def _provenance(
     nwbfile: Any, meta: dict[str, str] | None, notes: list[str], bin_size_s: float
 ) -> dict[str, str]:
     prov: dict[str, str] = {"source_format": "nwb"}
-    for field in ("identifier", "session_description", "session_id", "data_collection"):
+    for field in (
+        "identifier",
+        "session_description",
+        "session_id",
+        "data_collection",
+        "institution",
+        "lab",
+    ):
         value = getattr(nwbfile, field, None)
         if value:
             prov[field] = str(value)
-    for field in ("institution", "lab"):
-        if getattr(nwbfile, field, None):
-            prov[field] = str(getattr(nwbfile, field))
     if nwbfile.experimenter is not None and len(nwbfile.experimenter):
-        prov["experimenter"] = "; ".join(_as_str(e) for e in nwbfile.experimenter)
+        prov["experimenter"] = "; ".join(as_str(e) for e in nwbfile.experimenter)
     if nwbfile.session_start_time is not None:
         prov["session_start_time"] = nwbfile.session_start_time.isoformat()
     if nwbfile.subject is not None:
@@ -763,17 +766,15 @@ def write_nwb(
 
     # ---- units: spike times inside their bins, observed only during the trials
     ends = data.trial_start_s + data.lengths * dt
-    order_s = np.argsort(data.trial_start_s, kind="stable")
-    if np.any(data.trial_start_s[order_s][1:] < ends[order_s][:-1] - 1e-9):
+    order = np.argsort(data.trial_start_s, kind="stable")
+    if np.any(data.trial_start_s[order][1:] < ends[order][:-1] - 1e-9):
         warn(
             "trial windows overlap on the session clock; spikes in the overlaps are written "
             "once per trial, so re-binning the file counts them twice"
         )
     times, index = place_spike_times(data.counts, data.trial_start_s, dt)
     st = VectorData(name="spike_times", description="spike times (s)", data=_compressed(times))
-    win = np.stack([data.trial_start_s, data.trial_start_s + data.lengths * dt], axis=1)  # [B, 2]
-    order = np.argsort(win[:, 0], kind="stable")
-    win = win[order]
+    win = np.stack([data.trial_start_s, ends], axis=1)[order]  # [B, 2] in time order
     n_units = data.n_neurons
     obs = VectorData(
         name="obs_intervals",
@@ -821,7 +822,7 @@ def write_nwb(
         VectorData(
             name="stop_time",
             description="end of the trial's last valid bin (s)",
-            data=data.trial_start_s + data.lengths * dt,
+            data=ends,
         ),
     ]
     for name, values in data.covariates.items():

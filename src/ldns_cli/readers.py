@@ -116,6 +116,11 @@ def file_kind(path: Path, name: str | None = None) -> str:
         raise _corrupt(name, exc) from None
 
 
+def as_str(value: object) -> str:
+    """An HDF5 attribute or cell as text (h5py returns bytes for some string storage)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _corrupt(name: str, exc: BaseException) -> LdnsError:
     msg = " ".join(str(exc).split())[:200]
     return LdnsError(

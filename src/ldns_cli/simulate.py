@@ -94,10 +94,15 @@ def split_labels(n_trials: int, rng: np.random.Generator) -> np.ndarray:
     return labels
 
 
-def _check_sizes(n_trials: int, n_neurons: int, n_bins: int) -> None:
+def _checked_rng(
+    n_trials: int, n_neurons: int, n_bins: int, history: str, seed: int
+) -> np.random.Generator:
+    """Validate a simulator's arguments (before any work) and return its random generator."""
     for name, value in (("--trials", n_trials), ("--neurons", n_neurons), ("--length", n_bins)):
         if value < 1:
             raise LdnsError(f"{name} must be at least 1, got {value}", f"pass a positive {name}")
+    history_kernel(history)
+    return np.random.default_rng(seed)
 
 
 # ---------------------------------------------------------------------- Lorenz
@@ -141,9 +146,7 @@ def simulate_lorenz(
     bin_size_s: float = LORENZ_BIN_S,
 ) -> SpikeData:
     """The LDNS Lorenz benchmark: Poisson (or history-dependent) spikes from Lorenz latents."""
-    _check_sizes(n_trials, n_neurons, n_bins)
-    history_kernel(history)
-    rng = np.random.default_rng(seed)
+    rng = _checked_rng(n_trials, n_neurons, n_bins, history, seed)
     traj = lorenz_trajectories(n_trials, n_bins + LORENZ_BURN_IN, rng)[:, LORENZ_BURN_IN:]
     # per trajectory and per dimension z-scoring, as the reference code does
     latents = (traj - traj.mean(axis=1, keepdims=True)) / traj.std(axis=1, keepdims=True)
@@ -226,9 +229,7 @@ def simulate_reach(
     bin_size_s: float = REACH_BIN_S,
 ) -> SpikeData:
     """An NLB-like centre-out reach dataset whose latents depend on the reach angle."""
-    _check_sizes(n_trials, n_neurons, n_bins)
-    history_kernel(history)
-    rng = np.random.default_rng(seed)
+    rng = _checked_rng(n_trials, n_neurons, n_bins, history, seed)
     angle = rng.uniform(0.0, 2 * np.pi, size=n_trials)  # [B]
     gain = rng.uniform(0.8, 1.2, size=n_trials)
     t_s = -REACH_PRE_S + (np.arange(n_bins) + 0.5) * bin_size_s  # [L] bin centres

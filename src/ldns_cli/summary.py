@@ -65,7 +65,7 @@ def summarize(data: SpikeData) -> dict[str, Any]:
         "bin_size_s": data.bin_size_s,
         "align_offset_s": data.align_offset_s,
         "lengths": {
-            **{k: float(v) for k, v in _stats(data.lengths).items()},
+            **_stats(data.lengths),
             "variable": bool(data.lengths.min() != data.lengths.max()),
         },
         "trial_duration_s": _stats(data.lengths * data.bin_size_s),
