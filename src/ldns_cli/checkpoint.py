@@ -154,19 +154,3 @@ def optimizer_from_tensors(
         for g in meta["param_groups"]
     ]
     opt.load_state_dict({"state": state, "param_groups": groups})
-
-
-def rng_to_tensor(gen: torch.Generator) -> torch.Tensor:
-    """A generator's state as a uint8 tensor (stored for exact resume)."""
-    return gen.get_state().clone()
-
-
-def json_ready(obj: Any) -> Any:
-    """Make dataclass dicts / tuples / numpy scalars JSON-serialisable (for configs)."""
-    if isinstance(obj, dict):
-        return {str(k): json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_ready(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):
-        return obj.item()
-    return obj

@@ -95,11 +95,6 @@ class EMA:
                 for name, value in backup.items():
                     params[name].copy_(value)
 
-    def to(self, device: torch.device | str) -> EMA:
-        """Move the shadow tensors (e.g. to the training device)."""
-        self.shadow = {k: v.to(device) for k, v in self.shadow.items()}
-        return self
-
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Plain tensors (contiguous, CPU): the shadow parameters plus `num_updates` as int64.
 

@@ -112,13 +112,8 @@ class _Design:
         self.target = s[mask].t().contiguous()  # [N, M]
         self.rate_in = softplus_inverse(rates[mask].t()).contiguous()  # [N, M]
         self.log_fact = torch.lgamma(self.target + 1.0)  # [N, M], constant
-        # entries at the cap are scored as the censored event {X ≥ cap}
-        self.at_cap = (
-            torch.nonzero((self.target >= cap).flatten()).squeeze(-1)
-            if cap is not None
-            else torch.empty(0, dtype=torch.long, device=counts.device)
-        )
         self.cap = cap
+        self.at_cap = self._at_cap()
 
     @property
     def n_bins(self) -> int:
@@ -130,12 +125,14 @@ class _Design:
         sub.X, sub.target = self.X[:, idx], self.target[:, idx]
         sub.rate_in, sub.log_fact = self.rate_in[:, idx], self.log_fact[:, idx]
         sub.cap = self.cap
-        sub.at_cap = (
-            torch.nonzero((sub.target >= self.cap).flatten()).squeeze(-1)
-            if self.cap is not None
-            else self.at_cap
-        )
+        sub.at_cap = sub._at_cap()
         return sub
+
+    def _at_cap(self) -> Tensor:
+        """Flat indices of the entries at the cap, scored as the censored event {X ≥ cap}."""
+        if self.cap is None:
+            return torch.empty(0, dtype=torch.long, device=self.target.device)
+        return torch.nonzero((self.target >= self.cap).flatten()).squeeze(-1)
 
     def nll(self, model: SpikeHistoryObservation) -> Tensor:
         """Mean negative log-likelihood in nats per neuron-bin (the full log pmf)."""

@@ -36,6 +36,7 @@ Contract
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import signal
@@ -58,6 +59,7 @@ from ldns_cli.checkpoint import (
 )
 from ldns_cli.config import config_to_dict
 from ldns_cli.console import err_console, info, is_quiet, progress, set_quiet, warn
+from ldns_cli.ema import EMA
 from ldns_cli.errors import LdnsError
 from ldns_cli.s4 import ssm_param_groups
 
@@ -241,9 +243,9 @@ class _Trainer:
         groups = ssm_param_groups(self.net, cfg.lr, cfg.weight_decay, cfg.ssm_lr)
         self.base_lrs = [g["lr"] for g in groups]
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.ema = copy.deepcopy(self.net).eval() if cfg.ema_decay is not None else None
-        if self.ema is not None:
-            self.ema.requires_grad_(False)
+        # warm-up min(decay, (1+n)/(10+n)): without it a short run's EMA still holds most of
+        # the random initialisation (0.999 over 300 steps keeps e^-0.3 = 74% of it)
+        self.ema = EMA(self.net, cfg.ema_decay) if cfg.ema_decay is not None else None
 
         self.steps_per_epoch = max(1, math.ceil(self.n_train / cfg.batch_size))
         # small datasets get extra epochs so that training lasts at least `min_steps` steps
@@ -262,13 +264,21 @@ class _Trainer:
         self.history: list[dict[str, float]] = []
         self.best_val: float | None = None
         self.best_epoch = 0
-        self.best_state = _state_dict_copy(self.eval_module)
+        self.best_state = self.eval_state()
         self.train_seconds = 0.0
         self.trials_seen = 0
 
-    @property
-    def eval_module(self) -> nn.Module:
-        return self.ema if self.ema is not None else self.net
+    def eval_weights(self) -> contextlib.AbstractContextManager[nn.Module]:
+        """`self.net` holding the weights to validate and keep (the EMA ones, if any)."""
+        return (
+            self.ema.swapped_in(self.net)
+            if self.ema is not None
+            else contextlib.nullcontext(self.net)
+        )
+
+    def eval_state(self) -> dict[str, Tensor]:
+        with self.eval_weights() as module:
+            return _state_dict_copy(module)
 
     # ------------------------------------------------------------------ state <-> checkpoint
     def state_checkpoint(self, complete: bool) -> Checkpoint:
@@ -334,8 +344,12 @@ class _Trainer:
             )
         self.net.load_state_dict(state)
         if self.ema is not None:
-            ema_state = ckpt.subset("state.ema")
-            self.ema.load_state_dict(ema_state or state)
+            # parameters only (older checkpoints also hold buffers); no EMA saved: start from
+            # the training weights. The update count is the step count.
+            ema_state = ckpt.subset("state.ema") or state
+            ema_state = {k: v for k, v in ema_state.items() if k in self.ema.shadow}
+            ema_state["num_updates"] = torch.tensor(int(resume["global_step"]))
+            self.ema.load_state_dict(ema_state)
         try:
             optimizer_from_tensors(
                 self.opt, ckpt.tensors, resume["optimizer"], prefix="state.optim"
@@ -390,24 +404,18 @@ class _Trainer:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
         self.opt.step()
         if self.ema is not None:
-            # warm-up min(decay, (1+n)/(10+n)): without it a short run's EMA still holds most of
-            # the random initialisation (0.999 over 300 steps keeps e^-0.3 = 74% of it)
-            n = self.global_step
-            decay = min(self.cfg.ema_decay, (1 + n) / (10 + n))
-            with torch.no_grad():
-                for pe, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
-                    pe.lerp_(p.detach(), 1.0 - decay)
-                for be, b in zip(self.ema.buffers(), self.net.buffers(), strict=True):
-                    be.copy_(b)
+            self.ema.update(self.net)
         self.global_step += 1
         self.trials_seen += len(global_idx)
         return float(loss.detach())
 
-    @torch.no_grad()
     def validate(self) -> float | None:
         if self.val is None:
             return None
-        module = self.eval_module
+        with torch.no_grad(), self.eval_weights() as module:
+            return self._validate(module)
+
+    def _validate(self, module: nn.Module) -> float:
         module.eval()
         gen = torch.Generator(self.device).manual_seed(
             dist.rank_seed(self.cfg.seed) + _VAL_SEED_OFFSET
@@ -473,7 +481,7 @@ class _Trainer:
                 better = val_loss is None or self.best_val is None or val_loss < self.best_val
                 if better:
                     self.best_val, self.best_epoch = val_loss, self.epoch
-                    self.best_state = _state_dict_copy(self.eval_module)
+                    self.best_state = self.eval_state()
                 self.history.append(
                     {
                         "epoch": self.epoch,
@@ -499,10 +507,10 @@ class _Trainer:
                     interrupted = True
                     break
         ckpt = self.save(complete=not interrupted)
-        self.eval_module.load_state_dict(self.best_state)
-        self.eval_module.eval()
+        self.net.load_state_dict(self.best_state)
+        self.net.eval()
         return FitResult(
-            model=self.eval_module,
+            model=self.net,
             history=self.history,
             best_epoch=self.best_epoch,
             best_val=self.best_val,
