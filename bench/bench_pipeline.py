@@ -78,7 +78,7 @@ def diffusion_fields(preset: str) -> dict[str, Any]:
 def random_diffusion(preset: str, latent_dim: int, seed: int = 0) -> DiffusionModel:
     cfg = DiffusionConfig(**diffusion_fields(preset))
     torch.manual_seed(seed)  # Denoiser init has no generator argument
-    net = Denoiser(denoiser_config(cfg, latent_dim, [])).eval()
+    net = Denoiser(denoiser_config(cfg, latent_dim, [], n_bins=256)).eval()  # trained at 256
     return DiffusionModel(
         denoiser=net,
         config=cfg,

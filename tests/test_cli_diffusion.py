@@ -161,3 +161,13 @@ def test_error_exit_codes(fitted, tmp_path):
     _fails(["sample", "-m", str(other), "-n", "2", "--length", "8", *o], "different autoencoder")
     # usage errors stay Typer's (exit 2)
     assert runner.invoke(app, ["sample", "--no-such-flag"]).exit_code == 2
+
+
+def test_denoiser_kernels_reach_the_longest_training_trial(fitted):
+    # default --kernel-bins -1 resolves to the 16-bin training trials and is saved with the model
+    _, _, models = fitted
+    from ldns_cli.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(models / "diffusion.safetensors", "diffusion", fit_command="x")
+    assert ckpt.config["diffusion"]["kernel_bins"] == -1
+    assert ckpt.extra["denoiser"]["kernel_bins"] == 16

@@ -204,3 +204,19 @@ def test_diffusion_loss_is_zero_for_the_oracle_and_masked(prediction):
     a, _ = diffusion_loss(Zero(), batch, schedule, cfg, torch.Generator().manual_seed(1))
     b, _ = diffusion_loss(Zero(), batch2, schedule, cfg, torch.Generator().manual_seed(1))
     assert torch.allclose(a, b)
+
+
+def test_kernel_bins_caps_every_s4_layer_and_changes_only_longer_inputs():
+    global_model = _model()
+    capped_cfg = dataclasses.replace(global_model.config, kernel_bins=12)
+    capped = Denoiser(capped_cfg).eval()
+    capped.load_state_dict(global_model.state_dict(), strict=True)
+    assert [b.s4.max_kernel_bins for b in capped.blocks] == [12, 12]
+    assert [b.s4.max_kernel_bins for b in global_model.blocks] == [None, None]
+    gen = torch.Generator().manual_seed(5)
+    t = torch.tensor([400, 20])
+    with torch.no_grad():
+        short = torch.randn(2, 12, 4, generator=gen)  # within the cap: identical
+        torch.testing.assert_close(capped(short, t), global_model(short, t), atol=1e-5, rtol=0)
+        long = torch.randn(2, 64, 4, generator=gen)  # beyond it: a shorter receptive field
+        assert not torch.allclose(capped(long, t), global_model(long, t), atol=1e-3)

@@ -38,7 +38,7 @@ def _models(specs=(), prediction: str = "eps"):
     torch.manual_seed(0)
     ae = Autoencoder(AEConfig(n_neurons=N, latent_dim=Z, width=8, blocks=1, state_dim=4)).eval()
     cfg = DiffusionConfig(width=16, blocks=2, state_dim=8, prediction=prediction)
-    net = Denoiser(denoiser_config(cfg, Z, list(specs))).eval()
+    net = Denoiser(denoiser_config(cfg, Z, list(specs), n_bins=32)).eval()
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # adaLN-Zero starts as identity: give the blocks something to do
         for block in net.blocks:

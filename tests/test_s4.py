@@ -74,6 +74,31 @@ def test_bidirectional_impulse_response_skips_lag_zero_backwards() -> None:
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize(("length", "cap"), [(40, 7), (41, 40), (33, 64), (100, 1)])
+def test_capped_kernel_is_the_truncated_convolution(
+    bidirectional: bool, length: int, cap: int
+) -> None:
+    # max_kernel_bins K: y_t = Σ_{0≤l<K} Kf[l] u_{t−l} + Σ_{1≤m<K} Kb[m−1] u_{t+m} + D u_t
+    layer = make_layer(bidirectional, channels=3)
+    u = torch.randn(2, 3, length, generator=torch.Generator().manual_seed(cap))
+    with torch.no_grad():
+        k = layer.kernel(length)  # [D, H, L]
+        k_len = min(cap, length)
+        expected = layer.d[:, None] * u
+        for lag in range(k_len):
+            expected[..., lag:] += k[0][:, lag, None] * u[..., : length - lag]
+            if bidirectional and 1 <= lag:
+                expected[..., : length - lag] += k[1][:, lag - 1, None] * u[..., lag:]
+        layer.max_kernel_bins = cap
+        y = layer(u)
+    torch.testing.assert_close(y, expected, atol=2e-5, rtol=1e-4)
+    if cap >= length:  # a cap at or beyond the input changes nothing
+        layer.max_kernel_bins = None
+        with torch.no_grad():
+            torch.testing.assert_close(layer(u), y, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("length", [1, 63, 64, 1000, 4099])
 def test_factored_kernel_equals_naive_vandermonde(length: int) -> None:
     layer = make_layer(bidirectional=True, channels=3, state_dim=16)

@@ -69,12 +69,15 @@ class DenoiserConfig:
     time_freq_dim: int = 256  # sinusoidal time-step features (DiT)
     conv_out_scale: float = 0.1  # conv_out weights scaled at init ("initial values may be way off")
     conditions: tuple[CondInput, ...] = field(default_factory=tuple)
+    kernel_bins: int = 0  # S4 kernel lags per direction; 0 = global (older checkpoints)
 
     def __post_init__(self) -> None:
         if self.width % 4 != 0:
             raise ValueError(f"width must be a multiple of 4 (C/4 conditioning), got {self.width}")
         if self.latent_dim < 1 or self.blocks < 1:
             raise ValueError("latent_dim and blocks must be >= 1")
+        if self.kernel_bins < 0:
+            raise ValueError(f"kernel_bins must be >= 0, got {self.kernel_bins}")
 
     @property
     def cond_width(self) -> int:
@@ -107,9 +110,10 @@ def _mlp(d_in: int, d: int) -> nn.Sequential:
 class DenoiserBlock(nn.Module):
     """adaLN-Zero block: S4 time mixing + channel MLP, both gated by the conditioning vector."""
 
-    def __init__(self, width: int, cond_width: int, state_dim: int) -> None:
+    def __init__(self, width: int, cond_width: int, state_dim: int, kernel_bins: int = 0) -> None:
         super().__init__()
         self.s4 = S4Layer(width, state_dim=state_dim, bidirectional=True)
+        self.s4.max_kernel_bins = kernel_bins or None
         self.mlp = ChannelMLP(width, mult=2, bias=True)
         self.modulation = nn.Linear(cond_width, 6 * width)
         # adaLN-Zero: all gates start at 0, so the block is the identity at initialisation
@@ -143,7 +147,7 @@ class Denoiser(nn.Module):
         groups = z if (config.series_channels == 0 and c % z == 0 and z < c) else 1
         self.conv_in = Pointwise(c_in, c, groups=groups)
         self.blocks = nn.ModuleList(
-            DenoiserBlock(c, cw, config.state_dim) for _ in range(config.blocks)
+            DenoiserBlock(c, cw, config.state_dim, config.kernel_bins) for _ in range(config.blocks)
         )
         self.conv_out = Pointwise(c, z, groups=groups)
         with torch.no_grad():

@@ -59,6 +59,12 @@ class DiffusionConfig:
     conditions: tuple[str, ...] = ()  # covariate / behaviour names to condition on
     clip_latents: float = 0.0  # clip normalised latents to ±this (Lorenz: 5); 0 = off
     val_fraction: float = 0.1  # used only when the data has no split labels
+    # lags per direction of the denoiser's S4 kernels: -1 = the longest training trial, 0 = as
+    # long as the input (the paper's global kernels). Capped kernels keep samples longer than
+    # training stationary: with global ones, slow SSM modes (Δ down to 1e-3, time constants of
+    # ~2000 bins) never constrained by 256-bin training widen 4096-bin latents to std 1.45
+    # (bench/length_drift.py); with the cap they stay at 1.0 (ldns-reference §2.6 goes beyond)
+    kernel_bins: int = -1
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
@@ -77,6 +83,11 @@ class DiffusionConfig:
             raise LdnsError(f"--blocks must be >= 1, got {self.blocks}", "e.g. 4")
         if self.smooth_l1_beta <= 0:
             raise LdnsError("smooth_l1_beta must be positive", "e.g. 0.04")
+        if self.kernel_bins < -1:
+            raise LdnsError(
+                f"--kernel-bins must be -1, 0 or positive, got {self.kernel_bins}",
+                "-1 = the longest training trial, 0 = global kernels",
+            )
 
     def schedule_config(self) -> ScheduleConfig:
         return ScheduleConfig(
@@ -364,7 +375,10 @@ class DiffusionModel:
         return next((c for c in self.conditions if c["name"] == name), None)
 
 
-def denoiser_config(config: DiffusionConfig, latent_dim: int, specs: list[dict]) -> DenoiserConfig:
+def denoiser_config(
+    config: DiffusionConfig, latent_dim: int, specs: list[dict], n_bins: int
+) -> DenoiserConfig:
+    """The network's config; `n_bins` (longest training trial) resolves `kernel_bins = -1`."""
     return DenoiserConfig(
         latent_dim=latent_dim,
         width=config.width,
@@ -372,6 +386,7 @@ def denoiser_config(config: DiffusionConfig, latent_dim: int, specs: list[dict])
         state_dim=config.state_dim,
         conv_out_scale=config.conv_out_scale,
         conditions=tuple(cond_input(s) for s in specs),
+        kernel_bins=n_bins if config.kernel_bins == -1 else config.kernel_bins,
     )
 
 
@@ -560,7 +575,8 @@ def fit_diffusion(
     lat = prepare_latents(data, ae, config, device, train_config.seed, stats=stats, specs=specs)
     if not lat.train.any():
         raise LdnsError("no training trials", "the data's split labels hold no 'train' trials")
-    net_cfg = denoiser_config(config, lat.latents.shape[-1], lat.specs)
+    longest = int(lat.mask[lat.train].sum(axis=1).max())
+    net_cfg = denoiser_config(config, lat.latents.shape[-1], lat.specs, longest)
     torch.manual_seed(train_config.seed)  # nn.Linear initialisers use the global RNG
     model = Denoiser(net_cfg)
     spec = CheckpointSpec(

@@ -150,6 +150,8 @@ class S4Layer(nn.Module):
             setattr(p, SSM_PARAM_ATTR, True)
         # kernel cache for sampling: None = off; dict = on (see `cached_kernels`)
         self._cache: dict[tuple, Tensor] | None = None
+        # longest kernel (lags per direction) applied; None = as long as the input (global)
+        self.max_kernel_bins: int | None = None
 
     def extra_repr(self) -> str:
         return (
@@ -173,8 +175,11 @@ class S4Layer(nn.Module):
         return (kernel_naive if naive else kernel_factored)(dt_a, c_tilde, length)
 
     def kernel_fft(self, length: int, n_fft: int, naive: bool = False) -> Tensor:
-        """rfft of the (two-sided) kernel at FFT size n_fft: complex `[H, n_fft//2 + 1]`."""
-        k = self.kernel(length, naive=naive)  # [D, H, L]
+        """rfft of the (two-sided) kernel at FFT size n_fft: complex `[H, n_fft//2 + 1]`.
+
+        `length` is the kernel length K (lags 0..K−1 each way); n_fft ≥ L + K − 1 for input L.
+        """
+        k = self.kernel(length, naive=naive)  # [D, H, K]
         if self.bidirectional:
             kf, kb = k[0], k[1]
             # circular layout: lags 0..L−1 at the front, lag −m (m = 1..L−1) at index n − m
@@ -199,11 +204,12 @@ class S4Layer(nn.Module):
     def forward(self, u: Tensor) -> Tensor:
         """u `[B, H, L]` -> y `[B, H, L]`, computed in float32 (also under autocast)."""
         length = u.shape[-1]
-        # causal: n ≥ 2L−1 avoids wrap-around; bidirectional: lags −(L−1)..L−1 also need ≤ 2L−1
-        n_fft = fast_fft_size(2 * length)
+        k_len = length if self.max_kernel_bins is None else min(length, self.max_kernel_bins)
+        # lags −(K−1)..K−1 on an input of L bins: n ≥ L + K − 1 avoids wrap-around
+        n_fft = fast_fft_size(length + k_len)
         with torch.autocast(device_type=u.device.type, enabled=False):
             u32 = u.float()
-            k_hat = self._cached_kernel_fft(length, n_fft)  # [H, n/2+1]
+            k_hat = self._cached_kernel_fft(k_len, n_fft)  # [H, n/2+1]
             u_hat = torch.fft.rfft(u32, n=n_fft)  # [B, H, n/2+1]
             y = torch.fft.irfft(u_hat * k_hat, n=n_fft)[..., :length]  # [B, H, L]
             y = y + self.d.float()[:, None] * u32

@@ -69,6 +69,14 @@ def fit_diffusion_cmd(
     ema_decay: Annotated[
         float | None, flag_opt("--ema-decay", "Fixed EMA decay of the weights used for sampling.")
     ] = None,
+    kernel_bins: Annotated[
+        int | None,
+        flag_opt(
+            "--kernel-bins",
+            "S4 kernel reach in bins: -1 = the longest training trial (default; keeps longer "
+            "samples stationary), 0 = global as in the paper.",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     resume: Annotated[
         bool,
@@ -105,12 +113,13 @@ def fit_diffusion_cmd(
             "epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width,
             "blocks": blocks, "prediction": prediction, "schedule": schedule, "loss": loss,
             "ema_decay": ema_decay, "cond_dropout": cond_dropout, "seed": seed,
+            "kernel_bins": kernel_bins,
             "conditions": tuple(condition) if condition else None,
         }  # fmt: skip
-        if resume and (preset or config or width or blocks or condition):
+        if resume and (preset or config or width or blocks or condition or kernel_bins is not None):
             raise LdnsError(
                 "--resume continues the saved model; its architecture and conditions are fixed",
-                "drop --preset/--config/--width/--blocks/--condition, or fit anew",
+                "drop --preset/--config/--width/--blocks/--condition/--kernel-bins, or fit anew",
             )
         dcfg, tcfg = resolve_configs(preset, config, overrides)
         for name in dcfg.conditions:
