@@ -185,7 +185,7 @@ def main() -> None:
     target = np.repeat(test.covariates["angle"], k)
     cond = check_conditions(model_a, {"angle": target}, lengths)
     results["angle"] = {}
-    for w in (1.0, 2.0, 4.0):
+    for w in (1.0, 1.5, 2.0, 4.0):
         settings = SampleSettings(steps=args.steps, guidance=w, seed=11, batch_size=128)
         log(f"angle-conditioned samples, W={w:g}")
         t0 = time.perf_counter()
