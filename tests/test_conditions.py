@@ -11,11 +11,13 @@ import pytest
 from ldns_cli.conditions import (
     ConditionSpec,
     build_condition_table,
+    check_conditions,
     condition_spec_from_data,
-    conditions_from_data,
+    condition_values,
     detect_kind,
     embed_condition_values,
     embed_conditions,
+    fit_condition_values,
     parse_values,
 )
 from ldns_cli.errors import LdnsError
@@ -317,52 +319,155 @@ def recording():
     )
 
 
+ALL = np.ones(6, dtype=bool)
+
+
 def test_spec_from_data_detects_kinds_and_records_ranges():
     data = recording()
-    spec = {
-        s["name"]: s
-        for s in condition_spec_from_data(
-            data, ["reach_angle", "speed", "maze_id", "target", "hand_vel"]
-        )
-    }
+    names = ["reach_angle", "speed", "maze_id", "target", "hand_vel"]
+    spec = {s["name"]: s for s in condition_spec_from_data(data, names, ALL)}
     assert spec["reach_angle"]["kind"] == "circular" and spec["reach_angle"]["unit"] == "rad"
+    assert set(spec["reach_angle"]) == {"name", "kind", "dim", "unit", "min", "max"}
     assert spec["speed"]["kind"] == "continuous" and spec["speed"]["unit"] == "m/s"
     assert spec["speed"]["min"] == [float(data.covariates["speed"].min())]
+    assert set(spec["speed"]) == {"name", "kind", "dim", "unit", "min", "max", "mean", "std"}
     assert spec["maze_id"]["kind"] == "categorical" and spec["maze_id"]["values"] == [1, 2, 3]
     assert spec["target"]["dim"] == 2 and len(spec["target"]["max"]) == 2
     vel = spec["hand_vel"]
     assert vel["kind"] == "timeseries" and vel["dim"] == 2 and vel["required"]
+    assert vel["unit"] == "m/s"
     valid = data.behavior["hand_vel"][data.mask().astype(bool)]  # padding must not count
     np.testing.assert_allclose(vel["mean"], valid.mean(axis=0))
     json.dumps(list(spec.values()))  # JSON-ready for the checkpoint metadata
     with pytest.raises(LdnsError, match="no covariate or behaviour series 'angle'") as exc:
-        condition_spec_from_data(data, ["angle"])
+        condition_spec_from_data(data, ["angle"], ALL)
     assert "reach_angle" in exc.value.hint and "hand_vel" in exc.value.hint
+
+
+def test_spec_kind_uses_declared_kind_and_unit_first():
+    from ldns_cli.data import VariableInfo
+
+    data = recording()
+    data.covariates["heading_deg"] = np.array([10.0, 200, 300, 45, 90, 350])  # > 2π: unit decides
+    data.covariates["label"] = np.array(["a", "b", "a", "b", "a", "b"])
+    data.covariates["cue"] = np.array([0.1, 0.2, 0.1, 0.3, 0.2, 0.1])  # a plain float name
+    data.variable_info |= {
+        "heading_deg": VariableInfo(unit="degrees"),
+        "cue": VariableInfo(kind="circular"),  # declared by the reader
+        "maze_id": VariableInfo(kind="continuous"),  # the default: detection still runs
+    }
+    names = ["heading_deg", "label", "cue", "maze_id"]
+    spec = {s["name"]: s for s in condition_spec_from_data(data, names, ALL)}
+    assert spec["heading_deg"]["kind"] == "circular" and spec["heading_deg"]["unit"] == "deg"
+    assert spec["label"] == {
+        "name": "label", "kind": "categorical", "dim": 1, "unit": "", "values": ["a", "b"]
+    }  # fmt: skip
+    assert spec["cue"]["kind"] == "circular" and spec["cue"]["unit"] == "rad"
+    assert spec["maze_id"]["kind"] == "categorical"
 
 
 def test_detect_kind():
     assert detect_kind("x", np.array([0.1, 5.0]), unit="deg") == "circular"
+    assert detect_kind("x", np.array([0.1, 50.0]), unit="radians") == "circular"
     assert detect_kind("theta", np.array([0.1, 5.0])) == "circular"
+    assert detect_kind("reach_angle", np.array([0.1, np.nan, -3.0])) == "circular"
     assert detect_kind("theta", np.array([0.1, 50.0])) == "continuous"  # not an angle in rad
+    assert detect_kind("angle", np.array([np.nan, np.nan])) == "continuous"  # nothing to judge
     assert detect_kind("side", np.array(["l", "r"])) == "categorical"
+    assert detect_kind("ok", np.array([True, False])) == "categorical"
     assert detect_kind("cond_id", np.array([1, 2])) == "categorical"
+    assert detect_kind("trial-type", np.array([1, 2])) == "categorical"
+    assert detect_kind("cond_id", np.array([1.0, 2.0])) == "continuous"  # floats are not labels
     assert detect_kind("n_targets", np.array([1, 2])) == "continuous"
+    assert detect_kind("speed", np.array([0.1, 0.2]), unit="m/s") == "continuous"
     assert detect_kind("x", np.array([1.0]), declared="circular") == "circular"
+    assert detect_kind("x", np.array([1.0]), declared="categorical") == "categorical"
+    assert detect_kind("x", np.array(["a"]), declared="circular") == "categorical"
+    assert detect_kind("x", np.array([1.0]), declared="continuous") == "continuous"
 
 
-def test_conditions_from_data_round_trip():
+def test_spec_statistics_come_from_training_trials_only():
     data = recording()
-    spec = condition_spec_from_data(data, ["reach_angle", "maze_id", "hand_vel"])
-    table = conditions_from_data(spec, data.select([0, 2, 4]), per_condition=2)
-    assert table.n_trials == 6 and table.n_combinations == 3
-    assert table.lengths.tolist() == [12, 12, 10, 10, 8, 8]
-    assert table.values["maze_id"].tolist() == [3, 3, 3, 3, 1, 1]
-    np.testing.assert_array_equal(table.values["hand_vel"][2], data.behavior["hand_vel"][2])
-    emb = embed_conditions(spec, table.values)
-    assert emb["reach_angle"].shape == (6, 2) and emb["hand_vel"].shape == (6, 12, 2)
-    other = recording()
-    del other.behavior["hand_vel"]
-    with pytest.raises(LdnsError, match="no behaviour series 'hand_vel'"):
-        conditions_from_data(spec, other)
-    with pytest.raises(LdnsError, match="without conditions"):
-        conditions_from_data([], data)
+    train = np.array([True, True, True, True, False, False])
+    data.covariates["speed"][5] = 1e6  # a held-out trial with an extreme value
+    data.covariates["reach_angle"][5] = 3.14159
+    data.covariates["maze_id"][5] = 7  # a category only a held-out trial has
+    data.behavior["hand_vel"][4, :8] = -1e6
+    names = ["speed", "reach_angle", "maze_id", "hand_vel"]
+    spec = {s["name"]: s for s in condition_spec_from_data(data, names, train)}
+    speed = data.covariates["speed"][:4]
+    assert spec["speed"]["min"] == [speed.min()] and spec["speed"]["max"] == [speed.max()]
+    assert spec["speed"]["mean"] == [speed.mean()] and spec["speed"]["std"] == [speed.std()]
+    assert spec["reach_angle"]["max"] == [data.covariates["reach_angle"][:4].max()]
+    assert spec["maze_id"]["values"] == [1, 2, 3]
+    valid = data.behavior["hand_vel"][:4][data.mask()[:4]]
+    assert spec["hand_vel"]["min"] == valid.min(axis=0).tolist()
+    assert spec["hand_vel"]["mean"] == valid.mean(axis=0).tolist()
+    # a fit leaves out trials whose category it never saw (and keeps the others)
+    values, usable = fit_condition_values(list(spec.values()), data)
+    assert usable.tolist() == [True] * 5 + [False]
+    assert embed_conditions(list(spec.values()), values)["maze_id"].shape == (6,)
+
+
+def test_spec_ignores_nan_and_fails_when_all_values_are_nan():
+    data = recording()
+    data.covariates["speed"][[1, 3]] = np.nan
+    data.covariates["target"][2, 1] = np.nan
+    data.behavior["hand_vel"][0, 3, 0] = np.nan  # a valid bin
+    names = ["speed", "target", "hand_vel"]
+    spec = {s["name"]: s for s in condition_spec_from_data(data, names, ALL)}
+    speed = data.covariates["speed"][[0, 2, 4, 5]]
+    assert spec["speed"]["min"] == [speed.min()] and spec["speed"]["max"] == [speed.max()]
+    np.testing.assert_allclose(spec["speed"]["mean"], [speed.mean()])
+    np.testing.assert_allclose(spec["speed"]["std"], [speed.std()])
+    target = data.covariates["target"]
+    np.testing.assert_allclose(
+        spec["target"]["mean"], [target[:, 0].mean(), np.delete(target[:, 1], 2).mean()]
+    )
+    assert np.all(np.isfinite(spec["hand_vel"]["mean"]))
+    # a fit leaves out the trials with a NaN value (padding bins do not count)
+    data.behavior["hand_vel"][4, 10, :] = np.nan  # trial 4 has 8 valid bins
+    values, usable = fit_condition_values(list(spec.values()), data)
+    assert usable.tolist() == [False, False, False, False, True, True]
+    assert all(np.all(np.isfinite(v)) for v in values.values())
+    # a condition with no value in any training trial
+    data.covariates["speed"][:] = np.nan
+    with pytest.raises(LdnsError, match="'speed' has no value") as exc:
+        condition_spec_from_data(data, ["speed"], ALL)
+    assert "training trials" in exc.value.hint
+    data.covariates["speed"][4] = 0.5  # a value in a held-out trial does not help
+    with pytest.raises(LdnsError, match="'speed' has no value"):
+        condition_spec_from_data(data, ["speed"], np.arange(6) < 4)
+    data.covariates["maze_id"] = np.full(6, np.nan)
+    data.variable_info["maze_id"] = data.info("maze_id").__class__(kind="categorical")
+    with pytest.raises(LdnsError, match="'maze_id' has no value"):
+        condition_spec_from_data(data, ["maze_id"], ALL)
+
+
+def test_check_conditions_with_values_from_a_recording():
+    data = recording()
+    spec = condition_spec_from_data(data, ["reach_angle", "maze_id", "hand_vel"], ALL)
+    src = data.select([0, 2, 4])
+    values = {s["name"]: condition_values(src, s["name"]) for s in spec}
+    warnings: list[str] = []
+    checked = check_conditions(spec, values, src.lengths, warn=warnings.append)
+    assert not warnings
+    assert checked["maze_id"].tolist() == [3, 3, 1]
+    assert checked["reach_angle"].shape == (3, 1)
+    np.testing.assert_array_equal(checked["hand_vel"][1], data.behavior["hand_vel"][2])
+    emb = embed_conditions(spec, checked)
+    assert emb["reach_angle"].shape == (3, 2) and emb["hand_vel"].shape == (3, 12, 2)
+    with pytest.raises(LdnsError, match="no category 7"):
+        check_conditions(spec, {**values, "maze_id": np.array([3, 7, 1])}, src.lengths)
+    with pytest.raises(LdnsError, match="NaN"):
+        check_conditions(spec, {**values, "reach_angle": np.array([0, np.nan, 1])}, src.lengths)
+    with pytest.raises(LdnsError, match="one label per trial"):
+        check_conditions(spec, {**values, "maze_id": np.array([3, 1])}, src.lengths)
+    # a circular value is compared on the circle; far off the training range it warns
+    narrow = [{"name": "a", "kind": "circular", "dim": 1, "min": [-0.5], "max": [0.5]}]
+    check_conditions(narrow, {"a": np.array([6.2, 0.0])}, np.ones(2), warn=warnings.append)
+    assert not warnings
+    check_conditions(narrow, {"a": np.array([0.0, 2.0])}, np.ones(2), warn=warnings.append)
+    assert len(warnings) == 1 and "a=2" in warnings[0]
+    with pytest.raises(LdnsError, match="no covariate or behaviour series 'x'"):
+        condition_values(src, "x")

@@ -8,6 +8,7 @@ import torch
 
 from ldns_cli.autoencoder import AEConfig, Autoencoder
 from ldns_cli.checkpoint import Checkpoint
+from ldns_cli.conditions import check_conditions
 from ldns_cli.denoiser import Denoiser
 from ldns_cli.diffusion import (
     DiffusionConfig,
@@ -16,7 +17,7 @@ from ldns_cli.diffusion import (
     denoiser_config,
 )
 from ldns_cli.errors import LdnsError
-from ldns_cli.generate import SampleSettings, check_conditions, generate, sample_latents
+from ldns_cli.generate import SampleSettings, generate, sample_latents
 from ldns_cli.observation import PoissonObservation, SpikeHistoryObservation
 from ldns_cli.schedule import NoiseSchedule
 

@@ -1,6 +1,7 @@
 """The `--condition` grammar of `ldns sample` and the numeric form conditions take in the model.
 
-A model's condition spec (stored in its checkpoint) is a list of dicts, one per condition:
+A model's condition spec (stored in its checkpoint; built by `condition_spec_from_data` from the
+training trials only) is a list of dicts, one per condition:
 
     {"name": "angle", "kind": "circular", "dim": 1, "unit": "rad", "min": [-3.1], "max": [3.1]}
     {"name": "speed", "kind": "continuous", "dim": 1, "unit": "m/s", "min": [0.0], "max": [1.2]}
@@ -32,13 +33,13 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ldns_cli.console import warn
+from ldns_cli.console import warn as console_warn
 from ldns_cli.errors import LdnsError
 
 KINDS = ("circular", "continuous", "categorical", "timeseries")
@@ -132,13 +133,11 @@ class ConditionTable:
             in the condition's unit (radians for circular ones), categorical as their labels.
         n_trials: rows.
         n_combinations: distinct condition combinations (n_trials = n_combinations · per_condition).
-        lengths: per-trial lengths in bins of the source trials (`conditions_from_data` only).
     """
 
     values: dict[str, np.ndarray] = field(default_factory=dict)
     n_trials: int = 0
     n_combinations: int = 1
-    lengths: np.ndarray | None = None  # per-trial bins when taken from a recording
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,20 +344,36 @@ def _dim_hint(spec: ConditionSpec) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_range(spec: ConditionSpec, values: np.ndarray) -> None:
-    """Warn (not fail) when values fall outside the range the model was trained on."""
-    if spec.kind not in ("circular", "continuous") or spec.min is None or spec.max is None:
+RANGE_TOLERANCE = 0.01  # values within 1% of the training span outside it do not warn
+
+
+def check_range(
+    spec: ConditionSpec, values: np.ndarray, warn: Callable[[str], None] = console_warn
+) -> None:
+    """Warn (not fail) when values fall outside the range the model was trained on.
+
+    `values` `[n]`/`[n, dim]` (time series: their valid bins, `[n_bins, dim]`). Circular values
+    are compared on the circle (6.2 rad is inside [-0.5, 0.5]); a value within 1% of the
+    training span beyond an edge is inside. One warning line per call, through `warn`.
+    """
+    if spec.kind == "categorical" or spec.min is None or spec.max is None or len(values) == 0:
         return
     lo, hi = np.asarray(spec.min), np.asarray(spec.max)
-    v = values.reshape(len(values), -1) if values.ndim > 1 else values[:, None]
+    v = np.asarray(values, dtype=np.float64).reshape(len(values), -1)  # [n, dim]
+    tol = RANGE_TOLERANCE * np.maximum(hi - lo, 1e-12)
+
+    def inside(x: np.ndarray) -> np.ndarray:
+        return (x >= lo - tol) & (x <= hi + tol)
+
     if spec.kind == "circular":
         turn = 2 * math.pi / ANGLE_UNITS.get(spec.unit, 1.0)
-        # compare on the circle: wrap into [lo, lo + turn)
-        v = lo + np.mod(v - lo, turn)
-    outside = (v < lo - 1e-9) | (v > hi + 1e-9)
-    if outside.any():
-        bad = np.unique(values[outside.any(axis=1)])[:5]
-        shown = ", ".join(f"{x:g}" for x in np.ravel(bad)[:5])
+        wrapped = lo + np.mod(v - lo, turn)  # into [lo, lo + turn)
+        ok = inside(wrapped) | inside(wrapped - turn)
+    else:
+        ok = inside(v)
+    bad_rows = ~ok.all(axis=1)
+    if bad_rows.any():
+        shown = ", ".join(f"{x:g}" for x in np.unique(v[bad_rows][~ok[bad_rows]])[:5])
         rng = ", ".join(f"[{a:g}, {b:g}]" for a, b in zip(lo, hi, strict=True))
         unit = f" {spec.unit}" if spec.unit else ""
         warn(f"{spec.name}={shown} is outside the training range {rng}{unit} (extrapolating)")
@@ -505,143 +520,289 @@ def embed_conditions(
 
 
 # ---------------------------------------------------------------------------------------------
-# Specs and tables from a recording (fit-diffusion --condition NAME, sample --condition-from)
+# Conditions in a recording: the spec `fit-diffusion --condition NAME` records, the values a
+# fit trains on, and the values `sample --condition-from DATA` takes
 # ---------------------------------------------------------------------------------------------
 
 _CIRCULAR_WORDS = ("angle", "direction", "theta", "phase", "heading", "orientation")
 _CATEGORY_SUFFIXES = ("id", "label", "type", "condition", "class")
 
 
-def _json_scalar(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
-
-
 def detect_kind(name: str, values: np.ndarray, declared: str = "", unit: str = "") -> str:
-    """The condition kind of a trial covariate: declared, else detected from unit, name, dtype.
+    """The condition kind of a trial covariate: from dtype, declared kind, unit, then name.
 
-    Circular: an angle unit (rad, deg) or an angle-like name (angle, direction, theta, phase,
-    heading, orientation) with values inside ±2π. Categorical: strings/booleans, or integers
-    whose name ends in id/label/type/condition/class. Otherwise continuous.
+    Categorical: strings/booleans/objects (whatever the declaration), a declared categorical, or
+    integers whose name ends in id/label/type/condition/class. Circular: a declared circular, an
+    angle unit (rad, deg), or an angle-like name (angle, direction, theta, phase, heading,
+    orientation) with every finite value inside ±2π. Otherwise continuous. (`VariableInfo.kind`
+    defaults to "continuous", so a declared "continuous" does not stop detection.)
     """
-    if declared in ("circular", "categorical"):
-        return declared
+    values = np.asarray(values)
     if values.dtype.kind in "USOb":
         return "categorical"
+    if declared in ("circular", "categorical"):
+        return declared
     lname = name.lower()
     if unit.lower() in ANGLE_UNIT_NAMES:
         return "circular"
-    if any(w in lname for w in _CIRCULAR_WORDS) and np.nanmax(np.abs(values)) <= 2 * math.pi + 1e-6:
-        return "circular"
+    finite = values[np.isfinite(values)] if values.dtype.kind in "fc" else values
+    if any(w in lname for w in _CIRCULAR_WORDS) and finite.size:
+        if np.abs(finite).max() <= 2 * math.pi + 1e-6:
+            return "circular"
     if values.dtype.kind in "iu" and lname.replace("-", "_").split("_")[-1] in _CATEGORY_SUFFIXES:
         return "categorical"
     return "continuous"
 
 
-def condition_spec_from_data(data: Any, names: Sequence[str]) -> list[dict[str, Any]]:
-    """Build the checkpoint's condition spec for `fit-diffusion --condition NAME ...`.
+def condition_values(data: Any, name: str) -> np.ndarray:
+    """A condition's raw values in a recording: covariate `[B]`/`[B, k]` or behaviour `[B, L, k]`."""
+    if name in data.behavior:
+        return np.asarray(data.behavior[name])
+    if name in data.covariates:
+        return np.asarray(data.covariates[name])
+    available = sorted(data.covariates) + sorted(data.behavior)
+    raise LdnsError(
+        f"the recording has no covariate or behaviour series '{name}'",
+        f"available: {', '.join(available)}" if available else "it has none to condition on",
+    )
 
-    Trial covariates (`data.covariates`) become circular/continuous/categorical conditions (kind
-    from `data.variable_info`, else `detect_kind`); behaviour series (`data.behavior`) become
-    required time-series conditions. Each entry records the unit and the training range
-    (min/max, mean/std per dimension; categories for categorical ones), JSON-ready.
 
-    Args:
-        data: a `SpikeData` (the training split).
-        names: the requested condition names.
+def _no_training_values(name: str) -> LdnsError:
+    return LdnsError(
+        f"condition '{name}' has no value (only NaN) in the training trials",
+        "fill it in for the training trials, or condition on another covariate "
+        "(ldns inspect DATA lists them)",
+    )
+
+
+def _finite_stats(name: str, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-column min/max/mean/std of `x` `[n, k]`, ignoring NaN/inf entries.
+
+    The same arithmetic (and float precision) as `x.min(0)`, `x.mean(0)`, `x.std(0)` when every
+    entry is finite, so clean data gives exactly the numbers those would.
     """
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
+    ok = np.isfinite(x)
+    count = ok.sum(axis=0)
+    if len(x) == 0 or np.any(count == 0):
+        raise _no_training_values(name)
+    mean = np.where(ok, x, 0).sum(axis=0)
+    np.true_divide(mean, count, out=mean, casting="unsafe")
+    dev = np.where(ok, x - mean, 0)
+    var = (dev * dev).sum(axis=0)
+    np.true_divide(var, count, out=var, casting="unsafe")
+    return {
+        "min": np.where(ok, x, np.inf).min(axis=0),
+        "max": np.where(ok, x, -np.inf).max(axis=0),
+        "mean": mean,
+        "std": np.sqrt(var),
+    }
+
+
+def _labels(values: np.ndarray) -> list[Any]:
+    """Sorted distinct category labels (JSON-ready), NaN left out."""
+    flat = values.reshape(len(values), -1)[:, 0]
+    if np.issubdtype(flat.dtype, np.number):
+        return sorted({v.item() for v in flat[~np.isnan(flat.astype(np.float64))]})
+    return sorted({str(v) for v in flat})
+
+
+def condition_spec_from_data(
+    data: Any, names: Sequence[str], train: np.ndarray
+) -> list[dict[str, Any]]:
+    """The checkpoint's condition spec for `fit-diffusion --condition NAME ...`.
+
+    Everything in it comes from the *training* trials only (`train`, bool `[B]`), so held-out
+    trials never inform the model; NaN/inf values are ignored (a condition with no finite
+    training value is an error). One JSON-ready dict per name:
+
+    - behaviour series `[B, L, k]` -> `{"name", "kind": "timeseries", "required": True, "dim": k,
+      "unit", "min", "max", "mean", "std"}` over the training trials' valid bins;
+    - trial covariates, kind from `detect_kind` (the reader's declared kind and unit first):
+      categorical -> `{"name", "kind", "dim": 1, "unit", "values": sorted labels}`;
+      circular -> `{"name", "kind", "dim", "unit" (rad/deg, default rad), "min", "max"}`;
+      continuous -> `{"name", "kind", "dim", "unit", "min", "max", "mean", "std"}`.
+
+    Per-dimension lists; a std of 0 (a constant column) is stored as 1.
+    """
+    train = np.asarray(train, dtype=bool)
     out: list[dict[str, Any]] = []
     for name in names:
+        raw = condition_values(data, name)
         info = data.info(name)
-        if name in data.covariates:
-            raw = np.asarray(data.covariates[name])
-            kind = detect_kind(name, raw, info.kind, info.unit)
-            entry: dict[str, Any] = {"name": name, "kind": kind, "unit": info.unit}
-            if kind == "categorical":
-                entry["dim"] = 1
-                entry["values"] = [_json_scalar(v) for v in np.unique(raw)]
-            else:
-                x = raw.astype(np.float64).reshape(len(raw), -1)  # [B, k]
-                if kind == "circular" and not entry["unit"]:
-                    entry["unit"] = "rad"
-                if kind == "circular":
-                    entry["unit"] = ANGLE_UNIT_NAMES.get(entry["unit"].lower(), "rad")
-                entry["dim"] = int(x.shape[1])
-                entry["min"] = np.nanmin(x, axis=0).tolist()
-                entry["max"] = np.nanmax(x, axis=0).tolist()
-                entry["mean"] = np.nanmean(x, axis=0).tolist()
-                entry["std"] = np.nanstd(x, axis=0).tolist()
-        elif name in data.behavior:
-            series = np.asarray(data.behavior[name], dtype=np.float64)  # [B, L, k]
-            valid = data.mask() if hasattr(data, "mask") else np.ones(series.shape[:2], bool)
-            x = series[valid.astype(bool)]  # [valid bins, k]
-            entry = {
-                "name": name,
-                "kind": "timeseries",
-                "unit": info.unit,
-                "dim": int(series.shape[-1]),
-                "min": np.nanmin(x, axis=0).tolist(),
-                "max": np.nanmax(x, axis=0).tolist(),
-                "mean": np.nanmean(x, axis=0).tolist(),
-                "std": np.nanstd(x, axis=0).tolist(),
-                "required": True,
-            }
-        else:
-            available = sorted(data.covariates) + sorted(data.behavior)
-            raise LdnsError(
-                f"the recording has no covariate or behaviour series '{name}'",
-                "available: " + (", ".join(available) if available else "none (run ldns inspect)"),
+        if name in data.behavior:
+            valid = raw[train][data.mask()[train]]  # [n_valid_bins, k]
+            st = _finite_stats(name, valid)
+            out.append(
+                {
+                    "name": name,
+                    "kind": "timeseries",
+                    "required": True,
+                    "dim": int(raw.shape[2]),
+                    "unit": info.unit,
+                    "min": st["min"].tolist(),
+                    "max": st["max"].tolist(),
+                    "mean": st["mean"].tolist(),
+                    "std": np.where(st["std"] > 0, st["std"], 1.0).tolist(),
+                }
             )
-        out.append(entry)
+            continue
+        values = raw[train]
+        kind = detect_kind(name, values, info.kind, info.unit)
+        if kind == "categorical":
+            labels = _labels(values)
+            if not labels:
+                raise _no_training_values(name)
+            out.append(
+                {"name": name, "kind": "categorical", "dim": 1, "unit": info.unit,
+                 "values": labels}
+            )  # fmt: skip
+            continue
+        x = values.reshape(len(values), -1).astype(np.float64)  # [B_train, k]
+        st = _finite_stats(name, x)
+        unit = info.unit
+        if kind == "circular":
+            unit = ANGLE_UNIT_NAMES.get(unit.lower(), "rad")
+        spec: dict[str, Any] = {
+            "name": name,
+            "kind": kind,
+            "dim": int(x.shape[1]),
+            "unit": unit,
+            "min": st["min"].tolist(),
+            "max": st["max"].tolist(),
+        }
+        if kind == "continuous":
+            spec["mean"] = st["mean"].tolist()
+            spec["std"] = np.where(st["std"] > 0, st["std"], 1.0).tolist()
+        out.append(spec)
     return out
 
 
-def conditions_from_data(
-    spec: Sequence[Mapping[str, Any] | ConditionSpec], data: Any, per_condition: int = 1
-) -> ConditionTable:
-    """Take every condition of `spec` from a recording's trials (`sample --condition-from`).
+def _fit_ready(spec: ConditionSpec, values: np.ndarray, mask: np.ndarray):
+    """(values with unusable entries replaced, bool `[B]` of trials whose value is usable)."""
+    if spec.kind == "categorical":
+        flat = values.reshape(len(values), -1)[:, 0]
+        if spec.values is None:
+            return flat, np.ones(len(flat), bool)
+        known = {str(v) for v in spec.values}
+        usable = np.array([str(v) in known for v in flat], dtype=bool)
+        if not usable.all():
+            flat = flat.astype(object)
+            flat[~usable] = spec.values[0]
+        return flat, usable
+    x = values.astype(np.float64)
+    finite = np.isfinite(x)
+    if spec.kind == "timeseries":
+        usable = (finite.all(axis=-1) | ~mask).all(axis=1)  # padding does not count
+    else:
+        usable = finite.reshape(len(x), -1).all(axis=1)
+    return (x if finite.all() else np.where(finite, x, 0.0)), usable
 
-    Each source trial is one combination, repeated `per_condition` times in a row; time series
-    come with the source trials' `lengths` (`ConditionTable.lengths`), which the generated
-    trials should use. Select trials beforehand with `data.select(...)`.
+
+def fit_condition_values(
+    spec: Sequence[Mapping[str, Any] | ConditionSpec], data: Any
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The values a fit trains on, and which trials can train.
+
+    Returns `({name: raw values}, usable bool [B])`. A trial is unusable when a trial-level value
+    is NaN/inf, a time series has NaN/inf in a valid bin, or a category is not in the spec (it
+    was seen in no training trial); such entries are replaced by a placeholder so that every
+    trial can still be embedded, and the caller leaves those trials out.
     """
-    specs = as_specs(spec)
-    if isinstance(per_condition, bool) or not isinstance(per_condition, int) or per_condition < 1:
-        raise LdnsError(
-            f"--per-condition must be a positive integer, got {per_condition!r}", "e.g. 5"
-        )
-    if not specs:
-        raise LdnsError(
-            "this model was trained without conditions, so --condition-from has nothing to take",
-            "drop --condition-from",
-        )
+    usable = np.ones(data.n_trials, bool)
     values: dict[str, np.ndarray] = {}
-    for s in specs:
-        source = data.behavior if s.kind == "timeseries" else data.covariates
-        if s.name not in source:
-            where = "behaviour series" if s.kind == "timeseries" else "trial covariates"
+    for s in as_specs(spec):
+        values[s.name], ok = _fit_ready(s, condition_values(data, s.name), data.mask())
+        usable &= ok
+    return values, usable
+
+
+def check_conditions(
+    spec: Any,
+    values: Mapping[str, np.ndarray],
+    lengths: np.ndarray,
+    warn: Callable[[str], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Validate raw per-trial condition values (typed, or from a recording) for sampling.
+
+    Args:
+        spec: the model's condition spec (list of dicts or `ConditionSpec`s), or a model with a
+            `.conditions` list (`DiffusionModel`).
+        values: `{name: [B] / [B, k]}` trial-level values, `{name: [B, L, k]}` time series (at
+            least as long as each trial); the condition's unit, categorical as labels.
+        lengths: bins per trial `[B]`.
+        warn: called with one line per condition whose values leave the training range (by more
+            than 1% of its span, circular ones compared on the circle; valid bins only for time
+            series); None: no range check.
+    Returns:
+        `{name: array}`: trial-level float64 `[B, dim]` (categorical: labels `[B]`), time series
+        float32 `[B, L, k]`.
+    Raises:
+        LdnsError: unknown name, wrong shape, NaN/inf, an unknown category, a series shorter
+            than its trial, or a time-series condition missing while others are given.
+    """
+    specs = {s.name: s for s in as_specs(getattr(spec, "conditions", spec))}
+    lengths = np.asarray(lengths)
+    n = len(lengths)
+    for name in values:
+        if name not in specs:
+            known = ", ".join(specs) if specs else "none (the model is unconditional)"
             raise LdnsError(
-                f"the recording has no {where} '{s.name}' that the model is conditioned on",
-                f"its {where}: {', '.join(sorted(source)) or 'none'}",
+                f"the model has no condition '{name}'", f"the model's conditions: {known}"
             )
-        v = np.asarray(source[s.name])
-        if s.kind == "timeseries" and (v.ndim != 3 or v.shape[-1] != s.dim):
+    if values:
+        missing = [
+            s.name for s in specs.values() if s.kind == "timeseries" and s.name not in values
+        ]
+        if missing:
             raise LdnsError(
-                f"'{s.name}' has shape {list(v.shape)}, the model needs [trial, time, {s.dim}]",
-                "use a recording prepared like the training data",
+                f"time-series condition {', '.join(missing)} is required with the other conditions",
+                f"pass it with --condition-from DATA (a recording with '{missing[0]}'), "
+                "or give no condition for unconditional samples",
             )
-        if s.kind == "categorical":
-            embed_condition_values(s, v)  # unknown categories fail here, with the list
-        elif s.kind != "timeseries":
-            width = 1 if v.ndim == 1 else int(np.prod(v.shape[1:]))
-            if width != s.dim:
+    out: dict[str, np.ndarray] = {}
+    for name, raw in values.items():
+        s = specs[name]
+        arr = np.asarray(raw)
+        if s.kind == "timeseries":
+            if arr.ndim == 2 and s.dim == 1:
+                arr = arr[:, :, None]
+            if arr.ndim != 3 or arr.shape[0] != n or arr.shape[2] != s.dim:
                 raise LdnsError(
-                    f"'{s.name}' has {width} dimension(s) in the recording, the model {s.dim}",
-                    "use a recording prepared like the training data",
+                    f"condition '{name}' must be a [trial, time, {s.dim}] series, got {arr.shape}",
+                    f"take it from a recording whose '{name}' has {s.dim} column(s)",
                 )
-            check_range(s, v.astype(np.float64))
-        values[s.name] = np.repeat(v, per_condition, axis=0)
-    n = len(next(iter(values.values())))
-    lengths = np.repeat(np.asarray(data.lengths), per_condition)
-    return ConditionTable(
-        values=values, n_trials=n, n_combinations=n // per_condition, lengths=lengths
-    )
+            if arr.shape[1] < int(lengths.max()):
+                raise LdnsError(
+                    f"condition '{name}' covers {arr.shape[1]} bins, trials need {lengths.max()}",
+                    "use a shorter --length or the source trials' own lengths",
+                )
+            arr = arr.astype(np.float32)
+            checked = arr[np.arange(arr.shape[1])[None, :] < lengths[:, None]]  # valid bins
+        elif s.kind == "categorical":
+            if arr.size != n:
+                raise LdnsError(
+                    f"condition '{name}' needs one label per trial ({n}), got shape {arr.shape}",
+                    f"give one label for '{name}' per trial",
+                )
+            arr = arr.reshape(n)
+            embed_condition_values(s, arr)  # an unknown category fails here, with the list
+            checked = None
+        else:
+            arr = arr.astype(np.float64)
+            if arr.ndim == 1 and s.dim == 1:
+                arr = arr[:, None]
+            if arr.ndim != 2 or arr.shape != (n, s.dim):
+                raise LdnsError(
+                    f"condition '{name}' has {s.dim} value(s) per trial, got shape {arr.shape[1:]}",
+                    f"give {s.dim} number(s) for '{name}'",
+                )
+            checked = arr
+        if checked is not None:
+            if not np.all(np.isfinite(checked)):
+                raise LdnsError(f"condition '{name}' has NaN/inf values", "give finite numbers")
+            if warn is not None:
+                check_range(s, checked, warn)
+        out[name] = arr
+    return out

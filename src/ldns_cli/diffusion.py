@@ -27,8 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from ldns_cli.checkpoint import Checkpoint, check_data_matches, load_checkpoint
-from ldns_cli.conditions import embed_condition_values
+from ldns_cli.conditions import (
+    condition_spec_from_data,
+    embed_condition_values,
+    fit_condition_values,
+)
 from ldns_cli.config import config_from_dict, config_to_dict, load_config_file
+from ldns_cli.console import warn
 from ldns_cli.data import SpikeData
 from ldns_cli.denoiser import CondInput, Denoiser, DenoiserConfig
 from ldns_cli.errors import LdnsError
@@ -39,7 +44,6 @@ DIFFUSION_FILE = "diffusion.safetensors"
 AE_FILE = "ae.safetensors"
 PREDICTIONS = {"eps": "epsilon", "epsilon": "epsilon", "v": "v_prediction"}
 LOSSES = ("mse", "smooth_l1")
-CONDITION_KINDS = ("circular", "continuous", "categorical", "timeseries")
 
 
 @dataclass(frozen=True)
@@ -136,63 +140,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 # ---------------------------------------------------------------------------------------------
 
 
-def condition_spec(data: SpikeData, name: str, train: np.ndarray) -> dict[str, Any]:
-    """Describe condition `name` of `data` (kind, unit, dim, training range, feature scaling).
-
-    `train` is a bool `[B]` selecting the training trials, whose values set the range and the
-    standardisation of the network's input features.
-    """
-    if name in data.behavior:
-        series = data.behavior[name]  # [B, L, k]
-        info = data.info(name)
-        valid = series[train][data.mask()[train]]  # [n_valid, k]
-        mean, std = valid.mean(axis=0), valid.std(axis=0)
-        return {
-            "name": name,
-            "kind": "timeseries",
-            "required": True,
-            "dim": int(series.shape[2]),
-            "unit": info.unit,
-            "min": valid.min(axis=0).tolist(),
-            "max": valid.max(axis=0).tolist(),
-            "mean": mean.tolist(),
-            "std": np.where(std > 0, std, 1.0).tolist(),
-        }
-    if name not in data.covariates:
-        available = sorted(data.covariates) + sorted(data.behavior)
-        raise LdnsError(
-            f"the recording has no covariate or behaviour series '{name}'",
-            f"available: {', '.join(available)}" if available else "it has none to condition on",
-        )
-    values = np.asarray(data.covariates[name])
-    info = data.info(name)
-    kind = info.kind
-    if kind != "categorical" and not np.issubdtype(values.dtype, np.number):
-        kind = "categorical"
-    if kind == "categorical":
-        flat = values.reshape(len(values), -1)[:, 0]
-        if np.issubdtype(flat.dtype, np.number):
-            labels: list[Any] = sorted({v.item() for v in flat})
-        else:
-            labels = sorted({str(v) for v in flat})
-        return {"name": name, "kind": "categorical", "dim": 1, "unit": info.unit,
-                "values": labels}  # fmt: skip
-    vals = values.reshape(len(values), -1).astype(np.float64)[train]  # [B_train, k]
-    spec: dict[str, Any] = {
-        "name": name,
-        "kind": "circular" if kind == "circular" else "continuous",
-        "dim": int(vals.shape[1]),
-        "unit": info.unit or ("rad" if kind == "circular" else ""),
-        "min": vals.min(axis=0).tolist(),
-        "max": vals.max(axis=0).tolist(),
-    }
-    if spec["kind"] == "continuous":
-        std = vals.std(axis=0)
-        spec["mean"] = vals.mean(axis=0).tolist()
-        spec["std"] = np.where(std > 0, std, 1.0).tolist()
-    return spec
-
-
 def cond_input(spec: dict[str, Any]) -> CondInput:
     """How a condition enters the denoiser."""
     kind, dim = spec["kind"], int(spec["dim"])
@@ -212,11 +159,6 @@ def condition_features(spec: dict[str, Any], values: np.ndarray) -> torch.Tensor
     categorical labels -> class index `[B]` long; time series `[B, L, k]` -> z-scored `[B, L, k]`.
     """
     return torch.from_numpy(np.ascontiguousarray(embed_condition_values(spec, values)))
-
-
-def raw_condition_values(data: SpikeData, name: str) -> np.ndarray:
-    """A condition's raw values in `data`: covariate `[B]`/`[B, k]` or behaviour `[B, L, k]`."""
-    return data.behavior[name] if name in data.behavior else np.asarray(data.covariates[name])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -532,11 +474,17 @@ def prepare_latents(
     else:
         mean, std = (np.asarray(a, dtype=np.float64) for a in stats)
     z = normalise(latents, mean, std, config.clip_latents) * mask[:, :, None]
-    if specs is None:
-        specs = [condition_spec(data, name, train) for name in config.conditions]
-    features = {
-        s["name"]: condition_features(s, raw_condition_values(data, s["name"])) for s in specs
-    }
+    if specs is None:  # the spec (ranges, scaling, categories) comes from training trials only
+        specs = condition_spec_from_data(data, config.conditions, train)
+    values, usable = fit_condition_values(specs, data)
+    if not usable[train | val].all():
+        n_out = int((~usable[train | val]).sum())
+        warn(
+            f"{n_out} trial(s) have a missing (NaN) or unseen value of a condition "
+            f"({', '.join(s['name'] for s in specs)}); left out of the diffusion fit"
+        )
+        train, val = train & usable, val & usable
+    features = {s["name"]: condition_features(s, values[s["name"]]) for s in specs}
     return LatentData(z.astype(np.float32), mask, train, val, mean, std, specs, features)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ldns_cli import __version__
+from ldns_cli.conditions import check_conditions  # noqa: F401 (re-exported)
 from ldns_cli.data import SpikeData, VariableInfo
 from ldns_cli.diffusion import DiffusionModel, condition_features, denormalise
 from ldns_cli.errors import LdnsError
@@ -74,93 +75,6 @@ def parse_lengths(n: int, lengths: np.ndarray) -> np.ndarray:
     if lengths.min() < 1:
         raise LdnsError(f"lengths must be >= 1 bin, got {lengths.min()}", "e.g. --length 140")
     return lengths
-
-
-# ---------------------------------------------------------------------------------------------
-# Conditions
-# ---------------------------------------------------------------------------------------------
-
-
-def check_conditions(
-    model: DiffusionModel, values: dict[str, np.ndarray], lengths: np.ndarray, warn=None
-) -> dict[str, np.ndarray]:
-    """Validate raw per-trial condition values against the model's condition specs.
-
-    Each value is `[B]`/`[B, k]` (trial level) or `[B, L, k]` (time series, at least as long as each
-    trial). Unknown names, wrong dimensionality and missing time-series conditions are errors;
-    values outside the training range warn (through `warn`, one line per condition).
-    """
-    specs = {c["name"]: c for c in model.conditions}
-    n = len(lengths)
-    for name in values:
-        if name not in specs:
-            known = ", ".join(specs) if specs else "none (the model is unconditional)"
-            raise LdnsError(
-                f"the model has no condition '{name}'", f"the model's conditions: {known}"
-            )
-    if values:
-        missing = [
-            s for s in specs.values() if s["kind"] == "timeseries" and s["name"] not in values
-        ]
-        if missing:
-            names = ", ".join(s["name"] for s in missing)
-            raise LdnsError(
-                f"time-series condition {names} is required with the other conditions",
-                f"pass it with --condition-from DATA (a recording with '{missing[0]['name']}'), "
-                "or give no condition for unconditional samples",
-            )
-    out: dict[str, np.ndarray] = {}
-    for name, raw in values.items():
-        spec = specs[name]
-        arr = np.asarray(raw)
-        dim = int(spec["dim"])
-        if spec["kind"] == "timeseries":
-            if arr.ndim == 2 and dim == 1:
-                arr = arr[:, :, None]
-            if arr.ndim != 3 or arr.shape[0] != n or arr.shape[2] != dim:
-                raise LdnsError(
-                    f"condition '{name}' must be a [trial, time, {dim}] series, got {arr.shape}",
-                    f"take it from a recording whose '{name}' has {dim} column(s)",
-                )
-            if arr.shape[1] < int(lengths.max()):
-                raise LdnsError(
-                    f"condition '{name}' covers {arr.shape[1]} bins, trials need {lengths.max()}",
-                    "use a shorter --length or the source trials' own lengths",
-                )
-            arr = arr.astype(np.float32)
-        elif spec["kind"] == "categorical":
-            arr = arr.reshape(n)
-        else:
-            arr = arr.astype(np.float64)
-            if arr.ndim == 1 and dim == 1:
-                arr = arr[:, None]
-            if arr.ndim != 2 or arr.shape != (n, dim):
-                raise LdnsError(
-                    f"condition '{name}' has {dim} value(s) per trial, got shape {arr.shape[1:]}",
-                    f"give {dim} number(s) for '{name}'",
-                )
-            if not np.all(np.isfinite(arr)):
-                raise LdnsError(f"condition '{name}' has NaN/inf values", "give finite numbers")
-        if spec["kind"] in ("continuous", "timeseries") and warn is not None:
-            lo, hi = np.asarray(spec["min"]), np.asarray(spec["max"])
-            if spec["kind"] == "timeseries":  # valid bins only
-                flat = arr[np.arange(arr.shape[1])[None, :] < lengths[:, None]]
-            else:
-                flat = arr
-            span = np.maximum(hi - lo, 1e-12)
-            outside = np.any((flat < lo - 0.01 * span) | (flat > hi + 0.01 * span))
-            if outside:
-                unit = f" {spec.get('unit')}" if spec.get("unit") else ""
-                warn(
-                    f"condition '{name}' has values outside its training range "
-                    f"[{_fmt(lo)}, {_fmt(hi)}]{unit}; the model extrapolates there"
-                )
-        out[name] = arr
-    return out
-
-
-def _fmt(v: np.ndarray) -> str:
-    return ", ".join(f"{x:.3g}" for x in np.atleast_1d(v))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -146,9 +146,9 @@ def sample(
     import torch
 
     from ldns_cli.autoencoder import load_autoencoder
-    from ldns_cli.conditions import build_condition_table
-    from ldns_cli.diffusion import load_diffusion, raw_condition_values
-    from ldns_cli.generate import SampleSettings, check_conditions, generate
+    from ldns_cli.conditions import build_condition_table, check_conditions, condition_values
+    from ldns_cli.diffusion import load_diffusion
+    from ldns_cli.generate import SampleSettings, generate
     from ldns_cli.history import load_observation
     from ldns_cli.paths import check_output
     from ldns_cli.readers import read_spikes
@@ -211,7 +211,7 @@ def sample(
                 f"'{condition_from}' lacks the model's condition(s) {', '.join(missing)}",
                 "use a recording with the same covariates/behaviour as the training data",
             )
-        values = {m: raw_condition_values(src, m) for m in names}
+        values = {m: condition_values(src, m) for m in names}
         source_lengths = src.lengths
     elif condition:
         # typed values: the cartesian product of every flag's values (range warnings there)
