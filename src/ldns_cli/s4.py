@@ -215,29 +215,6 @@ class S4Layer(nn.Module):
             y = y + self.d.float()[:, None] * u32
         return y.to(u.dtype)
 
-    def step_reference(self, u: Tensor) -> Tensor:
-        """The same map by the explicit recurrence (slow; for tests only). u `[B, H, L]`."""
-        dt_a, c_tilde = self.discretised()
-        decay = torch.exp(dt_a)  # [H, M]
-        u32 = u.float()
-        length = u.shape[-1]
-
-        def scan(c_dir: Tensor, seq: Tensor) -> Tensor:
-            state = torch.zeros(seq.shape[0], *decay.shape, dtype=decay.dtype, device=u.device)
-            outs = []
-            for t in range(length):
-                state = decay * state + seq[:, :, t, None]  # [B, H, M]
-                outs.append(2.0 * (c_dir * state).sum(-1).real)  # [B, H]
-            return torch.stack(outs, dim=-1)  # [B, H, L]
-
-        y = scan(c_tilde[0], u32)
-        if self.bidirectional:
-            rev = scan(c_tilde[1], u32.flip(-1))  # rev[s] = Σ_l Kᵇ[l] u'_{s−l}, u' reversed
-            # backward term at t is rev at s − 1 with s = L−1−t (lag 0 skipped)
-            back = torch.cat([rev.new_zeros(*rev.shape[:-1], 1), rev[..., :-1]], dim=-1)
-            y = y + back.flip(-1)
-        return y + self.d.float()[:, None] * u32
-
 
 @contextmanager
 def cached_kernels(model: nn.Module) -> Iterator[None]:
