@@ -164,10 +164,10 @@ def test_error_exit_codes(fitted, tmp_path):
 
 
 def test_denoiser_kernels_reach_the_longest_training_trial(fitted):
-    # default --kernel-bins -1 resolves to the 16-bin training trials and is saved with the model
+    # default --kernel-bins -1 resolves to half the 16-bin training trials, saved with the model
     _, _, models = fitted
     from ldns_cli.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(models / "diffusion.safetensors", "diffusion", fit_command="x")
     assert ckpt.config["diffusion"]["kernel_bins"] == -1
-    assert ckpt.extra["denoiser"]["kernel_bins"] == 16
+    assert ckpt.extra["denoiser"]["kernel_bins"] == 8

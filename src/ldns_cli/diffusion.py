@@ -63,11 +63,13 @@ class DiffusionConfig:
     conditions: tuple[str, ...] = ()  # covariate / behaviour names to condition on
     clip_latents: float = 0.0  # clip normalised latents to ±this (Lorenz: 5); 0 = off
     val_fraction: float = 0.1  # used only when the data has no split labels
-    # lags per direction of the denoiser's S4 kernels: -1 = the longest training trial, 0 = as
-    # long as the input (the paper's global kernels). Capped kernels keep samples longer than
-    # training stationary: with global ones, slow SSM modes (Δ down to 1e-3, time constants of
-    # ~2000 bins) never constrained by 256-bin training widen 4096-bin latents to std 1.45
-    # (bench/length_drift.py); with the cap they stay at 1.0 (ldns-reference §2.6 goes beyond)
+    # lags per direction of the denoiser's S4 kernels: -1 = half the longest training trial, 0 = as
+    # long as the input (the paper's global kernels), > 0 = that many. With global kernels a bin of
+    # a long sample sees far more context than any training bin did, and slow SSM modes (Δ down to
+    # 1e-3, time constants ~2000 bins) never constrained by 256-bin training widen 4096-bin
+    # latents to std 1.86; with a reach of half the training length every interior bin of a long
+    # sample sees the span an interior training bin saw, and 4096-bin latents keep std 0.97
+    # (bench/length_drift.py; ldns-reference §2.6 goes beyond the paper here)
     kernel_bins: int = -1
 
     def __post_init__(self) -> None:
@@ -90,7 +92,7 @@ class DiffusionConfig:
         if self.kernel_bins < -1:
             raise LdnsError(
                 f"--kernel-bins must be -1, 0 or positive, got {self.kernel_bins}",
-                "-1 = the longest training trial, 0 = global kernels",
+                "-1 = half the longest training trial, 0 = global kernels",
             )
 
     def schedule_config(self) -> ScheduleConfig:
@@ -321,6 +323,7 @@ def denoiser_config(
     config: DiffusionConfig, latent_dim: int, specs: list[dict], n_bins: int
 ) -> DenoiserConfig:
     """The network's config; `n_bins` (longest training trial) resolves `kernel_bins = -1`."""
+    reach = max(1, n_bins // 2) if config.kernel_bins == -1 else config.kernel_bins
     return DenoiserConfig(
         latent_dim=latent_dim,
         width=config.width,
@@ -328,7 +331,7 @@ def denoiser_config(
         state_dim=config.state_dim,
         conv_out_scale=config.conv_out_scale,
         conditions=tuple(cond_input(s) for s in specs),
-        kernel_bins=n_bins if config.kernel_bins == -1 else config.kernel_bins,
+        kernel_bins=reach,
     )
 
 

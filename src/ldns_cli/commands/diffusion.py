@@ -73,8 +73,8 @@ def fit_diffusion_cmd(
         int | None,
         flag_opt(
             "--kernel-bins",
-            "S4 kernel reach in bins: -1 = the longest training trial (default; keeps longer "
-            "samples stationary), 0 = global as in the paper.",
+            "S4 kernel reach in bins: -1 = half the longest training trial (default; keeps "
+            "longer samples stationary), 0 = global as in the paper.",
         ),
     ] = None,
     config: ConfigOpt = None,
