@@ -43,6 +43,15 @@ class VariableInfo:
 VARIABLE_KINDS = ("continuous", "circular", "categorical")
 
 
+def default_trial_starts(n_trials: int, n_bins: int, bin_size_s: float) -> np.ndarray:
+    """Session times of bin 0 for data without a session clock (e.g. generated trials) `[B]`.
+
+    Back-to-back trials with a 1-bin gap, so spike times never collide across trials.
+    """
+    stride = (n_bins + 1) * float(bin_size_s)
+    return np.arange(n_trials, dtype=np.float64) * stride
+
+
 @dataclass
 class SpikeData:
     """Binned spike counts of a population, trial by trial, with what describes them.
@@ -92,9 +101,7 @@ class SpikeData:
         if self.trial_ids is None:
             self.trial_ids = np.arange(n_trials, dtype=np.int64)
         if self.trial_start_s is None:
-            # back-to-back trials with a 1-bin gap, so spike times never collide across trials
-            stride = (n_bins + 1) * self.bin_size_s
-            self.trial_start_s = np.arange(n_trials, dtype=np.float64) * stride
+            self.trial_start_s = default_trial_starts(n_trials, n_bins, self.bin_size_s)
         self.unit_ids = np.asarray(self.unit_ids)
         self.trial_ids = np.asarray(self.trial_ids)
         self.trial_start_s = np.asarray(self.trial_start_s, dtype=np.float64)

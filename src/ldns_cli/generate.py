@@ -6,6 +6,9 @@
 Trials are generated in chunks (sorted by length, so padding stays small, and capped by a bin
 budget so memory stays bounded for long trials); variable lengths are masked, and because the
 denoiser is exact under padding a trial's result does not depend on what it was batched with.
+`generate_chunks` yields the chunks as they are made (`ldns sample` streams them to its output
+file through `writers.write_generated`, so memory does not grow with the number of trials);
+`generate` collects them into one in-memory `SpikeData`.
 
 Randomness: each trial owns two generators derived from (seed, trial index): one for its starting
 noise, one for its spikes. Deterministic samplers (dpm++, ddim with eta 0) therefore give each
@@ -20,7 +23,7 @@ plain conditional model and costs one network call per step; no condition = the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,37 +178,35 @@ def sample_latents(
 # ---------------------------------------------------------------------------------------------
 
 
-def generate(
-    ae: torch.nn.Module,
+@dataclass
+class GeneratedChunk:
+    """One network batch of generated trials; arrays span the chunk's longest trial `l`.
+
+    Attributes:
+        index: global trial indices `[b]` (chunks come sorted by length, not by index).
+        counts: int32 spike counts `[b, l, N]`, zero beyond each trial's length.
+        rates: float32 rates in spikes per bin `[b, l, N]` (with `save_rates`), else None.
+        latents: float32 latents `[b, l, Z]` (with `save_latents`), else None.
+    """
+
+    index: np.ndarray
+    counts: np.ndarray
+    rates: np.ndarray | None = None
+    latents: np.ndarray | None = None
+
+
+def sample_metadata(
     model: DiffusionModel,
-    observation: Any,
     lengths: np.ndarray,
     settings: SampleSettings,
-    device: torch.device | str,
     conditions: dict[str, np.ndarray] | None = None,
     bin_size_s: float | None = None,
     provenance: dict[str, str] | None = None,
-    on_step: Callable[[int], None] | None = None,
-    max_bins: int = MAX_BINS_PER_CHUNK,
-) -> SpikeData:
-    """Generate `len(lengths)` trials of spikes.
+) -> dict[str, Any]:
+    """Everything of the generated `SpikeData` except the `[B, L, *]` arrays.
 
-    Args:
-        ae: the autoencoder (its `decode(z [B, L, Z]) -> rates [B, L, N]` is used).
-        model: the diffusion model belonging to `ae`.
-        observation: has `sample(rates [B, L, N], generators [B], lengths [B]) -> counts`.
-        lengths: bins per trial `[B]`.
-        settings: sampler, steps, guidance, seed, batch size, what to save.
-        device: where the networks run.
-        conditions: raw per-trial condition values by name (checked with `check_conditions`).
-        bin_size_s: bin width of the output (default: the AE's training data's).
-        provenance: extra provenance entries (model ids, observation kind, ...).
-        on_step: progress callback (trials x steps done so far, in increments).
-        max_bins: trials x bins per chunk.
-
-    Returns:
-        `SpikeData` with counts `[B, L_max, N]`, the conditions as covariates (trial level) and
-        behaviour (time series), optional latents/rates, and provenance.
+    Returns `SpikeData` keyword arguments: lengths, bin_size_s, covariates (trial-level
+    conditions), behavior (time-series conditions), variable_info and provenance.
     """
     lengths = parse_lengths(len(lengths), lengths)
     conditions = dict(conditions or {})
@@ -213,33 +214,6 @@ def generate(
     bin_size_s = float(bin_size_s or model.fingerprint.get("bin_size_s", 0) or 0)
     if bin_size_s <= 0:
         raise LdnsError("the models do not record a bin size", "refit with this ldns version")
-    counts = rates_all = latents_all = None
-    for idx in chunks(lengths, settings.batch_size, max_bins):
-        sub = {k: v[idx] for k, v in conditions.items()}
-        x0, mask = sample_latents(model, lengths[idx], sub, settings, device, idx, on_step)
-        z = denormalise(x0, model.latent_mean, model.latent_std)  # [b, l, Z]
-        with torch.no_grad():
-            rates = ae.decode(z).float()  # [b, l, N]
-        rates = rates * mask[:, :, None].to(rates.dtype)
-        # one generator per trial: a trial's spikes do not depend on its chunk or padding
-        gens = [trial_generator(settings.seed, _SPIKES, int(i), rates.device) for i in idx]
-        chunk_counts = observation.sample(
-            rates, gens, torch.as_tensor(lengths[idx], device=rates.device)
-        )
-        if counts is None:
-            n_neurons = rates.shape[-1]
-            counts = np.zeros((n_trials, n_bins, n_neurons), dtype=np.int32)
-            if settings.save_rates:
-                rates_all = np.zeros((n_trials, n_bins, n_neurons), dtype=np.float32)
-            if settings.save_latents:
-                latents_all = np.zeros((n_trials, n_bins, z.shape[-1]), dtype=np.float32)
-        l_chunk = rates.shape[1]
-        counts[idx, :l_chunk] = chunk_counts.round().to(torch.int32).cpu().numpy()
-        if rates_all is not None:
-            rates_all[idx, :l_chunk] = rates.cpu().numpy()
-        if latents_all is not None:
-            latents_all[idx, :l_chunk] = (z * mask[:, :, None]).cpu().numpy()
-
     covariates, behavior, info = {}, {}, {}
     for spec in model.conditions:
         name = spec["name"]
@@ -272,15 +246,116 @@ def generate(
         "conditions": ",".join(sorted(conditions)) or "none",
     }
     prov.update(provenance or {})
+    return {
+        "lengths": lengths,
+        "bin_size_s": bin_size_s,
+        "covariates": covariates,
+        "behavior": behavior,
+        "variable_info": info,
+        "provenance": prov,
+    }
+
+
+def generate_chunks(
+    ae: torch.nn.Module,
+    model: DiffusionModel,
+    observation: Any,
+    lengths: np.ndarray,
+    settings: SampleSettings,
+    device: torch.device | str,
+    conditions: dict[str, np.ndarray] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    max_bins: int = MAX_BINS_PER_CHUNK,
+) -> Iterator[GeneratedChunk]:
+    """Generate `len(lengths)` trials chunk by chunk (see `generate` for the arguments).
+
+    Yields one `GeneratedChunk` per network batch; memory is bounded by the chunk (at most
+    `settings.batch_size` trials and `max_bins` trials x bins), whatever the number of trials.
+    Only what `settings` asks for is returned (rates with `save_rates`, latents with
+    `save_latents`).
+    """
+    lengths = parse_lengths(len(lengths), lengths)
+    conditions = dict(conditions or {})
+    for idx in chunks(lengths, settings.batch_size, max_bins):
+        sub = {k: v[idx] for k, v in conditions.items()}
+        x0, mask = sample_latents(model, lengths[idx], sub, settings, device, idx, on_step)
+        z = denormalise(x0, model.latent_mean, model.latent_std)  # [b, l, Z]
+        with torch.no_grad():
+            rates = ae.decode(z).float()  # [b, l, N]
+        rates = rates * mask[:, :, None].to(rates.dtype)
+        # one generator per trial: a trial's spikes do not depend on its chunk or padding
+        gens = [trial_generator(settings.seed, _SPIKES, int(i), rates.device) for i in idx]
+        chunk_counts = observation.sample(
+            rates, gens, torch.as_tensor(lengths[idx], device=rates.device)
+        )
+        yield GeneratedChunk(
+            index=np.asarray(idx),
+            counts=chunk_counts.round().to(torch.int32).cpu().numpy(),
+            rates=rates.cpu().numpy().astype(np.float32, copy=False)
+            if settings.save_rates
+            else None,
+            latents=(z * mask[:, :, None]).cpu().numpy().astype(np.float32, copy=False)
+            if settings.save_latents
+            else None,
+        )
+
+
+def generate(
+    ae: torch.nn.Module,
+    model: DiffusionModel,
+    observation: Any,
+    lengths: np.ndarray,
+    settings: SampleSettings,
+    device: torch.device | str,
+    conditions: dict[str, np.ndarray] | None = None,
+    bin_size_s: float | None = None,
+    provenance: dict[str, str] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    max_bins: int = MAX_BINS_PER_CHUNK,
+) -> SpikeData:
+    """Generate `len(lengths)` trials of spikes, all in memory (`generate_chunks` collected).
+
+    For outputs larger than memory, `writers.write_generated` streams `generate_chunks` to a
+    file instead.
+
+    Args:
+        ae: the autoencoder (its `decode(z [B, L, Z]) -> rates [B, L, N]` is used).
+        model: the diffusion model belonging to `ae`.
+        observation: has `sample(rates [B, L, N], generators [B], lengths [B]) -> counts`.
+        lengths: bins per trial `[B]`.
+        settings: sampler, steps, guidance, seed, batch size, what to save.
+        device: where the networks run.
+        conditions: raw per-trial condition values by name (checked with `check_conditions`).
+        bin_size_s: bin width of the output (default: the AE's training data's).
+        provenance: extra provenance entries (model ids, observation kind, ...).
+        on_step: progress callback (trials x steps done so far, in increments).
+        max_bins: trials x bins per chunk.
+
+    Returns:
+        `SpikeData` with counts `[B, L_max, N]`, the conditions as covariates (trial level) and
+        behaviour (time series), optional latents/rates, and provenance.
+    """
+    meta = sample_metadata(model, lengths, settings, conditions, bin_size_s, provenance)
+    lengths = meta["lengths"]
+    n_trials, n_bins = len(lengths), int(lengths.max())
+    counts = rates_all = latents_all = None
+    for chunk in generate_chunks(
+        ae, model, observation, lengths, settings, device, conditions, on_step, max_bins
+    ):
+        idx, l_chunk = chunk.index, chunk.counts.shape[1]
+        if counts is None:
+            n_neurons = chunk.counts.shape[-1]
+            counts = np.zeros((n_trials, n_bins, n_neurons), dtype=np.int32)
+            if chunk.rates is not None:
+                rates_all = np.zeros((n_trials, n_bins, n_neurons), dtype=np.float32)
+            if chunk.latents is not None:
+                latents_all = np.zeros(
+                    (n_trials, n_bins, chunk.latents.shape[-1]), dtype=np.float32
+                )
+        counts[idx, :l_chunk] = chunk.counts
+        if rates_all is not None:
+            rates_all[idx, :l_chunk] = chunk.rates
+        if latents_all is not None:
+            latents_all[idx, :l_chunk] = chunk.latents
     assert counts is not None
-    return SpikeData(
-        counts=counts,
-        lengths=lengths,
-        bin_size_s=bin_size_s,
-        covariates=covariates,
-        behavior=behavior,
-        variable_info=info,
-        latents=latents_all,
-        rates=rates_all,
-        provenance=prov,
-    )
+    return SpikeData(counts=counts, latents=latents_all, rates=rates_all, **meta)

@@ -23,19 +23,24 @@ labels train/val; their bin size comes from a `dt` dataset/attribute, `--bin-ms`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ldns_cli import __version__
 from ldns_cli.data import SpikeData, VariableInfo
 from ldns_cli.errors import LdnsError
+from ldns_cli.paths import check_interrupt
 from ldns_cli.provenance import reference_time
 from ldns_cli.readers import DEFAULT_BIN_MS, ReadOptions, as_str
 from ldns_cli.writers import GZIP_LEVEL, RATE_MANTISSA_BITS, round_mantissa
 
+if TYPE_CHECKING:
+    from ldns_cli.scratch import StoredSpikes
+
 FORMAT = "ldns-binned"
 FORMAT_VERSION = 1
+_READ_ELEMENTS = 1 << 20  # on-disk counts read at a time while writing
 
 
 # ====================================================================== reading
@@ -294,9 +299,24 @@ def _read_lfads(f: Any, opts: ReadOptions) -> SpikeData:
 
 
 # ====================================================================== writing
-def _count_dtype(counts: np.ndarray) -> np.dtype:
-    top = int(counts.max()) if counts.size else 0
+def _count_dtype(counts: np.ndarray, top: int | None = None) -> np.dtype:
+    """The smallest of uint8/uint16/int32 that holds the counts (`top`: their known maximum)."""
+    if top is None:
+        top = int(counts.max()) if counts.size else 0
     return np.dtype(np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.int32)
+
+
+def _rows_as(values: Any, sl: slice, dtype: np.dtype) -> np.ndarray:
+    """`values[sl]` as `dtype`; an on-disk array is read a few trials at a time into it."""
+    if isinstance(values, np.ndarray):
+        return values[sl].astype(dtype, copy=False)
+    start, stop, _ = sl.indices(values.shape[0])
+    out = np.empty((stop - start, *values.shape[1:]), dtype=dtype)
+    per_trial = max(1, int(np.prod(values.shape[1:])))
+    step = max(1, _READ_ELEMENTS // per_trial)
+    for i in range(start, stop, step):
+        out[i - start : i - start + step] = values[i : min(i + step, stop)]
+    return out
 
 
 def _write_array(group: Any, name: str, values: np.ndarray) -> Any:
@@ -314,9 +334,11 @@ def _write_floats(f: Any, name: str, values: np.ndarray, keep_bits: int | None) 
     """`[B, L, k]` floats as float32, gzip+shuffle, written 64 trials at a time.
 
     keep_bits: round to this many mantissa bits first (see `writers.round_mantissa`); None keeps
-    every bit. Chunk-wise writing bounds the extra memory to one chunk's float32 copy.
+    every bit. Chunk-wise writing bounds the extra memory to one chunk's float32 copy (`values`
+    may also be an on-disk array such as an h5py dataset: it is read 64 trials at a time).
     """
-    values = np.asarray(values)
+    if not hasattr(values, "shape"):
+        values = np.asarray(values)
     n_trials = values.shape[0]
     step = max(1, min(64, n_trials))
     ds = f.create_dataset(
@@ -329,13 +351,14 @@ def _write_floats(f: Any, name: str, values: np.ndarray, keep_bits: int | None) 
         shuffle=True,
     )
     for start in range(0, n_trials, step):
+        check_interrupt()
         part = np.array(values[start : start + step], dtype=np.float32)  # own copy
         ds[start : start + step] = part if keep_bits is None else round_mantissa(part, keep_bits)
     return ds
 
 
 def write_hdf5(
-    data: SpikeData,
+    data: SpikeData | StoredSpikes,
     path: Path,
     *,
     settings: dict[str, str] | None = None,
@@ -343,7 +366,11 @@ def write_hdf5(
     save_latents: bool = False,
     save_rates: bool = False,
 ) -> None:
-    """Write `data` in the ldns HDF5 layout at `path` (the caller makes it atomic)."""
+    """Write `data` in the ldns HDF5 layout at `path` (the caller makes it atomic).
+
+    `data` may also be a `scratch.StoredSpikes` (arrays on disk): everything big is read and
+    written 64 trials at a time, and the file is the same byte for byte.
+    """
     import h5py
 
     n_trials, n_bins, n_neurons = data.counts.shape
@@ -361,15 +388,16 @@ def write_hdf5(
         spikes = f.create_dataset(
             "spikes",
             shape=data.counts.shape,
-            dtype=_count_dtype(data.counts),
+            dtype=_count_dtype(data.counts, getattr(data, "count_max", None)),
             chunks=(chunk_trials, n_bins, n_neurons),
             compression="gzip",
             compression_opts=1,
         )
         # chunk-wise: no full-size cast copy of the counts
         for start in range(0, n_trials, chunk_trials):
+            check_interrupt()
             sl = slice(start, start + chunk_trials)
-            spikes[sl] = data.counts[sl].astype(spikes.dtype, copy=False)
+            spikes[sl] = _rows_as(data.counts, sl, spikes.dtype)
         spikes.attrs["dims"] = ["trial", "time", "neuron"]
         spikes.attrs["units"] = "counts"
         f["lengths"] = data.lengths.astype(np.int32)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from ldns_cli import __version__
 from ldns_cli.console import warn
 from ldns_cli.data import SpikeData, VariableInfo
 from ldns_cli.errors import LdnsError
+from ldns_cli.paths import check_interrupt
 from ldns_cli.provenance import content_identifier, reference_time
 from ldns_cli.readers import (
     DEFAULT_BIN_MS,
@@ -58,6 +60,7 @@ from ldns_cli.readers import (
     bin_spike_times,
     resample_series,
 )
+from ldns_cli.scratch import StoredSpikes
 from ldns_cli.writers import GZIP_LEVEL, RATE_MANTISSA_BITS, round_mantissa
 
 SETTINGS_TABLE = "ldns_settings"
@@ -640,19 +643,106 @@ def place_spike_times(
         sub = sub.reshape(sub.shape[0], -1)
         for row in sub:
             nz = np.flatnonzero(row)  # non-empty bins of this unit
-            c = row[nz].astype(np.int64)
-            t0 = bin_start[nz]  # [M] start of each non-empty bin
-            if c.max(initial=0) <= 1:
-                t = t0 + 0.5 * bin_size_s
-            else:
-                owner = np.repeat(np.arange(len(c)), c)  # [S_u] the non-empty bin of each spike
-                j = np.arange(len(owner)) - np.repeat(np.cumsum(c) - c, c)
-                t = t0[owner] + (j + 0.5) * bin_size_s / c[owner]
+            t = _times_in_bins(bin_start[nz], row[nz].astype(np.int64), bin_size_s)
             if not in_time_order:
                 t.sort(kind="stable")  # trials not in time order (or overlapping windows)
             times[pos : pos + len(t)] = t
             pos += len(t)
     return times, index
+
+
+def _times_in_bins(t0: np.ndarray, c: np.ndarray, bin_size_s: float) -> np.ndarray:
+    """Spike times `[S]` for `c [M]` (> 0) spikes in the bins starting at `t0 [M]`."""
+    if c.max(initial=0) <= 1:
+        return t0 + 0.5 * bin_size_s
+    owner = np.repeat(np.arange(len(c)), c)  # [S] the non-empty bin of each spike
+    j = np.arange(len(owner)) - np.repeat(np.cumsum(c) - c, c)
+    return t0[owner] + (j + 0.5) * bin_size_s / c[owner]
+
+
+def _stored_spike_times(data: StoredSpikes) -> tuple[Any, np.ndarray]:
+    """`place_spike_times` for on-disk counts: (spike_times column data, end-offset index).
+
+    The times are computed and written a piece of one unit's spikes at a time
+    (`StoredSpikes.unit_events`), with the same placement and order as `place_spike_times`.
+    """
+    dt = data.bin_size_s
+    starts = data.trial_start_s
+    index = np.cumsum(data.unit_totals, dtype=np.int64)
+    in_time_order = data.n_trials < 2 or bool(np.all(np.diff(starts) >= 0))
+
+    def pieces() -> Iterator[np.ndarray]:
+        for _, trial, k, c in data.unit_events():
+            yield _times_in_bins(starts[trial] + k * dt, c.astype(np.int64), dt)
+
+    def per_unit() -> Iterator[np.ndarray]:
+        # trials out of time order (not made by ldns sample): sort each unit's times as a whole
+        unit, parts = -1, []
+        for u, trial, k, c in data.unit_events():
+            if u != unit and parts:
+                yield np.sort(np.concatenate(parts), kind="stable")
+                parts = []
+            unit = u
+            parts.append(_times_in_bins(starts[trial] + k * dt, c.astype(np.int64), dt))
+        if parts:
+            yield np.sort(np.concatenate(parts), kind="stable")
+
+    total = int(index[-1]) if len(index) else 0
+    return _streamed((total,), np.float64, pieces if in_time_order else per_unit), index
+
+
+def _stored_times(data: StoredSpikes) -> Iterator[np.ndarray]:
+    """Centres of the valid bins, trial by trial in blocks (`_valid_bin_times` streamed)."""
+    for sl in data.trial_blocks(1):
+        centres = (
+            data.trial_start_s[sl, None] + (np.arange(data.n_bins)[None, :] + 0.5) * data.bin_size_s
+        )
+        yield centres[np.arange(data.n_bins)[None, :] < data.lengths[sl, None]]
+
+
+def _stored_rows(
+    data: StoredSpikes, values: Any, scale: float | None = None
+) -> Iterator[np.ndarray]:
+    """float32 rows of on-disk `values [B, L, k]` at valid bins, in blocks of trials.
+
+    scale: divide by it and round to `RATE_MANTISSA_BITS` (rates per bin -> stored Hz).
+    """
+    for sl in data.trial_blocks(values.shape[2]):
+        block = np.asarray(values[sl])
+        rows = block[np.arange(data.n_bins)[None, :] < data.lengths[sl, None]]
+        rows = rows.astype(np.float32, copy=False)
+        if scale is not None:
+            rows /= np.float32(scale)
+            rows = round_mantissa(rows)
+        yield rows
+
+
+def _stored_time_series(
+    name: str, data: StoredSpikes, blocks: Callable[[], Iterator[np.ndarray]], k: int, **kwargs: Any
+) -> Any:
+    """`_time_series` for rows streamed from on-disk arrays (trials must be in time order)."""
+    from pynwb import TimeSeries
+
+    # one pass over the bin times: count, first time, and whether the sampling is regular
+    n_rows, first, step, regular, prev = 0, 0.0, None, True, None
+    for times in _stored_times(data):
+        if not len(times):
+            continue
+        steps = np.diff(times if prev is None else np.concatenate([[prev], times]))
+        if np.any(steps < 0):
+            raise LdnsError("internal: streamed trials are not in time order", "report this")
+        if prev is None:
+            first = float(times[0])
+        if step is None and len(steps):
+            step = steps[0]
+        regular = regular and bool(np.all(np.abs(steps - step) <= 1e-9))
+        n_rows += len(times)
+        prev = times[-1]
+    values = _streamed((n_rows, k), np.float32, blocks, h5py_chunks=True)
+    if n_rows > 2 and regular:
+        return TimeSeries(name=name, data=values, starting_time=first, rate=1.0 / step, **kwargs)
+    timestamps = _streamed((n_rows,), np.float64, lambda: _stored_times(data), h5py_chunks=True)
+    return TimeSeries(name=name, data=values, timestamps=timestamps, **kwargs)
 
 
 def _flat_settings(data: SpikeData, settings: dict[str, str] | None) -> tuple[list[str], list[str]]:
@@ -696,7 +786,7 @@ def _time_series(name: str, values: np.ndarray, times: np.ndarray, **kwargs: Any
 
 
 def write_nwb(
-    data: SpikeData,
+    data: SpikeData | StoredSpikes,
     path: Path,
     *,
     settings: dict[str, str] | None = None,
@@ -705,7 +795,12 @@ def write_nwb(
     save_rates: bool = False,
     source_script: str | None = None,
 ) -> None:
-    """Write `data` to an NWB file at `path` (the caller makes it atomic)."""
+    """Write `data` to an NWB file at `path` (the caller makes it atomic).
+
+    `data` may also be a `scratch.StoredSpikes` (counts/rates/latents on disk, trials in time
+    order): spike times are then built and written one unit at a time, latents and rates a
+    block of trials at a time, with the same values as for the in-memory `SpikeData`.
+    """
     from hdmf.common import DynamicTable, VectorData, VectorIndex
     from pynwb import NWBHDF5IO, NWBFile, ProcessingModule
     from pynwb.epoch import TimeIntervals
@@ -714,6 +809,7 @@ def write_nwb(
 
     prov = data.provenance
     dt = data.bin_size_s
+    stored = isinstance(data, StoredSpikes)  # counts/rates/latents on disk: stream them
     synthetic = generated_by is not None
     if synthetic:
         description = f"Synthetic spike trains generated by {generated_by} (ldns {__version__})."
@@ -772,14 +868,22 @@ def write_nwb(
             "trial windows overlap on the session clock; spikes in the overlaps are written "
             "once per trial, so re-binning the file counts them twice"
         )
-    times, index = place_spike_times(data.counts, data.trial_start_s, dt)
-    st = VectorData(name="spike_times", description="spike times (s)", data=_compressed(times))
     win = np.stack([data.trial_start_s, ends], axis=1)[order]  # [B, 2] in time order
     n_units = data.n_neurons
+    if stored:
+        st_data, index = _stored_spike_times(data)
+        obs_data = _streamed(
+            (n_units * len(win), 2), np.float64, lambda: (win for _ in range(n_units))
+        )
+    else:
+        times, index = place_spike_times(data.counts, data.trial_start_s, dt)
+        st_data = _compressed(times)
+        obs_data = _compressed(np.tile(win, (n_units, 1)))
+    st = VectorData(name="spike_times", description="spike times (s)", data=st_data)
     obs = VectorData(
         name="obs_intervals",
         description="intervals (s) in which each unit was observed: the trials",
-        data=_compressed(np.tile(win, (n_units, 1))),
+        data=obs_data,
     )
     columns: list[Any] = [
         st,
@@ -791,6 +895,10 @@ def write_nwb(
             target=obs,
         ),
     ]
+    if stored:
+        # hdmf (6.2) forgets a streamed column before it meets its index if the index comes
+        # second; index first gives the same table (colnames list only the data columns)
+        columns[0:2], columns[2:4] = columns[1::-1], columns[3:1:-1]
     for name, values in data.unit_info.items():
         columns.append(
             VectorData(name=name, description=f"unit property '{name}'", data=_column(values))
@@ -852,11 +960,15 @@ def write_nwb(
         columns=trial_cols,
     )
 
-    times_valid = _valid_bin_times(data)
-    # series need ascending times even when trials are not stored in time order
-    by_time = np.argsort(times_valid, kind="stable")
-    times_valid = times_valid[by_time]
-    mask = data.mask()
+    truth_wanted = (save_latents and data.latents is not None) or (
+        save_rates and data.rates is not None
+    )
+    if data.behavior or (truth_wanted and not stored):
+        times_valid = _valid_bin_times(data)
+        # series need ascending times even when trials are not stored in time order
+        by_time = np.argsort(times_valid, kind="stable")
+        times_valid = times_valid[by_time]
+        mask = data.mask()
     if data.behavior:
         module = ProcessingModule(
             name="behavior", description="behaviour series, one sample per bin"
@@ -876,10 +988,12 @@ def write_nwb(
             )
         nwbfile.add_processing_module(module)
     truth = []
-    if save_latents and data.latents is not None:
+    if stored and truth_wanted:
+        truth = _stored_truth(data, save_latents, save_rates)
+    elif save_latents and data.latents is not None:
         latents = _valid_rows(data.latents, mask, by_time)  # [T, Z]
         truth.append(("latents", latents, "a.u.", "latent trajectories at bin centres"))
-    if save_rates and data.rates is not None:
+    if save_rates and data.rates is not None and not stored:
         rates = _valid_rows(data.rates, mask, by_time)  # [T, N] our own copy: scaled in place
         rates /= np.float32(dt)
         truth.append(
@@ -896,9 +1010,13 @@ def write_nwb(
             name=TRUTH_MODULE, description="ground-truth or inferred latents and rates"
         )
         for name, values, unit, desc in truth:
-            module.add(
-                _time_series(name, _compressed(values), times_valid, unit=unit, description=desc)
-            )
+            if stored:  # values: (block generator, columns)
+                series = _stored_time_series(name, data, *values, unit=unit, description=desc)
+            else:
+                series = _time_series(
+                    name, _compressed(values), times_valid, unit=unit, description=desc
+                )
+            module.add(series)
         nwbfile.add_processing_module(module)
 
     keys, values = _flat_settings(data, settings)
@@ -914,6 +1032,32 @@ def write_nwb(
     )
     with NWBHDF5IO(str(path), "w") as io:
         io.write(nwbfile)
+
+
+def _stored_truth(data: StoredSpikes, save_latents: bool, save_rates: bool) -> list[Any]:
+    """The latents/rates entries of `write_nwb`'s `truth` list, streamed from disk."""
+    truth: list[Any] = []
+    latents, rates = data.latents, data.rates
+    if save_latents and latents is not None:
+        truth.append(
+            (
+                "latents",
+                (lambda: _stored_rows(data, latents), latents.shape[2]),
+                "a.u.",
+                "latent trajectories at bin centres",
+            )
+        )
+    if save_rates and rates is not None:
+        truth.append(
+            (
+                "rates",
+                (lambda: _stored_rows(data, rates, data.bin_size_s), rates.shape[2]),
+                "Hz",
+                "firing rates at bin centres; columns follow the units table; stored with "
+                f"{RATE_MANTISSA_BITS} mantissa bits (relative rounding <= 1.2e-4)",
+            )
+        )
+    return truth
 
 
 def _valid_rows(values: np.ndarray, mask: np.ndarray, by_time: np.ndarray) -> np.ndarray:
@@ -932,6 +1076,95 @@ def _compressed(values: np.ndarray) -> Any:
     if values.size < 4096:
         return values
     return H5DataIO(values, compression="gzip", compression_opts=GZIP_LEVEL, shuffle=True)
+
+
+class _Blocks:
+    """An hdmf data-chunk iterator over consecutive row blocks of a dataset of known shape.
+
+    Lets hdmf write a dataset block by block (`HDF5IO` fills it chunk-wise), so the whole
+    array never exists in memory.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any, blocks: Iterator[np.ndarray]) -> None:
+        self._shape = tuple(int(n) for n in shape)
+        self._dtype = np.dtype(dtype)
+        self._blocks = blocks
+        self._row = 0
+
+    def __iter__(self) -> _Blocks:
+        return self
+
+    def __next__(self) -> Any:
+        from hdmf.data_utils import DataChunk
+
+        check_interrupt()
+        while True:
+            try:
+                block = np.asarray(next(self._blocks), dtype=self._dtype)
+            except StopIteration:
+                if self._row != self._shape[0]:
+                    raise RuntimeError(f"streamed {self._row} of {self._shape[0]} rows") from None
+                raise
+            if len(block):
+                break
+        r0, r1 = self._row, self._row + len(block)
+        if r1 > self._shape[0] or block.shape[1:] != self._shape[1:]:
+            raise RuntimeError(f"block {block.shape} does not fit rows {r0}.. of {self._shape}")
+        self._row = r1
+        if len(self._shape) == 1:
+            return DataChunk(data=block, selection=np.s_[r0:r1])
+        return DataChunk(
+            data=block, selection=(np.s_[r0:r1], *(np.s_[0:n] for n in self._shape[1:]))
+        )
+
+    def recommended_chunk_shape(self) -> None:
+        return None  # hdmf's default chunking for the full shape
+
+    def recommended_data_shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    @property
+    def maxshape(self) -> tuple[int, ...]:
+        return self._shape  # hdmf takes len() from here
+
+
+def _streamed(
+    shape: tuple[int, ...],
+    dtype: Any,
+    blocks: Callable[[], Iterator[np.ndarray]],
+    h5py_chunks: bool = False,
+) -> Any:
+    """`_compressed` for data made block by block: small arrays in memory, large ones as a
+    gzip+shuffle dataset written block by block (the same values either way).
+
+    h5py_chunks: fixed shape, chunked like h5py does for an in-memory array (what TimeSeries
+    data gets); otherwise resizable along rows with hdmf's default chunks (what table columns
+    get). Either way the layout is the one `_compressed` gives the whole array.
+    """
+    from h5py._hl.filters import guess_chunk
+    from hdmf.backends.hdf5 import H5DataIO
+    from hdmf.data_utils import AbstractDataChunkIterator
+
+    if int(np.prod(shape)) < 4096:
+        parts = [np.asarray(b, dtype=dtype) for b in blocks()]
+        values = np.concatenate(parts) if parts else np.zeros(shape, dtype=dtype)
+        return values.reshape(shape)
+    AbstractDataChunkIterator.register(_Blocks)
+    if h5py_chunks:
+        extra: dict[str, Any] = {"chunks": guess_chunk(shape, None, np.dtype(dtype).itemsize)}
+    else:
+        extra = {"maxshape": (None, *shape[1:])}
+    return H5DataIO(
+        _Blocks(shape, dtype, blocks()),
+        compression="gzip",
+        compression_opts=GZIP_LEVEL,
+        shuffle=True,
+        **extra,
+    )
 
 
 def _column(values: np.ndarray) -> Any:

@@ -8,11 +8,14 @@ never leaves a half-written file behind (and never destroys the previous one).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ldns_cli.errors import LdnsError
 
@@ -88,3 +91,47 @@ def read_stdin_to_temp(suffix: str) -> Path:
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     return Path(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C while writing files
+# ---------------------------------------------------------------------------------------------
+_interrupted: list[int] = []  # signals received inside `deferred_interrupt`
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """While writing a file, Ctrl-C sets a flag that `check_interrupt` turns into KeyboardInterrupt.
+
+    h5py frees its objects in weakref callbacks, and Python drops ("Exception ignored in ...")
+    a KeyboardInterrupt raised inside one: a Ctrl-C during an HDF5 write would often be lost and
+    the write would go on. Here the signal only records itself; the writers' loops call
+    `check_interrupt` at safe points, and leaving the block checks once more, so the write stops
+    with KeyboardInterrupt (and `atomic_output` removes its temporary file). A second Ctrl-C
+    raises at once. Outside the main thread this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if _interrupted:
+            raise KeyboardInterrupt
+        _interrupted.append(signum)
+
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):
+        yield  # Ctrl-C is ignored (or handled outside Python): leave it so
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+        check_interrupt()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _interrupted.clear()
+
+
+def check_interrupt() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C came during `deferred_interrupt` (a safe point)."""
+    if _interrupted:
+        raise KeyboardInterrupt

@@ -14,12 +14,18 @@ import hashlib
 import os
 import uuid
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ldns_cli.data import SpikeData
+from ldns_cli.paths import check_interrupt
+
+if TYPE_CHECKING:
+    from ldns_cli.scratch import StoredSpikes
 
 SYNTHETIC_REFERENCE_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc)
+_HASH_BLOCK = 1 << 20  # counts hashed at a time
 _NAMESPACE = uuid.UUID("5c1d8a8e-6f0a-4c55-9a57-2b1f3f6c8d10")
 
 
@@ -33,10 +39,21 @@ def reference_time(synthetic: bool) -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
 
-def content_identifier(data: SpikeData, settings: dict[str, str] | None = None) -> str:
-    """A UUID5 naming the content: equal for equal counts, lengths, bin size and settings."""
+def content_identifier(
+    data: SpikeData | StoredSpikes, settings: dict[str, str] | None = None
+) -> str:
+    """A UUID5 naming the content: equal for equal counts, lengths, bin size and settings.
+
+    The counts are hashed a block of trials at a time (the same bytes as the whole array), so
+    on-disk counts (`scratch.StoredSpikes`) never need to fit in memory.
+    """
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(data.counts).tobytes())
+    counts = data.counts
+    n_trials = counts.shape[0]
+    step = max(1, _HASH_BLOCK // max(1, int(np.prod(counts.shape[1:]))))
+    for start in range(0, n_trials, step):
+        check_interrupt()
+        h.update(np.ascontiguousarray(counts[start : start + step]).reshape(-1).view(np.uint8))
     h.update(np.ascontiguousarray(data.lengths).tobytes())
     h.update(repr(data.bin_size_s).encode())
     for key in sorted(settings or {}):

@@ -1,22 +1,29 @@
-"""Write `SpikeData` to NWB or HDF5: one entry point, `write_spikes`.
+"""Write `SpikeData` to NWB or HDF5: `write_spikes`, and `write_generated` for chunked output.
 
 The extension picks the format (`.nwb` -> NWB, `.h5`/`.hdf5` -> HDF5); `-` streams the file's
 bytes to stdout (HDF5 unless `fmt="nwb"`). Every write goes through `paths.atomic_output`: a
 temporary file in the destination folder, renamed over the target only when complete, and an
-existing file is only replaced with `force`.
+existing file is only replaced with `force`. `write_generated` writes the same files from
+generated chunks with memory bounded by a chunk (an on-disk scratch next to the output).
 """
 
 from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ldns_cli.data import SpikeData
 from ldns_cli.errors import LdnsError
-from ldns_cli.paths import STDIO, atomic_output
+from ldns_cli.paths import STDIO, atomic_output, deferred_interrupt
+
+if TYPE_CHECKING:
+    from ldns_cli.scratch import StoredSpikes
 
 NWB_SUFFIXES = (".nwb",)
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -89,11 +96,93 @@ def write_spikes(
     source_script: the command line that made the file (NWB `source_script`).
     """
     kind = output_format(path, fmt)
+    suffix = ".nwb" if kind == "nwb" else ".h5"
+    with atomic_output(path, force=force, suffix=suffix) as tmp:
+        _write(data, tmp, kind, settings, generated_by, save_latents, save_rates, source_script)
+
+
+@dataclass(frozen=True)
+class WriteSummary:
+    """What `write_generated` wrote."""
+
+    n_trials: int
+    n_neurons: int
+    n_spikes: int
+    n_bins_total: int  # valid bins over all trials
+    bin_size_s: float
+
+    @property
+    def mean_rate_hz(self) -> float:
+        return self.n_spikes / max(1.0, self.n_bins_total * self.n_neurons) / self.bin_size_s
+
+
+def write_generated(
+    meta: dict[str, Any],
+    chunks: Iterable[Any],
+    path: str | Path,
+    *,
+    force: bool = False,
+    settings: dict[str, str] | None = None,
+    generated_by: str | None = None,
+    save_latents: bool = False,
+    save_rates: bool = False,
+    fmt: str | None = None,
+    source_script: str | None = None,
+) -> WriteSummary:
+    """Write generated trials to `path` chunk by chunk, with memory bounded by a chunk.
+
+    The same file as `write_spikes(SpikeData(counts, rates, latents, **meta), ...)` (HDF5 byte
+    for byte; NWB value for value), without ever holding the `[B, L, N]` arrays: the chunks
+    (`generate.GeneratedChunk`: `index [b]`, `counts [b, l, N]`, optional `rates`, `latents`;
+    trials in any order) spill to a scratch folder next to the output (`scratch.SampleScratch`),
+    and the writer reads it back in the order the format needs. The scratch folder and the
+    temporary output are removed on success, error and Ctrl-C alike.
+
+    meta: the other `SpikeData` fields (`generate.sample_metadata`), `lengths` included.
+    """
+    from ldns_cli.scratch import SampleScratch
+
+    kind = output_format(path, fmt)
+    suffix = ".nwb" if kind == "nwb" else ".h5"
+    try:
+        with (
+            atomic_output(path, force=force, suffix=suffix) as tmp,
+            SampleScratch(tmp.parent, meta["lengths"]) as scratch,
+        ):
+            for chunk in chunks:
+                scratch.add(chunk)
+            stored = scratch.spikes(**meta)
+            _write(
+                stored, tmp, kind, settings, generated_by, save_latents, save_rates, source_script
+            )
+            summary = WriteSummary(
+                n_trials=stored.n_trials,
+                n_neurons=stored.n_neurons,
+                n_spikes=int(stored.unit_totals.sum()),
+                n_bins_total=int(stored.lengths.sum()),
+                bin_size_s=stored.bin_size_s,
+            )
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:  # a generator stopped early: run its cleanup now
+            close()
+    return summary
+
+
+def _write(
+    data: SpikeData | StoredSpikes,
+    tmp: Path,
+    kind: str,
+    settings: dict[str, str] | None,
+    generated_by: str | None,
+    save_latents: bool,
+    save_rates: bool,
+    source_script: str | None,
+) -> None:
     if source_script is None and generated_by is not None:
         source_script = " ".join(["ldns", *sys.argv[1:]]) if sys.argv else generated_by
     flat = {str(k): str(v) for k, v in (settings or {}).items()}
-    suffix = ".nwb" if kind == "nwb" else ".h5"
-    with atomic_output(path, force=force, suffix=suffix) as tmp, warnings.catch_warnings():
+    with warnings.catch_warnings(), deferred_interrupt():  # Ctrl-C stops the write cleanly
         warnings.simplefilter("ignore")
         if kind == "nwb":
             from ldns_cli.nwb_io import write_nwb

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -148,12 +149,17 @@ def sample(
     from ldns_cli.autoencoder import load_autoencoder
     from ldns_cli.conditions import build_condition_table, check_conditions, condition_values
     from ldns_cli.diffusion import load_diffusion
-    from ldns_cli.generate import SampleSettings, generate
+    from ldns_cli.generate import (
+        GeneratedChunk,
+        SampleSettings,
+        generate_chunks,
+        sample_metadata,
+    )
     from ldns_cli.history import load_observation
     from ldns_cli.paths import check_output
     from ldns_cli.readers import read_spikes
     from ldns_cli.schedule import check_steps, resolve_sampler_name
-    from ldns_cli.writers import output_format, write_spikes
+    from ldns_cli.writers import output_format, write_generated
 
     setup(quiet)
     if out is None:
@@ -276,37 +282,48 @@ def sample(
         f"({float(model.fingerprint.get('bin_size_s', 0)) * 1e3:g} ms), {sampler_name} "
         f"{n_steps} steps{guided}, conditions: {cond_text}, {obs_kind} spikes; device {dev}"
     )
-    with torch.inference_mode(False), progress("sample", n_total * n_steps) as bar:
-        task = bar.add_task("sample", total=n_total * n_steps, status="")
-        spikes = generate(
-            ae,
-            model,
-            obs,
-            lengths,
-            settings,
-            dev,
-            conditions=checked,
-            provenance={
-                "observation": obs_kind,
-                "models": str(models),
-                "ae_fingerprint_neurons": str(ae_ckpt.fingerprint.get("n_neurons", "")),
-            },
-            on_step=lambda k: bar.update(task, advance=k),
-        )
-    write_spikes(
-        spikes,
+    meta = sample_metadata(
+        model,
+        lengths,
+        settings,
+        checked,
+        provenance={
+            "observation": obs_kind,
+            "models": str(models),
+            "ae_fingerprint_neurons": str(ae_ckpt.fingerprint.get("n_neurons", "")),
+        },
+    )
+
+    def chunks() -> Iterator[GeneratedChunk]:
+        # the bar closes when generation ends (before the file is finished) or is interrupted
+        with torch.inference_mode(False), progress("sample", n_total * n_steps) as bar:
+            task = bar.add_task("sample", total=n_total * n_steps, status="")
+            yield from generate_chunks(
+                ae,
+                model,
+                obs,
+                lengths,
+                settings,
+                dev,
+                conditions=checked,
+                on_step=lambda k: bar.update(task, advance=k),
+            )
+
+    # chunk by chunk into the file (via a scratch next to it): memory does not grow with -n
+    summary = write_generated(
+        meta,
+        chunks(),
         out,
         force=force,
-        settings=spikes.provenance,
+        settings=meta["provenance"],
         generated_by="ldns sample",
         save_latents=save_latents,
         save_rates=save_rates,
     )
     if str(out) != "-":
-        rate = spikes.counts.sum() / max(1.0, spikes.lengths.sum() * spikes.n_neurons)
         info(
-            f"wrote {out}: {spikes.n_trials} trials x {spikes.n_neurons} neurons, "
-            f"mean {rate / spikes.bin_size_s:.2f} Hz"
+            f"wrote {out}: {summary.n_trials} trials x {summary.n_neurons} neurons, "
+            f"mean {summary.mean_rate_hz:.2f} Hz"
         )
 
 
