@@ -67,9 +67,9 @@ class DiffusionConfig:
     # long as the input (the paper's global kernels), > 0 = that many. With global kernels a bin of
     # a long sample sees far more context than any training bin did, and slow SSM modes (Δ down to
     # 1e-3, time constants ~2000 bins) never constrained by 256-bin training widen 4096-bin
-    # latents to std 1.86; with a reach of half the training length every interior bin of a long
-    # sample sees the span an interior training bin saw, and 4096-bin latents keep std 0.97
-    # (bench/length_drift.py; ldns-reference §2.6 goes beyond the paper here)
+    # latents to std 1.79; with a reach of half the training length every interior bin of a long
+    # sample sees the span an interior training bin saw, and the std stays 0.96 / 0.97 / 1.00 at
+    # 256 / 1024 / 4096 bins (shipped Lorenz model, bench/length_drift.py; ldns-reference §2.6)
     kernel_bins: int = -1
 
     def __post_init__(self) -> None:
