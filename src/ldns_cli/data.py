@@ -52,8 +52,36 @@ def default_trial_starts(n_trials: int, n_bins: int, bin_size_s: float) -> np.nd
     return np.arange(n_trials, dtype=np.float64) * stride
 
 
+class TrialViews:
+    """Shape views shared by `SpikeData` and `scratch.StoredSpikes` (counts `[B, L, N]`)."""
+
+    counts: Any
+    lengths: np.ndarray
+    variable_info: dict[str, VariableInfo]
+
+    @property
+    def n_trials(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def n_bins(self) -> int:
+        return int(self.counts.shape[1])
+
+    @property
+    def n_neurons(self) -> int:
+        return int(self.counts.shape[2])
+
+    def mask(self) -> np.ndarray:
+        """Valid-bin mask, bool `[B, L]`."""
+        return np.arange(self.n_bins)[None, :] < self.lengths[:, None]
+
+    def info(self, name: str) -> VariableInfo:
+        """Description of a covariate or behaviour series (defaults if none was recorded)."""
+        return self.variable_info.get(name, VariableInfo())
+
+
 @dataclass
-class SpikeData:
+class SpikeData(TrialViews):
     """Binned spike counts of a population, trial by trial, with what describes them.
 
     Attributes:
@@ -224,26 +252,6 @@ class SpikeData:
         self.provenance = {str(k): str(v) for k, v in self.provenance.items()}
 
     # ------------------------------------------------------------------ views
-    @property
-    def n_trials(self) -> int:
-        return int(self.counts.shape[0])
-
-    @property
-    def n_bins(self) -> int:
-        return int(self.counts.shape[1])
-
-    @property
-    def n_neurons(self) -> int:
-        return int(self.counts.shape[2])
-
-    def mask(self) -> np.ndarray:
-        """Valid-bin mask, bool `[B, L]`."""
-        return np.arange(self.n_bins)[None, :] < self.lengths[:, None]
-
-    def info(self, name: str) -> VariableInfo:
-        """Description of a covariate or behaviour series (defaults if none was recorded)."""
-        return self.variable_info.get(name, VariableInfo())
-
     def select(self, index: np.ndarray | slice | list[int]) -> SpikeData:
         """A new SpikeData with only the chosen trials (bool mask, indices or slice)."""
         idx = np.arange(self.n_trials)[index]

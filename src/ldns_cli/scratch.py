@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ldns_cli.data import VariableInfo, default_trial_starts
+from ldns_cli.data import TrialViews, VariableInfo, default_trial_starts
 from ldns_cli.paths import check_interrupt
 
 BLOCK_ELEMENTS = 1 << 20  # trials x bins x columns read back at a time (4 MB of int32/float32)
@@ -40,7 +40,7 @@ _CHUNK_ELEMENTS = 1 << 18  # bins x columns per HDF5 chunk of the scratch file (
 
 
 @dataclass
-class StoredSpikes:
+class StoredSpikes(TrialViews):
     """The `SpikeData` interface the writers use, with counts/rates/latents in a scratch file.
 
     `counts`, `rates` and `latents` are h5py datasets `[B, L, *]` (slice them by trials); every
@@ -90,25 +90,6 @@ class StoredSpikes:
             self.split = np.asarray(self.split).astype(str)
         self.unit_info = {k: np.asarray(v) for k, v in self.unit_info.items()}
         self.provenance = {str(k): str(v) for k, v in self.provenance.items()}
-
-    @property
-    def n_trials(self) -> int:
-        return int(self.counts.shape[0])
-
-    @property
-    def n_bins(self) -> int:
-        return int(self.counts.shape[1])
-
-    @property
-    def n_neurons(self) -> int:
-        return int(self.counts.shape[2])
-
-    def mask(self) -> np.ndarray:
-        """Valid-bin mask, bool `[B, L]`."""
-        return np.arange(self.n_bins)[None, :] < self.lengths[:, None]
-
-    def info(self, name: str) -> VariableInfo:
-        return self.variable_info.get(name, VariableInfo())
 
     def trial_blocks(self, columns: int | None = None) -> Iterator[slice]:
         """Consecutive trial slices of about `BLOCK_ELEMENTS` trials x bins x `columns`."""
