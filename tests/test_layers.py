@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ldns_cli.layers import Pointwise, masked_instance_norm, windowed_instance_norm
+from ldns_cli.layers import Pointwise
 
 
 @pytest.mark.parametrize("groups", [1, 4])
@@ -26,26 +26,3 @@ def test_pointwise_no_grad_path_matches_conv_path(groups, bias):
         with torch.no_grad():
             diff = (layer(x2) - without).abs().amax(dim=(0, 2))
         assert diff[:4].max() > 0 and diff[4:].max() == 0
-
-
-def test_windowed_instance_norm_matches_brute_force_and_masking():
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(3, 4, 50, generator=gen)
-    lengths = [50, 30, 12]
-    mask = torch.arange(50)[None, :] < torch.tensor(lengths)[:, None]
-    # a window covering every trial is exactly the masked instance norm
-    assert torch.equal(windowed_instance_norm(x, 50, mask), masked_instance_norm(x, mask))
-    window = 20
-    y = windowed_instance_norm(x, window, mask)
-    expected = torch.zeros_like(x)
-    for b, n in enumerate(lengths):
-        for t in range(n):
-            s = min(max(t - window // 2, 0), max(n - window, 0))
-            seg = x[b, :, s : min(s + window, n)].double()
-            mu, var = seg.mean(-1), seg.var(-1, unbiased=False)
-            expected[b, :, t] = ((x[b, :, t].double() - mu) / torch.sqrt(var + 1e-5)).float()
-    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
-    # padding never matters: garbage in padded bins leaves the output unchanged
-    x_bad = x.clone()
-    x_bad[~mask[:, None, :].expand_as(x)] = float("nan")
-    torch.testing.assert_close(windowed_instance_norm(x_bad, window, mask), y)

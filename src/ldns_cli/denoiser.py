@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldns_cli.layers import ChannelMLP, Pointwise, masked_instance_norm, windowed_instance_norm
+from ldns_cli.layers import ChannelMLP, Pointwise, masked_instance_norm
 from ldns_cli.s4 import S4Layer
 
 COND_INPUT_KINDS = ("vector", "categorical", "series")
@@ -70,15 +70,14 @@ class DenoiserConfig:
     conv_out_scale: float = 0.1  # conv_out weights scaled at init ("initial values may be way off")
     conditions: tuple[CondInput, ...] = field(default_factory=tuple)
     kernel_bins: int = 0  # S4 kernel lags per direction; 0 = global (older checkpoints)
-    norm_bins: int = 0  # instance-norm statistics window; 0 = the whole trial (older checkpoints)
 
     def __post_init__(self) -> None:
         if self.width % 4 != 0:
             raise ValueError(f"width must be a multiple of 4 (C/4 conditioning), got {self.width}")
         if self.latent_dim < 1 or self.blocks < 1:
             raise ValueError("latent_dim and blocks must be >= 1")
-        if self.kernel_bins < 0 or self.norm_bins < 0:
-            raise ValueError("kernel_bins and norm_bins must be >= 0")
+        if self.kernel_bins < 0:
+            raise ValueError(f"kernel_bins must be >= 0, got {self.kernel_bins}")
 
     @property
     def cond_width(self) -> int:
@@ -111,24 +110,15 @@ def _mlp(d_in: int, d: int) -> nn.Sequential:
 class DenoiserBlock(nn.Module):
     """adaLN-Zero block: S4 time mixing + channel MLP, both gated by the conditioning vector."""
 
-    def __init__(
-        self, width: int, cond_width: int, state_dim: int, kernel_bins: int = 0, norm_bins: int = 0
-    ) -> None:
+    def __init__(self, width: int, cond_width: int, state_dim: int, kernel_bins: int = 0) -> None:
         super().__init__()
         self.s4 = S4Layer(width, state_dim=state_dim, bidirectional=True)
         self.s4.max_kernel_bins = kernel_bins or None
-        self.norm_bins = norm_bins
         self.mlp = ChannelMLP(width, mult=2, bias=True)
         self.modulation = nn.Linear(cond_width, 6 * width)
         # adaLN-Zero: all gates start at 0, so the block is the identity at initialisation
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
-
-    def norm(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Masked instance norm over time; statistics from `norm_bins`-bin spans when set."""
-        if self.norm_bins:
-            return windowed_instance_norm(h, self.norm_bins, mask)
-        return masked_instance_norm(h, mask)
 
     def forward(self, h: torch.Tensor, e: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         # h: [B, C, L]; e: [B, Cc]; mask: [B, L] bool or None
@@ -136,11 +126,11 @@ class DenoiserBlock(nn.Module):
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=1)
         m = None if mask is None else mask[:, None, :].to(h.dtype)  # [B, 1, L]
 
-        u = self.norm(h, mask) * (1 + scale1) + shift1
+        u = masked_instance_norm(h, mask) * (1 + scale1) + shift1
         if m is not None:
             u = u * m  # padded bins must not feed the (global) S4 convolution
         h = h + gate1 * F.gelu(self.s4(u))
-        u = self.norm(h, mask) * (1 + scale2) + shift2
+        u = masked_instance_norm(h, mask) * (1 + scale2) + shift2
         h = h + gate2 * self.mlp(u)
         return h if m is None else h * m
 
@@ -157,8 +147,7 @@ class Denoiser(nn.Module):
         groups = z if (config.series_channels == 0 and c % z == 0 and z < c) else 1
         self.conv_in = Pointwise(c_in, c, groups=groups)
         self.blocks = nn.ModuleList(
-            DenoiserBlock(c, cw, config.state_dim, config.kernel_bins, config.norm_bins)
-            for _ in range(config.blocks)
+            DenoiserBlock(c, cw, config.state_dim, config.kernel_bins) for _ in range(config.blocks)
         )
         self.conv_out = Pointwise(c, z, groups=groups)
         with torch.no_grad():

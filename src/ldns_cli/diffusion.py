@@ -71,9 +71,6 @@ class DiffusionConfig:
     # sample sees the span an interior training bin saw, and the std stays 0.96 / 0.97 / 1.00 at
     # 256 / 1024 / 4096 bins (shipped Lorenz model, bench/length_drift.py; ldns-reference §2.6)
     kernel_bins: int = -1
-    # instance-norm statistics window of the denoiser (bins around each bin); 0 = the whole trial
-    # (the paper's). A window makes the statistics independent of the input's length
-    norm_bins: int = 0
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
@@ -92,8 +89,6 @@ class DiffusionConfig:
             raise LdnsError(f"--blocks must be >= 1, got {self.blocks}", "e.g. 4")
         if self.smooth_l1_beta <= 0:
             raise LdnsError("smooth_l1_beta must be positive", "e.g. 0.04")
-        if self.norm_bins < 0:
-            raise LdnsError(f"--norm-bins must be >= 0, got {self.norm_bins}", "0 = whole trial")
         if self.kernel_bins < -1:
             raise LdnsError(
                 f"--kernel-bins must be -1, 0 or positive, got {self.kernel_bins}",
@@ -337,7 +332,6 @@ def denoiser_config(
         conv_out_scale=config.conv_out_scale,
         conditions=tuple(cond_input(s) for s in specs),
         kernel_bins=reach,
-        norm_bins=config.norm_bins,
     )
 
 

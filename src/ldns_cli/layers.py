@@ -1,8 +1,7 @@
 """Small building blocks shared by the autoencoder and the denoiser (channels-first `[B, C, L]`).
 
 - `masked_instance_norm`: InstanceNorm over *time* per (sample, channel) using valid bins only,
-  so padding never enters the statistics (LDNS's nn.InstanceNorm1d lets it leak, §8.4);
-  `windowed_instance_norm` takes the statistics from a fixed span around each bin instead.
+  so padding never enters the statistics (LDNS's nn.InstanceNorm1d lets it leak, §8.4).
 - `Pointwise`: a (grouped) 1×1 convolution written as a batched GEMM.
 - `ChannelMLP`: C → hidden → C with GELU, applied at every time bin independently.
 """
@@ -43,51 +42,6 @@ def masked_instance_norm(x: Tensor, mask: Tensor | None = None, eps: float = 1e-
     centred = (x32 - mean) * m
     var = centred.square().sum(dim=-1, keepdim=True) / count
     return (centred * torch.rsqrt(var + eps)).to(x.dtype)
-
-
-def windowed_instance_norm(
-    x: Tensor, window: int, mask: Tensor | None = None, eps: float = 1e-5
-) -> Tensor:
-    """Instance norm whose statistics come from a `window`-bin span around each bin.
-
-    Each bin t of a trial with n valid bins is normalised with the mean and variance of bins
-    [s, s + window), s = clip(t − window//2, 0, n − window): the whole trial when n ≤ window, so
-    trials no longer than the window get exactly `masked_instance_norm` (the same code path when
-    the whole batch fits). Longer inputs get local statistics over the span a training trial had,
-    instead of statistics that change with the input's length.
-
-    Args:
-        x: activations `[B, C, L]`.
-        window: bins per statistics window (>= 1).
-        mask: valid bins, bool `[B, L]` (valid bins first, as everywhere in ldns), or None.
-        eps: added to the (biased) variance.
-    """
-    n_batch, _, length = x.shape
-    if length <= window:
-        return masked_instance_norm(x, mask, eps)
-    valid = None if mask is None else mask[:, None, :]  # [B, 1, L]
-    x64 = x.double() if valid is None else torch.where(valid, x.double(), 0.0)
-    lengths = (
-        torch.full((n_batch,), length, device=x.device)
-        if mask is None
-        else mask.sum(dim=-1).clamp_min(1)
-    )  # [B]
-    t = torch.arange(length, device=x.device)[None, :]  # [1, L]
-    start = (t - window // 2).clamp_min(0)
-    start = torch.minimum(start, (lengths[:, None] - window).clamp_min(0))  # [B, L]
-    end = torch.minimum(start + window, lengths[:, None])  # [B, L]
-    zero = x64.new_zeros(*x64.shape[:2], 1)
-    csum = torch.cat([zero, x64.cumsum(-1)], dim=-1)  # [B, C, L+1]
-    csq = torch.cat([zero, x64.square().cumsum(-1)], dim=-1)
-    idx_s = start[:, None, :].expand_as(x64)
-    idx_e = end[:, None, :].expand_as(x64)
-    count = (end - start)[:, None, :].to(x64.dtype)  # [B, 1, L]
-    mean = (csum.gather(-1, idx_e) - csum.gather(-1, idx_s)) / count
-    var = ((csq.gather(-1, idx_e) - csq.gather(-1, idx_s)) / count - mean.square()).clamp_min(0)
-    out = (x64 - mean) * torch.rsqrt(var + eps)
-    if valid is not None:
-        out = torch.where(valid, out, 0.0)
-    return out.to(x.dtype)
 
 
 def apply_mask(x: Tensor, mask: Tensor | None) -> Tensor:

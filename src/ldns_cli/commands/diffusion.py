@@ -77,14 +77,6 @@ def fit_diffusion_cmd(
             "longer samples stationary), 0 = global as in the paper.",
         ),
     ] = None,
-    norm_bins: Annotated[
-        int | None,
-        flag_opt(
-            "--norm-bins",
-            "Instance-norm statistics over this many bins around each bin (0 = the whole "
-            "trial, the paper's; default 0).",
-        ),
-    ] = None,
     config: ConfigOpt = None,
     resume: Annotated[
         bool,
@@ -121,18 +113,10 @@ def fit_diffusion_cmd(
             "epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width,
             "blocks": blocks, "prediction": prediction, "schedule": schedule, "loss": loss,
             "ema_decay": ema_decay, "cond_dropout": cond_dropout, "seed": seed,
-            "kernel_bins": kernel_bins, "norm_bins": norm_bins,
+            "kernel_bins": kernel_bins,
             "conditions": tuple(condition) if condition else None,
         }  # fmt: skip
-        if resume and (
-            preset
-            or config
-            or width
-            or blocks
-            or condition
-            or kernel_bins is not None
-            or norm_bins is not None
-        ):
+        if resume and (preset or config or width or blocks or condition or kernel_bins is not None):
             raise LdnsError(
                 "--resume continues the saved model; its architecture and conditions are fixed",
                 "drop --preset/--config/--width/--blocks/--condition/--kernel-bins, or fit anew",
