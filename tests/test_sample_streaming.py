@@ -251,3 +251,31 @@ def test_ctrl_c_while_writing_stops_the_write_and_cleans_up(tmp_path, monkeypatc
     assert sent and not out.exists()
     assert _leftovers(tmp_path) == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_sigterm_during_sampling_leaves_no_output_or_scratch(tmp_path):
+    # a cluster's time limit sends SIGTERM: the temporary output and scratch must go too
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    models = Path(__file__).resolve().parents[1] / "models" / "lorenz"
+    out = tmp_path / "out.nwb"
+    cmd = [sys.executable, "-m", "ldns_cli", "sample", "-m", str(models), "-n", "4000"]
+    cmd += ["--length", "256", "--device", "cpu", "-o", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".ldns-") for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    time.sleep(1.0)  # well inside generation (4000 trials take minutes)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []

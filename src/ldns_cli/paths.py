@@ -62,7 +62,8 @@ def atomic_output(path: str | Path, force: bool = False, suffix: str = "") -> It
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
+        with sigterm_as_interrupt():  # `kill` (e.g. a cluster's time limit) also cleans up
+            yield tmp
         if tmp.exists():
             # mkstemp makes 0600 files (and some writers replace the file): give the output the
             # usual umask-based permissions so shared model folders stay readable
@@ -94,14 +95,40 @@ def read_stdin_to_temp(suffix: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# Ctrl-C while writing files
+# Ctrl-C (and SIGTERM) while writing files
 # ---------------------------------------------------------------------------------------------
 _interrupted: list[int] = []  # signals received inside `deferred_interrupt`
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside the block, SIGTERM raises KeyboardInterrupt, so cleanup code runs as for Ctrl-C.
+
+    Python's default SIGTERM ends the process at once, leaving temporary outputs and scratch
+    folders behind. Only where SIGTERM has its default action (a handler installed by someone
+    else, e.g. the trainer's clean-stop handler, is left alone), and only in the main thread.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
 def deferred_interrupt() -> Iterator[None]:
-    """While writing a file, Ctrl-C sets a flag that `check_interrupt` turns into KeyboardInterrupt.
+    """While writing a file, Ctrl-C (or SIGTERM) sets a flag that `check_interrupt` raises.
 
     h5py frees its objects in weakref callbacks, and Python drops ("Exception ignored in ...")
     a KeyboardInterrupt raised inside one: a Ctrl-C during an HDF5 write would often be lost and
@@ -119,15 +146,15 @@ def deferred_interrupt() -> Iterator[None]:
             raise KeyboardInterrupt
         _interrupted.append(signum)
 
-    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):
-        yield  # Ctrl-C is ignored (or handled outside Python): leave it so
-        return
-    previous = signal.signal(signal.SIGINT, handler)
+    # signals ignored (or handled outside Python) are left so
+    caught = [s for s in _SIGNALS if signal.getsignal(s) not in (signal.SIG_IGN, None)]
+    previous = {s: signal.signal(s, handler) for s in caught}
     try:
         yield
         check_interrupt()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, prev in previous.items():
+            signal.signal(s, prev)
         _interrupted.clear()
 
 
