@@ -57,6 +57,10 @@ class TrialViews:
 
     counts: Any
     lengths: np.ndarray
+    bin_size_s: float
+    unit_ids: np.ndarray | None
+    trial_ids: np.ndarray | None
+    trial_start_s: np.ndarray | None
     variable_info: dict[str, VariableInfo]
 
     @property
@@ -78,6 +82,18 @@ class TrialViews:
     def info(self, name: str) -> VariableInfo:
         """Description of a covariate or behaviour series (defaults if none was recorded)."""
         return self.variable_info.get(name, VariableInfo())
+
+    def _default_ids(self, n_trials: int, n_bins: int, n_neurons: int) -> None:
+        """Fill missing unit/trial ids and trial starts; make all three arrays."""
+        if self.unit_ids is None:
+            self.unit_ids = np.arange(n_neurons, dtype=np.int64)
+        if self.trial_ids is None:
+            self.trial_ids = np.arange(n_trials, dtype=np.int64)
+        if self.trial_start_s is None:
+            self.trial_start_s = default_trial_starts(n_trials, n_bins, self.bin_size_s)
+        self.unit_ids = np.asarray(self.unit_ids)
+        self.trial_ids = np.asarray(self.trial_ids)
+        self.trial_start_s = np.asarray(self.trial_start_s, dtype=np.float64)
 
 
 @dataclass
@@ -123,16 +139,7 @@ class SpikeData(TrialViews):
         self.counts = np.asarray(self.counts)
         self.lengths = np.asarray(self.lengths, dtype=np.int64)
         self.bin_size_s = float(self.bin_size_s)
-        n_trials, n_bins, n_neurons = self.counts.shape if self.counts.ndim == 3 else (0, 0, 0)
-        if self.unit_ids is None:
-            self.unit_ids = np.arange(n_neurons, dtype=np.int64)
-        if self.trial_ids is None:
-            self.trial_ids = np.arange(n_trials, dtype=np.int64)
-        if self.trial_start_s is None:
-            self.trial_start_s = default_trial_starts(n_trials, n_bins, self.bin_size_s)
-        self.unit_ids = np.asarray(self.unit_ids)
-        self.trial_ids = np.asarray(self.trial_ids)
-        self.trial_start_s = np.asarray(self.trial_start_s, dtype=np.float64)
+        self._default_ids(*(self.counts.shape if self.counts.ndim == 3 else (0, 0, 0)))
         self.validate()
 
     # ------------------------------------------------------------------ validation

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ldns_cli.data import TrialViews, VariableInfo, default_trial_starts
+from ldns_cli.data import TrialViews, VariableInfo
 from ldns_cli.paths import check_interrupt
 
 BLOCK_ELEMENTS = 1 << 20  # trials x bins x columns read back at a time (4 MB of int32/float32)
@@ -71,18 +71,9 @@ class StoredSpikes(TrialViews):
 
     def __post_init__(self) -> None:
         # the same normalisation as SpikeData (without its full-array checks)
-        n_trials, n_bins, n_neurons = self.counts.shape
         self.lengths = np.asarray(self.lengths, dtype=np.int64)
         self.bin_size_s = float(self.bin_size_s)
-        if self.unit_ids is None:
-            self.unit_ids = np.arange(n_neurons, dtype=np.int64)
-        if self.trial_ids is None:
-            self.trial_ids = np.arange(n_trials, dtype=np.int64)
-        if self.trial_start_s is None:
-            self.trial_start_s = default_trial_starts(n_trials, n_bins, self.bin_size_s)
-        self.unit_ids = np.asarray(self.unit_ids)
-        self.trial_ids = np.asarray(self.trial_ids)
-        self.trial_start_s = np.asarray(self.trial_start_s, dtype=np.float64)
+        self._default_ids(*self.counts.shape)
         self.covariates = {k: np.asarray(v) for k, v in self.covariates.items()}
         beh = {k: np.asarray(v, dtype=np.float32) for k, v in self.behavior.items()}
         self.behavior = {k: v[:, :, None] if v.ndim == 2 else v for k, v in beh.items()}
