@@ -526,8 +526,11 @@ def fit_diffusion(
     lat = prepare_latents(data, ae, config, device, train_config.seed, stats=stats, specs=specs)
     if not lat.train.any():
         raise LdnsError("no training trials", "the data's split labels hold no 'train' trials")
-    longest = int(lat.mask[lat.train].sum(axis=1).max())
-    net_cfg = denoiser_config(config, lat.latents.shape[-1], lat.specs, longest)
+    if previous is not None:  # resume rebuilds the saved network (e.g. its resolved kernel reach)
+        net_cfg = DenoiserConfig.from_dict(previous.extra["denoiser"])
+    else:
+        longest = int(lat.mask[lat.train].sum(axis=1).max())
+        net_cfg = denoiser_config(config, lat.latents.shape[-1], lat.specs, longest)
     torch.manual_seed(train_config.seed)  # nn.Linear initialisers use the global RNG
     model = Denoiser(net_cfg)
     spec = CheckpointSpec(
