@@ -17,9 +17,11 @@ from ldns_cli.autoencoder import (
     ae_loss,
     ae_path,
     bits_per_spike,
+    calibrate_rate_bias,
     infer,
     latent_penalty,
     load_autoencoder,
+    mean_poisson_nll,
 )
 from ldns_cli.checkpoint import Checkpoint, save_checkpoint
 from ldns_cli.data import SpikeData
@@ -241,3 +243,37 @@ def test_bits_per_spike_zero_for_null_and_positive_for_truth() -> None:
     null = c.sum(axis=(0, 1)) / mask.sum()
     assert bits_per_spike(np.broadcast_to(null, rates.shape), c, mask, null) == pytest.approx(0)
     assert bits_per_spike(rates, c, mask, null) > 0.1
+
+
+def test_calibration_with_a_constant_decoder_gives_each_neurons_mean_count() -> None:
+    # with zero decoder weights every bin has the same rate, whose Poisson MLE is the mean count
+    model = tiny()
+    with torch.no_grad():
+        model.decoder_out.weight.zero_()
+        model.decoder_out.bias.fill_(-3.0)
+    data = _spike_data(6, 30, [30, 30, 12, 30, 5, 30])
+    mean_count = data.counts.sum(axis=(0, 1)) / data.lengths.sum()
+    before, after = calibrate_rate_bias(model, data, batch_size=4)
+    _, rates = infer(model, data)
+    np.testing.assert_allclose(rates[0, 0], mean_count, rtol=1e-5)
+    assert after == pytest.approx(1.0, abs=1e-6) and before < 0.2  # softplus(-3) = 0.049 vs 0.5
+
+
+def test_calibration_solves_the_intercept_score_equation_and_lowers_the_nll() -> None:
+    model = tiny()
+    with torch.no_grad():
+        model.decoder_out.bias.add_(0.7)  # rates far too high
+    data = _spike_data(8, 40, [40, 33, 40, 40, 21, 40, 40, 9])
+    mask = data.mask()
+    _, r0 = infer(model, data)
+    before, after = calibrate_rate_bias(model, data)
+    _, r1 = infer(model, data)
+    assert mean_poisson_nll(r1, data.counts, mask) < mean_poisson_nll(r0, data.counts, mask)
+    assert before == pytest.approx(r0.sum() / data.counts.sum(), rel=1e-5)
+    assert after == pytest.approx(r1.sum() / data.counts.sum(), rel=1e-5)
+    # the likelihood's derivative in each intercept is zero: Σ σ(v)(1 − s/r) over valid bins
+    r = torch.from_numpy(r1[mask]).double()
+    s = torch.from_numpy(data.counts[mask]).double()
+    sig = -torch.expm1(-r)  # σ(v) = 1 − e^(−softplus(v))
+    score = (sig * (1 - s / r)).sum(0)
+    np.testing.assert_allclose(score.numpy(), 0.0, atol=1e-4 * len(r))

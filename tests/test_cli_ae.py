@@ -42,6 +42,7 @@ def test_fit_ae_writes_a_checkpoint_and_nothing_on_stdout(files: dict[str, Path]
     assert ckpt.fingerprint["n_neurons"] == 16
     summary = ckpt.extra["summary"]
     assert np.isfinite(summary["bits_per_spike"]) and summary["poisson_nll"] > 0
+    assert summary["rate_ratio"] == pytest.approx(1.0, abs=0.05)  # intercepts refit after training
     assert ckpt.extra["data"]["n_train"] == 28  # the file's 70% train split, never test
     assert [p.name for p in files["models"].iterdir()] == ["ae.safetensors"]  # no temp files
 

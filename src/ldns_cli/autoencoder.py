@@ -359,6 +359,70 @@ def infer(
     return latents, rates
 
 
+@torch.no_grad()
+def calibrate_rate_bias(
+    model: Autoencoder,
+    data: SpikeData,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    max_iter: int = 50,
+    tol: float = 1e-7,
+) -> tuple[float, float]:
+    """Refit each neuron's decoder intercept by Poisson maximum likelihood, inputs not dropped.
+
+    Why: coordinated dropout trains the decoder on inputs with a fraction p of the counts zeroed
+    (and the rest scaled by 1/(1-p)); at inference every count is seen, the latents shift, and
+    the rates come out biased (the shipped Lorenz AE ran +2.0% above the training counts, which
+    alone puts the mean-ISI score of its own Poisson spikes at 0.20; intercepts matched: 0.02).
+    Only `decoder_out.bias` changes, so the latents and everything fitted on them stay valid.
+
+    Fisher scoring per neuron on the intercept b of r = softplus(u + b):
+    gradient Σ σ(u+b)(1 − s/r), expected information Σ σ(u+b)²/r.
+
+    Returns:
+        Σ rates / Σ counts over `data`'s valid bins, before and after.
+    """
+    model.eval()
+    latents, _ = infer(model, data, batch_size, device)  # [B, L, Z]; the encoder is unchanged
+    mask = data.mask()
+    z_valid = torch.from_numpy(latents[mask])  # [V, Z], valid bins only
+    s_valid = torch.from_numpy(data.counts[mask])  # [V, N], the data's own integer dtype
+    layer = model.decoder_out
+    bias = layer.bias.detach().double().cpu().clone()  # [N]
+    total_counts = max(float(s_valid.sum(dtype=torch.float64)), 1.0)
+    chunk = 32768  # bins per pass step: bounds memory at ~chunk·N·8 bytes per temporary
+
+    def pass_over_data(b: Tensor) -> tuple[Tensor, Tensor, float]:
+        """(score [N], Fisher information [N], Σ rates) at intercepts b, streamed over chunks."""
+        grad = torch.zeros_like(b)
+        fisher = torch.zeros_like(b)
+        rate_sum = 0.0
+        for i in range(0, z_valid.shape[0], chunk):
+            z = z_valid[i : i + chunk].to(device).T[None]  # [1, Z, V']
+            u = layer(F.gelu(model.unbottleneck(z)))[0].T.double().cpu() - layer.bias.double()
+            v = u + b  # [V', N]
+            r = F.softplus(v).clamp_min(1e-12)
+            sig = torch.sigmoid(v)
+            s = s_valid[i : i + chunk].double()
+            grad += (sig * (1 - s / r)).sum(0)
+            fisher += (sig.square() / r).sum(0)
+            rate_sum += float(r.sum())
+        return grad, fisher.clamp_min(1e-12), rate_sum
+
+    before = after = float("nan")
+    for it in range(max_iter + 1):
+        grad, fisher, rate_sum = pass_over_data(bias)
+        if it == 0:
+            before = rate_sum / total_counts
+        after = rate_sum / total_counts
+        step = (grad / fisher).clamp(-2.0, 2.0)
+        if float(step.abs().max()) < tol or it == max_iter:
+            break
+        bias -= step
+    layer.bias.copy_(bias.to(layer.bias.dtype))
+    return before, after
+
+
 def bits_per_spike(
     rates: np.ndarray, counts: np.ndarray, mask: np.ndarray, null_rate: np.ndarray
 ) -> float:

@@ -299,8 +299,21 @@ def fit_ae(
                 info(resume_hint(f"ldns fit-ae {data_path} -m {models}"))
             raise typer.Exit(130)
         if dist.is_main():
+            from ldns_cli.autoencoder import calibrate_rate_bias
+
+            ckpt = result.checkpoint
+            assert ckpt is not None
+            ratio_before, ratio_after = calibrate_rate_bias(result.model, train, device=dev)
+            bias = result.model.decoder_out.bias
+            ckpt.tensors["model.decoder_out.bias"] = bias.detach().cpu().clone()
+            info(
+                "rate intercepts refit on the training trials with no inputs dropped: "
+                f"rates/counts {ratio_before:.4f} -> {ratio_after:.4f}"
+            )
             ref = val if val is not None else train
             summary = _summary(result.model, train, ref, dev)
+            summary["rate_ratio_before_calibration"] = ratio_before
+            summary["rate_ratio"] = ratio_after
             summary.update(
                 {
                     "best_epoch": result.best_epoch,
@@ -311,8 +324,6 @@ def fit_ae(
                     / max(result.train_seconds, 1e-9),
                 }
             )
-            ckpt = result.checkpoint
-            assert ckpt is not None
             ckpt.extra["summary"] = summary
             save_checkpoint(path, ckpt)
             which = "validation" if val is not None else "training"
