@@ -93,7 +93,7 @@ def run_case(history: str, mode: str, args: argparse.Namespace) -> dict:
     train = data.select(data.split == "train")
     test = data.select(data.split == "test")
     extra: dict = {}
-    coupled = None
+    coupled = plain = None
     if mode == "true":
         t0 = time.perf_counter()
         model = fit_history(
@@ -121,6 +121,19 @@ def run_case(history: str, mode: str, args: argparse.Namespace) -> dict:
             write_spikes(data, path)
             models = Path(tmp) / "models"
             rates, model, fit_s = ae_rates(path, models, test, args.ae_epochs, args.seed)
+            # the same fit without the free-running rate matching, on the same AE's rates of the
+            # training trials: isolates what the matching step does
+            from ldns_cli.autoencoder import infer, load_autoencoder
+
+            ae, _ = load_autoencoder(models, "cpu")
+            _, train_rates = infer(ae, train, 64, "cpu")
+            plain = fit_history(
+                torch.as_tensor(train.counts, dtype=torch.float32),
+                torch.as_tensor(train_rates),
+                None,
+                HistoryConfig(rate_match_rounds=0),
+                torch.Generator().manual_seed(args.seed),
+            )
             if args.coupling_rank > 0:
                 coupled_dir = Path(tmp) / "coupled"
                 coupled_dir.mkdir()
@@ -138,6 +151,9 @@ def run_case(history: str, mode: str, args: argparse.Namespace) -> dict:
     hist = model.sample(r, torch.Generator().manual_seed(args.seed + 2)).numpy().astype(np.int32)
     extra["history_sample_s"] = time.perf_counter() - t0
 
+    if plain is not None:
+        gen_p = torch.Generator().manual_seed(args.seed + 2)
+        hist_p = plain.sample(r, gen_p).numpy().astype(np.int32)
     if coupled is not None:
         gen_c = torch.Generator().manual_seed(args.seed + 2)
         hist_c = coupled.sample(r, gen_c).numpy().astype(np.int32)
@@ -152,6 +168,10 @@ def run_case(history: str, mode: str, args: argparse.Namespace) -> dict:
             fold_metrics(floor_src, test.counts, data.bin_size_s, folds % len(floor_src))
         ),
     }
+    if plain is not None:
+        res["history_no_rate_matching"] = summarise(
+            fold_metrics(hist_p, test.counts, data.bin_size_s, folds)
+        )
     if coupled is not None:
         res["history_coupled"] = summarise(
             fold_metrics(hist_c, test.counts, data.bin_size_s, folds)
@@ -169,6 +189,7 @@ def run_case(history: str, mode: str, args: argparse.Namespace) -> dict:
         "data_test": float(test.counts.mean()),
         "poisson": float(pois.mean()),
         "history": float(hist.mean()),
+        **({"history_no_rate_matching": float(hist_p.mean())} if plain is not None else {}),
     }
     return {"metrics": res, "verdict": verdict, "mean_counts_per_bin": mean_rate, **extra}
 

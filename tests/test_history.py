@@ -353,3 +353,36 @@ def test_inversion_sampler_matches_capped_poisson(cap):
         exp = np.append(expected[keep], rest[1]) if rest[1] > 0 else expected[keep]
         _, p = stats.chisquare(obs, exp * obs.sum() / exp.sum())
         assert p > 1e-3, (lam, cap, p)
+
+
+def test_rate_matching_makes_free_running_samples_fire_at_the_data_rate():
+    # exp-link bursting data (the simulator's) fitted with the softplus model: teacher forcing
+    # alone leaves free-running samples firing too fast; the matching rounds remove that
+    from ldns_cli.simulate import draw_spikes
+
+    N = 8
+    rates = smooth_rates(60, 200, N, seed=21, scale=0.3)
+    counts = torch.from_numpy(
+        draw_spikes(rates.numpy().astype(np.float64), "bursting", np.random.default_rng(22))
+    ).float()
+    data_mean = counts.mean((0, 1))
+
+    def sampled_mean(m: SpikeHistoryObservation) -> torch.Tensor:
+        reps = 8  # other uniforms than the fit's own, and enough draws to average out
+        gens = [gen(10_000 + i) for i in range(reps * rates.shape[0])]
+        return m.sample(rates.repeat(reps, 1, 1), gens).mean((0, 1))
+
+    cfg = HistoryConfig(iterations=200, rate_match_rounds=0)
+    plain = fit_history(counts, rates, None, cfg, gen(23))
+    matched = fit_history(
+        counts, rates, None, dataclasses.replace(cfg, rate_match_rounds=4), gen(23)
+    )
+    err_plain = (sampled_mean(plain) / data_mean - 1).abs()
+    err_matched = (sampled_mean(matched) / data_mean - 1).abs()
+    assert err_plain.mean() > 0.02  # the misfit the rounds exist for
+    assert err_matched.mean() < 0.5 * err_plain.mean()
+    s = matched.fit_summary
+    assert abs(s["free_running_rate_ratio"] - 1) < abs(s["free_running_rate_ratio_before"] - 1)
+    # only the intercepts move: the kernels are the teacher-forced fit's
+    torch.testing.assert_close(matched.history, plain.history)
+    torch.testing.assert_close(matched.rate_gain, plain.rate_gain)

@@ -68,6 +68,9 @@ class HistoryConfig:
     batch_bins: int = 0  # valid bins per AdamW step; 0 = full batch (of the subsampled set)
     max_fit_elements: int = 2_000_000  # subsample trials above this many neuron·bin entries
     optimizer: str = "lbfgs"  # "lbfgs" (full batch, converged in seconds) or "adamw" (reference)
+    # rounds of matching each neuron's free-running (sampled) firing rate to the data after the
+    # teacher-forced fit; 0 = the paper's plain fit
+    rate_match_rounds: int = 4
 
     def __post_init__(self) -> None:
         if self.history_bins < 1:
@@ -82,6 +85,8 @@ class HistoryConfig:
             raise LdnsError("iterations, lr and weight_decay must be ≥ 0 (lr > 0)", "e.g. lr 0.1")
         if self.batch_bins < 0 or self.max_fit_elements < 1 or self.coupling_rank < 0:
             raise LdnsError("batch_bins, coupling_rank ≥ 0 and max_fit_elements ≥ 1", "")
+        if self.rate_match_rounds < 0:
+            raise LdnsError("rate_match_rounds must be ≥ 0", "e.g. 4; 0 turns it off")
         if self.optimizer not in ("adamw", "lbfgs"):
             raise LdnsError(f"unknown optimizer '{self.optimizer}'", "use adamw or lbfgs")
 
@@ -216,6 +221,12 @@ def fit_history(
     else:
         _fit_adamw(model, design, cfg, generator, progress)
     with torch.no_grad():
+        tf_nll = float(design.nll(model))
+    match_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    rate_ratio = match_free_running_rates(
+        model, counts, rates, mask, cfg.rate_match_rounds, match_seed
+    )
+    with torch.no_grad():
         end_nll = float(design.nll(model))
     model.fit_summary = {  # type: ignore[attr-defined]
         "train_nll_start": start_nll,
@@ -224,7 +235,64 @@ def fit_history(
         "fit_bins": design.n_bins,
         "fit_seconds": round(time.perf_counter() - t0, 3),
     }
+    if cfg.rate_match_rounds > 0:
+        model.fit_summary.update(  # type: ignore[attr-defined]
+            {
+                "train_nll_teacher_forced_fit": tf_nll,
+                "free_running_rate_ratio_before": rate_ratio[0],
+                "free_running_rate_ratio": rate_ratio[1],
+            }
+        )
     return model
+
+
+@torch.no_grad()
+def match_free_running_rates(
+    model: SpikeHistoryObservation,
+    counts: Tensor,
+    rates: Tensor,
+    mask: Tensor,
+    rounds: int,
+    seed: int = 0,
+    min_sampled_trials: int = 512,
+) -> tuple[float, float]:
+    """Shift each neuron's intercept b until the model, sampling freely, fires at the data's rate.
+
+    Why: teacher forcing fits λ_t given the *observed* past; sampling feeds back the model's own
+    spikes, and any misfit compounds through the loop (on bursting data, with the kernel recovered
+    at r = 0.97, free-running samples still fired 4% above the data). Each round samples the
+    training trials from their own rates with fixed uniforms (common random numbers, so the
+    rounds see a smooth function of b) and sets b += log(data mean / sampled mean) per neuron,
+    the exact correction for an exp link and close to it for softplus at these rates.
+
+    counts/rates `[B, L, N]`, mask `[B, L]` bool. Returns the population ratio sampled/data
+    before the first round and after the last (both 1.0 when `rounds` is 0 and nothing is run).
+    """
+    if rounds <= 0:
+        return 1.0, 1.0
+    # the sampled side repeats the trials to at least `min_sampled_trials`: one draw of a small
+    # fit set is as noisy per neuron as the bias being removed (3% each on 60 bursting trials)
+    repeats = max(1, math.ceil(min_sampled_trials / rates.shape[0]))
+    valid = mask[..., None].to(rates.dtype)  # [B, L, 1]
+    data_sum = (counts * valid).sum((0, 1)) * repeats  # [N] spikes per neuron, scaled to match
+    rates_rep = rates.repeat(repeats, 1, 1)  # [K·B, L, N]
+    valid_rep = valid.repeat(repeats, 1, 1)
+    lengths = mask.sum(1).repeat(repeats)
+    before = after = 1.0
+    for r in range(rounds + 1):
+        gens = [torch.Generator(device=rates.device).manual_seed(seed + i)
+                for i in range(rates_rep.shape[0])]  # fmt: skip
+        sampled = (model.sample(rates_rep, gens, lengths) * valid_rep).sum((0, 1))  # [N]
+        ratio = float(sampled.sum() / data_sum.sum().clamp_min(1.0))
+        if r == 0:
+            before = ratio
+        after = ratio
+        if r == rounds:
+            break
+        # neurons with no spikes in either set keep their intercept
+        step = torch.log((data_sum + 0.5) / (sampled + 0.5)).clamp(-1.0, 1.0)
+        model.bias.add_(step.to(model.bias.dtype))
+    return before, after
 
 
 def _fit_adamw(
