@@ -63,6 +63,7 @@ def test_fit_history_refits_alone(fitted):
     summary = json.loads(res.stdout)  # stdout holds only the JSON payload
     assert summary["history_bins"] == 5  # 50 ms of 10 ms bins
     assert summary["nll_split"] == "validation"
+    assert summary["free_running_rate_ratio"] == pytest.approx(1.0, abs=0.05)  # rate matching on
     # refractory data: the history model explains held-out spikes better than Poisson
     assert summary["nll_history"] < summary["nll_poisson"]
     assert "spike history" in res.stderr
@@ -74,6 +75,11 @@ def test_fit_history_refits_alone(fitted):
     _ok(["fit-history", str(data), "-m", str(models), "--max-count", "0", "--iterations", "20",
          "-q"])  # fmt: skip
     assert load_history(models)[0].max_count is None
+    # the paper's plain fit: no matching rounds, no matching figures in the summary
+    res = _ok(["fit-history", str(data), "-m", str(models), "--rate-match-rounds", "0",
+               "--iterations", "20", "--json"])  # fmt: skip
+    assert "free_running_rate_ratio" not in json.loads(res.stdout)
+    assert load_history(models)[1].config["rate_match_rounds"] == 0
 
 
 def test_fit_history_errors(fitted, tmp_path):

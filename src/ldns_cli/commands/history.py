@@ -60,6 +60,14 @@ def fit_history_cmd(
             "--coupling-rank", "Rank of a low-rank coupling between neurons (default 0: none)."
         ),
     ] = None,
+    rate_match_rounds: Annotated[
+        int | None,
+        flag_opt(
+            "--rate-match-rounds",
+            "Rounds matching free-running firing rates to the data after the fit "
+            "(default 4; 0 = the paper's plain fit).",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     trials: TrialsOpt = None,
     bin_ms: BinMsOpt = None,
@@ -98,6 +106,7 @@ def fit_history_cmd(
         "optimizer": optimizer,
         "lr": lr,
         "coupling_rank": coupling_rank,
+        "rate_match_rounds": rate_match_rounds,
     }
     if max_count is not None:
         if max_count < 0:
