@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,7 @@ def fit_history(
     cfg: HistoryConfig,
     generator: torch.Generator,
     progress: bool = False,
+    match_set: tuple[MatchBatches, int] | None = None,
 ) -> SpikeHistoryObservation:
     """Fit a spike-history model by teacher forcing: targets `counts`, regressors their past.
 
@@ -191,6 +193,8 @@ def fit_history(
         cfg: settings; `cfg.history_ms` must already be resolved to bins (`cfg.resolve`).
         generator: CPU generator for the trial subsample, mini-batch order and coupling init.
         progress: show a progress bar on stderr.
+        match_set: (batches, number of trials) for the free-running rate matching; None = all
+            of `counts`/`rates` (the fit itself may use a subsample of them).
     Returns the fitted model (on the device of `rates`), with `fit_summary` set as an attribute.
     """
     device = rates.device
@@ -204,6 +208,8 @@ def fit_history(
     # padding bins must not act as (zero) history either
     counts = counts * mask.unsqueeze(-1)
 
+    if match_set is None:  # match on every trial given, not only the fit subsample
+        match_set = (tensor_batches(counts, rates, mask), B)
     keep = fit_trials(mask.sum(1).cpu(), N, cfg, generator)
     if keep is not None:
         keep = keep.to(device)
@@ -224,7 +230,7 @@ def fit_history(
         tf_nll = float(design.nll(model))
     match_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     rate_ratio = match_free_running_rates(
-        model, counts, rates, mask, cfg.rate_match_rounds, match_seed
+        model, match_set[0], match_set[1], cfg.rate_match_rounds, match_seed
     )
     with torch.no_grad():
         end_nll = float(design.nll(model))
@@ -246,12 +252,29 @@ def fit_history(
     return model
 
 
+# the matching set, streamed: a callable returning fresh (counts, rates, mask) chunks
+# ([b, L, N], [b, L, N], [b, L] bool) over the same trials in the same order on every call
+MatchBatches = Callable[[], Iterator[tuple[Tensor, Tensor, Tensor]]]
+
+
+def tensor_batches(
+    counts: Tensor, rates: Tensor, mask: Tensor, trials_per_batch: int = 256
+) -> MatchBatches:
+    """`MatchBatches` over in-memory tensors, `trials_per_batch` trials at a time."""
+
+    def batches() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        for i in range(0, counts.shape[0], trials_per_batch):
+            sl = slice(i, i + trials_per_batch)
+            yield counts[sl], rates[sl], mask[sl]
+
+    return batches
+
+
 @torch.no_grad()
 def match_free_running_rates(
     model: SpikeHistoryObservation,
-    counts: Tensor,
-    rates: Tensor,
-    mask: Tensor,
+    batches: MatchBatches,
+    n_trials: int,
     rounds: int,
     seed: int = 0,
     min_sampled_trials: int = 512,
@@ -260,37 +283,48 @@ def match_free_running_rates(
 
     Why: teacher forcing fits λ_t given the *observed* past; sampling feeds back the model's own
     spikes, and any misfit compounds through the loop (on bursting data, with the kernel recovered
-    at r = 0.97, free-running samples still fired 4% above the data). Each round samples the
-    training trials from their own rates with fixed uniforms (common random numbers, so the
-    rounds see a smooth function of b) and sets b += log(data mean / sampled mean) per neuron,
-    the exact correction for an exp link and close to it for softplus at these rates.
+    at r = 0.97, free-running samples still fired 4% above the data). Each round samples every
+    trial of the matching set from its own rates with fixed uniforms (common random numbers, so
+    the rounds see a smooth function of b) and sets b += log(data spikes / sampled spikes) per
+    neuron: the exact correction for an exp link, close to it for softplus at these rates.
 
-    counts/rates `[B, L, N]`, mask `[B, L]` bool. Returns the population ratio sampled/data
-    before the first round and after the last (both 1.0 when `rounds` is 0 and nothing is run).
+    The matching set should be large: the per-neuron spike totals of a small set are noisy, and
+    matching copies that noise into b. On bursting Lorenz data (true rates, 2100 training trials)
+    the test mean-ISI RMSE was 2.38 ms unmatched, 2.10 ms matched on the 122-trial fit subset and
+    1.21 ms matched on all training trials, against a train-vs-test floor of 1.20 ms.
+
+    `n_trials` is the number of trials `batches` yields in all.
+    Returns the population ratio sampled/data before the first round and after the last (both
+    1.0 when `rounds` is 0 and nothing is run).
     """
     if rounds <= 0:
         return 1.0, 1.0
-    # the sampled side repeats the trials to at least `min_sampled_trials`: one draw of a small
-    # fit set is as noisy per neuron as the bias being removed (3% each on 60 bursting trials)
-    repeats = max(1, math.ceil(min_sampled_trials / rates.shape[0]))
-    valid = mask[..., None].to(rates.dtype)  # [B, L, 1]
-    data_sum = (counts * valid).sum((0, 1)) * repeats  # [N] spikes per neuron, scaled to match
-    rates_rep = rates.repeat(repeats, 1, 1)  # [K·B, L, N]
-    valid_rep = valid.repeat(repeats, 1, 1)
-    lengths = mask.sum(1).repeat(repeats)
+    # the sampled side repeats the trials up to `min_sampled_trials`, so its own draw adds
+    # little noise when the matching set is small
+    repeats = max(1, math.ceil(min_sampled_trials / max(n_trials, 1)))
+    data_sum = torch.zeros(())
     before = after = 1.0
     for r in range(rounds + 1):
-        gens = [torch.Generator(device=rates.device).manual_seed(seed + i)
-                for i in range(rates_rep.shape[0])]  # fmt: skip
-        sampled = (model.sample(rates_rep, gens, lengths) * valid_rep).sum((0, 1))  # [N]
-        ratio = float(sampled.sum() / data_sum.sum().clamp_min(1.0))
+        sampled = torch.zeros(())
+        first = 0  # global index of the chunk's first trial: its uniforms are fixed across rounds
+        for counts, rates, mask in batches():
+            valid = mask[..., None].to(rates.dtype)  # [b, L, 1]
+            if r == 0:
+                data_sum = data_sum + (counts.to(rates.dtype) * valid).sum((0, 1))  # [N]
+            for k in range(repeats):
+                gens = [torch.Generator(device=rates.device).manual_seed(seed + i * repeats + k)
+                        for i in range(first, first + rates.shape[0])]  # fmt: skip
+                sampled = sampled + (model.sample(rates, gens, mask.sum(1)) * valid).sum((0, 1))
+            first += rates.shape[0]
+        target = data_sum * repeats  # [N]
+        ratio = float(sampled.sum() / target.sum().clamp_min(1.0))
         if r == 0:
             before = ratio
         after = ratio
         if r == rounds:
             break
-        # neurons with no spikes in either set keep their intercept
-        step = torch.log((data_sum + 0.5) / (sampled + 0.5)).clamp(-1.0, 1.0)
+        # +0.5: neurons silent in both sets keep their intercept
+        step = torch.log((target + 0.5) / (sampled + 0.5)).clamp(-1.0, 1.0)
         model.bias.add_(step.to(model.bias.dtype))
     return before, after
 
@@ -489,12 +523,23 @@ def fit_history_for_ae(
             f" ms), cap {cfg.max_count}, {cfg.iterations} iterations"
         )
     fingerprint = train.fingerprint()  # of all training trials, before any subsampling
+    all_train = train
+
+    def match_batches(chunk: int = 256) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        # every training trial, its AE rates recomputed per chunk: memory stays bounded
+        for i in range(0, all_train.n_trials, chunk):
+            part = all_train.select(np.arange(i, min(i + chunk, all_train.n_trials)))
+            yield _tensors(part, infer(ae, part, batch_size, device)[1], device)
+
     # pick the fit trials first, so the AE only runs on trials that are used
     keep = fit_trials(torch.as_tensor(train.lengths), train.n_neurons, cfg, gen)
     train = train if keep is None else train.select(keep.numpy())
     _, train_rates = infer(ae, train, batch_size, device)
     counts, rates, mask = _tensors(train, train_rates, device)
-    model = fit_history(counts, rates, mask, cfg, gen, progress=not quiet)
+    model = fit_history(
+        counts, rates, mask, cfg, gen, progress=not quiet,
+        match_set=(match_batches, all_train.n_trials),
+    )  # fmt: skip
 
     # validation on at most the same budget of trials
     ref = val if val is not None else train
