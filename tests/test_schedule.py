@@ -168,17 +168,43 @@ def test_posterior_into_the_data_is_x0_without_noise():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spacing", ["trailing", "linspace"])
+def _log_snr(schedule: NoiseSchedule) -> list[float]:
+    a = schedule.alphas_cumprod.double()
+    return (0.5 * (torch.log(a) - torch.log1p(-a))).tolist()
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "linspace", "logsnr"])
 @pytest.mark.parametrize("n", [1, 2, 7, 20, 25, 333, 999, 1000])
 def test_timesteps_descending_and_in_range(spacing, n):
-    steps = make_timesteps(n, T, spacing)
+    log_snr = _log_snr(NoiseSchedule()) if spacing == "logsnr" else None
+    steps = make_timesteps(n, T, spacing, log_snr)
     assert len(steps) == n and steps[0] == T - 1
     assert all(a > b for a, b in itertools.pairwise(steps))
     assert 0 <= steps[-1]
     if n == T:
         assert steps == list(range(T - 1, -1, -1))
-    if spacing == "linspace" and n > 1:
+    if spacing in ("linspace", "logsnr") and n > 1:
         assert steps[-1] == 0
+
+
+def test_logsnr_spacing_takes_equal_steps_in_log_snr():
+    schedule = NoiseSchedule(ScheduleConfig(beta_schedule="linear"))
+    lam = np.array(_log_snr(schedule))
+    steps = make_timesteps(20, T, "logsnr", lam.tolist())
+    h = np.diff(lam[steps])  # λ rises as t falls
+    ideal = (lam[0] - lam[T - 1]) / 19
+    # integer timesteps: each λ is within half a timestep's λ change of its equal-step target
+    assert np.all(h > 0) and np.allclose(h, ideal, rtol=0.35)
+    with pytest.raises(LdnsError, match="logsnr"):
+        make_timesteps(20, T, "logsnr")  # λ_t is required
+
+
+def test_dpm_solver_defaults_to_logsnr_spacing_on_the_linear_schedule():
+    sampler = make_sampler("dpm++", NoiseSchedule(), 20)
+    assert sampler.timestep_spacing == "logsnr" and int(sampler.timesteps[-1]) == 0
+    cosine = NoiseSchedule(ScheduleConfig(beta_schedule="cosine"))
+    assert make_sampler("dpm++", cosine, 20).timestep_spacing == "trailing"
+    assert make_sampler("ddim", NoiseSchedule(), 20).timestep_spacing == "trailing"
 
 
 @pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm++", "dpmpp", "DPM++"])
@@ -223,7 +249,9 @@ def test_schedule_config_validation_lists_allowed_values():
 # ---------------------------------------------------------------------------------------------
 
 
-def exact_moments(schedule: NoiseSchedule, name: str, steps: int) -> tuple[float, float]:
+def exact_moments(
+    schedule: NoiseSchedule, name: str, steps: int, spacing: str | None = None
+) -> tuple[float, float]:
     """The sampler's exact output mean and variance on the Gaussian oracle.
 
     Deterministic samplers are affine maps x_T -> x_0, probed at x_T = 0 and 1. Ancestral DDPM is
@@ -242,7 +270,7 @@ def exact_moments(schedule: NoiseSchedule, name: str, steps: int) -> tuple[float
             A, B = c0 * k + ct, c0 * (MU - k * math.sqrt(a_t) * MU)
             m, v = A * m + B, A * A * v + (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
         return m, v
-    sampler = make_sampler(name, schedule, steps)
+    sampler = make_sampler(name, schedule, steps, timestep_spacing=spacing)
     probe = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
     out = sample_loop(
         gaussian_denoiser(schedule),
@@ -261,12 +289,19 @@ def exact_moments(schedule: NoiseSchedule, name: str, steps: int) -> tuple[float
 # discretisation errors of each sampler on this oracle, measured by `exact_moments` (printed by
 # bench/bench_samplers.py) rounded up: e.g. DDIM-50 is first order and loses ≈6-7% variance on the
 # paper's linear schedule; the mean bias (≈0.005 s) is the schedule's non-zero terminal SNR.
+# DPM++ 20 with its default "logsnr" spacing: +2.9% variance on this oracle (+0.9% "trailing",
+# checked below); the spacing was chosen on a trained network, where it does better (schedule.py)
 CASES = [
     ("ddpm", 1000, 0.01, 0.015),
     ("ddpm", 250, 0.01, 0.04),
     ("ddim", 50, 0.01, 0.08),
-    ("dpm++", 20, 0.01, 0.02),
+    ("dpm++", 20, 0.01, 0.035),
 ]
+
+
+def test_dpm_solver_trailing_spacing_stays_within_one_percent():
+    m, v = exact_moments(NoiseSchedule(), "dpm++", 20, spacing="trailing")
+    assert abs(m - MU) / S < 0.01 and abs(v / S**2 - 1) < 0.02
 
 
 @pytest.mark.parametrize("name, steps, mean_bound, var_bound", CASES)
