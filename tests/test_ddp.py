@@ -56,6 +56,7 @@ WORKER = textwrap.dedent(
             "rank_diff": max(float((g - gathered[0]).abs().max()) for g in gathered),
             "shards": shards,
         }))
+    tdist.barrier()  # neither rank tears gloo down while the other still talks to it
     dist.shutdown()
     """
 )

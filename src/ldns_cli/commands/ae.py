@@ -299,19 +299,22 @@ def fit_ae(
                 info(resume_hint(f"ldns fit-ae {data_path} -m {models}"))
             raise typer.Exit(130)
         if dist.is_main():
+            import copy
+
             from ldns_cli.autoencoder import calibrate_rate_bias
 
+            # on a copy: the trained module stays as the trainer (and its DDP peers) left it
+            model = copy.deepcopy(result.model)
+            ratio_before, ratio_after = calibrate_rate_bias(model, train, device=dev)
             ckpt = result.checkpoint
             assert ckpt is not None
-            ratio_before, ratio_after = calibrate_rate_bias(result.model, train, device=dev)
-            bias = result.model.decoder_out.bias
-            ckpt.tensors["model.decoder_out.bias"] = bias.detach().cpu().clone()
+            ckpt.tensors["model.decoder_out.bias"] = model.decoder_out.bias.detach().cpu().clone()
             info(
                 "rate intercepts refit on the training trials with no inputs dropped: "
                 f"rates/counts {ratio_before:.4f} -> {ratio_after:.4f}"
             )
             ref = val if val is not None else train
-            summary = _summary(result.model, train, ref, dev)
+            summary = _summary(model, train, ref, dev)
             summary["rate_ratio_before_calibration"] = ratio_before
             summary["rate_ratio"] = ratio_after
             summary.update(
@@ -338,9 +341,7 @@ def fit_ae(
             if spike_history:
                 from ldns_cli.history import fit_history_for_ae
 
-                fit_history_for_ae(
-                    result.model, train, val, Path(models), dev, train_cfg.seed, quiet
-                )
+                fit_history_for_ae(model, train, val, Path(models), dev, train_cfg.seed, quiet)
         dist.barrier()
     finally:
         dist.shutdown()
