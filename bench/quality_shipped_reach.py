@@ -5,7 +5,7 @@ a ridge angle decoder on real training trials (bench/quality_conditional.py's de
 decodes samples conditioned on the held-out test trials' angles at guidance W in {1, 2, 4} and
 scores their fidelity with `evaluate` against those test trials.
 
-    python bench/quality_shipped_reach.py        # ~1 min on 2 cores
+    python bench/quality_shipped_reach.py        # ~2 min on 2 cores
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ldns_cli.observation import PoissonObservation
 from ldns_cli.simulate import simulate_reach
 from quality_conditional import angle_features, circ_err_deg, ridge_fit
 
+SEEDS = (1, 2, 3, 4, 5, 6)
 MODELS = Path(__file__).parents[1] / "models"
 RESULTS = Path(__file__).parent / "results" / "quality_shipped_reach.json"
 
@@ -73,25 +74,31 @@ def main() -> None:
     lengths = np.full(test.n_trials, data.n_bins)
     conds = check_conditions(model, {"angle": angles(test)}, lengths)
     for w in (1.0, 2.0, 4.0):
-        s = generate(
-            ae,
-            model,
-            PoissonObservation(),
-            lengths,
-            SampleSettings(seed=1, guidance=w),
-            "cpu",
-            conditions=conds,
-            bin_size_s=data.bin_size_s,
-        )
-        err = float(np.median(circ_err_deg(decode(s), angles(test))))
-        ev = evaluate(test, s, folds=3, seed=0)
+        # the median error of one 200-trial sample set moves by ±0.6 deg from seed to seed
+        # (shipped model, W = 1: 3.97-5.23 deg over seeds 1-6), so the bar is judged on the mean
+        errs = []
+        for seed in SEEDS:
+            s = generate(
+                ae,
+                model,
+                PoissonObservation(),
+                lengths,
+                SampleSettings(seed=seed, guidance=w),
+                "cpu",
+                conditions=conds,
+                bin_size_s=data.bin_size_s,
+            )
+            errs.append(float(np.median(circ_err_deg(decode(s), angles(test)))))
+        err = float(np.mean(errs))
+        print(f"W={w}: median angle error per seed {np.round(errs, 2).tolist()}", flush=True)
+        ev = evaluate(test, s, folds=3, seed=0)  # fidelity of the last seed's samples
         sc = {k: v.get("score") for k, v in ev["metrics"].items()}
         print(
-            f"W={w}: median angle error {err:.2f} deg; scores",
+            f"W={w}: mean over seeds {err:.2f} deg = {err / real_err:.2f}x real; scores",
             {k: (None if v is None else round(v, 2)) for k, v in sc.items()},
             flush=True,
         )
-        out[f"W={w}"] = {"median_err_deg": err, "scores": sc}
+        out[f"W={w}"] = {"median_err_deg_mean": err, "per_seed": errs, "scores": sc}
     RESULTS.write_text(json.dumps(out, indent=1))
     print("done in", round(time.time() - t0), "s")
 
