@@ -106,7 +106,9 @@ def test_typed_condition_grid_and_categories(fitted):
     bad = ["--condition", "condition_id=9", "-o", str(root / "bad.nwb")]
     _fails([*base, *bad], "condition_id")
     # --resume continues the saved fit for more epochs
-    _ok(["fit-diffusion", str(data), "-m", str(typed), "--resume", "--epochs", "3", "-q"])
+    res = _ok(["fit-diffusion", str(data), "-m", str(typed), "--resume", "--epochs", "3"])
+    # the log names no architecture of its own: the saved one is what continues
+    assert "resuming the saved denoiser" in res.stderr and "denoiser width" not in res.stderr
     from ldns_cli.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(typed / "diffusion.safetensors", "diffusion")

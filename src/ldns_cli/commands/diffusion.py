@@ -132,13 +132,21 @@ def fit_diffusion_cmd(
                     else "this recording has none; fit without --condition",
                 )
         cond_text = ", ".join(dcfg.conditions) or "none (unconditional)"
-        info(
-            f"fit-diffusion: {data.n_trials} trials, {data.n_bins} bins of "
-            f"{data.bin_size_s * 1e3:g} ms; denoiser width {dcfg.width}, {dcfg.blocks} blocks, "
-            f"{dcfg.prediction}-prediction, {dcfg.schedule} schedule, {dcfg.loss} loss; "
-            f"conditions: {cond_text}; {tcfg.epochs} epochs of batch {tcfg.batch_size}; "
-            f"device {dev}"
-        )
+        if resume:  # the saved checkpoint's settings apply, not the defaults resolved above
+            info(
+                f"fit-diffusion: {data.n_trials} trials, {data.n_bins} bins of "
+                f"{data.bin_size_s * 1e3:g} ms; resuming the saved denoiser with its own "
+                f"architecture and settings{f' to {epochs} epochs' if epochs else ''}; "
+                f"device {dev}"
+            )
+        else:
+            info(
+                f"fit-diffusion: {data.n_trials} trials, {data.n_bins} bins of "
+                f"{data.bin_size_s * 1e3:g} ms; denoiser width {dcfg.width}, {dcfg.blocks} "
+                f"blocks, {dcfg.prediction}-prediction, {dcfg.schedule} schedule, {dcfg.loss} "
+                f"loss; conditions: {cond_text}; {tcfg.epochs} epochs of batch "
+                f"{tcfg.batch_size}; device {dev}"
+            )
         result, path = fit_diffusion(
             data, models, dcfg, tcfg, dev, resume=resume, resume_epochs=epochs
         )
