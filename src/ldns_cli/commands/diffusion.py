@@ -133,20 +133,19 @@ def fit_diffusion_cmd(
                 )
         cond_text = ", ".join(dcfg.conditions) or "none (unconditional)"
         if resume:  # the saved checkpoint's settings apply, not the defaults resolved above
-            info(
-                f"fit-diffusion: {data.n_trials} trials, {data.n_bins} bins of "
-                f"{data.bin_size_s * 1e3:g} ms; resuming the saved denoiser with its own "
-                f"architecture and settings{f' to {epochs} epochs' if epochs else ''}; "
-                f"device {dev}"
+            what = "resuming the saved denoiser with its own architecture and settings" + (
+                f" to {epochs} epochs" if epochs else ""
             )
         else:
-            info(
-                f"fit-diffusion: {data.n_trials} trials, {data.n_bins} bins of "
-                f"{data.bin_size_s * 1e3:g} ms; denoiser width {dcfg.width}, {dcfg.blocks} "
-                f"blocks, {dcfg.prediction}-prediction, {dcfg.schedule} schedule, {dcfg.loss} "
-                f"loss; conditions: {cond_text}; {tcfg.epochs} epochs of batch "
-                f"{tcfg.batch_size}; device {dev}"
+            what = (
+                f"denoiser width {dcfg.width}, {dcfg.blocks} blocks, {dcfg.prediction}-prediction, "
+                f"{dcfg.schedule} schedule, {dcfg.loss} loss; conditions: {cond_text}; "
+                f"{tcfg.epochs} epochs of batch {tcfg.batch_size}"
             )
+        info(
+            f"fit-diffusion: {data.n_trials} trials, {data.n_bins} bins of "
+            f"{data.bin_size_s * 1e3:g} ms; {what}; device {dev}"
+        )
         result, path = fit_diffusion(
             data, models, dcfg, tcfg, dev, resume=resume, resume_epochs=epochs
         )
