@@ -4,7 +4,8 @@
 
 Measures, in one run:
 1. `evaluation.evaluate` of `--n-samples` DPM-Solver++ samples against the held-out (test) trials:
-   the normalised score (model − floor)/(naive − floor) of every metric (bar: ≤ 0.15);
+   the normalised score (model − floor)/(naive − floor) of every metric (bar: ≤ 0.15), with the
+   latent calibration fitted by `fit-diffusion` (the default) and, for comparison, without it;
 2. samples 16x the training length: the latent power spectrum (Welch, per latent channel) of the
    generated latents against the AE latents of held-out trials, next to the same comparison for
    normal-length samples and for held-out latents against training latents (the floor);
@@ -145,6 +146,17 @@ def main() -> None:
     log("evaluating")
     main_eval = evaluate(test, samples, folds=5, seed=0)
     results["main"] = scores(main_eval)
+    results["latent_calibration"] = model.checkpoint.extra.get("latent_calibration")
+    if model.calibration is not None:  # the same samples without the latent calibration
+        raw = generate(
+            ae, model, obs, np.full(args.n_samples, n_bins),
+            dataclasses.replace(fast, calibrate=False), "cpu",
+        )  # fmt: skip
+        results["main_uncalibrated"] = scores(evaluate(test, raw, folds=5, seed=0))
+        results["main_uncalibrated_rate_hz"] = float(raw.mean_rate_hz().mean())
+        log("uncalibrated: " + json.dumps(
+            {k: v["score"] for k, v in results["main_uncalibrated"].items()}))  # fmt: skip
+    results["main_rate_hz"] = float(samples.mean_rate_hz().mean())
     ae_only = generate_reconstruction(ae, test)
     results["ae_reconstruction"] = scores(evaluate(test, ae_only, folds=5, seed=0))
     worst = max(abs(v["score"]) for v in results["main"].values() if v["score"] is not None)

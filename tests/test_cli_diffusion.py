@@ -173,3 +173,49 @@ def test_denoiser_kernels_reach_the_longest_training_trial(fitted):
     ckpt = load_checkpoint(models / "diffusion.safetensors", "diffusion", fit_command="x")
     assert ckpt.config["diffusion"]["kernel_bins"] == -1
     assert ckpt.extra["denoiser"]["kernel_bins"] == 8
+
+
+def test_latent_calibration_is_fitted_applied_and_refittable(fitted):
+    """fit-diffusion stores a per-channel latent calibration; sample applies it unless told not
+    to (an exact affine map of the same draws); --calibrate-only refits it without training."""
+    from ldns_cli.checkpoint import load_checkpoint, save_checkpoint
+    from ldns_cli.diffusion import load_diffusion
+
+    root, data, models = fitted
+    ckpt = load_checkpoint(models / "diffusion.safetensors", "diffusion")
+    summary = ckpt.extra["latent_calibration"]
+    assert summary["trials"] == 1000 and summary["sampler"] == "dpm++"
+    model = load_diffusion(models, "cpu")
+    assert model.calibration is not None
+    base = ["sample", "-m", str(models), "-n", "4", "--length", "16", "--save-latents", "-q"]
+    _ok([*base, "-o", str(root / "cal.h5")])
+    _ok([*base, "--no-calibration", "-o", str(root / "raw.h5")])
+    cal, raw = read_spikes(root / "cal.h5"), read_spikes(root / "raw.h5")
+    assert cal.provenance["settings.latent_calibration"] == "applied"
+    assert raw.provenance["settings.latent_calibration"] == "off"
+    mu, sd = model.latent_mean, model.latent_std
+    expected = ((raw.latents - mu) / sd * model.calibration.scale + model.calibration.shift) * sd
+    assert np.allclose(cal.latents, expected + mu, atol=1e-4)
+    assert not np.allclose(cal.latents, raw.latents, atol=1e-3)
+
+    # a model without calibration (fitted before it existed) samples as before: "none"
+    old = root / "old"
+    old.mkdir()
+    shutil.copy(models / "ae.safetensors", old / "ae.safetensors")
+    ckpt.tensors = {k: v for k, v in ckpt.tensors.items() if not k.startswith("calibration.")}
+    save_checkpoint(old / "diffusion.safetensors", ckpt)
+    _ok(["sample", "-m", str(old), "-n", "4", "--length", "16", "-q", "-o", str(root / "o.h5")])
+    assert read_spikes(root / "o.h5").provenance["settings.latent_calibration"] == "none"
+    assert np.array_equal(read_spikes(root / "o.h5").counts, read_spikes(root / "raw.h5").counts)
+    # --calibrate-only adds it back: same seed, same calibration as the fit's
+    res = _ok(["fit-diffusion", str(data), "-m", str(old), "--calibrate-only", "--device", "cpu"])
+    assert "latent calibration on 1000 sampled trials" in res.stderr
+    again = load_diffusion(old, "cpu")
+    assert again.calibration is not None
+    assert np.allclose(again.calibration.scale, model.calibration.scale, rtol=1e-5)
+    assert np.allclose(again.calibration.shift, model.calibration.shift, atol=1e-5)
+    _fails(["fit-diffusion", str(data), "-m", str(old), "--calibrate-only", "--resume"], "train")
+    _fails(
+        ["fit-diffusion", str(data), "-m", str(old), "--calibrate-only",
+         "--calibration-trials", "0"], "calibration-trials",
+    )  # fmt: skip

@@ -26,7 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ldns_cli.checkpoint import Checkpoint, check_data_matches, load_checkpoint
+from ldns_cli import distributed as dist
+from ldns_cli.calibration import LatentCalibration
+from ldns_cli.checkpoint import Checkpoint, check_data_matches, load_checkpoint, save_checkpoint
 from ldns_cli.conditions import (
     condition_spec_from_data,
     embed_condition_values,
@@ -71,6 +73,9 @@ class DiffusionConfig:
     # sample sees the span an interior training bin saw, and the std stays 0.96 / 0.97 / 1.00 at
     # 256 / 1024 / 4096 bins (shipped Lorenz model, bench/length_drift.py; ldns-reference §2.6)
     kernel_bins: int = -1
+    # latent trials sampled after the fit to calibrate each channel's mean and std to the
+    # training latents' (calibration.py: the sampled latents come out ~2% too narrow); 0 = off
+    calibration_trials: int = 1000
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
@@ -89,6 +94,11 @@ class DiffusionConfig:
             raise LdnsError(f"--blocks must be >= 1, got {self.blocks}", "e.g. 4")
         if self.smooth_l1_beta <= 0:
             raise LdnsError("smooth_l1_beta must be positive", "e.g. 0.04")
+        if self.calibration_trials < 0:
+            raise LdnsError(
+                f"--calibration-trials must be >= 0, got {self.calibration_trials}",
+                "e.g. 1000 (0 = no latent calibration)",
+            )
         if self.kernel_bins < -1:
             raise LdnsError(
                 f"--kernel-bins must be -1, 0 or positive, got {self.kernel_bins}",
@@ -305,6 +315,7 @@ class DiffusionModel:
     conditions: list[dict[str, Any]] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     checkpoint: Checkpoint | None = None
+    calibration: LatentCalibration | None = None  # None: fitted before calibration existed
 
     @property
     def ae_id(self) -> str:
@@ -361,6 +372,7 @@ def diffusion_from_checkpoint(ckpt: Checkpoint, device: torch.device | str) -> D
         conditions=specs,
         fingerprint=dict(ckpt.fingerprint),
         checkpoint=ckpt,
+        calibration=LatentCalibration.from_tensors(ckpt.tensors),
     )
 
 
@@ -448,6 +460,7 @@ class LatentData:
     std: np.ndarray  # [Z]
     specs: list[dict[str, Any]]
     features: dict[str, torch.Tensor]
+    values: dict[str, np.ndarray] = field(default_factory=dict)  # raw condition values
 
     def dataset(self, which: np.ndarray) -> dict[str, torch.Tensor]:
         return build_dataset(self.latents, self.mask, self.features, which)
@@ -488,7 +501,7 @@ def prepare_latents(
         )
         train, val = train & usable, val & usable
     features = {s["name"]: condition_features(s, values[s["name"]]) for s in specs}
-    return LatentData(z.astype(np.float32), mask, train, val, mean, std, specs, features)
+    return LatentData(z.astype(np.float32), mask, train, val, mean, std, specs, features, values)
 
 
 def fit_diffusion(
@@ -560,4 +573,57 @@ def fit_diffusion(
         resume=previous,
         description="fit-diffusion",
     )
+    if not result.interrupted and config.calibration_trials > 0 and dist.is_main():
+        assert result.checkpoint is not None
+        add_calibration(
+            result.checkpoint, lat, config.calibration_trials, train_config.seed, device
+        )
+        save_checkpoint(path, result.checkpoint)
     return result, path
+
+
+def add_calibration(
+    ckpt: Checkpoint, lat: LatentData, n_trials: int, seed: int, device: torch.device | str
+) -> dict[str, Any]:
+    """Fit the latent calibration of the model in `ckpt` (see `calibration.py`) and store it there.
+
+    Returns the calibration summary (also in `ckpt.extra["latent_calibration"]`); the caller saves.
+    """
+    from ldns_cli.calibration import fit_latent_calibration
+
+    model = diffusion_from_checkpoint(ckpt, device)
+    model.calibration = None  # fit on the raw network, not on a previous calibration
+    cal, summary = fit_latent_calibration(
+        model, lat.latents, lat.mask, lat.train, lat.values, n_trials, seed, device
+    )
+    ckpt.tensors.update(cal.tensors())
+    ckpt.extra["latent_calibration"] = summary
+    return summary
+
+
+def calibrate_diffusion(
+    data: SpikeData, models_dir: str | Path, n_trials: int, seed: int, device: str = "cpu"
+) -> tuple[dict[str, Any], Path]:
+    """Add (or refit) the latent calibration of an existing diffusion model, without training.
+
+    For checkpoints fitted before calibration existed, or to change `n_trials`. Uses the
+    checkpoint's own normalisation statistics and condition specs; writes the file in place.
+    """
+    from ldns_cli.autoencoder import load_autoencoder
+
+    folder = Path(models_dir)
+    ae, ae_ckpt = load_autoencoder(folder, device)
+    check_data_matches(ae_ckpt.fingerprint, data.fingerprint(), "autoencoder")
+    path = folder / DIFFUSION_FILE
+    ckpt = load_checkpoint(path, "diffusion", fit_command="ldns fit-diffusion DATA")
+    check_belongs_to_ae(ckpt.fingerprint, ae_ckpt, folder)
+    config = config_from_dict(DiffusionConfig, ckpt.config["diffusion"], str(path))
+    stats = (ckpt.extra["latent_mean"], ckpt.extra["latent_std"])
+    specs = ckpt.extra.get("conditions", [])
+    lat = prepare_latents(data, ae, config, device, seed, stats=stats, specs=specs)
+    if not lat.train.any():
+        raise LdnsError("no training trials", "the data's split labels hold no 'train' trials")
+    summary = add_calibration(ckpt, lat, n_trials, seed, device)
+    ckpt.config["diffusion"]["calibration_trials"] = int(n_trials)
+    save_checkpoint(path, ckpt)
+    return summary, path

@@ -1,6 +1,7 @@
 """Generation: noise -> latents -> rates -> spikes, for any number of trials, lengths and conditions.
 
     x_T ~ N(0, I)  --sampler (the denoiser, guidance)-->  x_0 (normalised latents)
+      -> per-channel latent calibration (calibration.py; `--no-calibration` skips it)
       -> z = x_0·σ + μ (training stats) -> AE decode -> rates -> observation model -> counts
 
 Trials are generated in chunks (sorted by length, so padding stays small, and capped by a bin
@@ -56,6 +57,8 @@ class SampleSettings:
     batch_size: int = 64  # trials per network batch (also capped by MAX_BINS_PER_CHUNK)
     save_latents: bool = False
     save_rates: bool = False
+    # apply the model's latent calibration (calibration.py) when it has one
+    calibrate: bool = True
 
     def resolved_steps(self) -> int:
         return self.steps or DEFAULT_STEPS[resolve_sampler_name(self.sampler)]
@@ -69,6 +72,13 @@ def trial_generator(
     gen = torch.Generator(device=device)
     gen.manual_seed(int(state[0]) << 32 | int(state[1]) >> 1)
     return gen
+
+
+def calibration_label(model: DiffusionModel, settings: SampleSettings) -> str:
+    """Provenance of the latent calibration: 'applied', 'off' (asked) or 'none' (model has none)."""
+    if model.calibration is None:
+        return "none"
+    return "applied" if settings.calibrate else "off"
 
 
 def parse_lengths(n: int, lengths: np.ndarray) -> np.ndarray:
@@ -170,6 +180,8 @@ def sample_latents(
             denoise, (b, n_bins, n_lat), sampler, ancestral, device, callback,
             initial_noise=noise.to(device),
         )  # fmt: skip
+    if settings.calibrate and model.calibration is not None:
+        x0 = model.calibration.apply(x0)  # per-channel moments of the training latents
     return x0 * mask[:, :, None].to(x0.dtype), mask
 
 
@@ -244,6 +256,7 @@ def sample_metadata(
         "diffusion_id": model.id if model.checkpoint is not None else "",
         "ae_id": model.ae_id,
         "conditions": ",".join(sorted(conditions)) or "none",
+        "latent_calibration": calibration_label(model, settings),
     }
     prov.update(provenance or {})
     return {

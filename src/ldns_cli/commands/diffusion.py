@@ -77,6 +77,21 @@ def fit_diffusion_cmd(
             "longer samples stationary), 0 = global as in the paper.",
         ),
     ] = None,
+    calibration_trials: Annotated[
+        int | None,
+        flag_opt(
+            "--calibration-trials",
+            "Latent trials sampled after the fit to calibrate each latent channel's mean and "
+            "std to the training latents' (default 1000; 0 = none).",
+        ),
+    ] = None,
+    calibrate_only: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate-only",
+            help="Do not train: add or refit the latent calibration of the model in MODELS.",
+        ),
+    ] = False,
     config: ConfigOpt = None,
     resume: Annotated[
         bool,
@@ -109,11 +124,14 @@ def fit_diffusion_cmd(
     dev = dist.init(resolve_device(device))
     try:
         data = read_recording(data_path, bin_ms, align, window, chop, trials)
+        if calibrate_only:
+            _calibrate_only(data, models, calibration_trials, seed, dev, resume, epochs)
+            return
         overrides = {
             "epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width,
             "blocks": blocks, "prediction": prediction, "schedule": schedule, "loss": loss,
             "ema_decay": ema_decay, "cond_dropout": cond_dropout, "seed": seed,
-            "kernel_bins": kernel_bins,
+            "kernel_bins": kernel_bins, "calibration_trials": calibration_trials,
             "conditions": tuple(condition) if condition else None,
         }  # fmt: skip
         if resume and (preset or config or width or blocks or condition or kernel_bins is not None):
@@ -159,6 +177,39 @@ def fit_diffusion_cmd(
                 f"saved {path} (best epoch {result.best_epoch}/{result.epochs_done}{val}, "
                 f"{result.train_seconds:.0f} s)"
             )
+            assert result.checkpoint is not None
+            summary = result.checkpoint.extra.get("latent_calibration")
+            if summary:
+                info(calibration_text(summary))
         dist.barrier()
     finally:
         dist.shutdown()
+
+
+def calibration_text(summary: dict) -> str:
+    return (
+        f"latent calibration on {summary['trials']} sampled trials ({summary['sampler']} "
+        f"{summary['steps']} steps): sampled std {summary['std_ratio_min']:.3f}-"
+        f"{summary['std_ratio_max']:.3f} x the training latents', largest mean offset "
+        f"{summary['max_abs_mean_shift']:.3f} sd; both corrected per channel at sampling"
+    )
+
+
+def _calibrate_only(
+    data, models, calibration_trials: int | None, seed: int | None, dev, resume: bool, epochs
+) -> None:
+    """`--calibrate-only`: add the latent calibration to an existing model, no training."""
+    from ldns_cli import distributed as dist
+    from ldns_cli.diffusion import DiffusionConfig, calibrate_diffusion
+
+    if resume or epochs is not None:
+        raise LdnsError(
+            "--calibrate-only does not train", "drop --resume/--epochs, or fit without it"
+        )
+    n = DiffusionConfig.calibration_trials if calibration_trials is None else calibration_trials
+    if n < 1:
+        raise LdnsError(f"--calibration-trials must be >= 1 here, got {n}", "e.g. 1000")
+    if dist.is_main():
+        summary, path = calibrate_diffusion(data, models, n, 0 if seed is None else seed, dev)
+        info(f"updated {path}")
+        info(calibration_text(summary))

@@ -114,6 +114,13 @@ def sample(
         str,
         typer.Option("--observation", help="auto (spike history if fitted), history or poisson."),
     ] = "auto",
+    calibration: Annotated[
+        bool,
+        typer.Option(
+            "--calibration/--no-calibration",
+            help="Apply the model's per-channel latent calibration (fitted by fit-diffusion).",
+        ),
+    ] = True,
     save_latents: Annotated[
         bool, typer.Option("--save-latents", help="Also store the latents.")
     ] = False,
@@ -152,6 +159,7 @@ def sample(
     from ldns_cli.generate import (
         GeneratedChunk,
         SampleSettings,
+        calibration_label,
         generate_chunks,
         sample_metadata,
     )
@@ -273,6 +281,7 @@ def sample(
         batch_size=batch_size,
         save_latents=save_latents,
         save_rates=save_rates,
+        calibrate=calibration,
     )
     n_steps = settings.resolved_steps()
     cond_text = ", ".join(checked) if checked else "none"
@@ -280,7 +289,8 @@ def sample(
     info(
         f"sample: {n_total} trials of {_length_text(lengths)} bins "
         f"({float(model.fingerprint.get('bin_size_s', 0)) * 1e3:g} ms), {sampler_name} "
-        f"{n_steps} steps{guided}, conditions: {cond_text}, {obs_kind} spikes; device {dev}"
+        f"{n_steps} steps{guided}, conditions: {cond_text}, {obs_kind} spikes, latent "
+        f"calibration {calibration_label(model, settings)}; device {dev}"
     )
     meta = sample_metadata(
         model,

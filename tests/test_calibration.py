@@ -1,0 +1,134 @@
+"""Latent calibration: the per-channel moment map, its fit on sampled latents, and its use."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ldns_cli.calibration import (
+    LatentCalibration,
+    MomentAccumulator,
+    calibration_trials,
+    fit_latent_calibration,
+)
+from ldns_cli.denoiser import Denoiser
+from ldns_cli.diffusion import DiffusionConfig, DiffusionModel, denoiser_config
+from ldns_cli.generate import SampleSettings, calibration_label, sample_latents
+from ldns_cli.schedule import NoiseSchedule
+
+Z = 3
+ANGLE = [{"name": "angle", "kind": "circular", "dim": 1, "unit": "rad", "min": [-3.1],
+          "max": [3.1]}]  # fmt: skip
+
+
+def _model(specs=()) -> DiffusionModel:
+    torch.manual_seed(0)
+    cfg = DiffusionConfig(width=8, blocks=1, state_dim=4, prediction="v")
+    net = Denoiser(denoiser_config(cfg, Z, list(specs), n_bins=24)).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # adaLN-Zero starts as identity: give the block something to do
+        for block in net.blocks:
+            block.modulation.weight.copy_(torch.randn(block.modulation.weight.shape, generator=gen))
+    return DiffusionModel(
+        denoiser=net,
+        config=cfg,
+        schedule=NoiseSchedule(cfg.schedule_config()),
+        latent_mean=np.zeros(Z, np.float32),
+        latent_std=np.ones(Z, np.float32),
+        conditions=list(specs),
+        fingerprint={"bin_size_s": 0.01, "ae_id": "x"},
+    )
+
+
+def _masked_moments(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    v = x[mask].astype(np.float64)
+    return v.mean(0), v.std(0)
+
+
+def _training_set(n_trials: int = 30, n_bins: int = 24, seed: int = 0):
+    """Normalised 'training latents' with known moments per channel, variable lengths."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(10, n_bins + 1, n_trials)
+    mask = np.arange(n_bins)[None, :] < lengths[:, None]
+    latents = rng.normal([0.3, -0.2, 0.0], [1.2, 0.8, 1.0], size=(n_trials, n_bins, Z))
+    latents = (latents * mask[:, :, None]).astype(np.float32)
+    train = np.ones(n_trials, bool)
+    train[::5] = False  # validation trials: not part of the target
+    return latents, mask, train
+
+
+def test_moment_map_gives_target_moments_and_keeps_padding_zero():
+    rng = np.random.default_rng(0)
+    x = rng.normal([1.0, -2.0, 0.5], [0.5, 2.0, 0.1], size=(7, 11, Z))
+    mask = np.arange(11)[None, :] < rng.integers(3, 12, 7)[:, None]
+    acc = MomentAccumulator(Z)
+    acc.add(x[:3], mask[:3])  # chunked accumulation = the masked moments of everything
+    acc.add(x[3:], mask[3:])
+    mean, std = acc.moments()
+    ref_mean, ref_std = _masked_moments(x, mask)
+    assert np.allclose(mean, ref_mean) and np.allclose(std, ref_std)
+    target = (np.array([0.0, 0.1, -0.3]), np.array([1.0, 0.9, 1.1]))
+    cal = LatentCalibration.from_moments((mean, std), target)
+    out = cal.apply(torch.from_numpy(x), torch.from_numpy(mask)).numpy()
+    got_mean, got_std = _masked_moments(out, mask)
+    assert np.allclose(got_mean, target[0], atol=1e-12)
+    assert np.allclose(got_std, target[1], atol=1e-12)
+    assert np.all(out[~mask] == 0)
+    # stored as float32 tensors, read back as the same map; absent tensors mean no calibration
+    back = LatentCalibration.from_tensors(cal.tensors())
+    assert back is not None and np.allclose(back.scale, cal.scale, rtol=1e-6)
+    assert np.allclose(back.shift, cal.shift, atol=1e-6)
+    assert LatentCalibration.from_tensors({"model.w": torch.zeros(1)}) is None
+
+
+def test_calibration_trials_are_training_trials_and_seeded():
+    train_index = np.array([0, 2, 3, 7, 9])
+    a, seed_a = calibration_trials(train_index, 4, seed=0)
+    b, seed_b = calibration_trials(train_index, 4, seed=0)
+    c, _ = calibration_trials(train_index, 12, seed=0)  # more than there are: with replacement
+    assert np.array_equal(a, b) and seed_a == seed_b
+    assert len(set(a.tolist())) == 4 and set(a) <= set(train_index)
+    assert len(c) == 12 and set(c) <= set(train_index)
+    assert calibration_trials(train_index, 4, seed=1)[1] != seed_a
+
+
+@pytest.mark.parametrize("specs", [(), ANGLE])
+def test_fitted_calibration_maps_the_samplers_own_draws_onto_the_training_moments(specs):
+    """Oracle: re-drawing the calibration's samples with the calibration applied gives exactly
+    the training latents' per-channel moments; other seeds land close to them."""
+    model = _model(specs)
+    latents, mask, train = _training_set()
+    angles = np.linspace(-3, 3, latents.shape[0])
+    values = {"angle": angles} if specs else {}
+    cal, summary = fit_latent_calibration(
+        model, latents, mask, train, values, n_trials=40, seed=3, device="cpu", batch_size=16
+    )
+    target = _masked_moments(latents[train], mask[train])
+    assert np.allclose(summary["target_mean"], target[0]) and summary["trials"] == 40
+    assert np.allclose(summary["target_std"], target[1])
+    # the untrained network's samples are far from the targets, so the map is not trivial
+    assert np.max(np.abs(np.log(cal.scale))) > 0.05
+
+    picked, sample_seed = calibration_trials(np.flatnonzero(train), 40, seed=3)
+    lengths = mask[picked].sum(1)
+    conds = {"angle": angles[picked]} if specs else None
+    model.calibration = cal
+    settings = SampleSettings(seed=sample_seed)
+    x0, m = sample_latents(model, lengths, conds, settings, "cpu")
+    got = _masked_moments(x0.numpy(), m.numpy())
+    assert np.allclose(got[0], target[0], atol=1e-4) and np.allclose(got[1], target[1], rtol=1e-4)
+    assert calibration_label(model, settings) == "applied"
+    # switched off: the raw network's draws, which the summary recorded
+    raw, _ = sample_latents(
+        model, lengths, conds, SampleSettings(seed=sample_seed, calibrate=False), "cpu"
+    )
+    raw_moments = _masked_moments(raw.numpy(), m.numpy())
+    assert np.allclose(raw_moments[1], summary["sampled_std"], rtol=1e-4)
+    assert np.allclose(cal.apply(raw, m).numpy(), x0.numpy(), atol=1e-5)
+    # fresh draws (another seed) of the calibrated sampler: moments near the target
+    x1, m1 = sample_latents(model, np.full(40, 24), conds, SampleSettings(seed=11), "cpu")
+    mean1, std1 = _masked_moments(x1.numpy(), m1.numpy())
+    assert np.all(np.abs(mean1 - target[0]) < 0.25) and np.all(
+        np.abs(np.log(std1 / target[1])) < 0.15
+    )
