@@ -10,7 +10,9 @@ from ldns_cli.calibration import (
     LatentCalibration,
     MomentAccumulator,
     calibration_trials,
+    drop_calibration,
     fit_latent_calibration,
+    load_calibrations,
 )
 from ldns_cli.denoiser import Denoiser
 from ldns_cli.diffusion import DiffusionConfig, DiffusionModel, denoiser_config
@@ -75,11 +77,18 @@ def test_moment_map_gives_target_moments_and_keeps_padding_zero():
     assert np.allclose(got_mean, target[0], atol=1e-12)
     assert np.allclose(got_std, target[1], atol=1e-12)
     assert np.all(out[~mask] == 0)
-    # stored as float32 tensors, read back as the same map; absent tensors mean no calibration
-    back = LatentCalibration.from_tensors(cal.tensors())
-    assert back is not None and np.allclose(back.scale, cal.scale, rtol=1e-6)
-    assert np.allclose(back.shift, cal.shift, atol=1e-6)
-    assert LatentCalibration.from_tensors({"model.w": torch.zeros(1)}) is None
+    # stored as float32 tensors under its sampler setting, read back as the same map
+    tensors = {"model.w": torch.zeros(1), **cal.tensors()}
+    other = LatentCalibration.from_moments((mean, std), target, "ddpm", 1000)
+    tensors.update(other.tensors())
+    back = load_calibrations(tensors)
+    assert sorted(back) == ["ddpm/1000", "dpm++/20"]
+    assert np.allclose(back["dpm++/20"].scale, cal.scale, rtol=1e-6)
+    assert np.allclose(back["dpm++/20"].shift, cal.shift, atol=1e-6)
+    assert back["ddpm/1000"].sampler == "ddpm" and back["ddpm/1000"].steps == 1000
+    drop_calibration(tensors, "ddpm/1000")
+    assert sorted(load_calibrations(tensors)) == ["dpm++/20"]
+    assert load_calibrations({"model.w": torch.zeros(1)}) == {}
 
 
 def test_calibration_trials_are_training_trials_and_seeded():
@@ -113,12 +122,20 @@ def test_fitted_calibration_maps_the_samplers_own_draws_onto_the_training_moment
     picked, sample_seed = calibration_trials(np.flatnonzero(train), 40, seed=3)
     lengths = mask[picked].sum(1)
     conds = {"angle": angles[picked]} if specs else None
-    model.calibration = cal
+    assert cal.key == "dpm++/20"
+    model.calibrations = {cal.key: cal}
     settings = SampleSettings(seed=sample_seed)
     x0, m = sample_latents(model, lengths, conds, settings, "cpu")
     got = _masked_moments(x0.numpy(), m.numpy())
     assert np.allclose(got[0], target[0], atol=1e-4) and np.allclose(got[1], target[1], rtol=1e-4)
-    assert calibration_label(model, settings) == "applied"
+    assert calibration_label(model, settings) == "applied (dpm++ 20 steps)"
+    # another sampler setting has no calibration: its draws are the raw network's
+    other = SampleSettings(seed=sample_seed, steps=5)
+    assert calibration_label(model, other) == "none for dpm++ 5 steps"
+    raw5, _ = sample_latents(model, lengths, conds, other, "cpu")
+    raw5_off, _ = sample_latents(model, lengths, conds, SampleSettings(seed=sample_seed, steps=5,
+                                 calibrate=False), "cpu")  # fmt: skip
+    assert torch.equal(raw5, raw5_off)
     # switched off: the raw network's draws, which the summary recorded
     raw, _ = sample_latents(
         model, lengths, conds, SampleSettings(seed=sample_seed, calibrate=False), "cpu"

@@ -176,46 +176,65 @@ def test_denoiser_kernels_reach_the_longest_training_trial(fitted):
 
 
 def test_latent_calibration_is_fitted_applied_and_refittable(fitted):
-    """fit-diffusion stores a per-channel latent calibration; sample applies it unless told not
-    to (an exact affine map of the same draws); --calibrate-only refits it without training."""
+    """fit-diffusion stores a per-channel latent calibration for dpm++ 20; sample applies it
+    unless told not to (an exact affine map of the same draws) and only for that sampler
+    setting; --calibrate-only refits it, or adds one for another setting, without training."""
     from ldns_cli.checkpoint import load_checkpoint, save_checkpoint
     from ldns_cli.diffusion import load_diffusion
 
     root, data, models = fitted
     ckpt = load_checkpoint(models / "diffusion.safetensors", "diffusion")
-    summary = ckpt.extra["latent_calibration"]
-    assert summary["trials"] == 1000 and summary["sampler"] == "dpm++"
+    summary = ckpt.extra["latent_calibration"]["dpm++/20"]
+    assert summary["trials"] == 1000 and summary["sampler"] == "dpm++" and summary["steps"] == 20
     model = load_diffusion(models, "cpu")
-    assert model.calibration is not None
+    cal_model = model.calibration_for("dpm++", 20)
+    assert sorted(model.calibrations) == ["dpm++/20"] and cal_model is not None
     base = ["sample", "-m", str(models), "-n", "4", "--length", "16", "--save-latents", "-q"]
     _ok([*base, "-o", str(root / "cal.h5")])
     _ok([*base, "--no-calibration", "-o", str(root / "raw.h5")])
     cal, raw = read_spikes(root / "cal.h5"), read_spikes(root / "raw.h5")
-    assert cal.provenance["settings.latent_calibration"] == "applied"
+    assert cal.provenance["settings.latent_calibration"] == "applied (dpm++ 20 steps)"
     assert raw.provenance["settings.latent_calibration"] == "off"
     mu, sd = model.latent_mean, model.latent_std
-    expected = ((raw.latents - mu) / sd * model.calibration.scale + model.calibration.shift) * sd
-    assert np.allclose(cal.latents, expected + mu, atol=1e-4)
+    expected = ((raw.latents - mu) / sd * cal_model.scale + cal_model.shift) * sd + mu
+    assert np.allclose(cal.latents, expected, atol=1e-4)
     assert not np.allclose(cal.latents, raw.latents, atol=1e-3)
+    # another setting has no calibration: raw draws, and the log says how to add one
+    res = _ok(["sample", "-m", str(models), "-n", "2", "--length", "16", "--steps", "10",
+               "-o", str(root / "s10.h5")])  # fmt: skip
+    assert "--calibrate-only --sampler dpm++ --steps 10" in res.stderr
+    s10 = read_spikes(root / "s10.h5").provenance["settings.latent_calibration"]
+    assert s10 == "none for dpm++ 10 steps"
 
     # a model without calibration (fitted before it existed) samples as before: "none"
     old = root / "old"
     old.mkdir()
     shutil.copy(models / "ae.safetensors", old / "ae.safetensors")
     ckpt.tensors = {k: v for k, v in ckpt.tensors.items() if not k.startswith("calibration.")}
+    ckpt.extra.pop("latent_calibration")
     save_checkpoint(old / "diffusion.safetensors", ckpt)
     _ok(["sample", "-m", str(old), "-n", "4", "--length", "16", "-q", "-o", str(root / "o.h5")])
-    assert read_spikes(root / "o.h5").provenance["settings.latent_calibration"] == "none"
-    assert np.array_equal(read_spikes(root / "o.h5").counts, read_spikes(root / "raw.h5").counts)
+    back = read_spikes(root / "o.h5")
+    assert back.provenance["settings.latent_calibration"] == "none for dpm++ 20 steps"
+    assert np.array_equal(back.counts, raw.counts)
     # --calibrate-only adds it back: same seed, same calibration as the fit's
     res = _ok(["fit-diffusion", str(data), "-m", str(old), "--calibrate-only", "--device", "cpu"])
-    assert "latent calibration on 1000 sampled trials" in res.stderr
-    again = load_diffusion(old, "cpu")
-    assert again.calibration is not None
-    assert np.allclose(again.calibration.scale, model.calibration.scale, rtol=1e-5)
-    assert np.allclose(again.calibration.shift, model.calibration.shift, atol=1e-5)
+    assert "latent calibration on 1000 sampled trials (dpm++ 20 steps)" in res.stderr
+    again = load_diffusion(old, "cpu").calibration_for("dpm++", 20)
+    assert again is not None
+    assert np.allclose(again.scale, cal_model.scale, rtol=1e-5)
+    assert np.allclose(again.shift, cal_model.shift, atol=1e-5)
+    # ... and one for another setting, next to it
+    _ok(["fit-diffusion", str(data), "-m", str(old), "--calibrate-only", "--sampler", "ddim",
+         "--steps", "5", "--calibration-trials", "50", "-q"])  # fmt: skip
+    both = load_diffusion(old, "cpu")
+    assert sorted(both.calibrations) == ["ddim/5", "dpm++/20"]
+    assert np.allclose(both.calibrations["dpm++/20"].scale, cal_model.scale, rtol=1e-5)
+    stored = load_checkpoint(old / "diffusion.safetensors", "diffusion").extra
+    assert stored["latent_calibration"]["ddim/5"]["trials"] == 50
     _fails(["fit-diffusion", str(data), "-m", str(old), "--calibrate-only", "--resume"], "train")
     _fails(
         ["fit-diffusion", str(data), "-m", str(old), "--calibrate-only",
          "--calibration-trials", "0"], "calibration-trials",
     )  # fmt: skip
+    _fails(["fit-diffusion", str(data), "-m", str(old), "--sampler", "ddim"], "--calibrate-only")

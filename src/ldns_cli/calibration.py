@@ -8,15 +8,22 @@ that alone lowers every neuron's firing rate by about 2% (Jensen), and the mean-
 which is close to 1/rate, is the first to show it: on the default-size Lorenz data (5000 trials,
 width-64 denoiser, 40 epochs, DPM-Solver++ 20) the mean-ISI score was 0.26 with all else ≤ 0.05.
 
-What: after `fit-diffusion`, sample `calibration_trials` latent trials with the default sampler,
-with the lengths and conditions of randomly chosen training trials, measure each channel's mean
+What: after `fit-diffusion`, sample `calibration_trials` latent trials with the default sampler
+(DPM-Solver++, 20 steps), with the lengths and conditions of randomly chosen training trials,
+measure each channel's mean
 m_s and std s_s over valid bins, and compare them with the same moments of the training trials'
 normalised latents (m_t, s_t; 0 and 1 unless the latents were clipped). Sampling then maps each
 channel x → a·x + c with a = s_t/s_s, c = m_t − a·m_s: the sampled latents get the training
 latents' first two moments per channel, and nothing else of them changes (temporal structure,
 cross-channel structure and condition dependence are the network's). The correction is fitted on
-training trials only, stored in the checkpoint (`calibration.scale`, `calibration.shift`) and
+training trials only, stored in the checkpoint (`calibration.<sampler>/<steps>.scale|shift`) and
 applied by `ldns sample` unless `--no-calibration` is given.
+
+A calibration belongs to one sampler setting: how narrow the draws come out depends on the
+sampler and its steps (on that Lorenz model the dpm++ 20 map, applied to 1000-step DDPM draws,
+over-widened them and made every metric worse). Sampling with a setting that has no calibration
+gives the raw network's draws and says so; `fit-diffusion --calibrate-only --sampler S --steps K`
+adds one for another setting.
 
 Measured (bench/quality_diffusion.py on that Lorenz setup, 1000 samples vs the 1000 held-out
 trials): the mean-ISI score went from 0.26 to 0.06, and psc W1, correlation, Fano factor and
@@ -33,17 +40,28 @@ import numpy as np
 import torch
 from torch import Tensor
 
-SCALE_KEY = "calibration.scale"
-SHIFT_KEY = "calibration.shift"
+PREFIX = "calibration"
 CALIBRATION_SEED_STREAM = 7919  # keeps calibration draws apart from seeds a user samples with
+
+
+def calibration_key(sampler: str, steps: int) -> str:
+    """Calibrations are per sampler setting: how narrow the draws come out depends on it."""
+    return f"{sampler}/{int(steps)}"
 
 
 @dataclass(frozen=True)
 class LatentCalibration:
-    """Per-channel affine map x → scale·x + shift on normalised latents `[..., Z]`."""
+    """Per-channel affine map x → scale·x + shift on normalised latents `[..., Z]`, fitted on
+    draws of one sampler setting (`sampler`, `steps`) and valid for that setting only."""
 
     scale: np.ndarray  # [Z]
     shift: np.ndarray  # [Z]
+    sampler: str = "dpm++"
+    steps: int = 20
+
+    @property
+    def key(self) -> str:
+        return calibration_key(self.sampler, self.steps)
 
     def apply(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x `[B, L, Z]` (mask `[B, L]`: padded bins stay zero) -> calibrated `[B, L, Z]`."""
@@ -53,29 +71,52 @@ class LatentCalibration:
         return out if mask is None else out * mask[:, :, None].to(x.dtype)
 
     def tensors(self) -> dict[str, Tensor]:
+        """Checkpoint tensors `calibration.<sampler>/<steps>.scale|shift`."""
         return {
-            SCALE_KEY: torch.as_tensor(self.scale, dtype=torch.float32),
-            SHIFT_KEY: torch.as_tensor(self.shift, dtype=torch.float32),
+            f"{PREFIX}.{self.key}.scale": torch.as_tensor(self.scale, dtype=torch.float32),
+            f"{PREFIX}.{self.key}.shift": torch.as_tensor(self.shift, dtype=torch.float32),
         }
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor]) -> LatentCalibration | None:
-        """The calibration stored in a checkpoint's tensors, or None (fitted before it existed)."""
-        if SCALE_KEY not in tensors or SHIFT_KEY not in tensors:
-            return None
-        return cls(
-            scale=tensors[SCALE_KEY].double().numpy(), shift=tensors[SHIFT_KEY].double().numpy()
-        )
-
-    @classmethod
     def from_moments(
-        cls, sampled: tuple[np.ndarray, np.ndarray], target: tuple[np.ndarray, np.ndarray]
+        cls,
+        sampled: tuple[np.ndarray, np.ndarray],
+        target: tuple[np.ndarray, np.ndarray],
+        sampler: str = "dpm++",
+        steps: int = 20,
     ) -> LatentCalibration:
         """The map taking per-channel (mean, std) `sampled` to `target`."""
         m_s, s_s = (np.asarray(a, dtype=np.float64) for a in sampled)
         m_t, s_t = (np.asarray(a, dtype=np.float64) for a in target)
         scale = s_t / np.maximum(s_s, 1e-8)
-        return cls(scale=scale, shift=m_t - scale * m_s)
+        return cls(scale=scale, shift=m_t - scale * m_s, sampler=sampler, steps=int(steps))
+
+
+def load_calibrations(tensors: dict[str, Tensor]) -> dict[str, LatentCalibration]:
+    """The calibrations stored in a checkpoint's tensors, by `calibration_key` (may be empty:
+    models fitted before calibration existed, or with `--calibration-trials 0`)."""
+    out: dict[str, LatentCalibration] = {}
+    for name in tensors:
+        if not (name.startswith(PREFIX + ".") and name.endswith(".scale")):
+            continue
+        key = name[len(PREFIX) + 1 : -len(".scale")]
+        shift = tensors.get(f"{PREFIX}.{key}.shift")
+        sampler, _, steps = key.rpartition("/")
+        if shift is None or not steps.isdigit():
+            continue
+        out[key] = LatentCalibration(
+            scale=tensors[name].double().numpy(),
+            shift=shift.double().numpy(),
+            sampler=sampler,
+            steps=int(steps),
+        )
+    return out
+
+
+def drop_calibration(tensors: dict[str, Tensor], key: str) -> None:
+    """Remove the tensors of calibration `key` (in place), e.g. before refitting it."""
+    for part in ("scale", "shift"):
+        tensors.pop(f"{PREFIX}.{key}.{part}", None)
 
 
 class MomentAccumulator:
@@ -124,6 +165,8 @@ def fit_latent_calibration(
     n_trials: int,
     seed: int,
     device: torch.device | str,
+    sampler: str = "dpm++",
+    steps: int | None = None,
     batch_size: int = 128,
 ) -> tuple[LatentCalibration, dict[str, Any]]:
     """Fit the per-channel calibration of `model` (a `DiffusionModel` without calibration).
@@ -137,6 +180,8 @@ def fit_latent_calibration(
         n_trials: calibration samples to draw.
         seed: fixes the trials picked and the samples.
         device: where the denoiser runs.
+        sampler: the sampler setting calibrated (the map is applied only when sampling with it).
+        steps: its steps (None: the sampler's default).
         batch_size: trials per network batch.
 
     Returns:
@@ -151,19 +196,22 @@ def fit_latent_calibration(
         target.add(latents[idx], mask[idx])
     picked, sample_seed = calibration_trials(train_index, n_trials, seed)
     lengths = mask[picked].sum(axis=1).astype(np.int64)
-    settings = SampleSettings(seed=sample_seed, batch_size=batch_size, calibrate=False)
+    settings = SampleSettings(
+        sampler=sampler, steps=steps, seed=sample_seed, batch_size=batch_size, calibrate=False
+    )
     sampled = MomentAccumulator(latents.shape[-1])
     for idx in chunks(lengths, batch_size):
         conds = {name: v[picked[idx]] for name, v in condition_values.items()}
         x0, m = sample_latents(model, lengths[idx], conds, settings, device, idx)
         sampled.add(x0.cpu(), m.cpu())
-    cal = LatentCalibration.from_moments(sampled.moments(), target.moments())
     (m_s, s_s), (m_t, s_t) = sampled.moments(), target.moments()
+    n_steps = settings.resolved_steps()
+    cal = LatentCalibration.from_moments((m_s, s_s), (m_t, s_t), settings.sampler, n_steps)
     summary = {
         "trials": int(n_trials),
         "seed": int(seed),
         "sampler": settings.sampler,
-        "steps": settings.resolved_steps(),
+        "steps": n_steps,
         "sampled_mean": m_s.tolist(),
         "sampled_std": s_s.tolist(),
         "target_mean": m_t.tolist(),

@@ -27,7 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from ldns_cli import distributed as dist
-from ldns_cli.calibration import LatentCalibration
+from ldns_cli.calibration import (
+    LatentCalibration,
+    calibration_key,
+    drop_calibration,
+    load_calibrations,
+)
 from ldns_cli.checkpoint import Checkpoint, check_data_matches, load_checkpoint, save_checkpoint
 from ldns_cli.conditions import (
     condition_spec_from_data,
@@ -315,7 +320,8 @@ class DiffusionModel:
     conditions: list[dict[str, Any]] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     checkpoint: Checkpoint | None = None
-    calibration: LatentCalibration | None = None  # None: fitted before calibration existed
+    # by `calibration_key(sampler, steps)`; empty: fitted before calibration existed, or without
+    calibrations: dict[str, LatentCalibration] = field(default_factory=dict)
 
     @property
     def ae_id(self) -> str:
@@ -325,6 +331,10 @@ class DiffusionModel:
     def id(self) -> str:
         assert self.checkpoint is not None
         return weights_id(self.checkpoint.tensors)
+
+    def calibration_for(self, sampler: str, steps: int) -> LatentCalibration | None:
+        """The latent calibration fitted for this sampler setting, if any."""
+        return self.calibrations.get(calibration_key(sampler, steps))
 
     def condition(self, name: str) -> dict[str, Any] | None:
         return next((c for c in self.conditions if c["name"] == name), None)
@@ -372,7 +382,7 @@ def diffusion_from_checkpoint(ckpt: Checkpoint, device: torch.device | str) -> D
         conditions=specs,
         fingerprint=dict(ckpt.fingerprint),
         checkpoint=ckpt,
-        calibration=LatentCalibration.from_tensors(ckpt.tensors),
+        calibrations=load_calibrations(ckpt.tensors),
     )
 
 
@@ -583,30 +593,47 @@ def fit_diffusion(
 
 
 def add_calibration(
-    ckpt: Checkpoint, lat: LatentData, n_trials: int, seed: int, device: torch.device | str
+    ckpt: Checkpoint,
+    lat: LatentData,
+    n_trials: int,
+    seed: int,
+    device: torch.device | str,
+    sampler: str = "dpm++",
+    steps: int | None = None,
 ) -> dict[str, Any]:
-    """Fit the latent calibration of the model in `ckpt` (see `calibration.py`) and store it there.
+    """Fit the latent calibration of the model in `ckpt` for one sampler setting (see
+    `calibration.py`) and store it there, next to those of other settings.
 
-    Returns the calibration summary (also in `ckpt.extra["latent_calibration"]`); the caller saves.
+    Returns its summary (also in `ckpt.extra["latent_calibration"][key]`); the caller saves.
     """
     from ldns_cli.calibration import fit_latent_calibration
 
-    model = diffusion_from_checkpoint(ckpt, device)
-    model.calibration = None  # fit on the raw network, not on a previous calibration
+    model = diffusion_from_checkpoint(ckpt, device)  # calibrations are never applied in the fit
     cal, summary = fit_latent_calibration(
-        model, lat.latents, lat.mask, lat.train, lat.values, n_trials, seed, device
+        model, lat.latents, lat.mask, lat.train, lat.values, n_trials, seed, device, sampler, steps
     )
+    drop_calibration(ckpt.tensors, cal.key)
     ckpt.tensors.update(cal.tensors())
-    ckpt.extra["latent_calibration"] = summary
+    ckpt.extra["latent_calibration"] = {
+        **ckpt.extra.get("latent_calibration", {}),
+        cal.key: summary,
+    }
     return summary
 
 
 def calibrate_diffusion(
-    data: SpikeData, models_dir: str | Path, n_trials: int, seed: int, device: str = "cpu"
+    data: SpikeData,
+    models_dir: str | Path,
+    n_trials: int,
+    seed: int,
+    device: str = "cpu",
+    sampler: str = "dpm++",
+    steps: int | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """Add (or refit) the latent calibration of an existing diffusion model, without training.
+    """Add (or refit) a latent calibration of an existing diffusion model, without training.
 
-    For checkpoints fitted before calibration existed, or to change `n_trials`. Uses the
+    For checkpoints fitted before calibration existed, for another sampler setting, or to change
+    `n_trials`. Uses the
     checkpoint's own normalisation statistics and condition specs; writes the file in place.
     """
     from ldns_cli.autoencoder import load_autoencoder
@@ -623,7 +650,6 @@ def calibrate_diffusion(
     lat = prepare_latents(data, ae, config, device, seed, stats=stats, specs=specs)
     if not lat.train.any():
         raise LdnsError("no training trials", "the data's split labels hold no 'train' trials")
-    summary = add_calibration(ckpt, lat, n_trials, seed, device)
-    ckpt.config["diffusion"]["calibration_trials"] = int(n_trials)
+    summary = add_calibration(ckpt, lat, n_trials, seed, device, sampler, steps)
     save_checkpoint(path, ckpt)
     return summary, path

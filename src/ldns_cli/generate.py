@@ -75,10 +75,14 @@ def trial_generator(
 
 
 def calibration_label(model: DiffusionModel, settings: SampleSettings) -> str:
-    """Provenance of the latent calibration: 'applied', 'off' (asked) or 'none' (model has none)."""
-    if model.calibration is None:
-        return "none"
-    return "applied" if settings.calibrate else "off"
+    """Provenance of the latent calibration: 'applied (dpm++ 20 steps)', 'off' (asked), or
+    'none for <setting>' (the model has no calibration for this sampler setting)."""
+    sampler, steps = resolve_sampler_name(settings.sampler), settings.resolved_steps()
+    if not settings.calibrate:
+        return "off"
+    if model.calibration_for(sampler, steps) is None:
+        return f"none for {sampler} {steps} steps"
+    return f"applied ({sampler} {steps} steps)"
 
 
 def parse_lengths(n: int, lengths: np.ndarray) -> np.ndarray:
@@ -180,8 +184,11 @@ def sample_latents(
             denoise, (b, n_bins, n_lat), sampler, ancestral, device, callback,
             initial_noise=noise.to(device),
         )  # fmt: skip
-    if settings.calibrate and model.calibration is not None:
-        x0 = model.calibration.apply(x0)  # per-channel moments of the training latents
+    calibration = model.calibration_for(
+        resolve_sampler_name(settings.sampler), settings.resolved_steps()
+    )
+    if settings.calibrate and calibration is not None:
+        x0 = calibration.apply(x0)  # the training latents' per-channel mean and std
     return x0 * mask[:, :, None].to(x0.dtype), mask
 
 

@@ -92,6 +92,17 @@ def fit_diffusion_cmd(
             help="Do not train: add or refit the latent calibration of the model in MODELS.",
         ),
     ] = False,
+    sampler: Annotated[
+        str | None,
+        flag_opt(
+            "--sampler",
+            "With --calibrate-only: the sampler setting to calibrate (default dpm++; a "
+            "calibration applies only to the sampler and steps it was fitted for).",
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None, flag_opt("--steps", "With --calibrate-only: sampler steps (its default).")
+    ] = None,
     config: ConfigOpt = None,
     resume: Annotated[
         bool,
@@ -125,8 +136,16 @@ def fit_diffusion_cmd(
     try:
         data = read_recording(data_path, bin_ms, align, window, chop, trials)
         if calibrate_only:
-            _calibrate_only(data, models, calibration_trials, seed, dev, resume, epochs)
+            _calibrate_only(
+                data, models, calibration_trials, seed, dev, (sampler, steps), resume, epochs
+            )
             return
+        if sampler is not None or steps is not None:
+            raise LdnsError(
+                "--sampler/--steps choose what --calibrate-only calibrates",
+                "fit-diffusion calibrates dpm++ 20 after training; add another setting with "
+                "--calibrate-only --sampler S --steps K",
+            )
         overrides = {
             "epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width,
             "blocks": blocks, "prediction": prediction, "schedule": schedule, "loss": loss,
@@ -178,8 +197,7 @@ def fit_diffusion_cmd(
                 f"{result.train_seconds:.0f} s)"
             )
             assert result.checkpoint is not None
-            summary = result.checkpoint.extra.get("latent_calibration")
-            if summary:
+            for summary in result.checkpoint.extra.get("latent_calibration", {}).values():
                 info(calibration_text(summary))
         dist.barrier()
     finally:
@@ -196,11 +214,20 @@ def calibration_text(summary: dict) -> str:
 
 
 def _calibrate_only(
-    data, models, calibration_trials: int | None, seed: int | None, dev, resume: bool, epochs
+    data,
+    models,
+    calibration_trials: int | None,
+    seed: int | None,
+    dev,
+    setting: tuple[str | None, int | None],
+    resume: bool,
+    epochs: int | None,
 ) -> None:
-    """`--calibrate-only`: add the latent calibration to an existing model, no training."""
+    """`--calibrate-only`: add a latent calibration to an existing model, no training."""
     from ldns_cli import distributed as dist
     from ldns_cli.diffusion import DiffusionConfig, calibrate_diffusion
+    from ldns_cli.generate import DEFAULT_SAMPLER
+    from ldns_cli.schedule import resolve_sampler_name
 
     if resume or epochs is not None:
         raise LdnsError(
@@ -209,7 +236,10 @@ def _calibrate_only(
     n = DiffusionConfig.calibration_trials if calibration_trials is None else calibration_trials
     if n < 1:
         raise LdnsError(f"--calibration-trials must be >= 1 here, got {n}", "e.g. 1000")
+    sampler = resolve_sampler_name(setting[0] or DEFAULT_SAMPLER)
     if dist.is_main():
-        summary, path = calibrate_diffusion(data, models, n, 0 if seed is None else seed, dev)
+        summary, path = calibrate_diffusion(
+            data, models, n, 0 if seed is None else seed, dev, sampler, setting[1]
+        )
         info(f"updated {path}")
         info(calibration_text(summary))

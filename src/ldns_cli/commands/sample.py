@@ -118,7 +118,8 @@ def sample(
         bool,
         typer.Option(
             "--calibration/--no-calibration",
-            help="Apply the model's per-channel latent calibration (fitted by fit-diffusion).",
+            help="Apply the model's per-channel latent calibration for this sampler setting "
+            "(fit-diffusion fits dpm++ 20).",
         ),
     ] = True,
     save_latents: Annotated[
@@ -292,6 +293,12 @@ def sample(
         f"{n_steps} steps{guided}, conditions: {cond_text}, {obs_kind} spikes, latent "
         f"calibration {calibration_label(model, settings)}; device {dev}"
     )
+    if calibration and model.calibrations and model.calibration_for(sampler_name, n_steps) is None:
+        info(
+            f"the model's latent calibration is for {', '.join(sorted(model.calibrations))}; "
+            f"add one for this setting with: ldns fit-diffusion DATA -m {models} --calibrate-only "
+            f"--sampler {sampler_name} --steps {n_steps}"
+        )
     meta = sample_metadata(
         model,
         lengths,
