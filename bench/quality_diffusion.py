@@ -10,7 +10,9 @@ Measures, in one run:
    generated latents against the AE latents of held-out trials, next to the same comparison for
    normal-length samples and for held-out latents against training latents (the floor);
 3. DPM-Solver++ (`--fast-steps`) against 1000-step DDPM on the same trial indices: evaluate scores
-   with their fold spread, and the sampling throughput ratio (trials/s) measured back to back.
+   with their fold spread, and the sampling throughput ratio (trials/s) measured back to back;
+   each sampler with its own latent calibration (DDPM's fitted here on
+   `--ddpm-calibration-trials`), and both without.
 
 Runs on CPU with reduced sizes by default (the shared 2-core machine cannot train the paper's
 5000 x 256 x 128 Lorenz setup in the time available); every size is a flag and is recorded in
@@ -36,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import log, run, write_results
 from ldns_cli.autoencoder import infer, load_autoencoder
-from ldns_cli.diffusion import load_diffusion
+from ldns_cli.diffusion import calibrate_diffusion, load_diffusion
 from ldns_cli.evaluation import evaluate
 from ldns_cli.generate import SampleSettings, generate
 from ldns_cli.observation import PoissonObservation
@@ -83,6 +85,9 @@ def main() -> None:
     ap.add_argument("--n-samples", type=int, default=1000)
     ap.add_argument("--n-compare", type=int, default=200, help="trials for DDPM vs DPM++")
     ap.add_argument("--fast-steps", type=int, default=20)
+    ap.add_argument(
+        "--ddpm-calibration-trials", type=int, default=200, help="0: compare DDPM uncalibrated"
+    )
     ap.add_argument("--n-long", type=int, default=24)
     ap.add_argument("--ema-decay", type=float, default=0.995)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -147,7 +152,7 @@ def main() -> None:
     main_eval = evaluate(test, samples, folds=5, seed=0)
     results["main"] = scores(main_eval)
     results["latent_calibration"] = model.checkpoint.extra.get("latent_calibration")
-    if model.calibration is not None:  # the same samples without the latent calibration
+    if model.calibrations:  # the same samples without the latent calibration
         raw = generate(
             ae, model, obs, np.full(args.n_samples, n_bins),
             dataclasses.replace(fast, calibrate=False), "cpu",
@@ -163,36 +168,16 @@ def main() -> None:
     results["main_max_abs_score"] = worst
     log("scores: " + json.dumps({k: v["score"] for k, v in results["main"].items()}))
 
-    # 2. DDPM-1000 vs DPM++ on the same trials, throughput measured back to back
-    n_cmp = args.n_compare
-    lengths = np.full(n_cmp, n_bins)
-    timing = {}
-    runs = {}
-    for name, settings in (
-        ("dpm++", SampleSettings(sampler="dpm++", steps=args.fast_steps, seed=2, batch_size=128)),
-        ("ddpm", SampleSettings(sampler="ddpm", steps=1000, seed=2, batch_size=128)),
-    ):
-        log(f"sampling {n_cmp} trials with {name}")
+    # 2. DDPM-1000 vs DPM++ on the same trials, throughput measured back to back: each sampler
+    # with its own latent calibration (a calibration belongs to one sampler setting), and both raw
+    if args.ddpm_calibration_trials > 0 and model.calibration_for("ddpm", 1000) is None:
+        log(f"calibrating ddpm 1000 on {args.ddpm_calibration_trials} trials")
         t0 = time.perf_counter()
-        runs[name] = generate(ae, model, obs, lengths, settings, "cpu")
-        timing[name] = time.perf_counter() - t0
-    results["compare"] = {
-        "trials": n_cmp,
-        "seconds": timing,
-        "trials_per_s": {k: n_cmp / v for k, v in timing.items()},
-        "speedup": timing["ddpm"] / timing["dpm++"],
-    }
-    for name, out in runs.items():
-        results["compare"][name] = scores(evaluate(test, out, folds=5, seed=0))
-    within = {}
-    for metric in results["main"]:
-        a, b = results["compare"]["dpm++"][metric], results["compare"]["ddpm"][metric]
-        if a["model_mean"] is None or b["model_mean"] is None:
-            continue
-        diff = abs(a["model_mean"] - b["model_mean"])
-        spread = (a["model_sd"] or 0) + (b["model_sd"] or 0)
-        within[metric] = {"abs_diff": diff, "sd_sum": spread, "within": diff <= spread}
-    results["compare"]["within_fold_spread"] = within
+        calibrate_diffusion(data, models, args.ddpm_calibration_trials, 0, "cpu", "ddpm", 1000)
+        results["ddpm_calibration_s"] = time.perf_counter() - t0
+        model = load_diffusion(models, "cpu", ae_ckpt)
+    results["compare"] = compare_samplers(ae, model, obs, test, args, calibrate=True)
+    results["compare_raw"] = compare_samplers(ae, model, obs, test, args, calibrate=False)
     log(f"speedup ddpm/dpm++: {results['compare']['speedup']:.1f}x")
 
     # 3. 16x longer samples keep the latent power spectrum
@@ -220,6 +205,42 @@ def main() -> None:
     log("latent psd: " + json.dumps(results["latent_psd"]))
     path = write_results("quality_diffusion", results)
     log(f"wrote {path}")
+
+
+def compare_samplers(ae, model, obs, test, args, calibrate: bool) -> dict:
+    """DPM++ (`--fast-steps`) against DDPM-1000 on the same trial indices: scores with their
+    fold spread and wall time back to back."""
+    n_cmp = args.n_compare
+    lengths = np.full(n_cmp, args.bins)
+    timing, runs = {}, {}
+    for name, settings in (
+        ("dpm++", SampleSettings(sampler="dpm++", steps=args.fast_steps, seed=2, batch_size=128)),
+        ("ddpm", SampleSettings(sampler="ddpm", steps=1000, seed=2, batch_size=128)),
+    ):
+        settings = dataclasses.replace(settings, calibrate=calibrate)
+        log(f"sampling {n_cmp} trials with {name} (calibration: {calibrate})")
+        t0 = time.perf_counter()
+        runs[name] = generate(ae, model, obs, lengths, settings, "cpu")
+        timing[name] = time.perf_counter() - t0
+    out = {
+        "trials": n_cmp,
+        "calibration": {k: v.provenance["latent_calibration"] for k, v in runs.items()},
+        "seconds": timing,
+        "trials_per_s": {k: n_cmp / v for k, v in timing.items()},
+        "speedup": timing["ddpm"] / timing["dpm++"],
+    }
+    for name, run_ in runs.items():
+        out[name] = scores(evaluate(test, run_, folds=5, seed=0))
+    within = {}
+    for metric in out["dpm++"]:
+        a, b = out["dpm++"][metric], out["ddpm"][metric]
+        if a["model_mean"] is None or b["model_mean"] is None:
+            continue
+        diff = abs(a["model_mean"] - b["model_mean"])
+        spread = (a["model_sd"] or 0) + (b["model_sd"] or 0)
+        within[metric] = {"abs_diff": diff, "sd_sum": spread, "within": diff <= spread}
+    out["within_fold_spread"] = within
+    return out
 
 
 def generate_reconstruction(ae, data):
