@@ -144,11 +144,38 @@ def test_sampler_recursion_matches_naive_loop_and_teacher_forcing(rank):
 
     with torch.no_grad():
         fast = m._run(rates, lambda lam, t: step(lam))
-        slow = naive_run(m, rates, step)
-        torch.testing.assert_close(fast, slow)
+        # stationary start: the naive loop over H burn-in bins at the first bin's rates, cut off
+        W = m.burn_in_bins
+        assert W == H
+        ext = torch.cat([rates[:, :1].expand(-1, W, -1), rates], dim=1)
+        slow = naive_run(m, ext, step)
+        torch.testing.assert_close(fast, slow[:, W:])
         assert fast.sum() > 0 and fast.max() == 3  # the check is not vacuous
         # the sampled counts are a fixed point of the teacher-forced intensity
-        torch.testing.assert_close(step(m.intensity(fast, rates)), fast)
+        torch.testing.assert_close(step(m.intensity(slow, ext)), slow)
+        # without the stationary start: the loop from an empty history
+        m.burn_in_bins = 0
+        torch.testing.assert_close(
+            m._run(rates, lambda lam, t: step(lam)), naive_run(m, rates, step)
+        )
+
+
+def test_stationary_start_has_no_first_bin_transient():
+    """Constant rates and a refractory kernel: from an empty history the first bins fire above
+    the steady state (nothing suppresses them); the stationary start removes that transient."""
+    m = SpikeHistoryObservation(1, history_bins=4, max_count=5)
+    with torch.no_grad():
+        m.history.copy_(torch.tensor([[-3.0, -1.5, -0.5, -0.1]]))
+    rates = torch.full((20000, 24, 1), 0.4)
+    first, steady = {}, {}
+    for stationary in (True, False):
+        m.burn_in_bins = 4 if stationary else 0
+        s = m.sample(rates, gen(11))[..., 0]  # [B, L]
+        first[stationary] = s[:, 0].mean().item()
+        steady[stationary] = s[:, 12:].mean().item()
+    se = (0.4 / 20000) ** 0.5  # Poisson-ish standard error of a bin mean
+    assert abs(first[True] - steady[True]) < 4 * se
+    assert first[False] - steady[False] > 20 * se  # the transient the start removes
 
 
 def test_sampling_respects_cap_and_lengths():

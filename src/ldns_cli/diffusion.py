@@ -31,6 +31,7 @@ from ldns_cli.calibration import (
     LatentCalibration,
     calibration_key,
     drop_calibration,
+    fit_latent_calibration,
     load_calibrations,
 )
 from ldns_cli.checkpoint import Checkpoint, check_data_matches, load_checkpoint, save_checkpoint
@@ -606,8 +607,6 @@ def add_calibration(
 
     Returns its summary (also in `ckpt.extra["latent_calibration"][key]`); the caller saves.
     """
-    from ldns_cli.calibration import fit_latent_calibration
-
     model = diffusion_from_checkpoint(ckpt, device)  # calibrations are never applied in the fit
     cal, summary = fit_latent_calibration(
         model, lat.latents, lat.mask, lat.train, lat.values, n_trials, seed, device, sampler, steps
@@ -633,8 +632,8 @@ def calibrate_diffusion(
     """Add (or refit) a latent calibration of an existing diffusion model, without training.
 
     For checkpoints fitted before calibration existed, for another sampler setting, or to change
-    `n_trials`. Uses the
-    checkpoint's own normalisation statistics and condition specs; writes the file in place.
+    `n_trials`. Uses the checkpoint's own normalisation statistics and condition specs; writes the
+    file in place.
     """
     from ldns_cli.autoencoder import load_autoencoder
 
