@@ -11,8 +11,8 @@ default is full-batch L-BFGS: without coupling the loss is convex in the 22 para
 
 - start from the Poisson reduction (w = 0, a = 1, b = 0) instead of N(0, 1) draws, so the fit
   starts at the plain-Poisson solution;
-- all valid bins are targets, with a zero history before bin 0 — the same assumption the sampler
-  makes — instead of dropping the first H bins;
+- all valid bins are targets, with a zero history before bin 0, instead of dropping the first H
+  bins (the sampler, unlike the fit, starts from a stationary history: `observation._run`);
 - the cap enters the likelihood exactly (a count at the cap scores P(X ≥ cap));
 - AdamW gets a cosine learning-rate decay (to 1% of `lr`) so mini-batch fits settle; L-BFGS uses
   `weight_decay` as a weak Gaussian prior centred on the Poisson reduction;
