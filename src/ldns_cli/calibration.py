@@ -23,7 +23,9 @@ A calibration belongs to one sampler setting: how narrow the draws come out depe
 sampler and its steps (on that Lorenz model the dpm++ 20 map, applied to 1000-step DDPM draws,
 over-widened them and made every metric worse). Sampling with a setting that has no calibration
 gives the raw network's draws and says so; `fit-diffusion --calibrate-only --sampler S --steps K`
-adds one for another setting.
+adds one for another setting. Conditional models are calibrated at guidance W = 1 with the
+training trials' conditions; the same map is applied at any W (on the shipped reach model the
+calibrated samples' largest |score| over six seeds averaged 0.13 at W = 2 against 0.16 raw).
 
 Measured (bench/quality_diffusion.py on that Lorenz setup, 1000 samples vs the 1000 held-out
 trials): the mean-ISI score went from 0.26 to 0.06, and psc W1, correlation, Fano factor and
