@@ -9,10 +9,9 @@ import torch
 from ldns_cli.calibration import (
     LatentCalibration,
     MomentAccumulator,
-    calibration_trials,
-    drop_calibration,
     fit_latent_calibration,
     load_calibrations,
+    pick_calibration_trials,
 )
 from ldns_cli.denoiser import Denoiser
 from ldns_cli.diffusion import DiffusionConfig, DiffusionModel, denoiser_config
@@ -86,20 +85,27 @@ def test_moment_map_gives_target_moments_and_keeps_padding_zero():
     assert np.allclose(back["dpm++/20"].scale, cal.scale, rtol=1e-6)
     assert np.allclose(back["dpm++/20"].shift, cal.shift, atol=1e-6)
     assert back["ddpm/1000"].sampler == "ddpm" and back["ddpm/1000"].steps == 1000
-    drop_calibration(tensors, "ddpm/1000")
-    assert sorted(load_calibrations(tensors)) == ["dpm++/20"]
+    # refitting a setting replaces its tensors (same keys), the other setting stays
+    refit = LatentCalibration.from_moments((mean, 2 * std), target, "ddpm", 1000)
+    tensors.update(refit.tensors())
+    again = load_calibrations(tensors)
+    assert np.allclose(again["ddpm/1000"].scale, refit.scale, rtol=1e-6)
+    assert np.allclose(again["dpm++/20"].scale, cal.scale, rtol=1e-6)
     assert load_calibrations({"model.w": torch.zeros(1)}) == {}
+    # a channel the sampler left constant is shifted, not divided by its zero std
+    flat = LatentCalibration.from_moments((np.zeros(Z), np.array([1.0, 0.0, 1.0])), target)
+    assert flat.scale[1] == 1.0 and np.isfinite(flat.scale).all()
 
 
 def test_calibration_trials_are_training_trials_and_seeded():
     train_index = np.array([0, 2, 3, 7, 9])
-    a, seed_a = calibration_trials(train_index, 4, seed=0)
-    b, seed_b = calibration_trials(train_index, 4, seed=0)
-    c, _ = calibration_trials(train_index, 12, seed=0)  # more than there are: with replacement
+    a, seed_a = pick_calibration_trials(train_index, 4, seed=0)
+    b, seed_b = pick_calibration_trials(train_index, 4, seed=0)
+    c, _ = pick_calibration_trials(train_index, 12, seed=0)  # more than there are: with replacement
     assert np.array_equal(a, b) and seed_a == seed_b
     assert len(set(a.tolist())) == 4 and set(a) <= set(train_index)
     assert len(c) == 12 and set(c) <= set(train_index)
-    assert calibration_trials(train_index, 4, seed=1)[1] != seed_a
+    assert pick_calibration_trials(train_index, 4, seed=1)[1] != seed_a
 
 
 @pytest.mark.parametrize("specs", [(), ANGLE])
@@ -119,7 +125,7 @@ def test_fitted_calibration_maps_the_samplers_own_draws_onto_the_training_moment
     # the untrained network's samples are far from the targets, so the map is not trivial
     assert np.max(np.abs(np.log(cal.scale))) > 0.05
 
-    picked, sample_seed = calibration_trials(np.flatnonzero(train), 40, seed=3)
+    picked, sample_seed = pick_calibration_trials(np.flatnonzero(train), 40, seed=3)
     lengths = mask[picked].sum(1)
     conds = {"angle": angles[picked]} if specs else None
     assert cal.key == "dpm++/20"

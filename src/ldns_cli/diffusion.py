@@ -30,7 +30,6 @@ from ldns_cli import distributed as dist
 from ldns_cli.calibration import (
     LatentCalibration,
     calibration_key,
-    drop_calibration,
     fit_latent_calibration,
     load_calibrations,
 )
@@ -80,7 +79,7 @@ class DiffusionConfig:
     # 256 / 1024 / 4096 bins (shipped Lorenz model, bench/length_drift.py; ldns-reference §2.6)
     kernel_bins: int = -1
     # latent trials sampled after the fit to calibrate each channel's mean and std to the
-    # training latents' (calibration.py: the sampled latents come out ~2% too narrow); 0 = off
+    # training latents' (calibration.py: sampled latents come out a few % too narrow); 0 = off
     calibration_trials: int = 1000
 
     def __post_init__(self) -> None:
@@ -611,8 +610,7 @@ def add_calibration(
     cal, summary = fit_latent_calibration(
         model, lat.latents, lat.mask, lat.train, lat.values, n_trials, seed, device, sampler, steps
     )
-    drop_calibration(ckpt.tensors, cal.key)
-    ckpt.tensors.update(cal.tensors())
+    ckpt.tensors.update(cal.tensors())  # replaces an earlier fit of the same setting
     ckpt.extra["latent_calibration"] = {
         **ckpt.extra.get("latent_calibration", {}),
         cal.key: summary,

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ldns_cli import __version__
+from ldns_cli.calibration import LatentCalibration
 from ldns_cli.conditions import check_conditions  # noqa: F401 (re-exported)
 from ldns_cli.data import SpikeData, VariableInfo
 from ldns_cli.diffusion import DiffusionModel, condition_features, denormalise
@@ -74,15 +75,25 @@ def trial_generator(
     return gen
 
 
+def active_calibration(model: DiffusionModel, settings: SampleSettings) -> LatentCalibration | None:
+    """The latent calibration `settings` sample with: the model's one for this sampler setting,
+    or None (switched off, or none fitted for the setting)."""
+    if not settings.calibrate:
+        return None
+    return model.calibration_for(resolve_sampler_name(settings.sampler), settings.resolved_steps())
+
+
 def calibration_label(model: DiffusionModel, settings: SampleSettings) -> str:
     """Provenance of the latent calibration: 'applied (dpm++ 20 steps)', 'off' (asked), or
     'none for <setting>' (the model has no calibration for this sampler setting)."""
-    sampler, steps = resolve_sampler_name(settings.sampler), settings.resolved_steps()
+    setting = f"{resolve_sampler_name(settings.sampler)} {settings.resolved_steps()} steps"
     if not settings.calibrate:
         return "off"
-    if model.calibration_for(sampler, steps) is None:
-        return f"none for {sampler} {steps} steps"
-    return f"applied ({sampler} {steps} steps)"
+    return (
+        "none for " + setting
+        if active_calibration(model, settings) is None
+        else f"applied ({setting})"
+    )
 
 
 def parse_lengths(n: int, lengths: np.ndarray) -> np.ndarray:
@@ -184,10 +195,8 @@ def sample_latents(
             denoise, (b, n_bins, n_lat), sampler, ancestral, device, callback,
             initial_noise=noise.to(device),
         )  # fmt: skip
-    calibration = model.calibration_for(
-        resolve_sampler_name(settings.sampler), settings.resolved_steps()
-    )
-    if settings.calibrate and calibration is not None:
+    calibration = active_calibration(model, settings)
+    if calibration is not None:
         x0 = calibration.apply(x0)  # the training latents' per-channel mean and std
     return x0 * mask[:, :, None].to(x0.dtype), mask
 

@@ -295,8 +295,9 @@ class SpikeHistoryObservation(nn.Module):
         first-bin rates, and those bins are discarded, so bin 0 already has a history drawn from
         the model. Starting from an empty history instead leaves the first bins without the
         suppression (refractoriness) or excitation (bursts) the gain a and intercept b were
-        fitted with: on refractory Lorenz data (a ≈ 1.4) the first bin fired at twice the rate of
-        the data's and the population-count tail at bin 0 doubled (issue 7 notes).
+        fitted with: on refractory Lorenz data (a ≈ 1.47) the first bin's population count was
+        14.7 spikes against the data's 12.0, single first bins reached 58 against 28, and the
+        population-count skewness was 2.7 against 1.55 (issue 7 notes).
 
         Instead of re-reading a history window at every bin, each new count pushes its future
         contribution w_k·s_t into a time-major drive buffer at bins t+1..t+H (one fused addcmul);

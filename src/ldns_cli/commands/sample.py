@@ -160,6 +160,7 @@ def sample(
     from ldns_cli.generate import (
         GeneratedChunk,
         SampleSettings,
+        active_calibration,
         calibration_label,
         generate_chunks,
         sample_metadata,
@@ -293,7 +294,7 @@ def sample(
         f"{n_steps} steps{guided}, conditions: {cond_text}, {obs_kind} spikes, latent "
         f"calibration {calibration_label(model, settings)}; device {dev}"
     )
-    if calibration and model.calibrations and model.calibration_for(sampler_name, n_steps) is None:
+    if calibration and model.calibrations and active_calibration(model, settings) is None:
         info(
             f"the model's latent calibration is for {', '.join(sorted(model.calibrations))}; "
             f"add one for this setting with: ldns fit-diffusion DATA -m {models} --calibrate-only "
