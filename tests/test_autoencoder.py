@@ -13,6 +13,7 @@ from torch import nn
 from ldns_cli.autoencoder import (
     AE_KIND,
     AEConfig,
+    PoissonNLLFromLogits,
     Autoencoder,
     ae_loss,
     ae_path,
@@ -113,45 +114,60 @@ def test_decoder_is_time_local_and_additive_over_latents() -> None:
         torch.testing.assert_close(pre(a) + pre(b), pre(ab) + pre(ba), atol=1e-4, rtol=1e-4)
 
 
-class _RatesStub(nn.Module):
-    """Returns fixed leaf rates so the loss's gradient shows which entries it uses."""
+class _LogitsStub(nn.Module):
+    """Returns fixed leaf logits so the loss's gradient shows which entries it uses."""
 
-    def __init__(self, cfg: AEConfig, rates: torch.Tensor) -> None:
+    def __init__(self, cfg: AEConfig, logits: torch.Tensor) -> None:
         super().__init__()
         self.config = cfg
-        self.rates = rates
+        self.logits = logits
         self.seen_inputs: torch.Tensor | None = None
 
     def forward(
-        self, inputs: torch.Tensor, mask: torch.Tensor | None, channels_first: bool = False
+        self, inputs: torch.Tensor, mask: torch.Tensor | None, logits: bool = False
     ) -> tuple:
-        assert channels_first  # the loss works on [B, N, L]
+        assert logits  # the loss fuses the softplus into the Poisson NLL
         self.seen_inputs = inputs
-        return self.rates, torch.zeros(inputs.shape[0], self.config.latent_dim, inputs.shape[2])
+        return self.logits, torch.zeros(inputs.shape[0], inputs.shape[1], self.config.latent_dim)
 
 
 def test_coordinated_dropout_loss_only_on_dropped_entries() -> None:
     p = 0.3
     cfg = AEConfig(n_neurons=N, latent_dim=Z, width=16, blocks=1, dropout_p=p, l2=0.0, smooth=0.0)
     x = counts(4, 25, seed=1)  # [B, L, N]
+    x[0, 3, :4] = torch.tensor([2.0, 3.0, 5.0, 9.0])  # counts > 1 exercise the Stirling term
     mask = torch.ones(4, 25, dtype=torch.bool)
     mask[2, 20:] = False
     x[2, 20:] = 0
-    x_cf = x.transpose(1, 2)  # [B, N, L], the loss's layout
-    rates = torch.full_like(x_cf, 0.7, requires_grad=True)
-    stub = _RatesStub(cfg, rates)
+    logits = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    stub = _LogitsStub(cfg, logits)
     loss, logs = ae_loss(stub, {"counts": x, "mask": mask}, torch.Generator().manual_seed(11))
     loss.backward()
-    keep = torch.rand(x_cf.shape, generator=torch.Generator().manual_seed(11)) >= p
-    torch.testing.assert_close(stub.seen_inputs, x_cf * keep / (1 - p))
-    dropped = (~keep) & mask[:, None, :]
-    assert torch.equal(rates.grad != 0, dropped)
+    keep = torch.rand(x.shape, generator=torch.Generator().manual_seed(11)) >= p
+    torch.testing.assert_close(stub.seen_inputs, x * keep / (1 - p))
+    dropped = (~keep) & mask[:, :, None]
+    assert torch.equal(logits.grad != 0, dropped)
     # value: full Poisson NLL summed over dropped valid entries / (valid bins · N)
-    nll = F.poisson_nll_loss(rates, x_cf, log_input=False, full=True, eps=1e-8, reduction="none")
+    rates = F.softplus(logits)
+    nll = F.poisson_nll_loss(rates, x, log_input=False, full=True, eps=1e-8, reduction="none")
     expected = (nll * dropped).sum() / (mask.sum() * N)
     torch.testing.assert_close(loss, expected)
     per_target = float((nll * dropped).sum().detach() / dropped.sum())
     assert logs["nll_per_target"] == pytest.approx(per_target)
+    # gradient: the autograd gradient of the same expression
+    (grad_ref,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(logits.grad, grad_ref, rtol=1e-5, atol=1e-9)
+
+
+def test_fused_poisson_nll_passes_gradcheck() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(3, 5, 4, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    s = torch.poisson(torch.full((3, 5, 4), 1.5, dtype=torch.float64), generator=gen)
+    w = (torch.rand(3, 5, 4, generator=gen, dtype=torch.float64) > 0.4).double()
+    assert torch.autograd.gradcheck(PoissonNLLFromLogits.apply, (logits, s, w))
+    r = F.softplus(logits)
+    expected = (w * (r - s * torch.log(r + 1e-8))).sum()
+    torch.testing.assert_close(PoissonNLLFromLogits.apply(logits, s, w), expected)
 
 
 def test_latent_penalty_closed_form() -> None:

@@ -204,3 +204,20 @@ def test_ssm_param_groups_follow_the_s4_rule() -> None:
     all_ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(all_ids) == sorted(id(p) for p in model.parameters())  # each exactly once
     torch.optim.AdamW(groups)  # accepted as is
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_channels_last_layer_is_the_transposed_map(bidirectional: bool) -> None:
+    cf = make_layer(bidirectional, seed=3)
+    cl = make_layer(bidirectional, seed=3)
+    cl.channels_last = True
+    u = torch.randn(2, 4, 37, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    ut = u.detach().transpose(1, 2).clone().requires_grad_(True)
+    w = torch.randn(2, 4, 37, generator=torch.Generator().manual_seed(5))
+    y_cf, y_cl = cf(u), cl(ut)
+    torch.testing.assert_close(y_cl, y_cf.transpose(1, 2))
+    g_cf = torch.autograd.grad((y_cf * w).sum(), [u, *cf.parameters()])
+    g_cl = torch.autograd.grad((y_cl * w.transpose(1, 2)).sum(), [ut, *cl.parameters()])
+    torch.testing.assert_close(g_cl[0], g_cf[0].transpose(1, 2))
+    for a, b in zip(g_cl[1:], g_cf[1:], strict=True):
+        torch.testing.assert_close(a, b)

@@ -1,8 +1,9 @@
 """The LDNS autoencoder: spike counts -> smooth time-aligned latents -> Poisson rates.
 
-Architecture (ldns-reference.md §1.2–1.3; internally channels-first `[B, C, L]`):
+Architecture (ldns-reference.md §1.2–1.3; channels-last `[B, L, C]` throughout, so every 1×1
+layer is one GEMM over B·L rows and the counts need no transpose):
 
-    counts [B, N, L] -> 1×1 in-projection N→C
+    counts [B, L, N] -> 1×1 in-projection N→C
       -> blocks × (masked InstanceNorm over time, unconditional adaLN shift/scale, S4, GELU,
                    per-channel scale+bias, residual; then norm, channel MLP C→2C→C, residual)
       -> grouped 1×1 bottleneck C→Z (latent j reads its own block of C/Z channels)   = z
@@ -131,25 +132,28 @@ AE_PRESETS: dict[str, dict[str, Any]] = {
 
 
 class AEBlock(nn.Module):
-    """Residual S4 time-mixing + channel-MLP block (§1.2), masked for padding."""
+    """Residual S4 time-mixing + channel-MLP block (§1.2), masked for padding; `[B, L, C]`."""
 
     def __init__(self, cfg: AEConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
         c = cfg.width
         # unconditional adaLN: shift/scale per sub-layer, zero init (LDNS's γ, β)
         self.modulation = nn.Parameter(torch.zeros(4, c))  # [shift1, scale1, shift2, scale2]
-        self.s4 = S4Layer(c, cfg.state_dim, cfg.bidirectional, generator=generator)
+        self.s4 = S4Layer(
+            c, cfg.state_dim, cfg.bidirectional, generator=generator, channels_last=True
+        )
         self.post_scale = nn.Parameter(torch.ones(c))  # depthwise 1×1 after the time mixer
         self.post_bias = nn.Parameter(torch.zeros(c))
-        self.mlp = ChannelMLP(c, cfg.mlp_mult, bias=False, generator=generator)
+        self.mlp = ChannelMLP(c, cfg.mlp_mult, bias=False, generator=generator, channels_last=True)
 
     def forward(self, h: Tensor, mask: Tensor | None) -> Tensor:
-        """h `[B, C, L]`, mask `[B, L]` -> `[B, C, L]`."""
-        shift1, scale1, shift2, scale2 = (m[:, None] for m in self.modulation)  # [C, 1] each
-        x = masked_instance_norm(h, mask) * (1 + scale1) + shift1
-        x = F.gelu(self.s4(apply_mask(x, mask)))  # zero padding into the global convolution
-        h = h + self.post_scale[:, None] * x + self.post_bias[:, None]
-        x = masked_instance_norm(h, mask) * (1 + scale2) + shift2
+        """h `[B, L, C]`, mask `[B, L]` -> `[B, L, C]`."""
+        shift1, scale1, shift2, scale2 = self.modulation  # [C] each
+        x = torch.addcmul(shift1, masked_instance_norm(h, mask, channels_last=True), 1 + scale1)
+        # zero padding into the global convolution
+        x = F.gelu(self.s4(apply_mask(x, mask, channels_last=True)))
+        h = torch.addcmul(h + self.post_bias, x, self.post_scale)
+        x = torch.addcmul(shift2, masked_instance_norm(h, mask, channels_last=True), 1 + scale2)
         return h + self.mlp(x)
 
 
@@ -161,51 +165,39 @@ class Autoencoder(nn.Module):
         cfg.validate()
         self.config = cfg
         c, z = cfg.width, cfg.latent_dim
-        self.encoder_in = Pointwise(cfg.n_neurons, c, generator=generator)
+        kw: dict[str, Any] = {"generator": generator, "channels_last": True}
+        self.encoder_in = Pointwise(cfg.n_neurons, c, **kw)
         self.blocks = nn.ModuleList(AEBlock(cfg, generator) for _ in range(cfg.blocks))
         groups = z if (c % z == 0 and z < c) else 1
-        self.bottleneck = Pointwise(c, z, groups=groups, generator=generator)
-        self.unbottleneck = Pointwise(z, cfg.decoder_hidden, groups=z, generator=generator)
-        self.decoder_out = Pointwise(cfg.decoder_hidden, cfg.n_neurons, generator=generator)
+        self.bottleneck = Pointwise(c, z, groups=groups, **kw)
+        self.unbottleneck = Pointwise(z, cfg.decoder_hidden, groups=z, **kw)
+        self.decoder_out = Pointwise(cfg.decoder_hidden, cfg.n_neurons, **kw)
 
-    # ------------------------------------------------------------------ channels-first core
-    def encode_cf(self, counts: Tensor, mask: Tensor | None = None) -> Tensor:
-        """counts `[B, N, L]` -> z `[B, Z, L]` (zero at padded bins)."""
-        h = self.encoder_in(counts.float())  # [B, C, L]
+    def encode(self, counts: Tensor, mask: Tensor | None = None) -> Tensor:
+        """counts `[B, L, N]` (float), mask `[B, L]` bool or None -> z `[B, L, Z]` (0 at padding)."""
+        h = self.encoder_in(counts.float())  # [B, L, C]
         for block in self.blocks:
             h = block(h, mask)
-        return apply_mask(self.bottleneck(h), mask)  # [B, Z, L]
+        return apply_mask(self.bottleneck(h), mask, channels_last=True)  # [B, L, Z]
 
-    def decoder_logits_cf(self, z: Tensor) -> Tensor:
-        """z `[B, Z, L]` -> pre-softplus rates `[B, N, L]` (with the intercept), per bin."""
+    def decoder_logits(self, z: Tensor) -> Tensor:
+        """z `[..., Z]` -> pre-softplus rates `[..., N]` (with the intercept); acts per bin."""
         return self.decoder_out(F.gelu(self.unbottleneck(z)))
 
-    def decode_cf(self, z: Tensor) -> Tensor:
-        """z `[B, Z, L]` -> rates `[B, N, L]`; acts on each bin on its own."""
-        return F.softplus(self.decoder_logits_cf(z).float())
-
-    # ------------------------------------------------------------------ public [B, L, ·] API
-    def encode(self, counts: Tensor, mask: Tensor | None = None) -> Tensor:
-        """counts `[B, L, N]` (float), mask `[B, L]` bool or None -> z `[B, L, Z]`."""
-        return self.encode_cf(counts.transpose(1, 2), mask).transpose(1, 2)
-
     def decode(self, z: Tensor) -> Tensor:
-        """z `[B, L, Z]` -> rates `[B, L, N]` (spikes per bin, > 0)."""
-        return self.decode_cf(z.transpose(1, 2)).transpose(1, 2)
+        """z `[B, L, Z]` -> rates `[B, L, N]` (spikes per bin, > 0); acts on each bin on its own."""
+        return F.softplus(self.decoder_logits(z).float())
 
     def forward(
-        self, counts: Tensor, mask: Tensor | None = None, channels_first: bool = False
+        self, counts: Tensor, mask: Tensor | None = None, logits: bool = False
     ) -> tuple[Tensor, Tensor]:
         """counts `[B, L, N]` -> (rates `[B, L, N]`, z `[B, L, Z]`).
 
-        With `channels_first=True` everything is `[B, ·, L]` instead (the training loss uses it
-        to avoid transposing the largest tensors; it goes through `forward` for DDP's hooks).
+        With `logits=True` the first output is the pre-softplus rates instead (the training loss
+        fuses the softplus into the Poisson NLL; it goes through `forward` for DDP's hooks).
         """
-        if channels_first:
-            z = self.encode_cf(counts, mask)  # [B, Z, L]
-            return self.decode_cf(z), z
-        z = self.encode_cf(counts.transpose(1, 2), mask)  # [B, Z, L]
-        return self.decode_cf(z).transpose(1, 2), z.transpose(1, 2)
+        z = self.encode(counts, mask)
+        return (self.decoder_logits(z) if logits else self.decode(z)), z
 
     @torch.no_grad()
     def init_rate_bias(self, mean_rate: Tensor) -> None:
@@ -216,8 +208,8 @@ class Autoencoder(nn.Module):
 
     def _decoder_mean_preact(self) -> Tensor:
         # decoder_out bias is added to W·GELU(unbottleneck(z)); at init z ≈ 0, so offset by it
-        zero = torch.zeros(1, self.config.latent_dim, 1, device=self.decoder_out.weight.device)
-        return self.decoder_logits_cf(zero)[0, :, 0] - self.decoder_out.bias
+        zero = torch.zeros(1, self.config.latent_dim, device=self.decoder_out.weight.device)
+        return self.decoder_logits(zero)[0] - self.decoder_out.bias
 
 
 # ---------------------------------------------------------------------------- objective
@@ -263,6 +255,33 @@ def crop_to_longest(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: (v[:, :longest] if v.ndim >= 2 else v) for k, v in batch.items()}
 
 
+class PoissonNLLFromLogits(torch.autograd.Function):
+    """Σ w·(r − s·log(r + 1e-8)) with r = softplus(logits): the Poisson NLL without its Stirling
+    term, weighted per entry, as one op with a hand-written gradient.
+
+        ∂/∂logits = w · σ(logits) · (1 − s / (r + 1e-8))
+
+    Why: on the `[B, L, N]` decoder output (the largest tensors of a training step) autograd
+    through softplus, log, mul, sub and where makes about twice the memory passes; this saves
+    the rates once and fuses the weighting into a dot product.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, counts: Tensor, weight: Tensor) -> Tensor:
+        rates = F.softplus(logits)
+        term = torch.log(rates + 1e-8).mul_(counts)
+        torch.sub(rates, term, out=term)  # r − s·log(r + ε)
+        ctx.save_for_backward(logits, rates, counts, weight)
+        return torch.dot(term.reshape(-1), weight.reshape(-1))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        logits, rates, counts, weight = ctx.saved_tensors
+        g = torch.div(counts, rates + 1e-8).neg_().add_(1.0)  # 1 − s/(r + ε)
+        g.mul_(torch.sigmoid(logits)).mul_(weight).mul_(grad)
+        return g, None, None
+
+
 def ae_loss(
     model: Autoencoder, batch: dict[str, Tensor], generator: torch.Generator | None
 ) -> tuple[Tensor, dict[str, float]]:
@@ -277,33 +296,30 @@ def ae_loss(
     mask = batch.get("mask")
     if mask is not None and bool(mask.all()):
         mask = None  # no padding: skip the masking work
-    # one transpose up front; the model and the loss then work on contiguous [B, N, L]
-    counts = batch["counts"].float().transpose(1, 2).contiguous()  # [B, N, L]
-    n_neurons, n_bins = counts.shape[1], counts.shape[2]
+    counts = batch["counts"].float()  # [B, L, N]
+    n_neurons, n_bins = counts.shape[2], counts.shape[1]
     n_valid_bins = counts.shape[0] * n_bins if mask is None else mask.sum().clamp_min(1)
     n_valid = n_valid_bins * n_neurons  # valid neuron-bins
     p = cfg.dropout_p
     if p > 0:
         keep = torch.rand(counts.shape, generator=generator, device=counts.device) >= p
-        inputs = counts * (keep * (1.0 / (1.0 - p)))
-        target = ~keep  # loss only on dropped entries...
-        if mask is not None:
-            target &= mask[:, None, :]  # ...inside the trials
+        inputs = torch.where(keep, counts * (1.0 / (1.0 - p)), 0.0)
+        weight = torch.where(keep, 0.0, 1.0)  # loss only on dropped entries...
     else:
         inputs = counts
-        target = None if mask is None else mask[:, None, :].expand_as(counts)
-    rates, z = model(inputs, mask, channels_first=True)  # [B, N, L], [B, Z, L]
+        weight = torch.ones_like(counts)
+    if mask is not None:
+        weight = weight * mask[:, :, None]  # ...inside the trials
+    logits, z = model(inputs, mask, logits=True)  # [B, L, N], [B, L, Z]
     # Poisson NLL r − s·log(r) plus the Stirling term of log(s!) (torch's full=True); the latter
     # is constant, so it is summed only over its few non-zero entries (counts > 1)
-    term = rates - counts * torch.log(rates + 1e-8)
-    big = counts > 1 if target is None else target & (counts > 1)
+    big = counts > 1
     k = counts[big]
-    stirling = (k * torch.log(k) - k + 0.5 * torch.log(2 * math.pi * k)).sum()
-    rec_sum = (term.sum() if target is None else torch.where(target, term, 0.0).sum()) + stirling
+    stirling = ((k * torch.log(k) - k + 0.5 * torch.log(2 * math.pi * k)) * weight[big]).sum()
+    rec_sum = PoissonNLLFromLogits.apply(logits.float(), counts, weight) + stirling
     rec = rec_sum / n_valid
-    lat = latent_penalty(z.float().transpose(1, 2), mask, cfg.l2, cfg.smooth, cfg.smooth_lags)
-    lat = lat / n_valid
-    n_target = n_valid if target is None else target.sum().clamp_min(1)
+    lat = latent_penalty(z.float(), mask, cfg.l2, cfg.smooth, cfg.smooth_lags) / n_valid
+    n_target = weight.sum().clamp_min(1)
     logs = {
         "rec": float(rec.detach()),
         "latent": float(lat.detach()),
@@ -423,9 +439,9 @@ def calibrate_rate_bias(
         fisher = torch.zeros_like(b)
         rate_sum = 0.0
         for i in range(0, z_valid.shape[0], chunk):
-            z = z_valid[i : i + chunk].to(device).T[None]  # [1, Z, V']
+            z = z_valid[i : i + chunk].to(device)  # [V', Z]
             # the logits carry the current intercept: swap it for the candidate b
-            v = model.decoder_logits_cf(z)[0].T.double().cpu() - start + b  # [V', N]
+            v = model.decoder_logits(z).double().cpu() - start + b  # [V', N]
             r = F.softplus(v).clamp_min(1e-12)
             sig = torch.sigmoid(v)
             s = s_valid[i : i + chunk].double()

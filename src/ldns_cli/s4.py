@@ -33,6 +33,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -117,6 +118,8 @@ class S4Layer(nn.Module):
         bidirectional: add an anti-causal kernel (own C, shared λ, Δ); False = strictly causal.
         dt_min, dt_max: range of the log-uniform initial step size Δ (in bins).
         generator: RNG for the initialisation.
+        channels_last: map `[B, L, H] -> [B, L, H]` instead (the FFTs still run along a
+            contiguous time axis: one transpose copy each way is cheaper than strided FFTs).
     """
 
     def __init__(
@@ -127,8 +130,10 @@ class S4Layer(nn.Module):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         generator: torch.Generator | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
+        self.channels_last = channels_last  # layout only; not part of the checkpoint
         if state_dim < 2 or state_dim % 2:
             raise ValueError("state_dim must be an even number >= 2")
         self.channels = channels
@@ -174,20 +179,24 @@ class S4Layer(nn.Module):
         dt_a, c_tilde = self.discretised()
         return (kernel_naive if naive else kernel_factored)(dt_a, c_tilde, length)
 
-    def kernel_fft(self, length: int, n_fft: int, naive: bool = False) -> Tensor:
-        """rfft of the (two-sided) kernel at FFT size n_fft: complex `[H, n_fft//2 + 1]`.
+    def circular_kernel(self, length: int, n_fft: int, naive: bool = False) -> Tensor:
+        """The layer's whole map as one real circular kernel `[H, n_fft]`, D skip included.
 
         `length` is the kernel length K (lags 0..K−1 each way); n_fft ≥ L + K − 1 for input L.
+        Layout: lags 0..K−1 at the front, lag −m (m = 1..K−1) at index n − m, zeros between;
+        D sits at lag 0, so the skip costs no extra pass over the activations.
         """
         k = self.kernel(length, naive=naive)  # [D, H, K]
+        d = self.d.float()[:, None]  # [H, 1]
+        forward = torch.cat([k[0, :, :1] + d, k[0, :, 1:]], dim=-1)  # [H, K]
         if self.bidirectional:
-            kf, kb = k[0], k[1]
-            # circular layout: lags 0..L−1 at the front, lag −m (m = 1..L−1) at index n − m
             gap = k.new_zeros(self.channels, n_fft - 2 * length + 1)
-            full = torch.cat([kf, gap, kb[:, : length - 1].flip(-1)], dim=-1)  # [H, n]
-        else:
-            full = k[0]
-        return torch.fft.rfft(full, n=n_fft)
+            return torch.cat([forward, gap, k[1, :, : length - 1].flip(-1)], dim=-1)  # [H, n]
+        return torch.cat([forward, k.new_zeros(self.channels, n_fft - length)], dim=-1)
+
+    def kernel_fft(self, length: int, n_fft: int, naive: bool = False) -> Tensor:
+        """rfft of `circular_kernel` (D included): complex `[H, n_fft//2 + 1]`."""
+        return torch.fft.rfft(self.circular_kernel(length, n_fft, naive=naive), n=n_fft)
 
     def _cached_kernel_fft(self, length: int, n_fft: int) -> Tensor:
         if self._cache is None:
@@ -202,18 +211,64 @@ class S4Layer(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, u: Tensor) -> Tensor:
-        """u `[B, H, L]` -> y `[B, H, L]`, computed in float32 (also under autocast)."""
+        """u `[B, H, L]` -> y `[B, H, L]` (`[B, L, H]` both if channels-last), in float32 inside."""
+        if self.channels_last:
+            return self._forward_cf(u.transpose(1, 2).contiguous()).transpose(1, 2).contiguous()
+        return self._forward_cf(u)
+
+    def _forward_cf(self, u: Tensor) -> Tensor:
         length = u.shape[-1]
         k_len = length if self.max_kernel_bins is None else min(length, self.max_kernel_bins)
         # lags −(K−1)..K−1 on an input of L bins: n ≥ L + K − 1 avoids wrap-around
         n_fft = fast_fft_size(length + k_len)
         with torch.autocast(device_type=u.device.type, enabled=False):
             u32 = u.float()
-            k_hat = self._cached_kernel_fft(k_len, n_fft)  # [H, n/2+1]
-            u_hat = torch.fft.rfft(u32, n=n_fft)  # [B, H, n/2+1]
-            y = torch.fft.irfft(u_hat * k_hat, n=n_fft)[..., :length]  # [B, H, L]
-            y = y + self.d.float()[:, None] * u32
+            if self._cache is not None or not torch.is_grad_enabled():
+                k_hat = self._cached_kernel_fft(k_len, n_fft)  # [H, n/2+1]
+                u_hat = torch.fft.rfft(u32, n=n_fft)  # [B, H, n/2+1]
+                y = torch.fft.irfft(u_hat * k_hat, n=n_fft)[..., :length]  # [B, H, L]
+            else:
+                y = FFTConv.apply(u32, self.circular_kernel(k_len, n_fft), n_fft)
         return y.to(u.dtype)
+
+
+class FFTConv(torch.autograd.Function):
+    """y = (kernel ⊛ u)[..., :L]: circular convolution at FFT size n, with hand-written adjoints.
+
+    Forward: y = irfft(rfft(u, n) · rfft(k))[:L] for u `[B, H, L]`, real kernel k `[H, n]`.
+    Backward, both exact for the zero-padded circular convolution (no wrap-around reaches
+    [0, L) because the kernel is zero between its lags K..n−K and n ≥ L + K − 1):
+
+        ∂u = irfft(rfft(g, n) · conj(rfft(k)))[:L]        (correlation of g with the kernel)
+        ∂k = irfft(Σ_b rfft(g, n) · conj(rfft(u, n)))       (correlation of g with u)
+
+    Why not autograd through torch.fft: rfft's generic backward rebuilds a full-length complex
+    spectrum (a zero fill plus a c2c transform over [B, H, n]); this costs two real transforms
+    and keeps rfft(u) from the forward pass instead.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, u: Tensor, kernel: Tensor, n_fft: int) -> Tensor:
+        length = u.shape[-1]
+        k_hat = torch.fft.rfft(kernel, n=n_fft)  # [H, n/2+1]
+        u_hat = torch.fft.rfft(u, n=n_fft)  # [B, H, n/2+1]
+        y = torch.fft.irfft(u_hat * k_hat, n=n_fft)[..., :length]  # [B, H, L]
+        ctx.save_for_backward(u_hat, k_hat)
+        ctx.n_fft = n_fft
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        u_hat, k_hat = ctx.saved_tensors
+        n_fft, length = ctx.n_fft, grad_y.shape[-1]
+        g_hat = torch.fft.rfft(grad_y, n=n_fft)  # [B, H, n/2+1]
+        grad_u = grad_k = None
+        if ctx.needs_input_grad[0]:
+            grad_u = torch.fft.irfft(g_hat * k_hat.conj(), n=n_fft)[..., :length]
+        if ctx.needs_input_grad[1]:
+            cross = (g_hat * u_hat.conj()).sum(dim=0)  # [H, n/2+1]
+            grad_k = torch.fft.irfft(cross, n=n_fft)  # [H, n]
+        return grad_u, grad_k, None
 
 
 @contextmanager
