@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ldns_cli.layers import Pointwise, masked_instance_norm
+from ldns_cli.layers import Pointwise, _TimeNorm, masked_instance_norm
 
 
 @pytest.mark.parametrize("groups", [1, 4])
@@ -65,3 +65,13 @@ def test_channels_last_norm_matches_channels_first(with_mask):
     ref = F.instance_norm(x) if mask is None else None  # torch's own on the unpadded case
     if ref is not None:
         torch.testing.assert_close(y_cf, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_time_norm_gradient_passes_gradcheck():
+    # the hand-written backward of the unmasked norm, in float64 (the public function computes
+    # in float32), over the time axis of either layout
+    x = torch.randn(2, 3, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for dim in (1, 2):
+        assert torch.autograd.gradcheck(
+            lambda t, d=dim: _TimeNorm.apply(t, d, 1e-5), (x.clone().requires_grad_(True),)
+        )
