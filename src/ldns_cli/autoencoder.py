@@ -153,8 +153,8 @@ class AEBlock(nn.Module):
         # zero padding into the global convolution
         x = F.gelu(self.s4(apply_mask(x, mask, channels_last=True)))
         h = torch.addcmul(h + self.post_bias, x, self.post_scale)
-        x = torch.addcmul(shift2, masked_instance_norm(h, mask, channels_last=True), 1 + scale2)
-        return h + self.mlp(x)
+        x = masked_instance_norm(h, mask, channels_last=True)
+        return h + self.mlp.forward_affine(x, 1 + scale2, shift2)  # MLP(x·(1 + scale2) + shift2)
 
 
 class Autoencoder(nn.Module):
@@ -268,16 +268,17 @@ class PoissonNLLFromLogits(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, logits: Tensor, counts: Tensor, weight: Tensor) -> Tensor:
-        rates = F.softplus(logits)
-        term = torch.log(rates + 1e-8).mul_(counts)
-        torch.sub(rates, term, out=term)  # r − s·log(r + ε)
-        ctx.save_for_backward(logits, rates, counts, weight)
-        return torch.dot(term.reshape(-1), weight.reshape(-1))
+        shifted = F.softplus(logits).add_(1e-8)  # r + ε
+        term = torch.log(shifted).mul_(counts)
+        torch.sub(shifted, term, out=term)  # r + ε − s·log(r + ε)
+        ctx.save_for_backward(logits, shifted, counts, weight)
+        # the ε inside the first r is taken back once, over the weights
+        return torch.dot(term.reshape(-1), weight.reshape(-1)) - 1e-8 * weight.sum()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        logits, rates, counts, weight = ctx.saved_tensors
-        g = torch.div(counts, rates + 1e-8).neg_().add_(1.0)  # 1 − s/(r + ε)
+        logits, shifted, counts, weight = ctx.saved_tensors
+        g = torch.div(counts, shifted).neg_().add_(1.0)  # 1 − s/(r + ε)
         g.mul_(torch.sigmoid(logits)).mul_(weight).mul_(grad)
         return g, None, None
 
@@ -313,9 +314,10 @@ def ae_loss(
     logits, z = model(inputs, mask, logits=True)  # [B, L, N], [B, L, Z]
     # Poisson NLL r − s·log(r) plus the Stirling term of log(s!) (torch's full=True); the latter
     # is constant, so it is summed only over its few non-zero entries (counts > 1)
-    big = counts > 1
-    k = counts[big]
-    stirling = ((k * torch.log(k) - k + 0.5 * torch.log(2 * math.pi * k)) * weight[big]).sum()
+    big = torch.nonzero(counts.reshape(-1) > 1).squeeze(1)  # flat indices of counts > 1
+    k = counts.reshape(-1)[big]
+    w_big = weight.reshape(-1)[big]
+    stirling = ((k * torch.log(k) - k + 0.5 * torch.log(2 * math.pi * k)) * w_big).sum()
     rec_sum = PoissonNLLFromLogits.apply(logits.float(), counts, weight) + stirling
     rec = rec_sum / n_valid
     lat = latent_penalty(z.float(), mask, cfg.l2, cfg.smooth, cfg.smooth_lags) / n_valid

@@ -170,3 +170,16 @@ class ChannelMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
+
+    def forward_affine(self, x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+        """`forward(x·scale + shift)` for per-channel scale/shift `[C]`, channels-last only.
+
+        The affine is folded into fc1 (W·(a⊙x + b) = (W·diag a)·x + W·b, a [2C, C] product):
+        one pass fewer over the activations forward and backward, the same function.
+        """
+        fc1 = self.fc1
+        if not fc1.channels_last or fc1.groups != 1:
+            raise ValueError("forward_affine needs a channels-last, ungrouped fc1")
+        w = fc1.weight[0]  # [mult·C, C]
+        bias = w @ shift if fc1.bias is None else fc1.bias + w @ shift
+        return self.fc2(F.gelu(F.linear(x, w * scale, bias)))

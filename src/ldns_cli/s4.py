@@ -263,11 +263,11 @@ class FFTConv(torch.autograd.Function):
         n_fft, length = ctx.n_fft, grad_y.shape[-1]
         g_hat = torch.fft.rfft(grad_y, n=n_fft)  # [B, H, n/2+1]
         grad_u = grad_k = None
-        if ctx.needs_input_grad[0]:
-            grad_u = torch.fft.irfft(g_hat * k_hat.conj(), n=n_fft)[..., :length]
         if ctx.needs_input_grad[1]:
             cross = (g_hat * u_hat.conj()).sum(dim=0)  # [H, n/2+1]
             grad_k = torch.fft.irfft(cross, n=n_fft)  # [H, n]
+        if ctx.needs_input_grad[0]:  # g_hat is not needed after this: multiply in place
+            grad_u = torch.fft.irfft(g_hat.mul_(k_hat.conj()), n=n_fft)[..., :length]
         return grad_u, grad_k, None
 
 
