@@ -3,7 +3,7 @@
 Times optimiser steps (fwd + bwd + AdamW) on Lorenz-shaped batches (B = 64, L = 256, N = 128) at
 one thread. Both the steps and the 1024³ fp32 GEMM calibration are timed in *process CPU time*,
 interleaved, so the ratio survives a shared, oversubscribed machine (wall time does not).
-Model FLOPs = GEMM/conv FLOPs counted by torch's FlopCounterMode + analytic FFT FLOPs.
+Model FLOPs: `quality_ae.model_flops_per_bin` (GEMMs counted on one step, FFTs analytic).
 
 Usage: nice python bench/throughput_ae.py [--presets small lorenz] [--steps 6]
 Writes bench/results/throughput_ae.json.
@@ -50,7 +50,7 @@ def main() -> None:
     for preset in args.presets:
         ae_cfg, _ = _resolve_configs(preset, None, {}, n_neurons)
         model = Autoencoder(ae_cfg, torch.Generator().manual_seed(0))
-        flops_bin = model_flops_per_bin(model, n_neurons, length)
+        flops_bin = model_flops_per_bin(model, n_neurons, length, args.batch)
         opt = torch.optim.AdamW(ssm_param_groups(model, 1e-3, 0.01))
 
         def step() -> None:

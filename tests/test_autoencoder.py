@@ -13,8 +13,8 @@ from torch import nn
 from ldns_cli.autoencoder import (
     AE_KIND,
     AEConfig,
-    PoissonNLLFromLogits,
     Autoencoder,
+    PoissonNLLFromLogits,
     ae_loss,
     ae_path,
     bits_per_spike,

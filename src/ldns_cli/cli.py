@@ -5,6 +5,7 @@ Importing the command modules registers their commands on the shared Typer app.
 
 from __future__ import annotations
 
+from ldns_cli.allocator import keep_freed_memory
 from ldns_cli.app import app
 from ldns_cli.commands import register_all
 
@@ -12,6 +13,7 @@ register_all()
 
 
 def main() -> None:
+    keep_freed_memory()  # training and sampling reuse large freed blocks (see allocator.py)
     app()
 
 

@@ -59,6 +59,7 @@ from ldns_cli.checkpoint import (
 )
 from ldns_cli.config import config_to_dict
 from ldns_cli.console import err_console, info, is_quiet, progress, set_quiet, warn
+from ldns_cli.allocator import keep_freed_memory
 from ldns_cli.ema import EMA
 from ldns_cli.errors import LdnsError
 from ldns_cli.s4 import ssm_param_groups
@@ -546,6 +547,7 @@ def fit(
     description: str = "training",
 ) -> FitResult:
     """Train `model` on `train`, validating on `val` each epoch; see the module docstring."""
+    keep_freed_memory()  # reuse freed activation memory across steps (CPU: 6-7% per step)
     if not dist.is_main():
         set_quiet(True)  # progress and info from rank 0 only
     trainer = _Trainer(

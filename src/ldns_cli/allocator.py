@@ -1,0 +1,39 @@
+"""Keep freed tensor memory in the process instead of handing it back to the OS (glibc only).
+
+Why: a CPU training step allocates and frees dozens of 4–16 MB activations. glibc serves blocks
+that large with fresh mmap()s (or trims the heap top after a free), so every step page-faults
+and zero-fills ~50 MB again: 13.7k minor faults per `small` AE step, measured. Raising the
+mmap threshold to its maximum (32 MiB on 64-bit) and the trim threshold to 1 GiB lets those
+blocks be reused; the `small` AE step ran 6–7% faster at 1 thread in interleaved runs (see
+the #4 closing note). The cost is that up to 1 GiB of freed memory stays mapped until exit.
+PyTorch's docs recommend jemalloc/tcmalloc for the same reason; this needs no extra library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+from functools import cache
+
+_M_TRIM_THRESHOLD = -1  # glibc mallopt parameter numbers (malloc.h)
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's upper limit for the mmap threshold on 64-bit
+_TRIM_THRESHOLD_BYTES = 2**30
+
+
+@cache
+def keep_freed_memory() -> bool:
+    """Tune glibc's malloc once per process; True if applied (False elsewhere: a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other libcs have no mallopt
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok_mmap = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) == 1
+    ok_trim = mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES) == 1
+    return ok_mmap and ok_trim
