@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from ldns_cli import distributed as dist
+from ldns_cli.allocator import keep_freed_memory
 from ldns_cli.checkpoint import (
     Checkpoint,
     optimizer_from_tensors,
@@ -59,7 +60,6 @@ from ldns_cli.checkpoint import (
 )
 from ldns_cli.config import config_to_dict
 from ldns_cli.console import err_console, info, is_quiet, progress, set_quiet, warn
-from ldns_cli.allocator import keep_freed_memory
 from ldns_cli.ema import EMA
 from ldns_cli.errors import LdnsError
 from ldns_cli.s4 import ssm_param_groups
