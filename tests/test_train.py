@@ -162,11 +162,11 @@ if sys.argv[1] == "tuned":
     assert keep_freed_memory()
 from ldns_cli.autoencoder import AEConfig, Autoencoder, ae_loss
 torch.set_num_threads(1)
-cfg = AEConfig(n_neurons=64, latent_dim=8, width=64, blocks=1, state_dim=8)
+cfg = AEConfig(n_neurons=128, latent_dim=8, width=64, blocks=1, state_dim=8)
 model = Autoencoder(cfg, torch.Generator().manual_seed(0))
 opt = torch.optim.AdamW(model.parameters())
 gen = torch.Generator().manual_seed(0)
-batch = {"counts": torch.poisson(torch.full((16, 256, 64), 0.2), generator=gen)}
+batch = {"counts": torch.poisson(torch.full((32, 256, 128), 0.2), generator=gen)}
 def step():
     loss, _ = ae_loss(model, batch, gen)
     opt.zero_grad(set_to_none=True)
@@ -197,7 +197,7 @@ def test_allocator_tuning_stops_per_step_page_faults() -> None:
         )  # fmt: skip
         return float(out.stdout.strip().splitlines()[-1])
 
-    # 1 MB activations: glibc mmaps them afresh each step by default (hundreds of page faults
+    # 2–4 MB activations: glibc mmaps them afresh each step by default (thousands of page faults
     # per step); with the tuning the freed blocks are reused
     default, tuned = faults_per_step("default"), faults_per_step("tuned")
     assert default > 200
