@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_results
+from ldns_cli.allocator import keep_freed_memory
 from ldns_cli.autoencoder import Autoencoder, ae_loss
 from ldns_cli.commands.ae import _resolve_configs
 from ldns_cli.s4 import ssm_param_groups
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    keep_freed_memory()  # as `ldns fit-ae` does (train.fit)
     length, n_neurons = 256, 128
     gen = torch.Generator().manual_seed(0)
     counts = torch.poisson(torch.full((args.batch, length, n_neurons), 0.15), generator=gen)

@@ -119,9 +119,9 @@ AE_PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 400, "warmup_epochs": 20, "batch_size": 256, "lr": 1e-3,
         "final_lr_frac": 0.26, "grad_clip": 2.0,
     },
-    # CPU demo: bench/quality_ae.py measured R² 0.985 (latents -> Lorenz state), rate r 0.990 and
-    # 99.9% of the oracle's bits/spike after 4 epochs on 3500 training trials (130 CPU-s, 1 thread);
-    # min_steps gives small datasets (the 1000-trial demo) enough optimiser steps
+    # CPU demo: bench/quality_ae.py measured R² 0.987 (latents -> Lorenz state), rate r 0.992 and
+    # 100.1% of the oracle's bits/spike after 5 epochs on 3500 training trials (34 s wall on
+    # 2 threads); min_steps gives small datasets (the 1000-trial demo) enough optimiser steps
     "small": {
         "latent_dim": 8, "width": 64, "blocks": 2, "bidirectional": True, "state_dim": 32,
         "dropout_p": 0.2, "l2": 0.01, "smooth": 0.01,
