@@ -262,8 +262,8 @@ class PoissonNLLFromLogits(torch.autograd.Function):
         ∂/∂logits = w · σ(logits) · (1 − s / (r + 1e-8))
 
     Why: on the `[B, L, N]` decoder output (the largest tensors of a training step) autograd
-    through softplus, log, mul, sub and where makes about twice the memory passes; this saves
-    the rates once and fuses the weighting into a dot product.
+    through softplus, log, mul, sub and where allocates a full-size temporary per op and keeps
+    several for the backward; this keeps r + ε once and fuses the weighting into a dot product.
     """
 
     @staticmethod

@@ -1,8 +1,9 @@
 """Small building blocks shared by the autoencoder and the denoiser.
 
 Layout: channels-first `[B, C, L]` by default (the denoiser); `channels_last=True` gives
-`[B, L, C]` (the autoencoder, whose 1×1 layers are then plain GEMMs over B·L rows: 1.6–2× faster
-fwd+bwd on CPU than conv1d at widths 64–128, measured in bench/throughput_ae.py's notes).
+`[B, L, C]` (the autoencoder, whose 1×1 layers are then plain GEMMs over B·L rows: a 64→128
+layer on [64, 256] bins ran fwd+bwd 1.6× (1 thread) to 2.2× (2 threads) faster than conv1d,
+128→64 about the same; a microbenchmark from the session-5 note on #4).
 
 - `masked_instance_norm`: InstanceNorm over *time* per (sample, channel) using valid bins only,
   so padding never enters the statistics (LDNS's nn.InstanceNorm1d lets it leak, §8.4).
@@ -57,8 +58,8 @@ class _TimeNorm(torch.autograd.Function):
         ∂x = (g − mean(g) − y·mean(g·y)) / √(var + eps)
 
     Why: autograd through mean, sub, square, mean, rsqrt and mul keeps several full-size
-    temporaries and makes about twice the passes over the activations (the norm runs twice per
-    block); this keeps only y and the per-(sample, channel) scale.
+    temporaries and makes more passes over the activations (the norm runs twice per block);
+    this keeps only y and the per-(sample, channel) scale.
     """
 
     @staticmethod
@@ -142,12 +143,12 @@ class Pointwise(nn.Module):
         if g == 1:
             return F.linear(x, self.weight[0], self.bias)  # one GEMM over B·L rows
         xg = x.reshape(*x.shape[:-1], g, c_in_g)  # [B, L, G, C_in/G]
-        if c_in_g == 1:  # each output block reads one input channel: a broadcast product
-            y = xg * self.weight[:, :, 0]  # [B, L, G, C_out/G]
-        elif c_out_g == 1:  # each output reads its own block: a product and a sum
+        if c_out_g == 1:
+            # one output per group (the AE bottleneck): a product and a sum; einsum's batched
+            # GEMM with N = 1 took 6.5 ms fwd+bwd against 1.6 ms at 2 threads on [64, 256, 64]
             y = (xg * self.weight[:, 0, :]).sum(dim=-1, keepdim=True)  # [B, L, G, 1]
         else:
-            y = torch.einsum("blgi,goi->blgo", xg, self.weight)
+            y = torch.einsum("...gi,goi->...go", xg, self.weight)  # [B, L, G, C_out/G]
         y = y.reshape(*x.shape[:-1], g * c_out_g)
         return y if self.bias is None else y + self.bias
 

@@ -118,8 +118,9 @@ class S4Layer(nn.Module):
         bidirectional: add an anti-causal kernel (own C, shared λ, Δ); False = strictly causal.
         dt_min, dt_max: range of the log-uniform initial step size Δ (in bins).
         generator: RNG for the initialisation.
-        channels_last: map `[B, L, H] -> [B, L, H]` instead (the FFTs still run along a
-            contiguous time axis: one transpose copy each way is cheaper than strided FFTs).
+        channels_last: map `[B, L, H] -> [B, L, H]` instead. The FFTs still run on a contiguous
+            `[B, H, L]` copy: fed a transposed view, the AE step's complex products after the
+            rfft took 50 ms instead of 8 ms per step (profiler, 1 thread).
     """
 
     def __init__(

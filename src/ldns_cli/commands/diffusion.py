@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -32,6 +33,9 @@ from ldns_cli.commands.options import (
 )
 from ldns_cli.console import info
 from ldns_cli.errors import LdnsError
+
+if TYPE_CHECKING:
+    from ldns_cli.data import SpikeData
 
 
 @command("fit-diffusion")
@@ -214,11 +218,11 @@ def calibration_text(summary: dict) -> str:
 
 
 def _calibrate_only(
-    data,
-    models,
+    data: SpikeData,
+    models: Path,
     calibration_trials: int | None,
     seed: int | None,
-    dev,
+    dev: str,
     setting: tuple[str | None, int | None],
     resume: bool,
     epochs: int | None,
