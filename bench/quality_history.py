@@ -74,7 +74,8 @@ def ae_rates(
 
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "ldns_cli", "fit-ae", str(data_path), "-m", str(models),
-           "--preset", "small", "--epochs", str(epochs), "--device", "cpu", "--seed", str(seed)]  # fmt: skip
+           "--preset", "small", "--epochs", str(epochs), "--device", "cpu", "--seed", str(seed),
+           "--force"]  # fmt: skip
     subprocess.run(cmd, check=True)
     fit_s = time.perf_counter() - t0
     ae, _ = load_autoencoder(models, "cpu")

@@ -15,10 +15,10 @@ ldns simulate lorenz --trials "$TRIALS" --seed "$SEED" -o "$OUT/lorenz.nwb" --fo
 ldns inspect "$OUT/lorenz.nwb"
 
 step "2/5 fit the S4 autoencoder (+ spike-history model)"
-ldns fit-ae "$OUT/lorenz.nwb" -m "$OUT/models" --preset small --seed "$SEED"
+ldns fit-ae "$OUT/lorenz.nwb" -m "$OUT/models" --preset small --seed "$SEED" --force
 
 step "3/5 fit the latent diffusion model"
-ldns fit-diffusion "$OUT/lorenz.nwb" -m "$OUT/models" --preset small --seed "$SEED"
+ldns fit-diffusion "$OUT/lorenz.nwb" -m "$OUT/models" --preset small --seed "$SEED" --force
 
 step "4/5 sample new spike trains (DPM-Solver++, 20 steps)"
 ldns sample -m "$OUT/models" -n 200 --length 256 --seed "$SEED" -o "$OUT/samples.nwb" --force
@@ -37,5 +37,5 @@ Done in ${total} s.
 Next:
   ldns sample -m $OUT/models -n 64 --length 4096 -o long.nwb      # 16x the training length
   ldns sample --length 140 --condition angle=0.5 -o reach.nwb      # shipped reach model in models/
-  ldns fit-ae your_recording.nwb --align move_onset_time --window -0.25 0.45 --bin-ms 5
+  ldns fit-ae your_recording.nwb -m my_models --align move_onset_time --window -0.25 0.45 --bin-ms 5
 MSG

@@ -105,6 +105,32 @@ def test_resume_continues_to_more_epochs(files: dict[str, Path], tmp_path: Path)
     assert ckpt.extra["train"]["resume"]["complete"] is True
 
 
+def test_fit_ae_keeps_an_existing_model_unless_forced(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    models = tmp_path / "m"
+    models.mkdir()
+    before = (files["models"] / "ae.safetensors").read_bytes()
+    (models / "ae.safetensors").write_bytes(before)
+    (models / "diffusion.safetensors").write_bytes(b"a diffusion model of the old autoencoder")
+    fit = ["fit-ae", str(files["data"]), "-m", str(models), "--epochs", "1", "--no-spike-history"]
+    refused = CliRunner().invoke(app, [*fit, *TINY, "--seed", "5"])
+    assert refused.exit_code == 1, refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert lines[0].startswith("error:") and "already holds a fitted autoencoder" in lines[0]
+    assert lines[1].startswith("hint:") and "--force" in lines[1] and "--resume" in lines[1]
+    assert refused.stdout == ""
+    assert (models / "ae.safetensors").read_bytes() == before  # untouched, byte for byte
+    assert sorted(p.name for p in models.iterdir()) == ["ae.safetensors", "diffusion.safetensors"]
+
+    forced = CliRunner().invoke(app, [*fit, *TINY, "--seed", "5", "--force"])
+    assert forced.exit_code == 0, forced.stderr
+    assert "replacing the existing autoencoder" in forced.stderr
+    assert "belong to the previous autoencoder" in forced.stderr  # the stale diffusion model
+    assert (models / "ae.safetensors").read_bytes() != before
+    assert load_checkpoint(models / "ae.safetensors", "ae").config["train"]["seed"] == 5
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

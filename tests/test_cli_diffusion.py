@@ -153,7 +153,14 @@ def test_error_exit_codes(fitted, tmp_path):
     _fails(["sample", *m, "--condition", "speed=1", "--length", "8", *o], "speed", "angle")
     _fails(["sample", *m, "--condition", "angle=0.5", "--length", "8", *o], "hand_vel")
     _fails(["sample", *m, "-n", "2", "--length", "8", "--sampler", "euler", *o], "euler")
-    _fails(["fit-diffusion", str(data), *m, "--condition", "colour", "--epochs", "1"], "hand_vel")
+    _fails(
+        ["fit-diffusion", str(data), *m, "--condition", "colour", "--epochs", "1", "--force"],
+        "hand_vel",
+    )
+    # an existing diffusion model is replaced only with --force (checked before reading data)
+    before = (models / "diffusion.safetensors").read_bytes()
+    _fails(["fit-diffusion", str(data), *m, "--epochs", "1"], "already holds", "--force")
+    assert (models / "diffusion.safetensors").read_bytes() == before
     # a diffusion model next to an autoencoder it was not trained on
     other = tmp_path / "other"
     _ok(

@@ -35,6 +35,21 @@ def check_output(path: str | Path, force: bool) -> None:
         raise LdnsError(f"folder '{p.parent}' does not exist", f"create it: mkdir -p {p.parent}")
 
 
+def check_model_target(path: Path, force: bool, what: str) -> None:
+    """Refuse to replace a fitted model unless `force`.
+
+    A fit writes its checkpoint during training (periodically and on Ctrl-C), so the previous
+    model would be gone long before the new one is any good: a mistyped `-m` must not cost a
+    fit that took hours.
+    """
+    if path.exists() and not force:
+        raise LdnsError(
+            f"'{path}' already holds a fitted {what}",
+            "pass --force to replace it, --resume to continue an interrupted fit, "
+            "or -m to fit into another folder",
+        )
+
+
 def check_input(path: str | Path) -> Path | None:
     """Check that an input file exists and is a file; `-` (stdin) returns None."""
     if str(path) == STDIO:

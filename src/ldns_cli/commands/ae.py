@@ -38,6 +38,7 @@ from ldns_cli.commands.options import (
 from ldns_cli.console import info, warn
 from ldns_cli.data import SpikeData
 from ldns_cli.errors import LdnsError
+from ldns_cli.paths import check_model_target
 
 DEFAULT_PRESET = "small"
 
@@ -166,13 +167,17 @@ def fit_ae(
     seed: Annotated[
         int | None, flag_opt("--seed", "Random seed (default 0); fixes every random choice.")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Replace an autoencoder already in MODELS.")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Fit the S4 autoencoder: spike counts -> smooth latents -> Poisson rates.
 
-    Writes MODELS/ae.safetensors (weights, resolved settings, data fingerprint). Uses the file's
-    train/val split when it has one (test trials are never used). Ctrl-C saves a resumable
-    checkpoint. Scale out with: torchrun --nproc_per_node 2 -m ldns_cli fit-ae DATA
+    Writes MODELS/ae.safetensors (weights, resolved settings, data fingerprint); an existing
+    one is replaced only with --force. Uses the file's train/val split when it has one (test
+    trials are never used). Ctrl-C saves a resumable checkpoint. Scale out with:
+    torchrun --nproc_per_node 2 -m ldns_cli fit-ae DATA
 
     Example: ldns fit-ae lorenz.nwb -m models/ --preset small --epochs 20
     """
@@ -195,8 +200,10 @@ def fit_ae(
     setup(quiet)
     dev = dist.init(resolve_device(device))
     try:
-        data = read_recording(data_path, bin_ms, align, window, chop, trials)
         path = ae_path(models)
+        if not resume:  # before reading the data: a large recording takes a while
+            check_model_target(path, force, "autoencoder")
+        data = read_recording(data_path, bin_ms, align, window, chop, trials)
         overrides = {
             "latent_dim": latent_dim, "width": width, "blocks": blocks,
             "bidirectional": bidirectional, "dropout_p": dropout_p, "l2": l2, "smooth": smooth,
@@ -237,7 +244,7 @@ def fit_ae(
         else:
             ae_cfg, train_cfg = _resolve_configs(preset, config, overrides, data.n_neurons)
             if path.exists():
-                info(f"replacing the existing autoencoder at {path}")
+                info(f"replacing the existing autoencoder at {path} (--force)")
                 stale = ["diffusion.safetensors"] + (
                     [] if spike_history else ["history.safetensors"]
                 )

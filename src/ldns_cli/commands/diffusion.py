@@ -33,6 +33,7 @@ from ldns_cli.commands.options import (
 )
 from ldns_cli.console import info
 from ldns_cli.errors import LdnsError
+from ldns_cli.paths import check_model_target
 
 if TYPE_CHECKING:
     from ldns_cli.data import SpikeData
@@ -121,35 +122,41 @@ def fit_diffusion_cmd(
     seed: Annotated[
         int | None, flag_opt("--seed", "Random seed (default 0); fixes every random choice.")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Replace a diffusion model already in MODELS.")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Fit the latent diffusion model on the frozen autoencoder in MODELS.
 
     Reads MODELS/ae.safetensors, encodes DATA, and writes MODELS/diffusion.safetensors (EMA
-    weights, settings, latent normalisation, conditions). Uses the file's train/val split (test
-    trials are never used). Ctrl-C saves a resumable checkpoint.
+    weights, settings, latent normalisation, conditions); an existing one is replaced only with
+    --force. Uses the file's train/val split (test trials are never used). Ctrl-C saves a
+    resumable checkpoint.
 
     Example: ldns fit-diffusion reach.nwb -m models/ --preset small --condition angle
     """
     from ldns_cli import distributed as dist
-    from ldns_cli.diffusion import fit_diffusion, resolve_configs
+    from ldns_cli.diffusion import DIFFUSION_FILE, fit_diffusion, resolve_configs
     from ldns_cli.train import resume_hint
 
     setup(quiet)
     dev = dist.init(resolve_device(device))
     try:
+        if not calibrate_only and (sampler is not None or steps is not None):
+            raise LdnsError(
+                "--sampler/--steps choose what --calibrate-only calibrates",
+                "fit-diffusion calibrates dpm++ 20 after training; add another setting with "
+                "--calibrate-only --sampler S --steps K",
+            )
+        if not (resume or calibrate_only):  # before reading the data: it can take a while
+            check_model_target(Path(models) / DIFFUSION_FILE, force, "diffusion model")
         data = read_recording(data_path, bin_ms, align, window, chop, trials)
         if calibrate_only:
             _calibrate_only(
                 data, models, calibration_trials, seed, dev, (sampler, steps), resume, epochs
             )
             return
-        if sampler is not None or steps is not None:
-            raise LdnsError(
-                "--sampler/--steps choose what --calibrate-only calibrates",
-                "fit-diffusion calibrates dpm++ 20 after training; add another setting with "
-                "--calibrate-only --sampler S --steps K",
-            )
         overrides = {
             "epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width,
             "blocks": blocks, "prediction": prediction, "schedule": schedule, "loss": loss,
