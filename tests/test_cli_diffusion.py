@@ -65,6 +65,11 @@ def test_sample_unconditional_writes_valid_nwb(fitted):
     assert back.provenance["settings.sampler"] == "dpm++"
     assert back.provenance["settings.seed"] == "0"
     assert "settings.ae_id" in back.provenance and "settings.diffusion_id" in back.provenance
+    # guidance needs conditions: without them it is said to do nothing, and it does nothing
+    guided = ["sample", "-m", str(models), "-n", "3", "--length", "37", "--guidance", "3"]
+    res = _ok([*guided, "-o", str(root / "ug.nwb")])
+    assert "--guidance 3 has no effect without conditions" in res.stderr
+    assert np.array_equal(read_spikes(root / "ug.nwb").counts, back.counts)
 
 
 def test_conditions_land_in_trials_table_and_seed_reproduces(fitted):

@@ -275,6 +275,8 @@ def sample(
     checked = check_conditions(
         model, values, lengths, warn=warn if condition_from is not None else None
     )
+    if guidance != 1 and not checked:
+        warn(f"--guidance {guidance:g} has no effect without conditions: sampling unconditionally")
     settings = SampleSettings(
         sampler=sampler_name,
         steps=steps_n,
