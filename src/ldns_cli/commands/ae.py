@@ -179,7 +179,7 @@ def fit_ae(
     trials are never used). Ctrl-C saves a resumable checkpoint. Scale out with:
     torchrun --nproc_per_node 2 -m ldns_cli fit-ae DATA
 
-    Example: ldns fit-ae lorenz.nwb -m models/ --preset small --epochs 20
+    Example: ldns fit-ae lorenz.nwb -m lorenz_models/ --preset small --epochs 20
     """
     import torch
 

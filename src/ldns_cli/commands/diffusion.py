@@ -134,7 +134,7 @@ def fit_diffusion_cmd(
     --force. Uses the file's train/val split (test trials are never used). Ctrl-C saves a
     resumable checkpoint.
 
-    Example: ldns fit-diffusion reach.nwb -m models/ --preset small --condition angle
+    Example: ldns fit-diffusion reach.nwb -m reach_models/ --preset small --condition angle
     """
     from ldns_cli import distributed as dist
     from ldns_cli.diffusion import DIFFUSION_FILE, fit_diffusion, resolve_configs
