@@ -164,10 +164,10 @@ def test_fused_poisson_nll_passes_gradcheck() -> None:
     logits = (3 * torch.randn(3, 5, 4, generator=gen, dtype=torch.float64)).requires_grad_(True)
     s = torch.poisson(torch.full((3, 5, 4), 1.5, dtype=torch.float64), generator=gen)
     w = (torch.rand(3, 5, 4, generator=gen, dtype=torch.float64) > 0.4).double()
-    assert torch.autograd.gradcheck(PoissonNLLFromLogits.apply, (logits, s, w))
+    assert torch.autograd.gradcheck(PoissonNLLFromLogits.apply, (logits, s, w, w.sum()))
     r = F.softplus(logits)
     expected = (w * (r - s * torch.log(r + 1e-8))).sum()
-    torch.testing.assert_close(PoissonNLLFromLogits.apply(logits, s, w), expected)
+    torch.testing.assert_close(PoissonNLLFromLogits.apply(logits, s, w, w.sum()), expected)
 
 
 def test_latent_penalty_closed_form() -> None:

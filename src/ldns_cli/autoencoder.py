@@ -267,20 +267,23 @@ class PoissonNLLFromLogits(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, logits: Tensor, counts: Tensor, weight: Tensor) -> Tensor:
+    def forward(
+        ctx: Any, logits: Tensor, counts: Tensor, weight: Tensor, weight_sum: Tensor
+    ) -> Tensor:
+        """`weight_sum` = weight.sum(), passed in because the caller needs it too."""
         shifted = F.softplus(logits).add_(1e-8)  # r + ε
         term = torch.log(shifted).mul_(counts)
         torch.sub(shifted, term, out=term)  # r + ε − s·log(r + ε)
         ctx.save_for_backward(logits, shifted, counts, weight)
         # the ε inside the first r is taken back once, over the weights
-        return torch.dot(term.reshape(-1), weight.reshape(-1)) - 1e-8 * weight.sum()
+        return torch.dot(term.reshape(-1), weight.reshape(-1)) - 1e-8 * weight_sum
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
         logits, shifted, counts, weight = ctx.saved_tensors
         g = torch.div(counts, shifted).neg_().add_(1.0)  # 1 − s/(r + ε)
         g.mul_(torch.sigmoid(logits)).mul_(weight).mul_(grad)
-        return g, None, None
+        return g, None, None, None
 
 
 def ae_loss(
@@ -318,10 +321,11 @@ def ae_loss(
     k = counts.reshape(-1)[big]
     w_big = weight.reshape(-1)[big]
     stirling = ((k * torch.log(k) - k + 0.5 * torch.log(2 * math.pi * k)) * w_big).sum()
-    rec_sum = PoissonNLLFromLogits.apply(logits.float(), counts, weight) + stirling
+    weight_sum = weight.sum()
+    rec_sum = PoissonNLLFromLogits.apply(logits.float(), counts, weight, weight_sum) + stirling
     rec = rec_sum / n_valid
     lat = latent_penalty(z.float(), mask, cfg.l2, cfg.smooth, cfg.smooth_lags) / n_valid
-    n_target = weight.sum().clamp_min(1)
+    n_target = weight_sum.clamp_min(1)
     logs = {
         "rec": float(rec.detach()),
         "latent": float(lat.detach()),

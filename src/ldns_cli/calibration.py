@@ -5,14 +5,12 @@ little too narrow. The last steps of any sampler lean on the network's posterior
 shrinks every component the network has not learned exactly, so the sampled normalised latents
 come out with a per-channel std of 0.93–1.0 instead of 1 (four models measured). Through the
 convex softplus decoder that lowers the firing rates (Jensen; 2.3% on the model below), and the
-mean-ISI statistic,
-which is close to 1/rate, is the first to show it: on the default-size Lorenz data (5000 trials,
+mean-ISI statistic, which is close to 1/rate, is the first to show it: on the default-size Lorenz data (5000 trials,
 width-64 denoiser, 40 epochs, DPM-Solver++ 20) the mean-ISI score was 0.26 with all else ≤ 0.05.
 
 What: after `fit-diffusion`, sample `calibration_trials` latent trials with the default sampler
 (DPM-Solver++, 20 steps), with the lengths and conditions of randomly chosen training trials,
-measure each channel's mean
-m_s and std s_s over valid bins, and compare them with the same moments of the training trials'
+measure each channel's mean m_s and std s_s over valid bins, and compare them with the same moments of the training trials'
 normalised latents (m_t, s_t; 0 and 1 unless the latents were clipped). Sampling then maps each
 channel x → a·x + c with a = s_t/s_s, c = m_t − a·m_s: the sampled latents get the training
 latents' first two moments per channel, and nothing else of them changes (temporal structure,

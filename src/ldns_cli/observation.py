@@ -189,7 +189,6 @@ class SpikeHistoryObservation(nn.Module):
         max_count: int | None = 5,
         coupling_rank: int = 0,
         generator: torch.Generator | None = None,
-        stationary_start: bool = True,
     ) -> None:
         super().__init__()
         if history_bins < 1:
@@ -201,7 +200,7 @@ class SpikeHistoryObservation(nn.Module):
         self.max_count = int(max_count) if max_count else None
         self.coupling_rank = int(coupling_rank)
         # sampling starts this many bins before bin 0 at the first bin's rates (see `_run`)
-        self.burn_in_bins = int(history_bins) if stationary_start else 0
+        self.burn_in_bins = int(history_bins)
         self.history = nn.Parameter(torch.zeros(n_neurons, history_bins))  # [N, H]
         self.rate_gain = nn.Parameter(torch.ones(n_neurons))  # [N]
         self.bias = nn.Parameter(torch.zeros(n_neurons))  # [N]

@@ -225,12 +225,16 @@ class S4Layer(nn.Module):
         with torch.autocast(device_type=u.device.type, enabled=False):
             u32 = u.float()
             if self._cache is not None or not torch.is_grad_enabled():
-                k_hat = self._cached_kernel_fft(k_len, n_fft)  # [H, n/2+1]
-                u_hat = torch.fft.rfft(u32, n=n_fft)  # [B, H, n/2+1]
-                y = torch.fft.irfft(u_hat * k_hat, n=n_fft)[..., :length]  # [B, H, L]
+                y, _ = _spectral_conv(u32, self._cached_kernel_fft(k_len, n_fft), n_fft)
             else:
                 y = FFTConv.apply(u32, self.circular_kernel(k_len, n_fft), n_fft)
         return y.to(u.dtype)
+
+
+def _spectral_conv(u: Tensor, k_hat: Tensor, n_fft: int) -> tuple[Tensor, Tensor]:
+    """(irfft(rfft(u, n) · k_hat)[..., :L], rfft(u, n)) for u `[B, H, L]`, k_hat `[H, n/2+1]`."""
+    u_hat = torch.fft.rfft(u, n=n_fft)  # [B, H, n/2+1]
+    return torch.fft.irfft(u_hat * k_hat, n=n_fft)[..., : u.shape[-1]], u_hat  # [B, H, L]
 
 
 class FFTConv(torch.autograd.Function):
@@ -250,10 +254,8 @@ class FFTConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, u: Tensor, kernel: Tensor, n_fft: int) -> Tensor:
-        length = u.shape[-1]
         k_hat = torch.fft.rfft(kernel, n=n_fft)  # [H, n/2+1]
-        u_hat = torch.fft.rfft(u, n=n_fft)  # [B, H, n/2+1]
-        y = torch.fft.irfft(u_hat * k_hat, n=n_fft)[..., :length]  # [B, H, L]
+        y, u_hat = _spectral_conv(u, k_hat, n_fft)  # [B, H, L], [B, H, n/2+1]
         ctx.save_for_backward(u_hat, k_hat)
         ctx.n_fft = n_fft
         return y
