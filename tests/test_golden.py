@@ -4,11 +4,11 @@ SHA-256 of sampled HDF5 files from the shipped reach and Lorenz models, of the t
 resolved settings) written by a short seeded `fit-ae` / `fit-diffusion`, and of `evaluate --json`.
 
 Floating-point results of training depend on the CPU's vector instructions and on the torch
-build, so the digests are asserted on the platform they were recorded on (torch version and CPU
-capability below) and skipped elsewhere; the same-seed reproducibility tests run everywhere.
+build and on the thread count, so the digests are asserted on the platform they were recorded on
+(torch version, CPU capability and threads below; `make test` runs with 2 threads) and skipped elsewhere; the same-seed reproducibility tests run everywhere.
 Re-record (only when an output is *meant* to change) with:
 
-    LDNS_PRINT_GOLDEN=1 python -m pytest tests/test_golden.py -s
+    OMP_NUM_THREADS=2 LDNS_PRINT_GOLDEN=1 python -m pytest tests/test_golden.py -s
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ldns_cli.cli import app
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
-RECORDED_ON = {"torch": "2.13.0+cpu", "cpu": "AVX2"}
+RECORDED_ON = {"torch": "2.13.0+cpu", "cpu": "AVX2", "threads": 2}
 GOLDEN = {
     "sample_reach": "72bf544d90891704027e9e907a506e2ccc3cf8bf938dfccefa5bd8d54000ce6d",
     "sample_lorenz": "a11f9345899e10af602d7cea3e300922ef1df67c28054d690d3288ce7611c997",
@@ -73,8 +73,12 @@ def _without_paths(value: object) -> object:
     return value
 
 
-def _platform() -> dict[str, str]:
-    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability()}
+def _platform() -> dict[str, object]:
+    return {
+        "torch": torch.__version__,
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),  # reductions split differently per thread count
+    }
 
 
 def _digests(tmp_path: Path) -> dict[str, str]:
