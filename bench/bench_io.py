@@ -30,10 +30,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import matmul_gflops, matmul_seconds, peak_rss_mb, timeit, write_results
-from ldns_cli.data import SpikeData
-from ldns_cli.nwb_io import place_spike_times
-from ldns_cli.readers import ReadOptions, bin_spike_times, read_spikes
-from ldns_cli.writers import write_spikes
+from ldns_cli.core.data import SpikeData
+from ldns_cli.io.common import ReadOptions, bin_spike_times
+from ldns_cli.io.formats import read_spikes, write_spikes
+from ldns_cli.io.nwb_write import place_spike_times
 
 
 def make_data(n_trials: int, n_units: int, n_bins: int, seed: int = 0) -> SpikeData:

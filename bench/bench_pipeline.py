@@ -45,18 +45,14 @@ import torch
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from common import matmul_gflops, run_isolated, timeit, write_results  # noqa: E402
-from ldns_cli.autoencoder import Autoencoder, ae_loss  # noqa: E402
-from ldns_cli.commands.ae import _resolve_configs  # noqa: E402
-from ldns_cli.denoiser import Denoiser  # noqa: E402
-from ldns_cli.diffusion import (  # noqa: E402
-    PRESETS,
-    DiffusionConfig,
-    DiffusionModel,
-    denoiser_config,
-    make_loss_fn,
-)
-from ldns_cli.s4 import cached_kernels, fast_fft_size, ssm_param_groups  # noqa: E402
-from ldns_cli.schedule import NoiseSchedule  # noqa: E402
+from ldns_cli.cli.ae import _resolve_configs  # noqa: E402
+from ldns_cli.diffusion.model import PRESETS, DiffusionConfig, DiffusionModel, denoiser_config
+from ldns_cli.diffusion.schedule import NoiseSchedule  # noqa: E402
+from ldns_cli.fit.autoencoder import ae_loss  # noqa: E402
+from ldns_cli.fit.diffusion import make_loss_fn
+from ldns_cli.nn.autoencoder import Autoencoder
+from ldns_cli.nn.denoiser import Denoiser  # noqa: E402
+from ldns_cli.nn.s4 import cached_kernels, fast_fft_size, ssm_param_groups  # noqa: E402
 
 SAMPLERS = {"dpm++": 20, "ddim": 50, "ddpm": 1000}
 LOG: list[str] = []
@@ -214,8 +210,9 @@ def sampling(cases: list[tuple[int, int]], reps: int, latent_dim: int = 8) -> li
 
 def generate_end_to_end(n: int, length: int, steps: int, latent_dim: int = 8) -> dict:
     """`generate` (noise -> latents -> rates -> Poisson counts) with dpm++: measured trials/s."""
-    from ldns_cli.generate import SampleSettings, generate
-    from ldns_cli.observation import PoissonObservation
+    from ldns_cli.diffusion.sampling import SampleSettings
+    from ldns_cli.generate import generate
+    from ldns_cli.nn.observation import PoissonObservation
 
     model = random_diffusion("small", latent_dim)
     cfg, _ = _resolve_configs("small", None, {}, 128)
@@ -236,11 +233,11 @@ import json, sys, numpy as np, torch
 torch.set_num_threads({threads})
 sys.path.insert(0, {here!r})
 import bench_pipeline as bp
-from ldns_cli.autoencoder import Autoencoder
-from ldns_cli.commands.ae import _resolve_configs
+from ldns_cli.nn.autoencoder import Autoencoder
+from ldns_cli.cli.ae import _resolve_configs
 from ldns_cli.generate import SampleSettings, generate
-from ldns_cli.observation import PoissonObservation
-import ldns_cli.generate as g
+from ldns_cli.nn.observation import PoissonObservation
+import ldns_cli.diffusion.sampling as g
 if not {cached}:
     import contextlib
     g.cached_kernels = lambda net: contextlib.nullcontext()
@@ -277,7 +274,7 @@ def sample_rss(cases: list[tuple[int, int]], threads: int) -> list:
 # --------------------------------------------------------------------------------- evaluate
 def evaluate_case(n_trials: int, n_bins: int, n_neurons: int) -> dict:
     from bench_evaluate import make_set
-    from ldns_cli.evaluation import evaluate_full
+    from ldns_cli.evaluate.evaluation import evaluate_full
 
     rng = np.random.default_rng(0)
     readout = rng.standard_normal((8, n_neurons)) * 0.4
@@ -293,11 +290,11 @@ def evaluate_case(n_trials: int, n_bins: int, n_neurons: int) -> dict:
 # ----------------------------------------------------------------------------- output size
 def output_size(n_trials: int) -> list:
     """Shipped writer vs the previous one (plain float64/float32 arrays, full-precision rates)."""
-    import ldns_cli.hdf5_io as h5io
-    import ldns_cli.nwb_io as nwbio
-    from ldns_cli.readers import read_spikes
-    from ldns_cli.simulate import simulate_lorenz
-    from ldns_cli.writers import write_spikes
+    import ldns_cli.io.hdf5 as h5io
+    import ldns_cli.io.nwb_write as nwbio
+
+    from ldns_cli.io.formats import read_spikes, write_spikes
+    from ldns_cli.io.simulate import simulate_lorenz
 
     data = simulate_lorenz(n_trials=n_trials, seed=0)
     rows = []
@@ -384,9 +381,10 @@ def profiles(quick: bool) -> dict:
     with torch.no_grad():
         out["denoiser_nfe_uncached_L4096"] = top_ops(lambda: net(x, tt, mask))
 
-    import ldns_cli.evaluation as evaluation
+    import ldns_cli.evaluate.evaluation as evaluation
+
     from bench_evaluate import make_set
-    from ldns_cli.evaluation import evaluate_full
+    from ldns_cli.evaluate.evaluation import evaluate_full
 
     class SerialPool:  # evaluate's per-set thread pool, run inline so cProfile sees the work
         def __init__(self, max_workers: int = 1) -> None:
@@ -455,7 +453,7 @@ def fixes(cases: list[tuple[int, int]], reps: int) -> list:
 
     Timed in process CPU time (min over reps; robust to other processes on a shared machine).
     """
-    from ldns_cli.layers import Pointwise
+    from ldns_cli.nn.layers import Pointwise
 
     _ORIG.setdefault("pointwise", Pointwise.forward)
     _ORIG.setdefault("denoiser", Denoiser.forward)

@@ -32,7 +32,7 @@ sys.path.insert(0, {bench_dir!r})
 import torch
 torch.set_num_threads({threads})
 from common import matmul_gflops, peak_rss_mb
-from ldns_cli.s4 import S4Layer
+from ldns_cli.nn.s4 import S4Layer
 
 naive = {naive}
 layer = S4Layer(128, 64, bidirectional=True, generator=torch.Generator().manual_seed(0))

@@ -33,13 +33,9 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import matmul_gflops, write_results
-from ldns_cli.schedule import (
-    NoiseSchedule,
-    ScheduleConfig,
-    make_sampler,
-    make_timesteps,
-    sample_loop,
-)
+from ldns_cli.diffusion.samplers import make_sampler, make_timesteps
+from ldns_cli.diffusion.sampling import sample_loop
+from ldns_cli.diffusion.schedule import NoiseSchedule, ScheduleConfig
 
 torch.set_num_threads(2)
 

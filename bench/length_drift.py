@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldns_cli.autoencoder import load_autoencoder
-from ldns_cli.diffusion import load_diffusion
-from ldns_cli.generate import SampleSettings, sample_latents
-from ldns_cli.s4 import S4Layer
+from ldns_cli.diffusion.sampling import SampleSettings, sample_latents
+from ldns_cli.nn.s4 import S4Layer
+from ldns_cli.store import load_autoencoder, load_diffusion
 
 MODELS = Path(__file__).parents[1] / "models" / "lorenz"
 

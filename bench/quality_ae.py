@@ -31,17 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import matmul_gflops, peak_rss_mb, write_results
-from ldns_cli.autoencoder import (
-    Autoencoder,
-    ae_loss,
-    ae_val_loss,
-    bits_per_spike,
-    infer,
-    tensors_from_data,
-)
-from ldns_cli.commands.ae import _resolve_configs
-from ldns_cli.simulate import simulate_lorenz
-from ldns_cli.train import fit
+from ldns_cli.cli.ae import _resolve_configs
+from ldns_cli.fit.autoencoder import ae_loss, ae_val_loss, bits_per_spike, tensors_from_data
+from ldns_cli.fit.trainer import fit
+from ldns_cli.io.simulate import simulate_lorenz
+from ldns_cli.nn.autoencoder import Autoencoder, infer
 
 
 def ridge_r2(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
@@ -69,7 +63,7 @@ def model_flops_per_bin(model: Autoencoder, n_neurons: int, length: int, batch: 
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ldns_cli.s4 import fast_fft_size
+    from ldns_cli.nn.s4 import fast_fft_size
 
     counts = torch.zeros(batch, length, n_neurons)
     data = {"counts": counts, "mask": torch.ones(batch, length, dtype=torch.bool)}

@@ -33,15 +33,15 @@ from scipy.ndimage import gaussian_filter1d
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import log, run, write_results
-from ldns_cli.autoencoder import load_autoencoder
-from ldns_cli.data import SpikeData
-from ldns_cli.diffusion import load_diffusion
-from ldns_cli.evaluation import evaluate
-from ldns_cli.generate import SampleSettings, check_conditions, generate
-from ldns_cli.observation import PoissonObservation
-from ldns_cli.readers import read_spikes
-from ldns_cli.simulate import simulate_reach
-from ldns_cli.writers import write_spikes
+from ldns_cli.conditions.spec import check_conditions
+from ldns_cli.generate import generate
+from ldns_cli.core.data import SpikeData
+from ldns_cli.diffusion.sampling import SampleSettings
+from ldns_cli.evaluate.evaluation import evaluate
+from ldns_cli.io.formats import read_spikes, write_spikes
+from ldns_cli.io.simulate import simulate_reach
+from ldns_cli.nn.observation import PoissonObservation
+from ldns_cli.store import load_autoencoder, load_diffusion
 
 SMOOTH_BINS = 3.0  # Gaussian smoothing of counts (15 ms at 5 ms bins)
 ANGLE_STRIDE = 7  # bins between angle-decoder feature times

@@ -37,14 +37,15 @@ from scipy.signal import welch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import log, run, write_results
-from ldns_cli.autoencoder import infer, load_autoencoder
-from ldns_cli.diffusion import calibrate_diffusion, load_diffusion
-from ldns_cli.evaluation import evaluate
-from ldns_cli.generate import SampleSettings, generate
-from ldns_cli.observation import PoissonObservation
-from ldns_cli.readers import read_spikes
-from ldns_cli.simulate import simulate_lorenz
-from ldns_cli.writers import write_spikes
+from ldns_cli.diffusion.sampling import SampleSettings
+from ldns_cli.evaluate.evaluation import evaluate
+from ldns_cli.fit.diffusion import calibrate_diffusion
+from ldns_cli.generate import generate
+from ldns_cli.io.formats import read_spikes, write_spikes
+from ldns_cli.io.simulate import simulate_lorenz
+from ldns_cli.nn.autoencoder import infer
+from ldns_cli.nn.observation import PoissonObservation
+from ldns_cli.store import load_autoencoder, load_diffusion
 
 KEY_METRICS = ("psc_kl", "corr_rmse", "mean_isi_rmse_s", "std_isi_rmse_s", "autocorr_rmse")
 

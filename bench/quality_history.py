@@ -36,11 +36,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import environment, write_results
-from ldns_cli.history import HistoryConfig, fit_history, load_observation
-from ldns_cli.metrics import compare_counts
-from ldns_cli.observation import PoissonObservation, SpikeHistoryObservation
-from ldns_cli.simulate import history_kernel, simulate_lorenz
-from ldns_cli.writers import write_spikes
+from ldns_cli.evaluate.metrics import compare_counts
+from ldns_cli.fit.history import fit_history
+from ldns_cli.io.formats import write_spikes
+from ldns_cli.io.simulate import history_kernel, simulate_lorenz
+from ldns_cli.nn.observation import HistoryConfig, PoissonObservation, SpikeHistoryObservation
+from ldns_cli.store import load_observation
 
 TARGETS = ("mean_isi_rmse_s", "std_isi_rmse_s", "autocorr_rmse")
 GUARDS = ("psc_kl", "corr_rmse")
@@ -70,7 +71,8 @@ def ae_rates(
     data_path: Path, models: Path, test, epochs: int, seed: int
 ) -> tuple[np.ndarray, SpikeHistoryObservation, float]:
     """Fit the AE (+ history, as `ldns fit-ae` does) through the CLI; AE rates of the test trials."""
-    from ldns_cli.autoencoder import infer, load_autoencoder
+    from ldns_cli.nn.autoencoder import infer
+    from ldns_cli.store import load_autoencoder
 
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "ldns_cli", "fit-ae", str(data_path), "-m", str(models),
@@ -124,7 +126,8 @@ def run_case(history: str, mode: str, args: argparse.Namespace) -> dict:
             rates, model, fit_s = ae_rates(path, models, test, args.ae_epochs, args.seed)
             # the same fit without the free-running rate matching, on the same AE's rates of the
             # training trials: isolates what the matching step does
-            from ldns_cli.autoencoder import infer, load_autoencoder
+            from ldns_cli.nn.autoencoder import infer
+            from ldns_cli.store import load_autoencoder
 
             ae, _ = load_autoencoder(models, "cpu")
             _, train_rates = infer(ae, train, 64, "cpu")

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from scipy.signal import welch
 
-from ldns_cli.autoencoder import infer, load_autoencoder
-from ldns_cli.diffusion import load_diffusion
-from ldns_cli.evaluation import evaluate
-from ldns_cli.generate import SampleSettings, generate, sample_latents
-from ldns_cli.history import load_observation
-from ldns_cli.observation import PoissonObservation
-from ldns_cli.simulate import simulate_lorenz
+from ldns_cli.diffusion.sampling import SampleSettings, sample_latents
+from ldns_cli.evaluate.evaluation import evaluate
+from ldns_cli.generate import generate
+from ldns_cli.io.simulate import simulate_lorenz
+from ldns_cli.nn.autoencoder import infer
+from ldns_cli.nn.observation import PoissonObservation
+from ldns_cli.store import load_autoencoder, load_diffusion, load_observation
 
 MODELS = Path(__file__).parents[1] / "models" / "lorenz"
 RESULTS = Path(__file__).parent / "results" / "quality_shipped_lorenz.json"

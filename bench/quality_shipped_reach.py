@@ -20,12 +20,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ldns_cli.autoencoder import load_autoencoder
-from ldns_cli.diffusion import load_diffusion
-from ldns_cli.evaluation import evaluate
-from ldns_cli.generate import SampleSettings, check_conditions, generate
-from ldns_cli.observation import PoissonObservation
-from ldns_cli.simulate import simulate_reach
+from ldns_cli.conditions.spec import check_conditions
+from ldns_cli.generate import generate
+from ldns_cli.diffusion.sampling import SampleSettings
+from ldns_cli.evaluate.evaluation import evaluate
+from ldns_cli.io.simulate import simulate_reach
+from ldns_cli.nn.observation import PoissonObservation
+from ldns_cli.store import load_autoencoder, load_diffusion
 from quality_conditional import angle_features, circ_err_deg, ridge_fit
 
 SEEDS = (1, 2, 3, 4, 5, 6)

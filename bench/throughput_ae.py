@@ -21,10 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_results
-from ldns_cli.allocator import keep_freed_memory
-from ldns_cli.autoencoder import Autoencoder, ae_loss
-from ldns_cli.commands.ae import _resolve_configs
-from ldns_cli.s4 import ssm_param_groups
+from ldns_cli.cli.ae import _resolve_configs
+from ldns_cli.core.runtime import keep_freed_memory
+from ldns_cli.fit.autoencoder import ae_loss
+from ldns_cli.nn.autoencoder import Autoencoder
+from ldns_cli.nn.s4 import ssm_param_groups
 from quality_ae import model_flops_per_bin
 
 

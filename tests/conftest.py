@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ldns_cli.data import SpikeData, VariableInfo
+from ldns_cli.core.data import SpikeData, VariableInfo
 
 
 def make_tiny_data(

@@ -10,24 +10,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldns_cli.autoencoder import (
-    AE_KIND,
-    AEConfig,
-    Autoencoder,
+from ldns_cli.core.checkpoint import Checkpoint, save_checkpoint
+from ldns_cli.core.data import SpikeData
+from ldns_cli.core.errors import LdnsError
+from ldns_cli.fit.autoencoder import (
     PoissonNLLFromLogits,
     ae_loss,
-    ae_path,
     bits_per_spike,
     calibrate_rate_bias,
-    infer,
     latent_penalty,
-    load_autoencoder,
     mean_poisson_nll,
 )
-from ldns_cli.checkpoint import Checkpoint, save_checkpoint
-from ldns_cli.data import SpikeData
-from ldns_cli.errors import LdnsError
-from ldns_cli.layers import masked_instance_norm
+from ldns_cli.nn.autoencoder import AEConfig, Autoencoder, infer
+from ldns_cli.nn.layers import masked_instance_norm
+from ldns_cli.store import AE_KIND, ae_path, load_autoencoder
 
 N, Z = 12, 4
 

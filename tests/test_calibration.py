@@ -6,17 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from ldns_cli.calibration import (
-    LatentCalibration,
-    MomentAccumulator,
-    fit_latent_calibration,
-    load_calibrations,
-    pick_calibration_trials,
-)
-from ldns_cli.denoiser import Denoiser
-from ldns_cli.diffusion import DiffusionConfig, DiffusionModel, denoiser_config
-from ldns_cli.generate import SampleSettings, calibration_label, sample_latents
-from ldns_cli.schedule import NoiseSchedule
+from ldns_cli.diffusion.calibration import LatentCalibration, MomentAccumulator, load_calibrations
+from ldns_cli.diffusion.model import DiffusionConfig, DiffusionModel, denoiser_config
+from ldns_cli.diffusion.sampling import SampleSettings, calibration_label, sample_latents
+from ldns_cli.diffusion.schedule import NoiseSchedule
+from ldns_cli.fit.diffusion import fit_latent_calibration, pick_calibration_trials
+from ldns_cli.nn.denoiser import Denoiser
 
 Z = 3
 ANGLE = [{"name": "angle", "kind": "circular", "dim": 1, "unit": "rad", "min": [-3.1],

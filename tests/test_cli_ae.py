@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ldns_cli.checkpoint import load_checkpoint
 from ldns_cli.cli import app
-from ldns_cli.readers import read_spikes
-from ldns_cli.simulate import simulate_lorenz
-from ldns_cli.writers import write_spikes
+from ldns_cli.core.checkpoint import load_checkpoint
+from ldns_cli.io.formats import read_spikes, write_spikes
+from ldns_cli.io.simulate import simulate_lorenz
 
 TINY = ["--width", "16", "--blocks", "1", "--latent-dim", "4", "--batch-size", "16"]
 
@@ -44,7 +43,8 @@ def test_fit_ae_writes_a_checkpoint_and_nothing_on_stdout(files: dict[str, Path]
     assert np.isfinite(summary["bits_per_spike"]) and summary["poisson_nll"] > 0
     assert summary["rate_ratio"] == pytest.approx(1.0, abs=0.05)  # intercepts refit after training
     # the saved weights are the refit ones: they reproduce the reported ratio on the train trials
-    from ldns_cli.autoencoder import infer, load_autoencoder
+    from ldns_cli.nn.autoencoder import infer
+    from ldns_cli.store import load_autoencoder
 
     data = read_spikes(files["data"])
     train = data.select(data.split == "train")

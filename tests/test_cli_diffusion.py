@@ -11,9 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ldns_cli.cli import app
-from ldns_cli.readers import read_spikes
-from ldns_cli.simulate import simulate_reach
-from ldns_cli.writers import write_spikes
+from ldns_cli.io.formats import read_spikes, write_spikes
+from ldns_cli.io.simulate import simulate_reach
 
 runner = CliRunner()
 TINY_AE = ["--epochs", "1", "--width", "8", "--blocks", "1", "--latent-dim", "4"]
@@ -114,7 +113,7 @@ def test_typed_condition_grid_and_categories(fitted):
     res = _ok(["fit-diffusion", str(data), "-m", str(typed), "--resume", "--epochs", "3"])
     # the log names no architecture of its own: the saved one is what continues
     assert "resuming the saved denoiser" in res.stderr and "denoiser width" not in res.stderr
-    from ldns_cli.checkpoint import load_checkpoint
+    from ldns_cli.core.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(typed / "diffusion.safetensors", "diffusion")
     assert len(ckpt.extra["train"]["history"]) == 3
@@ -180,7 +179,7 @@ def test_error_exit_codes(fitted, tmp_path):
 def test_denoiser_kernels_reach_the_longest_training_trial(fitted):
     # default --kernel-bins -1 resolves to half the 16-bin training trials, saved with the model
     _, _, models = fitted
-    from ldns_cli.checkpoint import load_checkpoint
+    from ldns_cli.core.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(models / "diffusion.safetensors", "diffusion", fit_command="x")
     assert ckpt.config["diffusion"]["kernel_bins"] == -1
@@ -191,8 +190,8 @@ def test_latent_calibration_is_fitted_applied_and_refittable(fitted):
     """fit-diffusion stores a per-channel latent calibration for dpm++ 20; sample applies it
     unless told not to (an exact affine map of the same draws) and only for that sampler
     setting; --calibrate-only refits it, or adds one for another setting, without training."""
-    from ldns_cli.checkpoint import load_checkpoint, save_checkpoint
-    from ldns_cli.diffusion import load_diffusion
+    from ldns_cli.core.checkpoint import load_checkpoint, save_checkpoint
+    from ldns_cli.store import load_diffusion
 
     root, data, models = fitted
     ckpt = load_checkpoint(models / "diffusion.safetensors", "diffusion")

@@ -8,10 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from ldns_cli.cli import app
-from ldns_cli.history import load_history, load_observation
-from ldns_cli.observation import PoissonObservation, SpikeHistoryObservation
-from ldns_cli.simulate import simulate_lorenz
-from ldns_cli.writers import write_spikes
+from ldns_cli.io.formats import write_spikes
+from ldns_cli.io.simulate import simulate_lorenz
+from ldns_cli.nn.observation import PoissonObservation, SpikeHistoryObservation
+from ldns_cli.store import load_history, load_observation
 
 runner = CliRunner()
 TINY_AE = ["--epochs", "1", "--width", "8", "--blocks", "1", "--latent-dim", "4"]

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from ldns_cli.conditions import (
+from ldns_cli.conditions.grammar import build_condition_table, parse_values
+from ldns_cli.conditions.spec import (
     ConditionSpec,
-    build_condition_table,
     check_conditions,
     condition_spec_from_data,
     condition_values,
@@ -18,9 +18,8 @@ from ldns_cli.conditions import (
     embed_condition_values,
     embed_conditions,
     fit_condition_values,
-    parse_values,
 )
-from ldns_cli.errors import LdnsError
+from ldns_cli.core.errors import LdnsError
 
 SPEC = [
     {
@@ -296,7 +295,7 @@ def test_spec_validation():
 
 
 def recording():
-    from ldns_cli.data import SpikeData, VariableInfo
+    from ldns_cli.core.data import SpikeData, VariableInfo
 
     rng = np.random.default_rng(0)
     n, length = 6, 12
@@ -345,7 +344,7 @@ def test_spec_from_data_detects_kinds_and_records_ranges():
 
 
 def test_spec_kind_uses_declared_kind_and_unit_first():
-    from ldns_cli.data import VariableInfo
+    from ldns_cli.core.data import VariableInfo
 
     data = recording()
     data.covariates["heading_deg"] = np.array([10.0, 200, 300, 45, 90, 350])  # > 2π: unit decides

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ldns_cli.checkpoint import (
+from ldns_cli.core.checkpoint import (
     Checkpoint,
     check_data_matches,
     load_checkpoint,
@@ -17,10 +17,10 @@ from ldns_cli.checkpoint import (
     optimizer_to_tensors,
     save_checkpoint,
 )
-from ldns_cli.config import config_to_dict, resolve_config
-from ldns_cli.data import SpikeData
-from ldns_cli.errors import LdnsError
-from ldns_cli.paths import atomic_output
+from ldns_cli.core.config import config_to_dict, resolve_config
+from ldns_cli.core.data import SpikeData
+from ldns_cli.core.errors import LdnsError
+from ldns_cli.core.paths import atomic_output
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ldns_cli import distributed as dist
-from ldns_cli.checkpoint import load_checkpoint
 from ldns_cli.cli import app
-from ldns_cli.simulate import simulate_lorenz
-from ldns_cli.writers import write_spikes
+from ldns_cli.core.checkpoint import load_checkpoint
+from ldns_cli.fit import distributed as dist
+from ldns_cli.io.formats import write_spikes
+from ldns_cli.io.simulate import simulate_lorenz
 
 # Each rank runs the real `ldns fit-ae` command (what `torchrun ... -m ldns_cli fit-ae` runs),
 # with test hooks: record checkpoint writes per rank, keep the process group open afterwards to
@@ -28,7 +28,7 @@ WORKER = textwrap.dedent(
     from pathlib import Path
     import torch
     import torch.distributed as tdist
-    from ldns_cli import distributed as dist, train
+    from ldns_cli.fit import distributed as dist, trainer as train
     from ldns_cli.cli import app
 
     out, args = Path(sys.argv[1]), sys.argv[2:]

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from ldns_cli.config import config_to_dict
-from ldns_cli.denoiser import CondInput, Denoiser, DenoiserConfig, timestep_features
-from ldns_cli.s4 import cached_kernels
+from ldns_cli.core.config import config_to_dict
+from ldns_cli.nn.denoiser import CondInput, Denoiser, DenoiserConfig, timestep_features
+from ldns_cli.nn.s4 import cached_kernels
 
 CONDS = (
     CondInput("angle", "vector", dim=2),
@@ -174,8 +174,9 @@ def test_per_condition_drop_equals_leaving_that_condition_out():
 
 @pytest.mark.parametrize("prediction", ["eps", "v"])
 def test_diffusion_loss_is_zero_for_the_oracle_and_masked(prediction):
-    from ldns_cli.diffusion import DiffusionConfig, diffusion_loss
-    from ldns_cli.schedule import NoiseSchedule
+    from ldns_cli.diffusion.model import DiffusionConfig
+    from ldns_cli.diffusion.schedule import NoiseSchedule
+    from ldns_cli.fit.diffusion import diffusion_loss
 
     cfg = DiffusionConfig(prediction=prediction)
     schedule = NoiseSchedule(cfg.schedule_config())

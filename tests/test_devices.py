@@ -11,13 +11,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ldns_cli.app import resolve_device
-from ldns_cli.autoencoder import AEConfig, Autoencoder, ae_loss
 from ldns_cli.cli import app
-from ldns_cli.denoiser import Denoiser, DenoiserConfig
-from ldns_cli.errors import LdnsError
-from ldns_cli.s4 import S4Layer, cached_kernels
-from ldns_cli.writers import write_spikes
+from ldns_cli.core.errors import LdnsError
+from ldns_cli.core.runtime import resolve_device
+from ldns_cli.fit.autoencoder import ae_loss
+from ldns_cli.io.formats import write_spikes
+from ldns_cli.nn.autoencoder import AEConfig, Autoencoder
+from ldns_cli.nn.denoiser import Denoiser, DenoiserConfig
+from ldns_cli.nn.s4 import S4Layer, cached_kernels
 
 runner = CliRunner()
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the no-CUDA machine")

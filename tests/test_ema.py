@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ldns_cli.ema import EMA
-from ldns_cli.errors import LdnsError
+from ldns_cli.core.errors import LdnsError
+from ldns_cli.fit.ema import EMA
 
 
 def tiny_model(seed: int = 0) -> nn.Module:

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ldns_cli.cli import app
-from ldns_cli.data import SpikeData
-from ldns_cli.metrics import METRIC_NAMES
-from ldns_cli.writers import write_spikes
+from ldns_cli.core.data import SpikeData
+from ldns_cli.evaluate.metrics import METRIC_NAMES
+from ldns_cli.io.formats import write_spikes
 
 
 @pytest.fixture(scope="module")

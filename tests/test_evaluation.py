@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter1d
 
-from ldns_cli.data import SpikeData
-from ldns_cli.errors import LdnsError
-from ldns_cli.evaluation import (
+from ldns_cli.core.data import SpikeData
+from ldns_cli.core.errors import LdnsError
+from ldns_cli.evaluate.evaluation import (
     check_compatible,
     draw_naive,
     evaluate,
@@ -20,8 +20,8 @@ from ldns_cli.evaluation import (
     jsonable,
     unit_trials,
 )
-from ldns_cli.metrics import METRIC_NAMES
-from ldns_cli.report import FIGURES, table_rows, write_report
+from ldns_cli.evaluate.metrics import METRIC_NAMES
+from ldns_cli.evaluate.report import FIGURES, table_rows, write_report
 
 BIN_S = 0.005
 

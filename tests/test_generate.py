@@ -6,20 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from ldns_cli.autoencoder import AEConfig, Autoencoder
-from ldns_cli.checkpoint import Checkpoint
-from ldns_cli.conditions import check_conditions
-from ldns_cli.denoiser import Denoiser
-from ldns_cli.diffusion import (
-    DiffusionConfig,
-    DiffusionModel,
-    check_belongs_to_ae,
-    denoiser_config,
-)
-from ldns_cli.errors import LdnsError
-from ldns_cli.generate import SampleSettings, generate, sample_latents
-from ldns_cli.observation import PoissonObservation, SpikeHistoryObservation
-from ldns_cli.schedule import NoiseSchedule
+from ldns_cli.conditions.spec import check_conditions
+from ldns_cli.core.checkpoint import Checkpoint
+from ldns_cli.core.errors import LdnsError
+from ldns_cli.diffusion.model import DiffusionConfig, DiffusionModel, denoiser_config
+from ldns_cli.diffusion.sampling import SampleSettings, sample_latents
+from ldns_cli.diffusion.schedule import NoiseSchedule
+from ldns_cli.generate import generate
+from ldns_cli.nn.autoencoder import AEConfig, Autoencoder
+from ldns_cli.nn.denoiser import Denoiser
+from ldns_cli.nn.observation import PoissonObservation, SpikeHistoryObservation
+from ldns_cli.store import check_belongs_to_ae
 
 Z, N = 4, 6
 SPECS = [
@@ -199,7 +196,7 @@ def test_conditions_land_in_output_and_are_checked():
 
 def test_diffusion_must_belong_to_its_ae(tmp_path):
     ae_ckpt = Checkpoint(kind="ae", tensors={"model.w": torch.ones(3)})
-    from ldns_cli.diffusion import weights_id
+    from ldns_cli.diffusion.model import weights_id
 
     check_belongs_to_ae({"ae_id": weights_id(ae_ckpt.tensors)}, ae_ckpt, tmp_path)
     other = Checkpoint(kind="ae", tensors={"model.w": torch.zeros(3)})

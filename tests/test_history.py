@@ -10,23 +10,17 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from ldns_cli.errors import LdnsError
-from ldns_cli.history import (
+from ldns_cli.core.errors import LdnsError
+from ldns_cli.fit.history import _Design, fit_history, fit_trials, save_history
+from ldns_cli.nn.observation import (
     HistoryConfig,
-    _Design,
-    fit_history,
-    fit_trials,
-    load_history,
-    load_observation,
-    save_history,
-)
-from ldns_cli.observation import (
     PoissonObservation,
     SpikeHistoryObservation,
     capped_poisson_log_prob,
     capped_poisson_mean,
     softplus_inverse,
 )
+from ldns_cli.store import load_history, load_observation
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -385,7 +379,7 @@ def test_inversion_sampler_matches_capped_poisson(cap):
 def test_rate_matching_makes_free_running_samples_fire_at_the_data_rate():
     # exp-link bursting data (the simulator's) fitted with the softplus model: teacher forcing
     # alone leaves free-running samples firing too fast; the matching rounds remove that
-    from ldns_cli.simulate import draw_spikes
+    from ldns_cli.io.simulate import draw_spikes
 
     N = 8
     rates = smooth_rates(60, 200, N, seed=21, scale=0.3)

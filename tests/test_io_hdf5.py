@@ -6,9 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
-from ldns_cli.errors import LdnsError
-from ldns_cli.readers import ReadOptions, read_spikes
-from ldns_cli.writers import write_spikes
+from ldns_cli.core.errors import LdnsError
+from ldns_cli.io.common import ReadOptions
+from ldns_cli.io.formats import read_spikes, write_spikes
 
 
 def test_round_trip_is_exact(tmp_path, tiny_data):

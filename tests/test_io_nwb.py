@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import NLB_BIN_S, NLB_WINDOW_S, make_tiny_data, write_nlb_nwb
-from ldns_cli.errors import LdnsError
-from ldns_cli.readers import ReadOptions, read_spikes
-from ldns_cli.writers import write_spikes
+from ldns_cli.core.errors import LdnsError
+from ldns_cli.io.common import ReadOptions
+from ldns_cli.io.formats import read_spikes, write_spikes
 
 NLB_OPTS = ReadOptions(bin_ms=5, align="move_onset_time", window_s=NLB_WINDOW_S)
 
@@ -143,7 +143,7 @@ def test_round_trip_is_exact(tmp_path, tiny_data):
 
 
 def test_round_mantissa_bounds_the_relative_error_and_keeps_specials():
-    from ldns_cli.writers import round_mantissa
+    from ldns_cli.io.common import round_mantissa
 
     rng = np.random.default_rng(0)
     x = np.concatenate(
@@ -204,7 +204,7 @@ def test_spike_times_sit_inside_their_bins(tmp_path, tiny_data):
 def test_written_file_passes_nwbinspector_dandi_config(tmp_path):
     from nwbinspector import inspect_nwbfile, load_config
 
-    from ldns_cli.simulate import simulate_reach
+    from ldns_cli.io.simulate import simulate_reach
 
     data = simulate_reach(n_trials=30, n_neurons=12, seed=1)
     path = tmp_path / "reach.nwb"

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ldns_cli.layers import Pointwise, _TimeNorm, masked_instance_norm
+from ldns_cli.nn.layers import Pointwise, _TimeNorm, masked_instance_norm
 
 
 @pytest.mark.parametrize("groups", [1, 4])

@@ -8,7 +8,7 @@ import pytest
 import scipy.signal
 import scipy.stats
 
-from ldns_cli import metrics as M
+from ldns_cli.evaluate import metrics as M
 
 BIN_S = 0.005
 

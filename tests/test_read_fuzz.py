@@ -14,9 +14,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_tiny_data, write_nlb_nwb
-from ldns_cli.errors import LdnsError
-from ldns_cli.readers import read_spikes
-from ldns_cli.writers import write_spikes
+from ldns_cli.core.errors import LdnsError
+from ldns_cli.io.formats import read_spikes, write_spikes
 
 # modest by default (suite time); LDNS_FUZZ_EXAMPLES=500 for a longer hunt
 FUZZ = settings(
@@ -201,7 +200,7 @@ def test_random_nwb_recordings_fail_cleanly_or_bin_exactly(recording):
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.misc import Units
 
-    from ldns_cli.readers import ReadOptions
+    from ldns_cli.io.common import ReadOptions
 
     trains, trials, bin_ms = recording
     path = SCRATCH / "rec.nwb"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ldns_cli.s4 import (
+from ldns_cli.nn.s4 import (
     S4Layer,
     cached_kernels,
     fast_fft_size,

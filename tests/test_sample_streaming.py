@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from ldns_cli import scratch
-from ldns_cli.autoencoder import AEConfig, Autoencoder
-from ldns_cli.denoiser import Denoiser
-from ldns_cli.diffusion import DiffusionConfig, DiffusionModel, denoiser_config
-from ldns_cli.generate import SampleSettings, generate, generate_chunks, sample_metadata
-from ldns_cli.observation import PoissonObservation
-from ldns_cli.readers import ReadOptions, read_spikes
-from ldns_cli.schedule import NoiseSchedule
-from ldns_cli.writers import write_generated, write_spikes
+from ldns_cli.diffusion.model import DiffusionConfig, DiffusionModel, denoiser_config
+from ldns_cli.diffusion.sampling import SampleSettings
+from ldns_cli.diffusion.schedule import NoiseSchedule
+from ldns_cli.generate import generate, generate_chunks, sample_metadata
+from ldns_cli.io import scratch
+from ldns_cli.io.common import ReadOptions
+from ldns_cli.io.formats import read_spikes, write_generated, write_spikes
+from ldns_cli.nn.autoencoder import AEConfig, Autoencoder
+from ldns_cli.nn.denoiser import Denoiser
+from ldns_cli.nn.observation import PoissonObservation
 
 SPECS = [
     {"name": "angle", "kind": "circular", "dim": 1, "unit": "rad", "min": [-3.1], "max": [3.1]},
@@ -168,11 +169,11 @@ def test_failing_writer_removes_scratch_and_keeps_old_file(tmp_path, monkeypatch
         seen.append(_leftovers(tmp_path))  # the scratch folder and temporary output exist now
         raise KeyboardInterrupt
 
-    import ldns_cli.hdf5_io
-    import ldns_cli.nwb_io
+    import ldns_cli.io.hdf5
+    import ldns_cli.io.nwb_write
 
-    monkeypatch.setattr(ldns_cli.nwb_io, "write_nwb", broken)
-    monkeypatch.setattr(ldns_cli.hdf5_io, "write_hdf5", broken)
+    monkeypatch.setattr(ldns_cli.io.nwb_write, "write_nwb", broken)
+    monkeypatch.setattr(ldns_cli.io.hdf5, "write_hdf5", broken)
     with pytest.raises(KeyboardInterrupt):
         write_generated(_meta(9, 30), _fake_chunks(9, 30, 4), out, force=True)
     assert any(name.endswith(".scratch") for name in seen[0])
@@ -189,7 +190,7 @@ def test_refuses_to_overwrite_before_generating(tmp_path):
         started.append(True)
         yield from _fake_chunks(4, 10, 3)
 
-    from ldns_cli.errors import LdnsError
+    from ldns_cli.core.errors import LdnsError
 
     with pytest.raises(LdnsError, match="already exists"):
         write_generated(_meta(4, 10), chunks(), out)
@@ -227,7 +228,7 @@ def test_ctrl_c_while_writing_stops_the_write_and_cleans_up(tmp_path, monkeypatc
     import os
     import signal
 
-    import ldns_cli.hdf5_io
+    import ldns_cli.io.hdf5
 
     sent = []
 
@@ -237,8 +238,8 @@ def test_ctrl_c_while_writing_stops_the_write_and_cleans_up(tmp_path, monkeypatc
             os.kill(os.getpid(), signal.SIGINT)
 
     if ext == "h5":  # while /spikes is being written
-        rows_as = ldns_cli.hdf5_io._rows_as
-        monkeypatch.setattr(ldns_cli.hdf5_io, "_rows_as", lambda *a: (ctrl_c(), rows_as(*a))[1])
+        rows_as = ldns_cli.io.hdf5._rows_as
+        monkeypatch.setattr(ldns_cli.io.hdf5, "_rows_as", lambda *a: (ctrl_c(), rows_as(*a))[1])
     else:  # while the spike times are being sorted by unit
         blocks = scratch.StoredSpikes.trial_blocks
         monkeypatch.setattr(

@@ -23,19 +23,16 @@ import numpy as np
 import pytest
 import torch
 
-from ldns_cli.errors import LdnsError
-from ldns_cli.schedule import (
+from ldns_cli.core.errors import LdnsError
+from ldns_cli.diffusion.samplers import (
     DDIMSampler,
     DDPMSampler,
     DPMSolverPPSampler,
-    NoiseSchedule,
-    ScheduleConfig,
-    apply_guidance,
-    cosine_alpha_bar,
     make_sampler,
     make_timesteps,
-    sample_loop,
 )
+from ldns_cli.diffusion.sampling import apply_guidance, sample_loop
+from ldns_cli.diffusion.schedule import NoiseSchedule, ScheduleConfig, cosine_alpha_bar
 
 MU, S = 0.7, 1.3  # data mean and std for the analytic denoiser
 T = 1000

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ldns_cli.cli import app
-from ldns_cli.readers import read_spikes
+from ldns_cli.io.formats import read_spikes
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter1d
 
-from ldns_cli.errors import LdnsError
-from ldns_cli.simulate import history_kernel, simulate_lorenz, simulate_reach, softplus_beta
+from ldns_cli.core.errors import LdnsError
+from ldns_cli.io.simulate import history_kernel, simulate_lorenz, simulate_reach, softplus_beta
 
 
 @pytest.fixture(scope="module")

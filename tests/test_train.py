@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from ldns_cli.checkpoint import load_checkpoint
-from ldns_cli.s4 import S4Layer
-from ldns_cli.train import CheckpointSpec, TrainConfig, fit, lr_factor
+from ldns_cli.core.checkpoint import load_checkpoint
+from ldns_cli.fit.trainer import CheckpointSpec, TrainConfig, fit, lr_factor
+from ldns_cli.nn.s4 import S4Layer
 
 
 class TinyNet(nn.Module):
@@ -158,9 +158,10 @@ def test_min_steps_adds_epochs_for_small_datasets() -> None:
 _FAULTS_PER_STEP = """
 import resource, sys, torch
 if sys.argv[1] == "tuned":
-    from ldns_cli.allocator import keep_freed_memory
+    from ldns_cli.core.runtime import keep_freed_memory
     assert keep_freed_memory()
-from ldns_cli.autoencoder import AEConfig, Autoencoder, ae_loss
+from ldns_cli.fit.autoencoder import ae_loss
+from ldns_cli.nn.autoencoder import AEConfig, Autoencoder
 torch.set_num_threads(1)
 cfg = AEConfig(n_neurons=128, latent_dim=8, width=64, blocks=1, state_dim=8)
 model = Autoencoder(cfg, torch.Generator().manual_seed(0))
@@ -185,7 +186,7 @@ def test_allocator_tuning_stops_per_step_page_faults() -> None:
     import subprocess
     import sys
 
-    from ldns_cli.allocator import keep_freed_memory
+    from ldns_cli.core.runtime import keep_freed_memory
 
     if not keep_freed_memory():
         pytest.skip("not glibc: allocator tuning is a no-op here")

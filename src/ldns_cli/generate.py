@@ -31,69 +31,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldns_cli import __version__
-from ldns_cli.calibration import LatentCalibration
-from ldns_cli.conditions import check_conditions  # noqa: F401 (re-exported)
-from ldns_cli.data import SpikeData, VariableInfo
-from ldns_cli.diffusion import DiffusionModel, condition_features, denormalise
-from ldns_cli.errors import LdnsError
-from ldns_cli.s4 import cached_kernels
-from ldns_cli.schedule import apply_guidance, make_sampler, resolve_sampler_name, sample_loop
-
-DEFAULT_SAMPLER = "dpm++"
-DEFAULT_STEPS = {"dpm++": 20, "ddim": 50, "ddpm": 1000}
-MAX_BINS_PER_CHUNK = 65_536  # trials x bins per network batch (bounds activation memory)
-
-_NOISE, _SPIKES, _ANCESTRAL = 0, 1, 2
-
-
-@dataclass(frozen=True)
-class SampleSettings:
-    """How to sample (recorded as provenance in the output file)."""
-
-    sampler: str = DEFAULT_SAMPLER
-    steps: int | None = None  # None: the sampler's default (DEFAULT_STEPS)
-    guidance: float = 1.0  # classifier-free guidance weight W (1 = plain conditional)
-    seed: int = 0
-    batch_size: int = 64  # trials per network batch (also capped by MAX_BINS_PER_CHUNK)
-    save_latents: bool = False
-    save_rates: bool = False
-    # apply the model's latent calibration (calibration.py) when it has one
-    calibrate: bool = True
-
-    def resolved_steps(self) -> int:
-        return self.steps or DEFAULT_STEPS[resolve_sampler_name(self.sampler)]
-
-
-def trial_generator(
-    seed: int, stream: int, index: int, device: torch.device | str
-) -> torch.Generator:
-    """An independent generator for (seed, stream, trial index) (numpy SeedSequence mixing)."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, stream, int(index)]).generate_state(2)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(state[0]) << 32 | int(state[1]) >> 1)
-    return gen
-
-
-def active_calibration(model: DiffusionModel, settings: SampleSettings) -> LatentCalibration | None:
-    """The latent calibration `settings` sample with: the model's one for this sampler setting,
-    or None (switched off, or none fitted for the setting)."""
-    if not settings.calibrate:
-        return None
-    return model.calibration_for(resolve_sampler_name(settings.sampler), settings.resolved_steps())
-
-
-def calibration_label(model: DiffusionModel, settings: SampleSettings) -> str:
-    """Provenance of the latent calibration: 'applied (dpm++ 20 steps)', 'off' (asked), or
-    'none for <setting>' (the model has no calibration for this sampler setting)."""
-    setting = f"{resolve_sampler_name(settings.sampler)} {settings.resolved_steps()} steps"
-    if not settings.calibrate:
-        return "off"
-    return (
-        "none for " + setting
-        if active_calibration(model, settings) is None
-        else f"applied ({setting})"
-    )
+from ldns_cli.conditions.spec import check_conditions  # noqa: F401 (re-exported)
+from ldns_cli.core.data import SpikeData, VariableInfo
+from ldns_cli.core.errors import LdnsError
+from ldns_cli.core.version import __version__
+from ldns_cli.diffusion.model import DiffusionModel, denormalise
+from ldns_cli.diffusion.samplers import resolve_sampler_name
+from ldns_cli.diffusion.sampling import (
+    MAX_BINS_PER_CHUNK,
+    SPIKE_STREAM,
+    SampleSettings,
+    calibration_label,
+    chunks,
+    sample_latents,
+    trial_generator,
+)
 
 
 def parse_lengths(n: int, lengths: np.ndarray) -> np.ndarray:
@@ -103,102 +55,6 @@ def parse_lengths(n: int, lengths: np.ndarray) -> np.ndarray:
     if lengths.min() < 1:
         raise LdnsError(f"lengths must be >= 1 bin, got {lengths.min()}", "e.g. --length 140")
     return lengths
-
-
-# ---------------------------------------------------------------------------------------------
-# Sampling latents
-# ---------------------------------------------------------------------------------------------
-
-
-def chunks(lengths: np.ndarray, batch_size: int, max_bins: int = MAX_BINS_PER_CHUNK):
-    """Trial index chunks, sorted by length, each at most `batch_size` trials and `max_bins` bins."""
-    order = np.argsort(-lengths, kind="stable")
-    i = 0
-    while i < len(order):
-        n_bins = int(lengths[order[i]])
-        size = max(1, min(batch_size, max_bins // max(n_bins, 1)))
-        yield order[i : i + size]
-        i += size
-
-
-@torch.no_grad()
-def sample_latents(
-    model: DiffusionModel,
-    lengths: np.ndarray,
-    conditions: dict[str, np.ndarray] | None,
-    settings: SampleSettings,
-    device: torch.device | str,
-    index: np.ndarray | None = None,
-    on_step: Callable[[int], None] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample normalised latents for one chunk of trials.
-
-    Args:
-        model: the loaded diffusion model (EMA weights).
-        lengths: valid bins per trial `[B]`.
-        conditions: checked raw values (see `check_conditions`), or None/{} for unconditional.
-        settings: sampler, steps, guidance, seed.
-        device: where the network runs.
-        index: global trial indices `[B]` (seed the per-trial generators); default 0..B-1.
-        on_step: called with the chunk size after each sampler step (progress).
-
-    Returns:
-        (normalised latents `[B, L_max, Z]` zero on padded bins, mask `[B, L_max]`).
-    """
-    index = np.arange(len(lengths)) if index is None else np.asarray(index)
-    b, n_bins, n_lat = len(lengths), int(lengths.max()), model.denoiser.config.latent_dim
-    mask = (
-        torch.arange(n_bins, device=device)[None, :]
-        < torch.as_tensor(lengths, device=device)[:, None]
-    )
-    noise = torch.zeros(b, n_bins, n_lat)
-    for row, (i, n) in enumerate(zip(index, lengths, strict=True)):
-        gen = trial_generator(settings.seed, _NOISE, i, "cpu")
-        noise[row, :n] = torch.randn(int(n), n_lat, generator=gen)
-
-    cond = None
-    if conditions:
-        cond = {}
-        for spec in model.conditions:
-            if spec["name"] in conditions:
-                feats = condition_features(spec, conditions[spec["name"]])
-                if spec["kind"] == "timeseries":
-                    feats = feats[:, :n_bins]
-                cond[spec["name"]] = feats.to(device)
-    w = float(settings.guidance)
-    net = model.denoiser
-
-    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if cond is None:
-            return net(x, t, mask)
-        if w == 1.0:
-            return net(x, t, mask, cond)
-        # one batched call for the conditional and unconditional halves
-        both = net(
-            torch.cat([x, x]),
-            torch.cat([t, t]),
-            torch.cat([mask, mask]),
-            {k: torch.cat([v, v]) for k, v in cond.items()},
-            torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(
-                device
-            ),
-        )
-        return apply_guidance(both[b:], both[:b], w)
-
-    sampler = make_sampler(
-        settings.sampler, model.schedule, settings.resolved_steps(), device=device
-    )
-    ancestral = trial_generator(settings.seed, _ANCESTRAL, int(index[0]), "cpu")
-    callback = None if on_step is None else (lambda i, t, out: on_step(b))
-    with cached_kernels(net):
-        x0 = sample_loop(
-            denoise, (b, n_bins, n_lat), sampler, ancestral, device, callback,
-            initial_noise=noise.to(device),
-        )  # fmt: skip
-    calibration = active_calibration(model, settings)
-    if calibration is not None:
-        x0 = calibration.apply(x0)  # the training latents' per-channel mean and std
-    return x0 * mask[:, :, None].to(x0.dtype), mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +169,7 @@ def generate_chunks(
             rates = ae.decode(z).float()  # [b, l, N]
         rates = rates * mask[:, :, None].to(rates.dtype)
         # one generator per trial: a trial's spikes do not depend on its chunk or padding
-        gens = [trial_generator(settings.seed, _SPIKES, int(i), rates.device) for i in idx]
+        gens = [trial_generator(settings.seed, SPIKE_STREAM, int(i), rates.device) for i in idx]
         chunk_counts = observation.sample(
             rates, gens, torch.as_tensor(lengths[idx], device=rates.device)
         )

@@ -1,0 +1,462 @@
+"""Latent diffusion training: the latent dataset, the loss, and the `diffusion` checkpoint.
+
+The frozen autoencoder encodes every trial once (`autoencoder.infer`); each latent channel is
+normalised with the masked mean/std of the *training* trials' valid bins (reused for validation and
+stored in the checkpoint, since sampling must de-normalise with exactly these numbers). The
+denoiser is then trained by the generic loop in `train.py` with `make_loss_fn`: t ~ U{0..T-1},
+x_t = √ᾱ x_0 + √(1-ᾱ) ε, a masked MSE or smooth-L1 between the network output and ε (or v), and,
+for conditional models, all conditions of a trial dropped with probability `cond_dropout` so the
+same network also learns the unconditional path (classifier-free guidance).
+
+Checkpoint `models/diffusion.safetensors` (kind "diffusion"): tensors `model.*` are the EMA
+weights (used for sampling), `raw.*` the raw weights plus optimiser state for `--resume`;
+metadata: the `DiffusionConfig`, the fingerprint of the AE it belongs to (`ae_id`, a hash of the
+AE's weights, plus the data fingerprint), normalisation stats and the condition specs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ldns_cli.conditions.spec import condition_spec_from_data, fit_condition_values
+from ldns_cli.core.checkpoint import (
+    Checkpoint,
+    check_data_matches,
+    load_checkpoint,
+    save_checkpoint,
+)
+from ldns_cli.core.config import config_from_dict, config_to_dict, load_config_file
+from ldns_cli.core.console import warn
+from ldns_cli.core.data import SpikeData
+from ldns_cli.core.errors import LdnsError
+from ldns_cli.diffusion.calibration import LatentCalibration, MomentAccumulator
+from ldns_cli.diffusion.model import (
+    DEFAULT_PRESET,
+    PRESETS,
+    DiffusionConfig,
+    condition_features,
+    denoiser_config,
+    diffusion_from_checkpoint,
+    latent_stats,
+    normalise,
+    weights_id,
+)
+from ldns_cli.diffusion.schedule import NoiseSchedule
+from ldns_cli.fit import distributed as dist
+from ldns_cli.fit.splits import split_masks
+from ldns_cli.fit.trainer import TRAIN_KEYS, CheckpointSpec, FitResult, TrainConfig, fit
+from ldns_cli.nn.denoiser import Denoiser, DenoiserConfig
+from ldns_cli.store import DIFFUSION_FILE, check_belongs_to_ae
+
+if TYPE_CHECKING:
+    from ldns_cli.diffusion.model import DiffusionModel
+
+
+# Training defaults of the diffusion stage (train.TrainConfig keys): the reference's clipping at
+# 1.0, a cosine ending near 13% of the peak (§2.3), and a fixed EMA decay instead of its warm-up.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 300, "batch_size": 256, "lr": 1e-3, "weight_decay": 0.01, "warmup_epochs": 10,
+    "final_lr_frac": 0.135, "grad_clip": 1.0, "ema_decay": 0.999,
+}  # fmt: skip
+
+
+def build_dataset(
+    latents_norm: np.ndarray,
+    mask: np.ndarray,
+    cond: dict[str, torch.Tensor],
+    index: np.ndarray,
+) -> dict[str, torch.Tensor]:
+    """A dict-of-tensors dataset for `train.py`: x `[B, L, Z]`, mask `[B, L]`, cond.<name>."""
+    out = {
+        "x": torch.from_numpy(latents_norm[index].astype(np.float32)),
+        "mask": torch.from_numpy(mask[index]),
+    }
+    for name, feats in cond.items():
+        out[f"cond.{name}"] = feats[torch.from_numpy(np.flatnonzero(index))]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss
+# ---------------------------------------------------------------------------------------------
+
+
+def diffusion_loss(
+    model: Denoiser,
+    batch: dict[str, torch.Tensor],
+    schedule: NoiseSchedule,
+    config: DiffusionConfig,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Masked denoising loss of one batch (mean over valid bins and latent channels)."""
+    x0 = batch["x"]  # [B, L, Z]
+    mask = batch["mask"].bool()  # [B, L]
+    b = x0.shape[0]
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    t = schedule.sample_timesteps(b, generator, x0.device)  # [B]
+    noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0.device)
+    x_t = schedule.add_noise(x0, noise, t)
+    target = schedule.training_target(x0, noise, t)
+    cond = {k[len("cond.") :]: v for k, v in batch.items() if k.startswith("cond.")}
+    drop: dict[str, torch.Tensor] | None = None
+    if cond and config.cond_dropout > 0:
+        # all conditions of a trial dropped together with p (the unconditional path), and with
+        # several conditions each also on its own with p, so that sampling with only some of
+        # them given (the rest on their null embedding) is in distribution too
+        p = config.cond_dropout
+        u = torch.rand(b, generator=generator, device=gen_device).to(x0.device)
+        drop_all = u < p
+        drop = {}
+        for name in sorted(cond):
+            if len(cond) > 1:
+                u = torch.rand(b, generator=generator, device=gen_device).to(x0.device)
+                drop[name] = drop_all | (u < p)
+            else:
+                drop[name] = drop_all
+    pred = model(x_t, t, mask, cond or None, drop)
+    if config.loss == "mse":
+        err = F.mse_loss(pred, target, reduction="none")
+    else:
+        err = F.smooth_l1_loss(pred, target, reduction="none", beta=config.smooth_l1_beta)
+    m = mask[:, :, None].to(err.dtype)  # [B, L, 1]
+    loss = (err * m).sum() / (m.sum() * err.shape[-1]).clamp_min(1.0)
+    return loss, {"loss": float(loss.detach())}
+
+
+def make_loss_fn(schedule: NoiseSchedule, config: DiffusionConfig):
+    """`loss_fn(model, batch, generator) -> (loss, logs)` for the generic training loop."""
+
+    def loss_fn(model, batch, generator):
+        return diffusion_loss(model, batch, schedule, config, generator)
+
+    return loss_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs and the fit
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_configs(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[DiffusionConfig, TrainConfig]:
+    """defaults < preset < config file < flags, split into the model and the training config.
+
+    Presets and the config file may mix keys of both (`DiffusionConfig`, `train.TrainConfig`);
+    a key that belongs to neither is an error listing the known ones.
+    """
+    values: dict[str, Any] = dict(TRAIN_DEFAULTS)
+    preset = preset or DEFAULT_PRESET
+    if preset:
+        if preset not in PRESETS:
+            raise LdnsError(
+                f"unknown preset '{preset}'", f"choose one of: {', '.join(sorted(PRESETS))}"
+            )
+        values.update(PRESETS[preset])
+    values.update(load_config_file(config_file))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    model_keys = set(DiffusionConfig.__dataclass_fields__)
+    unknown = sorted(set(values) - model_keys - TRAIN_KEYS)
+    if unknown:
+        raise LdnsError(
+            f"unknown setting(s): {', '.join(unknown)}",
+            f"known settings: {', '.join(sorted(model_keys | TRAIN_KEYS))}",
+        )
+    source = str(config_file or "flags")
+    try:
+        dcfg = config_from_dict(
+            DiffusionConfig, {k: v for k, v in values.items() if k in model_keys}, source
+        )
+        tcfg = config_from_dict(
+            TrainConfig, {k: v for k, v in values.items() if k in TRAIN_KEYS}, source
+        )
+    except TypeError as exc:
+        raise LdnsError(f"invalid settings: {exc}", "check the config file and flags") from None
+    tcfg.validate()
+    return dcfg, tcfg
+
+
+@dataclass
+class LatentData:
+    """The diffusion stage's view of a recording: normalised latents, masks, condition features."""
+
+    latents: np.ndarray  # normalised [B, L, Z]
+    mask: np.ndarray  # [B, L] bool
+    train: np.ndarray  # [B] bool
+    val: np.ndarray  # [B] bool
+    mean: np.ndarray  # [Z]
+    std: np.ndarray  # [Z]
+    specs: list[dict[str, Any]]
+    features: dict[str, torch.Tensor]
+    values: dict[str, np.ndarray] = field(default_factory=dict)  # raw condition values
+
+    def dataset(self, which: np.ndarray) -> dict[str, torch.Tensor]:
+        return build_dataset(self.latents, self.mask, self.features, which)
+
+
+def prepare_latents(
+    data: SpikeData,
+    ae: torch.nn.Module,
+    config: DiffusionConfig,
+    device: torch.device | str,
+    seed: int = 0,
+    batch_size: int = 64,
+    stats: tuple[np.ndarray, np.ndarray] | None = None,
+    specs: list[dict[str, Any]] | None = None,
+) -> LatentData:
+    """Encode `data` with the frozen AE, normalise with training statistics, build features.
+
+    `stats`/`specs` (from an existing checkpoint, for `--resume`) replace the recomputed ones.
+    """
+    from ldns_cli.nn.autoencoder import infer
+
+    train, val = split_masks(data, config.val_fraction, seed)
+    latents, _ = infer(ae, data, batch_size=batch_size, device=device)  # [B, L, Z]
+    mask = data.mask()
+    if stats is None:
+        mean, std = latent_stats(latents[train], mask[train])
+    else:
+        mean, std = (np.asarray(a, dtype=np.float64) for a in stats)
+    z = normalise(latents, mean, std, config.clip_latents) * mask[:, :, None]
+    if specs is None:  # the spec (ranges, scaling, categories) comes from training trials only
+        specs = condition_spec_from_data(data, config.conditions, train)
+    values, usable = fit_condition_values(specs, data)
+    if not usable[train | val].all():
+        n_out = int((~usable[train | val]).sum())
+        warn(
+            f"{n_out} trial(s) have a missing (NaN) or unseen value of a condition "
+            f"({', '.join(s['name'] for s in specs)}); left out of the diffusion fit"
+        )
+        train, val = train & usable, val & usable
+    features = {s["name"]: condition_features(s, values[s["name"]]) for s in specs}
+    return LatentData(z.astype(np.float32), mask, train, val, mean, std, specs, features, values)
+
+
+def fit_diffusion(
+    data: SpikeData,
+    models_dir: str | Path,
+    config: DiffusionConfig,
+    train_config: TrainConfig,
+    device: str = "cpu",
+    resume: bool = False,
+    resume_epochs: int | None = None,
+) -> tuple[FitResult, Path]:
+    """Train the denoiser on `data`'s latents under the AE in `models_dir`; write the checkpoint.
+
+    Returns the trainer's result and the checkpoint path. With `resume`, the existing checkpoint's
+    configs, statistics and condition specs are used; `resume_epochs` changes the epoch count.
+    """
+    from ldns_cli.store import load_autoencoder
+
+    folder = Path(models_dir)
+    ae, ae_ckpt = load_autoencoder(folder, device)
+    check_data_matches(ae_ckpt.fingerprint, data.fingerprint(), "autoencoder")
+    path = folder / DIFFUSION_FILE
+    previous: Checkpoint | None = None
+    stats = specs = None
+    if resume:
+        previous = load_checkpoint(path, "diffusion", fit_command="ldns fit-diffusion DATA")
+        check_belongs_to_ae(previous.fingerprint, ae_ckpt, folder)
+        config = config_from_dict(DiffusionConfig, previous.config["diffusion"], str(path))
+        train_config = config_from_dict(TrainConfig, previous.config["train"], str(path))
+        if resume_epochs is not None:
+            train_config = dataclasses.replace(train_config, epochs=resume_epochs)
+        stats = (previous.extra["latent_mean"], previous.extra["latent_std"])
+        specs = previous.extra.get("conditions", [])
+
+    lat = prepare_latents(data, ae, config, device, train_config.seed, stats=stats, specs=specs)
+    if not lat.train.any():
+        raise LdnsError("no training trials", "the data's split labels hold no 'train' trials")
+    if previous is not None:  # resume rebuilds the saved network (e.g. its resolved kernel reach)
+        net_cfg = DenoiserConfig.from_dict(previous.extra["denoiser"])
+    else:
+        longest = int(lat.mask[lat.train].sum(axis=1).max())
+        net_cfg = denoiser_config(config, lat.latents.shape[-1], lat.specs, longest)
+    torch.manual_seed(train_config.seed)  # nn.Linear initialisers use the global RNG
+    model = Denoiser(net_cfg)
+    spec = CheckpointSpec(
+        path=path,
+        kind="diffusion",
+        config={"diffusion": config_to_dict(config), "train": config_to_dict(train_config)},
+        fingerprint={**data.fingerprint(), "ae_id": weights_id(ae_ckpt.tensors)},
+        extra={
+            "denoiser": config_to_dict(net_cfg),
+            "latent_mean": lat.mean.tolist(),
+            "latent_std": lat.std.tolist(),
+            "conditions": lat.specs,
+            "n_train": int(lat.train.sum()),
+            "n_val": int(lat.val.sum()),
+            "data_fingerprint": data.fingerprint(),
+        },
+    )
+    schedule = NoiseSchedule(config.schedule_config())
+    result = fit(
+        model,
+        lat.dataset(lat.train),
+        lat.dataset(lat.val) if lat.val.any() else None,
+        make_loss_fn(schedule, config),
+        train_config,
+        device=device,
+        checkpoint=spec,
+        resume=previous,
+        description="fit-diffusion",
+    )
+    if not result.interrupted and config.calibration_trials > 0 and dist.is_main():
+        assert result.checkpoint is not None
+        add_calibration(
+            result.checkpoint, lat, config.calibration_trials, train_config.seed, device
+        )
+        save_checkpoint(path, result.checkpoint)
+    return result, path
+
+
+def add_calibration(
+    ckpt: Checkpoint,
+    lat: LatentData,
+    n_trials: int,
+    seed: int,
+    device: torch.device | str,
+    sampler: str = "dpm++",
+    steps: int | None = None,
+) -> dict[str, Any]:
+    """Fit the latent calibration of the model in `ckpt` for one sampler setting (see
+    `calibration.py`) and store it there, next to those of other settings.
+
+    Returns its summary (also in `ckpt.extra["latent_calibration"][key]`); the caller saves.
+    """
+    model = diffusion_from_checkpoint(ckpt, device)  # calibrations are never applied in the fit
+    cal, summary = fit_latent_calibration(
+        model, lat.latents, lat.mask, lat.train, lat.values, n_trials, seed, device, sampler, steps
+    )
+    ckpt.tensors.update(cal.tensors())  # replaces an earlier fit of the same setting
+    ckpt.extra["latent_calibration"] = {
+        **ckpt.extra.get("latent_calibration", {}),
+        cal.key: summary,
+    }
+    return summary
+
+
+def calibrate_diffusion(
+    data: SpikeData,
+    models_dir: str | Path,
+    n_trials: int,
+    seed: int,
+    device: str = "cpu",
+    sampler: str = "dpm++",
+    steps: int | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Add (or refit) a latent calibration of an existing diffusion model, without training.
+
+    For checkpoints fitted before calibration existed, for another sampler setting, or to change
+    `n_trials`. Uses the checkpoint's own normalisation statistics and condition specs; writes the
+    file in place.
+    """
+    from ldns_cli.store import load_autoencoder
+
+    folder = Path(models_dir)
+    ae, ae_ckpt = load_autoencoder(folder, device)
+    check_data_matches(ae_ckpt.fingerprint, data.fingerprint(), "autoencoder")
+    path = folder / DIFFUSION_FILE
+    ckpt = load_checkpoint(path, "diffusion", fit_command="ldns fit-diffusion DATA")
+    check_belongs_to_ae(ckpt.fingerprint, ae_ckpt, folder)
+    config = config_from_dict(DiffusionConfig, ckpt.config["diffusion"], str(path))
+    stats = (ckpt.extra["latent_mean"], ckpt.extra["latent_std"])
+    specs = ckpt.extra.get("conditions", [])
+    lat = prepare_latents(data, ae, config, device, seed, stats=stats, specs=specs)
+    if not lat.train.any():
+        raise LdnsError("no training trials", "the data's split labels hold no 'train' trials")
+    summary = add_calibration(ckpt, lat, n_trials, seed, device, sampler, steps)
+    save_checkpoint(path, ckpt)
+    return summary, path
+
+
+CALIBRATION_SEED_STREAM = 7919  # keeps calibration draws apart from seeds a user samples with
+
+
+def pick_calibration_trials(
+    train_index: np.ndarray, n_trials: int, seed: int
+) -> tuple[np.ndarray, int]:
+    """Which training trials lend their lengths and conditions to the calibration samples.
+
+    Returns (trial indices `[n]`, generator seed for the samples). Without replacement while the
+    training set is large enough, so a small data set is covered evenly.
+    """
+    rng = np.random.default_rng([CALIBRATION_SEED_STREAM, int(seed)])
+    replace = n_trials > len(train_index)
+    picked = np.sort(rng.choice(train_index, size=n_trials, replace=replace))
+    return picked, int(rng.integers(0, 2**31 - 1))
+
+
+def fit_latent_calibration(
+    model: DiffusionModel,
+    latents: np.ndarray,
+    mask: np.ndarray,
+    train: np.ndarray,
+    condition_values: dict[str, np.ndarray],
+    n_trials: int,
+    seed: int,
+    device: torch.device | str,
+    sampler: str = "dpm++",
+    steps: int | None = None,
+    batch_size: int = 128,
+) -> tuple[LatentCalibration, dict[str, Any]]:
+    """Fit the per-channel calibration of `model` (a `DiffusionModel` without calibration).
+
+    Args:
+        model: the freshly trained diffusion model (EMA weights); its own calibration is ignored.
+        latents: normalised latents of the recording `[B, L, Z]` (as the denoiser trained on).
+        mask: valid bins `[B, L]`.
+        train: training trials `[B]` bool (the target moments and the lengths/conditions drawn).
+        condition_values: raw condition values of every trial, by name (`fit_condition_values`).
+        n_trials: calibration samples to draw.
+        seed: fixes the trials picked and the samples.
+        device: where the denoiser runs.
+        sampler: the sampler setting calibrated (the map is applied only when sampling with it).
+        steps: its steps (None: the sampler's default).
+        batch_size: trials per network batch.
+
+    Returns:
+        the calibration and a JSON summary (sampler, moments before and after).
+    """
+    from ldns_cli.diffusion.sampling import SampleSettings, chunks, sample_latents
+
+    train_index = np.flatnonzero(train)
+    target = MomentAccumulator(latents.shape[-1])
+    target.add(latents[train_index], mask[train_index])  # exact moments: a constant channel keeps
+    # std 0 here (diffusion.latent_stats puts 1 there, fit for dividing by, not for matching)
+    picked, sample_seed = pick_calibration_trials(train_index, n_trials, seed)
+    lengths = mask[picked].sum(axis=1).astype(np.int64)
+    settings = SampleSettings(
+        sampler=sampler, steps=steps, seed=sample_seed, batch_size=batch_size, calibrate=False
+    )
+    sampled = MomentAccumulator(latents.shape[-1])
+    for idx in chunks(lengths, batch_size):
+        conds = {name: v[picked[idx]] for name, v in condition_values.items()}
+        x0, m = sample_latents(model, lengths[idx], conds, settings, device, idx)
+        sampled.add(x0.cpu(), m.cpu())
+    (m_s, s_s), (m_t, s_t) = sampled.moments(), target.moments()
+    n_steps = settings.resolved_steps()
+    cal = LatentCalibration.from_moments((m_s, s_s), (m_t, s_t), settings.sampler, n_steps)
+    summary = {
+        "trials": int(n_trials),
+        "seed": int(seed),
+        "sampler": settings.sampler,
+        "steps": n_steps,
+        "sampled_mean": m_s.tolist(),
+        "sampled_std": s_s.tolist(),
+        "target_mean": m_t.tolist(),
+        "target_std": s_t.tolist(),
+        "std_ratio_min": float(np.min(s_s / np.maximum(s_t, 1e-8))),
+        "std_ratio_max": float(np.max(s_s / np.maximum(s_t, 1e-8))),
+        "max_abs_mean_shift": float(np.max(np.abs(m_s - m_t))),
+    }
+    return cal, summary
