@@ -46,11 +46,16 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from common import matmul_gflops, run_isolated, timeit, write_results  # noqa: E402
 from ldns_cli.cli.ae import _resolve_configs  # noqa: E402
-from ldns_cli.diffusion.model import PRESETS, DiffusionConfig, DiffusionModel, denoiser_config
+from ldns_cli.diffusion.model import (  # noqa: E402
+    PRESETS,
+    DiffusionConfig,
+    DiffusionModel,
+    denoiser_config,
+)
 from ldns_cli.diffusion.schedule import NoiseSchedule  # noqa: E402
 from ldns_cli.fit.autoencoder import ae_loss  # noqa: E402
-from ldns_cli.fit.diffusion import make_loss_fn
-from ldns_cli.nn.autoencoder import Autoencoder
+from ldns_cli.fit.diffusion import make_loss_fn  # noqa: E402
+from ldns_cli.nn.autoencoder import Autoencoder  # noqa: E402
 from ldns_cli.nn.denoiser import Denoiser  # noqa: E402
 from ldns_cli.nn.s4 import cached_kernels, fast_fft_size, ssm_param_groups  # noqa: E402
 
@@ -233,7 +238,7 @@ import json, sys, numpy as np, torch
 torch.set_num_threads({threads})
 sys.path.insert(0, {here!r})
 import bench_pipeline as bp
-from ldns_cli.nn.autoencoder import Autoencoder
+from ldns_cli.nn.autoencoder import Autoencoder  # noqa: E402
 from ldns_cli.cli.ae import _resolve_configs
 from ldns_cli.generate import SampleSettings, generate
 from ldns_cli.nn.observation import PoissonObservation
@@ -292,7 +297,6 @@ def output_size(n_trials: int) -> list:
     """Shipped writer vs the previous one (plain float64/float32 arrays, full-precision rates)."""
     import ldns_cli.io.hdf5 as h5io
     import ldns_cli.io.nwb_write as nwbio
-
     from ldns_cli.io.formats import read_spikes, write_spikes
     from ldns_cli.io.simulate import simulate_lorenz
 
@@ -382,7 +386,6 @@ def profiles(quick: bool) -> dict:
         out["denoiser_nfe_uncached_L4096"] = top_ops(lambda: net(x, tt, mask))
 
     import ldns_cli.evaluate.evaluation as evaluation
-
     from bench_evaluate import make_set
     from ldns_cli.evaluate.evaluation import evaluate_full
 

@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import log, run, write_results
 from ldns_cli.conditions.spec import check_conditions
-from ldns_cli.generate import generate
 from ldns_cli.core.data import SpikeData
 from ldns_cli.diffusion.sampling import SampleSettings
 from ldns_cli.evaluate.evaluation import evaluate
+from ldns_cli.generate import generate
 from ldns_cli.io.formats import read_spikes, write_spikes
 from ldns_cli.io.simulate import simulate_reach
 from ldns_cli.nn.observation import PoissonObservation
