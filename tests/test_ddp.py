@@ -28,14 +28,14 @@ WORKER = textwrap.dedent(
     from pathlib import Path
     import torch
     import torch.distributed as tdist
-    from ldns_cli.fit import distributed as dist, trainer as train
+    from ldns_cli.fit import autoencoder as fit_ae, distributed as dist, trainer as train
     from ldns_cli.cli import app
 
     out, args = Path(sys.argv[1]), sys.argv[2:]
     saves, results = [], []
-    real_save, real_fit, real_shutdown = train.save_checkpoint, train.fit, dist.shutdown
+    real_save, real_fit, real_shutdown = train.save_checkpoint, fit_ae.fit, dist.shutdown
     train.save_checkpoint = lambda *a, **k: (saves.append(1), real_save(*a, **k))
-    train.fit = lambda *a, **k: results.append(real_fit(*a, **k)) or results[-1]
+    fit_ae.fit = lambda *a, **k: results.append(real_fit(*a, **k)) or results[-1]
     dist.shutdown = lambda: None
     try:
         app(args, standalone_mode=False)

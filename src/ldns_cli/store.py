@@ -1,27 +1,14 @@
-"""The LDNS autoencoder: spike counts -> smooth time-aligned latents -> Poisson rates.
+"""The model folder: its file names (here and nowhere else), loading every model it holds, and
+the identity checks that keep a folder's models together.
 
-Architecture (ldns-reference.md §1.2–1.3; channels-last `[B, L, C]` throughout, so every 1×1
-layer is one GEMM over B·L rows and the counts need no transpose):
-
-    counts [B, L, N] -> 1×1 in-projection N→C
-      -> blocks × (masked InstanceNorm over time, unconditional adaLN shift/scale, S4, GELU,
-                   per-channel scale+bias, residual; then norm, channel MLP C→2C→C, residual)
-      -> grouped 1×1 bottleneck C→Z (latent j reads its own block of C/Z channels)   = z
-    z -> grouped 1×1 unbottleneck Z→Z·k (each hidden unit sees one latent) -> GELU
-      -> dense 1×1 → N -> softplus                                                  = rates
-
-The decoder is time-local and additive over latents (§8.1), so decoding padded or long samples is
-safe and all temporal structure lives in z. Norm statistics use valid bins only and padded bins
-are zeroed before every S4 convolution, so padding never leaks into valid outputs (§8.4).
-
-Objective (§1.4): coordinated dropout (elementwise keep-mask, kept counts rescaled by 1/(1−p)),
-Poisson NLL (with Stirling term) on the *dropped* entries only, divided by the number of valid
-neuron-bins; plus [β1·Σz² + β2·Σ_{k=1..5} Σ_t ‖z_t − z_{t+k}‖²/(1+k)] / (N·valid bins).
-The public API is `[B, L, ·]` (trial, time, feature) like `SpikeData`.
+A folder holds `ae.safetensors` (the autoencoder), `history.safetensors` (the spike-history
+observation model, optional) and `diffusion.safetensors` (the denoiser, which records the hash of
+the autoencoder it was trained on). `load_models` loads and cross-checks all of them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +17,7 @@ import torch
 from ldns_cli.core.checkpoint import Checkpoint, check_data_matches, load_checkpoint
 from ldns_cli.core.config import config_from_dict
 from ldns_cli.core.errors import LdnsError
+from ldns_cli.core.paths import check_model_target
 from ldns_cli.diffusion.model import DiffusionModel, diffusion_from_checkpoint, weights_id
 from ldns_cli.nn.autoencoder import AEConfig, Autoencoder
 from ldns_cli.nn.observation import (
@@ -40,6 +28,8 @@ from ldns_cli.nn.observation import (
 )
 
 AE_FILE = "ae.safetensors"
+HISTORY_FILE = "history.safetensors"
+DIFFUSION_FILE = "diffusion.safetensors"
 AE_KIND = "ae"
 FIT_COMMAND = "ldns fit-ae DATA"
 
@@ -47,6 +37,26 @@ FIT_COMMAND = "ldns fit-ae DATA"
 # ---------------------------------------------------------------------------- checkpoints
 def ae_path(models_dir: str | Path) -> Path:
     return Path(models_dir) / AE_FILE
+
+
+def diffusion_path(models_dir: str | Path) -> Path:
+    return Path(models_dir) / DIFFUSION_FILE
+
+
+STAGE_FILES = {"ae": (AE_FILE, "autoencoder"), "diffusion": (DIFFUSION_FILE, "diffusion model")}
+
+
+def check_fit_target(models_dir: str | Path, stage: str, force: bool) -> None:
+    """Refuse to fit `stage` ("ae" or "diffusion") over a fitted one unless `force`."""
+    name, what = STAGE_FILES[stage]
+    check_model_target(Path(models_dir) / name, force, what)
+
+
+def stale_after_refit(models_dir: str | Path, keep_history: bool) -> list[str]:
+    """Files in the folder that belong to the autoencoder about to be replaced (the history
+    model is refit with it when `keep_history`)."""
+    names = [DIFFUSION_FILE] + ([] if keep_history else [HISTORY_FILE])
+    return [name for name in names if (Path(models_dir) / name).exists()]
 
 
 def model_from_checkpoint(ckpt: Checkpoint, device: str | torch.device = "cpu") -> Autoencoder:
@@ -75,9 +85,6 @@ def load_autoencoder(
     return model_from_checkpoint(ckpt, device), ckpt
 
 
-DIFFUSION_FILE = "diffusion.safetensors"
-
-
 def check_belongs_to_ae(diff_fp: dict[str, Any], ae_ckpt: Checkpoint, where: Path) -> None:
     """Clean error if a diffusion checkpoint was trained on another autoencoder."""
     ae_id = weights_id(ae_ckpt.tensors)
@@ -96,15 +103,14 @@ def load_diffusion(
     """Load `models_dir/diffusion.safetensors` and check it belongs to the AE next to it."""
     folder = Path(models_dir)
     ckpt = load_checkpoint(
-        folder / DIFFUSION_FILE, "diffusion", fit_command="ldns fit-diffusion DATA"
+        diffusion_path(folder), "diffusion", fit_command="ldns fit-diffusion DATA"
     )
     if ae_checkpoint is None:
-        ae_checkpoint = load_checkpoint(folder / AE_FILE, "ae", fit_command="ldns fit-ae DATA")
+        ae_checkpoint = load_checkpoint(ae_path(folder), AE_KIND, fit_command=FIT_COMMAND)
     check_belongs_to_ae(ckpt.fingerprint, ae_checkpoint, folder)
     return diffusion_from_checkpoint(ckpt, device)
 
 
-HISTORY_FILE = "history.safetensors"
 OBSERVATION_KINDS = ("auto", "history", "poisson")
 
 
@@ -163,3 +169,29 @@ def load_observation(
     if fingerprint is not None:
         check_data_matches(ckpt.fingerprint, fingerprint, "spike-history model")
     return model
+
+
+@dataclass
+class ModelSet:
+    """Everything `sample` needs from a model folder, loaded and checked to belong together."""
+
+    folder: Path
+    ae: Autoencoder
+    ae_checkpoint: Checkpoint
+    diffusion: DiffusionModel
+    observation: Observation
+
+
+def load_models(
+    models_dir: str | Path, device: str | torch.device = "cpu", observation: str = "auto"
+) -> ModelSet:
+    """Load the autoencoder, the diffusion model and the observation model of a folder.
+
+    `observation`: "auto" (the spike-history model when fitted, else Poisson), "history" or
+    "poisson". The diffusion and history models are checked against the autoencoder.
+    """
+    folder = Path(models_dir)
+    ae, ae_ckpt = load_autoencoder(folder, device)
+    diffusion = load_diffusion(folder, device, ae_ckpt)
+    obs = load_observation(folder, observation, str(device), fingerprint=ae_ckpt.fingerprint)
+    return ModelSet(folder, ae, ae_ckpt, diffusion, obs)

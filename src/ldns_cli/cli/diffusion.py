@@ -137,7 +137,7 @@ def fit_diffusion_cmd(
     Example: ldns fit-diffusion reach.nwb -m reach_models/ --preset small --condition angle
     """
     from ldns_cli.fit import distributed as dist
-    from ldns_cli.fit.diffusion import fit_diffusion, resolve_configs
+    from ldns_cli.fit.diffusion import fit_diffusion, resolve_diffusion_configs
     from ldns_cli.fit.trainer import resume_hint
     from ldns_cli.store import DIFFUSION_FILE
 
@@ -170,7 +170,7 @@ def fit_diffusion_cmd(
                 "--resume continues the saved model; its architecture and conditions are fixed",
                 "drop --preset/--config/--width/--blocks/--condition/--kernel-bins, or fit anew",
             )
-        dcfg, tcfg = resolve_configs(preset, config, overrides)
+        dcfg, tcfg = resolve_diffusion_configs(preset, config, overrides)
         for name in dcfg.conditions:
             if name not in data.covariates and name not in data.behavior:
                 found = sorted(data.covariates) + sorted(data.behavior)

@@ -62,15 +62,25 @@ def load_config_file(path: str | Path | None) -> dict[str, Any]:
     return values
 
 
-def resolve_config(
-    cls: type[T],
+def resolve_configs(
+    classes: tuple[type, ...],
     presets: dict[str, dict[str, Any]] | None = None,
     preset: str | None = None,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
-) -> T:
-    """defaults < preset < config file < flags (flags given as None are ignored)."""
-    values: dict[str, Any] = {}
+    *,
+    base: dict[str, Any] | None = None,
+    implied: dict[str, Any] | None = None,
+) -> tuple[Any, ...]:
+    """Resolve settings shared by several frozen dataclasses; one instance of each, in order.
+
+    Later wins: `base` (defaults that differ from the dataclasses') < named preset < `implied`
+    (settings a flag implies, e.g. an explicit --epochs means no minimum step count; a config
+    file may still set them) < config file < explicit flags (`overrides`; None means not given).
+    Presets and the file may mix keys of every class; a key that belongs to none is an error
+    listing the known ones.
+    """
+    values: dict[str, Any] = dict(base or {})
     if preset is not None:
         presets = presets or {}
         if preset not in presets:
@@ -78,9 +88,33 @@ def resolve_config(
                 f"unknown preset '{preset}'", f"choose one of: {', '.join(sorted(presets))}"
             )
         values.update(presets[preset])
+    values.update(implied or {})
     values.update(load_config_file(config_file))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    keys = [{f.name for f in dataclasses.fields(cls)} for cls in classes]
+    known = set().union(*keys)
+    unknown = sorted(set(values) - known)
+    source = str(config_file or "flags")
+    if unknown:
+        raise LdnsError(
+            f"unknown setting(s) in {source}: {', '.join(unknown)}",
+            f"known settings: {', '.join(sorted(known))}",
+        )
     try:
-        return config_from_dict(cls, values, source=str(config_file or "flags"))
+        return tuple(
+            config_from_dict(cls, {k: v for k, v in values.items() if k in own}, source)
+            for cls, own in zip(classes, keys, strict=True)
+        )
     except TypeError as exc:
         raise LdnsError(f"invalid settings: {exc}", "check the config file and flags") from None
+
+
+def resolve_config(
+    cls: type[T],
+    presets: dict[str, dict[str, Any]] | None = None,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> T:
+    """`resolve_configs` for one dataclass: defaults < preset < config file < flags."""
+    return resolve_configs((cls,), presets, preset, config_file, overrides)[0]

@@ -31,7 +31,6 @@ from ldns_cli.diffusion.calibration import LatentCalibration, calibration_key, l
 from ldns_cli.diffusion.schedule import NoiseSchedule, ScheduleConfig
 from ldns_cli.nn.denoiser import CondInput, Denoiser, DenoiserConfig
 
-AE_FILE = "ae.safetensors"
 PREDICTIONS = {"eps": "epsilon", "epsilon": "epsilon", "v": "v_prediction"}
 LOSSES = ("mse", "smooth_l1")
 

@@ -1,28 +1,22 @@
-"""The LDNS autoencoder: spike counts -> smooth time-aligned latents -> Poisson rates.
+"""Fitting the autoencoder: its objective, the rate-intercept refit and the `fit-ae` stage.
 
-Architecture (ldns-reference.md §1.2–1.3; channels-last `[B, L, C]` throughout, so every 1×1
-layer is one GEMM over B·L rows and the counts need no transpose):
-
-    counts [B, L, N] -> 1×1 in-projection N→C
-      -> blocks × (masked InstanceNorm over time, unconditional adaLN shift/scale, S4, GELU,
-                   per-channel scale+bias, residual; then norm, channel MLP C→2C→C, residual)
-      -> grouped 1×1 bottleneck C→Z (latent j reads its own block of C/Z channels)   = z
-    z -> grouped 1×1 unbottleneck Z→Z·k (each hidden unit sees one latent) -> GELU
-      -> dense 1×1 → N -> softplus                                                  = rates
-
-The decoder is time-local and additive over latents (§8.1), so decoding padded or long samples is
-safe and all temporal structure lives in z. Norm statistics use valid bins only and padded bins
-are zeroed before every S4 convolution, so padding never leaks into valid outputs (§8.4).
-
-Objective (§1.4): coordinated dropout (elementwise keep-mask, kept counts rescaled by 1/(1−p)),
-Poisson NLL (with Stirling term) on the *dropped* entries only, divided by the number of valid
+Objective: coordinated dropout (elementwise keep-mask, kept counts rescaled by 1/(1−p)), Poisson
+NLL (with Stirling term) on the *dropped* entries only, divided by the number of valid
 neuron-bins; plus [β1·Σz² + β2·Σ_{k=1..5} Σ_t ‖z_t − z_{t+k}‖²/(1+k)] / (N·valid bins).
-The public API is `[B, L, ·]` (trial, time, feature) like `SpikeData`.
+
+`fit_autoencoder` is the whole stage behind `ldns fit-ae` and `ldns_cli.fit_autoencoder`: resolve
+the settings (or the saved ones on resume), split train/validation, train with the generic loop
+(`fit/trainer.py`), refit the decoder intercepts, write `ae.safetensors` with a summary, and fit
+the spike-history model on the frozen autoencoder.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,8 +24,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ldns_cli.core.checkpoint import (
+    Checkpoint,
+    check_data_matches,
+    load_checkpoint,
+    save_checkpoint,
+)
+from ldns_cli.core.config import config_from_dict, config_to_dict, resolve_configs
+from ldns_cli.core.console import info, warn
 from ldns_cli.core.data import SpikeData
-from ldns_cli.nn.autoencoder import AEConfig, Autoencoder, infer_latents
+from ldns_cli.core.errors import LdnsError
+from ldns_cli.fit import distributed as dist
+from ldns_cli.fit.splits import split_train_val
+from ldns_cli.fit.trainer import CheckpointSpec, FitResult, TrainConfig, fit
+from ldns_cli.nn.autoencoder import AE_PRESETS, AEConfig, Autoencoder, infer, infer_latents
+from ldns_cli.store import AE_KIND, FIT_COMMAND, ae_path, check_fit_target, stale_after_refit
 
 
 # ---------------------------------------------------------------------------- objective
@@ -263,3 +270,268 @@ def mean_poisson_nll(rates: np.ndarray, counts: np.ndarray, mask: np.ndarray) ->
     nll = poisson_nll(torch.from_numpy(rates), torch.from_numpy(counts.astype(np.float32)))
     m = torch.from_numpy(mask)[..., None]
     return float((nll * m).sum() / (m.sum() * counts.shape[-1]))
+
+
+# ---------------------------------------------------------------------------- the stage
+DEFAULT_PRESET = "small"
+ARCHITECTURE_KEYS = ("latent_dim", "width", "blocks", "bidirectional")
+
+
+def resolve_ae_configs(
+    preset: str | None,
+    config_file: str | Path | None,
+    overrides: dict[str, Any],
+    n_neurons: int,
+) -> tuple[AEConfig, TrainConfig]:
+    """defaults < preset < config file < flags, split into the network and the training config.
+
+    An explicit `epochs` means exactly that many epochs (the preset's minimum step count is
+    dropped unless the config file sets one).
+    """
+    implied = {"min_steps": 0} if overrides.get("epochs") is not None else {}
+    ae_cfg, train_cfg = resolve_configs(
+        (AEConfig, TrainConfig),
+        AE_PRESETS,
+        preset or DEFAULT_PRESET,
+        config_file,
+        {**overrides, "n_neurons": n_neurons},
+        implied=implied,
+    )
+    ae_cfg.validate()
+    train_cfg.validate()
+    return ae_cfg, train_cfg
+
+
+def _resumed_configs(
+    ckpt: Checkpoint, overrides: dict[str, Any], preset: str | None, config_file: Any
+) -> tuple[AEConfig, TrainConfig]:
+    """The saved settings of an interrupted fit; only the epoch budget, batch size, learning
+    rate and regularisers may change (the architecture is fixed by the saved weights)."""
+    path = str(ckpt.path)
+    ae_cfg = config_from_dict(AEConfig, ckpt.config["ae"], path)
+    changed = [
+        k for k in ARCHITECTURE_KEYS
+        if overrides.get(k) is not None and overrides[k] != getattr(ae_cfg, k)
+    ]  # fmt: skip
+    if changed or preset or config_file:
+        raise LdnsError(
+            "--resume continues the saved model; its architecture and preset are fixed",
+            "drop --preset/--config/architecture flags, or fit anew without --resume",
+        )
+    saved_train = dict(ckpt.config["train"])
+    saved_train.update(
+        {k: overrides[k] for k in ("epochs", "batch_size", "lr") if overrides.get(k)}
+    )
+    if overrides.get("epochs"):
+        saved_train["min_steps"] = 0  # an explicit --epochs means exactly that many
+    train_cfg = config_from_dict(TrainConfig, saved_train, path)
+    regularisers = {
+        k: overrides[k] for k in ("dropout_p", "l2", "smooth") if overrides.get(k) is not None
+    }
+    return dataclasses.replace(ae_cfg, **regularisers), train_cfg
+
+
+def fit_summary(
+    model: Autoencoder, train: SpikeData, ref: SpikeData, device: str
+) -> dict[str, float]:
+    """Poisson NLL per neuron-bin of `ref` under the model and under the training mean rates,
+    and the model's bits per spike over that null."""
+    _, rates = infer(model, ref, 64, device)
+    mask = ref.mask()
+    null_rate = train.counts.sum(axis=(0, 1)) / float(train.lengths.sum())  # [N] spikes/bin
+    null = np.broadcast_to(null_rate[None, None, :], rates.shape).astype(np.float32)
+    return {
+        "poisson_nll": mean_poisson_nll(rates, ref.counts, mask),
+        "null_poisson_nll": mean_poisson_nll(null, ref.counts, mask),
+        "bits_per_spike": bits_per_spike(rates, ref.counts, mask, null_rate),
+    }
+
+
+@dataclass
+class AutoencoderFit:
+    """What `fit_autoencoder` did: the trainer's result, the file, and the end-of-fit summary
+    (empty when interrupted, or on ranks other than 0 under torchrun)."""
+
+    result: FitResult
+    path: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    is_main: bool = True  # rank 0 (or a single process): the rank that writes and reports
+
+    @property
+    def interrupted(self) -> bool:
+        return self.result.interrupted
+
+
+def fit_autoencoder(
+    data: SpikeData,
+    folder: str | Path,
+    *,
+    preset: str | None = None,
+    config: str | Path | None = None,
+    latent_dim: int | None = None,
+    width: int | None = None,
+    blocks: int | None = None,
+    bidirectional: bool | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    dropout_p: float | None = None,
+    l2: float | None = None,
+    smooth: float | None = None,
+    val_frac: float = 0.1,
+    amp: bool | None = None,
+    spike_history: bool = True,
+    resume: bool = False,
+    force: bool = False,
+    device: str = "cpu",
+    seed: int | None = None,
+    quiet: bool = False,
+    source: str = "",
+) -> AutoencoderFit:
+    """Fit the S4 autoencoder on `data` into `folder/ae.safetensors` (the `fit-ae` stage).
+
+    Settings resolve as defaults < `preset` (default "small") < `config` (a JSON file) < the
+    keyword arguments; `resume` continues an interrupted fit with its saved settings. Training
+    uses the data's train/val split (test trials never), else a seeded `val_frac` of the trials.
+    After training the decoder intercepts are refit with no inputs dropped, the checkpoint gets
+    a summary (validation Poisson NLL, bits/spike), and with `spike_history` the spike-history
+    observation model is fitted on the frozen autoencoder. Runs under torchrun as one rank.
+    `source` names the data in the checkpoint (the CLI passes the file path).
+    """
+
+    folder = Path(folder)
+    path = ae_path(folder)
+    dev = dist.init(device)
+    try:
+        overrides = {
+            "latent_dim": latent_dim, "width": width, "blocks": blocks,
+            "bidirectional": bidirectional, "dropout_p": dropout_p, "l2": l2, "smooth": smooth,
+            "epochs": epochs, "batch_size": batch_size, "lr": lr, "amp": amp, "seed": seed,
+        }  # fmt: skip
+        resume_ckpt = None
+        if resume:
+            resume_ckpt = load_checkpoint(path, AE_KIND, fit_command=FIT_COMMAND)
+            check_data_matches(resume_ckpt.fingerprint, data.fingerprint(), "autoencoder")
+            ae_cfg, train_cfg = _resumed_configs(resume_ckpt, overrides, preset, config)
+            val_frac = float(resume_ckpt.extra.get("data", {}).get("val_frac", val_frac))
+        else:
+            check_fit_target(folder, "ae", force)
+            ae_cfg, train_cfg = resolve_ae_configs(preset, config, overrides, data.n_neurons)
+            if path.exists():
+                info(f"replacing the existing autoencoder at {path} (--force)")
+                stale = stale_after_refit(folder, keep_history=spike_history)
+                if stale:
+                    warn(
+                        f"{', '.join(stale)} in {folder} belong to the previous autoencoder: "
+                        "refit them after this fit"
+                    )
+        if not 0 <= val_frac < 1:
+            raise LdnsError(f"--val-frac must be in [0, 1), got {val_frac}", "e.g. --val-frac 0.1")
+
+        train, val, split_desc = split_train_val(data, val_frac, train_cfg.seed)
+        info(
+            f"fit-ae: {train.n_trials} training / {val.n_trials if val else 0} validation trials "
+            f"({split_desc}), {data.n_neurons} neurons, {data.n_bins} bins of "
+            f"{data.bin_size_s * 1e3:g} ms; device {dev}"
+            + (f", {dist.world_size()} processes" if dist.world_size() > 1 else "")
+        )
+        model = Autoencoder(ae_cfg, torch.Generator().manual_seed(train_cfg.seed))
+        train_t = tensors_from_data(train)
+        mean_rate = train_t["counts"].sum(dim=(0, 1)) / train_t["mask"].sum()
+        model.init_rate_bias(mean_rate)
+        n_params = sum(p.numel() for p in model.parameters())
+        info(
+            f"autoencoder: {n_params:,} parameters, Z={ae_cfg.latent_dim}, width {ae_cfg.width}, "
+            f"{ae_cfg.blocks} {'bidirectional' if ae_cfg.bidirectional else 'causal'} blocks; "
+            f"{train_cfg.epochs} epochs of batch {train_cfg.batch_size}"
+        )
+        spec = CheckpointSpec(
+            path=path,
+            kind=AE_KIND,
+            config={"ae": config_to_dict(ae_cfg), "train": config_to_dict(train_cfg)},
+            fingerprint=data.fingerprint(),
+            extra={
+                "data": {
+                    "source": source,
+                    "n_train": train.n_trials,
+                    "n_val": val.n_trials if val else 0,
+                    "val_frac": val_frac,
+                    "split": split_desc,
+                }
+            },
+        )
+        result = fit(
+            model,
+            train_t,
+            tensors_from_data(val) if val is not None else None,
+            ae_loss,
+            train_cfg,
+            device=dev,
+            checkpoint=spec,
+            resume=resume_ckpt,
+            val_loss_fn=ae_val_loss,
+            description="fit-ae",
+        )
+        outcome = AutoencoderFit(result, path, is_main=dist.is_main())
+        if result.interrupted:
+            return outcome
+        if dist.is_main():
+            outcome.summary = _finish(
+                result, data, train, val, folder, dev, train_cfg.seed, spike_history, quiet
+            )
+        dist.barrier()
+        return outcome
+    finally:
+        dist.shutdown()
+
+
+def _finish(
+    result: FitResult,
+    data: SpikeData,
+    train: SpikeData,
+    val: SpikeData | None,
+    folder: Path,
+    dev: str,
+    seed: int,
+    spike_history: bool,
+    quiet: bool,
+) -> dict[str, Any]:
+    """Rank 0 after training: intercept refit, summary, final checkpoint, spike history."""
+    from ldns_cli.fit.history import fit_history_for_ae
+
+    ckpt = result.checkpoint
+    assert ckpt is not None
+    path = ae_path(folder)
+    # on a copy: the trained module stays as the trainer (and its DDP peers) left it
+    model = copy.deepcopy(result.model)
+    ratio_before, ratio_after = calibrate_rate_bias(model, train, device=dev)
+    ckpt.tensors["model.decoder_out.bias"] = model.decoder_out.bias.detach().cpu().clone()
+    info(
+        "rate intercepts refit on the training trials with no inputs dropped: "
+        f"rates/counts {ratio_before:.4f} -> {ratio_after:.4f}"
+    )
+    summary: dict[str, Any] = fit_summary(model, train, val if val is not None else train, dev)
+    summary["rate_ratio_before_calibration"] = ratio_before
+    summary["rate_ratio"] = ratio_after
+    summary.update(
+        {
+            "best_epoch": result.best_epoch,
+            "epochs": result.epochs_done,
+            "train_seconds": result.train_seconds,
+            "bins_per_s": result.trials_seen * data.n_bins / max(result.train_seconds, 1e-9),
+        }
+    )
+    ckpt.extra["summary"] = summary
+    save_checkpoint(path, ckpt)
+    which = "validation" if val is not None else "training"
+    info(
+        f"saved {path} (best epoch {result.best_epoch}/{result.epochs_done}); "
+        f"{which} Poisson NLL {summary['poisson_nll']:.4f} per neuron-bin "
+        f"(mean-rate null {summary['null_poisson_nll']:.4f}), "
+        f"{summary['bits_per_spike']:.3f} bits/spike over the null"
+    )
+    if math.isfinite(summary["bits_per_spike"]) and summary["bits_per_spike"] <= 0:
+        warn("the autoencoder does no better than a constant rate: train longer")
+    if spike_history:
+        fit_history_for_ae(model, train, val, folder, dev, seed, quiet)
+    return summary

@@ -32,7 +32,7 @@ from ldns_cli.core.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from ldns_cli.core.config import config_from_dict, config_to_dict, load_config_file
+from ldns_cli.core.config import resolve_configs, config_from_dict, config_to_dict, load_config_file
 from ldns_cli.core.console import warn
 from ldns_cli.core.data import SpikeData
 from ldns_cli.core.errors import LdnsError
@@ -53,7 +53,7 @@ from ldns_cli.fit import distributed as dist
 from ldns_cli.fit.splits import split_masks
 from ldns_cli.fit.trainer import TRAIN_KEYS, CheckpointSpec, FitResult, TrainConfig, fit
 from ldns_cli.nn.denoiser import Denoiser, DenoiserConfig
-from ldns_cli.store import DIFFUSION_FILE, check_belongs_to_ae
+from ldns_cli.store import check_belongs_to_ae, diffusion_path
 
 if TYPE_CHECKING:
     from ldns_cli.diffusion.model import DiffusionModel
@@ -144,43 +144,20 @@ def make_loss_fn(schedule: NoiseSchedule, config: DiffusionConfig):
 # ---------------------------------------------------------------------------------------------
 
 
-def resolve_configs(
+def resolve_diffusion_configs(
     preset: str | None = None,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> tuple[DiffusionConfig, TrainConfig]:
-    """defaults < preset < config file < flags, split into the model and the training config.
-
-    Presets and the config file may mix keys of both (`DiffusionConfig`, `train.TrainConfig`);
-    a key that belongs to neither is an error listing the known ones.
-    """
-    values: dict[str, Any] = dict(TRAIN_DEFAULTS)
-    preset = preset or DEFAULT_PRESET
-    if preset:
-        if preset not in PRESETS:
-            raise LdnsError(
-                f"unknown preset '{preset}'", f"choose one of: {', '.join(sorted(PRESETS))}"
-            )
-        values.update(PRESETS[preset])
-    values.update(load_config_file(config_file))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    model_keys = set(DiffusionConfig.__dataclass_fields__)
-    unknown = sorted(set(values) - model_keys - TRAIN_KEYS)
-    if unknown:
-        raise LdnsError(
-            f"unknown setting(s): {', '.join(unknown)}",
-            f"known settings: {', '.join(sorted(model_keys | TRAIN_KEYS))}",
-        )
-    source = str(config_file or "flags")
-    try:
-        dcfg = config_from_dict(
-            DiffusionConfig, {k: v for k, v in values.items() if k in model_keys}, source
-        )
-        tcfg = config_from_dict(
-            TrainConfig, {k: v for k, v in values.items() if k in TRAIN_KEYS}, source
-        )
-    except TypeError as exc:
-        raise LdnsError(f"invalid settings: {exc}", "check the config file and flags") from None
+    """defaults < preset < config file < flags, split into the model and the training config."""
+    dcfg, tcfg = resolve_configs(
+        (DiffusionConfig, TrainConfig),
+        PRESETS,
+        preset or DEFAULT_PRESET,
+        config_file,
+        overrides,
+        base=TRAIN_DEFAULTS,
+    )
     tcfg.validate()
     return dcfg, tcfg
 
@@ -219,7 +196,7 @@ def prepare_latents(
     """
     from ldns_cli.nn.autoencoder import infer
 
-    train, val = split_masks(data, config.val_fraction, seed)
+    train, val, _ = split_masks(data, config.val_fraction, seed)
     latents, _ = infer(ae, data, batch_size=batch_size, device=device)  # [B, L, Z]
     mask = data.mask()
     if stats is None:
@@ -260,7 +237,7 @@ def fit_diffusion(
     folder = Path(models_dir)
     ae, ae_ckpt = load_autoencoder(folder, device)
     check_data_matches(ae_ckpt.fingerprint, data.fingerprint(), "autoencoder")
-    path = folder / DIFFUSION_FILE
+    path = diffusion_path(folder)
     previous: Checkpoint | None = None
     stats = specs = None
     if resume:
@@ -365,7 +342,7 @@ def calibrate_diffusion(
     folder = Path(models_dir)
     ae, ae_ckpt = load_autoencoder(folder, device)
     check_data_matches(ae_ckpt.fingerprint, data.fingerprint(), "autoencoder")
-    path = folder / DIFFUSION_FILE
+    path = diffusion_path(folder)
     ckpt = load_checkpoint(path, "diffusion", fit_command="ldns fit-diffusion DATA")
     check_belongs_to_ae(ckpt.fingerprint, ae_ckpt, folder)
     config = config_from_dict(DiffusionConfig, ckpt.config["diffusion"], str(path))
