@@ -8,8 +8,9 @@ counts at ~18 Hz: about 5 M spikes. Measured:
 - binning alone (`bin_spike_times` on in-memory arrays),
 - HDF5 write and read of the binned tensor.
 Wall times (median/min) and the process's CPU time (median; less inflated when other jobs
-share the cores) are reported. Every time is also given as a ratio to the in-run 1024^3 fp32 matmul time (bench/common.py),
-so numbers from a shared, noisy machine can be compared across runs. Target: read+bin < 2 s.
+share the cores) are reported. Every time is also given as a ratio to the in-run 1024^3 fp32
+matmul time (bench/common.py), so numbers from a shared, noisy machine can be compared across
+runs. Target: read+bin < 2 s.
 
 Run: nice python bench/bench_io.py [--trials 2000 --units 200] [--quick]
 Writes bench/results/io.json.

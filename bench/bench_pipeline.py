@@ -45,7 +45,6 @@ import torch
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from common import matmul_gflops, run_isolated, timeit, write_results  # noqa: E402
-from ldns_cli.cli.ae import _resolve_configs  # noqa: E402
 from ldns_cli.diffusion.model import (  # noqa: E402
     PRESETS,
     DiffusionConfig,
@@ -53,7 +52,7 @@ from ldns_cli.diffusion.model import (  # noqa: E402
     denoiser_config,
 )
 from ldns_cli.diffusion.schedule import NoiseSchedule  # noqa: E402
-from ldns_cli.fit.autoencoder import ae_loss  # noqa: E402
+from ldns_cli.fit.autoencoder import ae_loss, resolve_ae_configs  # noqa: E402
 from ldns_cli.fit.diffusion import make_loss_fn  # noqa: E402
 from ldns_cli.nn.autoencoder import Autoencoder  # noqa: E402
 from ldns_cli.nn.denoiser import Denoiser  # noqa: E402
@@ -106,7 +105,7 @@ def ae_train(presets: list[str], shapes: list[tuple[int, int]], batch: int, reps
         counts = torch.poisson(torch.full((batch, length, n_neurons), 0.15), generator=gen)
         data = {"counts": counts, "mask": torch.ones(batch, length, dtype=torch.bool)}
         for preset in presets:
-            cfg, _ = _resolve_configs(preset, None, {}, n_neurons)
+            cfg, _ = resolve_ae_configs(preset, None, {}, n_neurons)
             model = Autoencoder(cfg, torch.Generator().manual_seed(0))
             opt = torch.optim.AdamW(ssm_param_groups(model, 1e-3, 0.01))
 
@@ -220,7 +219,7 @@ def generate_end_to_end(n: int, length: int, steps: int, latent_dim: int = 8) ->
     from ldns_cli.nn.observation import PoissonObservation
 
     model = random_diffusion("small", latent_dim)
-    cfg, _ = _resolve_configs("small", None, {}, 128)
+    cfg, _ = resolve_ae_configs("small", None, {}, 128)
     ae = Autoencoder(cfg, torch.Generator().manual_seed(0)).eval()
     settings = SampleSettings(sampler="dpm++", steps=steps, seed=0)
     lengths = np.full(n, length)
@@ -239,7 +238,7 @@ torch.set_num_threads({threads})
 sys.path.insert(0, {here!r})
 import bench_pipeline as bp
 from ldns_cli.nn.autoencoder import Autoencoder  # noqa: E402
-from ldns_cli.cli.ae import _resolve_configs
+from ldns_cli.fit.autoencoder import resolve_ae_configs
 from ldns_cli.generate import SampleSettings, generate
 from ldns_cli.nn.observation import PoissonObservation
 import ldns_cli.diffusion.sampling as g
@@ -247,7 +246,7 @@ if not {cached}:
     import contextlib
     g.cached_kernels = lambda net: contextlib.nullcontext()
 model = bp.random_diffusion("small", 8)
-cfg, _ = _resolve_configs("small", None, {{}}, 128)
+cfg, _ = resolve_ae_configs("small", None, {{}}, 128)
 ae = Autoencoder(cfg, torch.Generator().manual_seed(0)).eval()
 def status_mb(key):
     for line in open("/proc/self/status"):
@@ -361,7 +360,7 @@ def top_ops(fn, n: int = 8) -> list:
 
 def profiles(quick: bool) -> dict:
     out: dict[str, Any] = {}
-    cfg, _ = _resolve_configs("small", None, {}, 128)
+    cfg, _ = resolve_ae_configs("small", None, {}, 128)
     ae = Autoencoder(cfg, torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(0)
     data = {

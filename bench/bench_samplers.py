@@ -2,8 +2,8 @@
 
 1. Overhead: `sample_loop` with a trivial denoiser on a monkey-sized batch (B=256, Z=16, L=140,
    fp32), per step, next to an in-run GEMM calibration. This is the cost the samplers add on top
-   of the network; it should be negligible against the ≈3 s per network call of
-   performance.md §3b.
+   of the network; it should be negligible against one network call (the `sampling` case of
+   `python bench/bench_pipeline.py` times those).
 2. Accuracy: the optimal denoiser is known in closed form for
    - Gaussian data N(μ, s²) (the test suite's oracle; affine, so exact output moments are computed
      without Monte Carlo: deterministic samplers by probing x_T = 0 and 1, DDPM by propagating

@@ -1,4 +1,4 @@
-"""DPM-Solver++ against 1000-step DDPM over several sampling seeds (issue 5's sampler bar).
+"""DPM-Solver++ against 1000-step DDPM over several sampling seeds: metric spread and wall time.
 
 One 100-trial sample set varies from seed to seed by more than `evaluate`'s own fold spread (on
 the shipped Lorenz model DPM++ psc KL ranged 0.0014 to 0.0037 over seeds 2-6), so the samplers
@@ -7,8 +7,11 @@ each with its own latent calibration when the model has one, and every metric's 
 (`evaluate` against the held-out test trials) is reported as mean ± sd over seeds, with the
 paired per-seed differences and the wall-time ratio of the two samplers.
 
-    python bench/compare_samplers.py --data bench/results/p5/lorenz.h5 \\
-        --models bench/results/p5/models --seeds 2 3 4
+    python bench/compare_samplers.py --data bench/results/quality_diffusion_work/lorenz.h5 \\
+        --models bench/results/quality_diffusion_work/models --seeds 2 3 4
+
+(the data and models `bench/quality_diffusion.py` leaves in its `--work` folder; any recording
+with a test split and models fitted on it will do).
 """
 
 from __future__ import annotations

@@ -31,8 +31,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import matmul_gflops, peak_rss_mb, write_results
-from ldns_cli.cli.ae import _resolve_configs
-from ldns_cli.fit.autoencoder import ae_loss, ae_val_loss, bits_per_spike, tensors_from_data
+from ldns_cli.fit.autoencoder import (
+    ae_loss,
+    ae_val_loss,
+    bits_per_spike,
+    resolve_ae_configs,
+    tensors_from_data,
+)
 from ldns_cli.fit.trainer import fit
 from ldns_cli.io.simulate import simulate_lorenz
 from ldns_cli.nn.autoencoder import Autoencoder, infer
@@ -92,7 +97,7 @@ def main() -> None:
     data = simulate_lorenz(args.trials, 128, 256, seed=args.seed)
     sim_s = time.perf_counter() - t0
     train, val, test = (data.select(data.split == s) for s in ("train", "val", "test"))
-    ae_cfg, train_cfg = _resolve_configs(
+    ae_cfg, train_cfg = resolve_ae_configs(
         args.preset, None, {"epochs": args.epochs, "seed": args.seed}, data.n_neurons
     )
     print(f"simulated in {sim_s:.1f} s; {ae_cfg}\n{train_cfg}", flush=True)

@@ -1,4 +1,4 @@
-"""Quality of conditional generation on the simulated reach task (issue 6's bars).
+"""Quality of conditional generation on the simulated reach task: decoded angle and velocity.
 
     simulate reach -> fit-ae -> fit-diffusion --condition angle   (model A)
                              -> fit-diffusion --condition hand_vel (model B)

@@ -1,9 +1,9 @@
-"""Quality of unconditional generation on the Lorenz benchmark (issue 5's bars).
+"""Quality of unconditional generation on the Lorenz benchmark: evaluate scores, long samples.
 
     simulate lorenz -> fit-ae -> fit-diffusion -> sample -> evaluate against held-out trials
 
 Measures, in one run:
-1. `evaluation.evaluate` of `--n-samples` DPM-Solver++ samples against the held-out (test) trials:
+1. `evaluate.evaluation.evaluate` of `--n-samples` DPM-Solver++ samples against the held-out (test) trials:
    the normalised score (model − floor)/(naive − floor) of every metric (bar: ≤ 0.15), with the
    latent calibration fitted by `fit-diffusion` (the default) and, for comparison, without it;
 2. samples 16x the training length: the latent power spectrum (Welch, per latent channel) of the

@@ -1,11 +1,11 @@
-"""Quality and speed of the spike-history observation model (issue 7).
+"""Quality and speed of the spike-history observation model against Poisson on the same rates.
 
 For `ldns simulate lorenz --history refractory|bursting` data, spikes are generated from the SAME
 rates twice — Poisson(r) and the fitted spike-history model — and compared with held-out (test)
-trials using `ldns_cli.metrics.compare_counts`: mean-ISI, std-ISI and short-lag autocorrelation
+trials using `ldns_cli.evaluate.metrics.compare_counts`: mean-ISI, std-ISI and short-lag autocorrelation
 RMSE (the targets: ≥ 40% lower with history) and population-count KL / correlation RMSE (must not
 get worse beyond the fold spread). Folds: 5 bootstrap resamples of the generated trials, shared by
-both models (the paper's protocol, §5.2). A "data floor" row compares real training trials with
+both models (the LDNS paper's protocol). A "data floor" row compares real training trials with
 the test trials.
 
 Rates used for generation (`--rates`):

@@ -1,4 +1,4 @@
-"""Unconditional quality of the SHIPPED Lorenz model (models/lorenz), issue 5's bars.
+"""Unconditional quality of the SHIPPED Lorenz model (models/lorenz): evaluate scores per sampler.
 
 Re-simulates the Lorenz data `make models` trained on (1000 trials, seed 0), samples 1000 trials
 (DPM-Solver++ 20, Poisson and spike-history observations) and scores them against the 200

@@ -1,9 +1,11 @@
-"""Conditional quality of the SHIPPED reach model (models/), issue 6's angle bar.
+"""Conditional quality of the SHIPPED reach model (models/): decoded-angle error and fidelity.
 
 Re-simulates the reach data `make models` trained on (seed 0; train/val used for fitting), trains
 a ridge angle decoder on real training trials (bench/quality_conditional.py's decoder), then
-decodes samples conditioned on the held-out test trials' angles at guidance W in {1, 2, 4} and
-scores their fidelity with `evaluate` against those test trials.
+decodes samples conditioned on the held-out test trials' angles at guidance W in {1, 2, 4}: the
+median circular error per sampling seed and its mean over seeds, against the decoder's error on
+the real test trials (the angle bar of bench/quality_conditional.py: ≤ 15 deg and ≤ 1.5x real),
+and the samples' fidelity (`evaluate` scores against those test trials).
 
     python bench/quality_shipped_reach.py        # ~2 min on 2 cores
 """

@@ -21,9 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_results
-from ldns_cli.cli.ae import _resolve_configs
 from ldns_cli.core.runtime import keep_freed_memory
-from ldns_cli.fit.autoencoder import ae_loss
+from ldns_cli.fit.autoencoder import ae_loss, resolve_ae_configs
 from ldns_cli.nn.autoencoder import Autoencoder
 from ldns_cli.nn.s4 import ssm_param_groups
 from quality_ae import model_flops_per_bin
@@ -44,14 +43,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    keep_freed_memory()  # as `ldns fit-ae` does (train.fit)
+    keep_freed_memory()  # as `ldns fit-ae` does (fit.trainer.fit)
     length, n_neurons = 256, 128
     gen = torch.Generator().manual_seed(0)
     counts = torch.poisson(torch.full((args.batch, length, n_neurons), 0.15), generator=gen)
     batch = {"counts": counts, "mask": torch.ones(args.batch, length, dtype=torch.bool)}
     rows = {}
     for preset in args.presets:
-        ae_cfg, _ = _resolve_configs(preset, None, {}, n_neurons)
+        ae_cfg, _ = resolve_ae_configs(preset, None, {}, n_neurons)
         model = Autoencoder(ae_cfg, torch.Generator().manual_seed(0))
         flops_bin = model_flops_per_bin(model, n_neurons, length, args.batch)
         opt = torch.optim.AdamW(ssm_param_groups(model, 1e-3, 0.01))

@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from ldns_cli.cli.options import read_options, select_trials
+from ldns_cli.cli.options import read_options
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.io.common import ReadOptions, bin_spike_times, resample_series
 from ldns_cli.io.inspect import render_text, summarize
 from ldns_cli.io.nwb_write import place_spike_times
+from ldns_cli.io.select import select_trials
 
 
 def test_binning_matches_a_loop_with_overlapping_variable_windows():

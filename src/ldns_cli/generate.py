@@ -24,14 +24,17 @@ plain conditional model and costs one network call per step; no condition = the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ldns_cli.conditions.spec import check_conditions  # noqa: F401 (re-exported)
+from ldns_cli.conditions.grammar import build_condition_table
+from ldns_cli.conditions.spec import check_conditions, condition_values
 from ldns_cli.core.data import SpikeData, VariableInfo
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.core.version import __version__
@@ -46,6 +49,175 @@ from ldns_cli.diffusion.sampling import (
     sample_latents,
     trial_generator,
 )
+from ldns_cli.io.formats import WriteSummary, write_generated
+from ldns_cli.store import ModelSet
+
+MAX_LENGTH = 1_000_000  # bins; a guard against typos like --length 1e9
+# the stream that draws per-trial lengths, apart from the noise and spike streams of a seed
+LENGTH_SEED_STREAM = 12345
+
+
+def parse_length(spec: int | str | tuple[int, int]) -> tuple[int, int]:
+    """A trial length in bins: 256, "256", "200:400" or (200, 400) (inclusive) -> (lo, hi)."""
+    if isinstance(spec, tuple):
+        lo, hi = (int(x) for x in spec)
+        text = f"{lo}:{hi}"
+    else:
+        text = str(spec)
+        match = re.fullmatch(r"\s*(\d+)\s*(?::\s*(\d+)\s*)?", text)
+        if match is None:
+            raise LdnsError(
+                f"cannot read --length '{text}'",
+                "give a number of bins (--length 256) or a range (--length 200:400)",
+            )
+        lo = int(match.group(1))
+        hi = int(match.group(2)) if match.group(2) else lo
+    if lo < 1 or hi < lo:
+        raise LdnsError(
+            f"--length {text} is empty: lengths must be >= 1 and A <= B",
+            "e.g. --length 256 or --length 200:400",
+        )
+    if hi > MAX_LENGTH:
+        raise LdnsError(f"--length {hi} is too long", f"at most {MAX_LENGTH} bins per trial")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """The trials one sampling run makes: their lengths and their (checked) conditions."""
+
+    lengths: np.ndarray  # [n] bins per trial
+    conditions: dict[str, np.ndarray]  # per trial, as `check_conditions` returns; {}: none
+
+    @property
+    def n_trials(self) -> int:
+        return len(self.lengths)
+
+
+def _typed_conditions(conditions: Sequence[str] | Mapping[str, Any]) -> list[str]:
+    """`--condition` strings, or a {name: value} mapping written in the same grammar (numbers in
+    the condition's unit, e.g. radians; strings such as "30deg" or "0:6.28:8"; a list of values
+    for several)."""
+    if isinstance(conditions, Mapping):
+        out = []
+        for name, value in conditions.items():
+            if isinstance(value, str):
+                text = value
+            elif np.ndim(value) == 0:
+                text = repr(float(value)) if not isinstance(value, (bool, np.bool_)) else str(value)
+            else:
+                text = ",".join(v if isinstance(v, str) else repr(float(v)) for v in value)
+            out.append(f"{name}={text}")
+        return out
+    return list(conditions)
+
+
+def plan_trials(
+    model: DiffusionModel,
+    *,
+    n: int | None = None,
+    length: int | str | tuple[int, int] | None = None,
+    lengths_from: np.ndarray | None = None,
+    conditions: Sequence[str] | Mapping[str, Any] | None = None,
+    condition_from: SpikeData | None = None,
+    per_condition: int | None = None,
+    seed: int = 0,
+    warn: Callable[[str], None] | None = None,
+    condition_from_name: str = "the condition recording",
+) -> TrialPlan:
+    """Which trials to generate: conditions (one row per distinct condition, repeated
+    `per_condition` times, or cycled to fill `n`) and lengths (fixed, uniform in a range, drawn
+    from `lengths_from`, or those of `condition_from`'s trials).
+
+    `conditions` are typed values (`--condition` strings or a mapping, crossed into a grid);
+    `condition_from` is a recording whose trials lend their conditions (and lengths), read with
+    the model's bin size (`condition_from_name` names it in errors). Values of a recording
+    outside the training range are reported through `warn`. Lengths of a range or of
+    `lengths_from` are drawn with `seed`.
+    """
+    if n is not None and n < 1:
+        raise LdnsError(f"-n must be >= 1, got {n}", "e.g. -n 64")
+    if per_condition is not None and per_condition < 1:
+        raise LdnsError(f"--per-condition must be >= 1, got {per_condition}", "e.g. 5")
+    if length is not None and lengths_from is not None:
+        raise LdnsError("give --length or --lengths-from, not both", "pick one")
+    if conditions and condition_from is not None:
+        raise LdnsError("give --condition or --condition-from, not both", "pick one")
+    if length is not None:
+        parse_length(length)
+    given = bool(conditions) or condition_from is not None
+    if given and n is not None and per_condition is not None:
+        raise LdnsError(
+            "give -n or --per-condition with conditions, not both",
+            "the count is (number of conditions) x --per-condition",
+        )
+    if not given and per_condition is not None:
+        raise LdnsError("--per-condition needs --condition or --condition-from", "or use -n")
+    if not given and n is None:
+        raise LdnsError("how many trials? pass -n", "e.g. ldns sample -n 64 --length 256")
+    rng = np.random.default_rng([seed, LENGTH_SEED_STREAM])
+
+    values: dict[str, np.ndarray] = {}
+    source_lengths: np.ndarray | None = None
+    if condition_from is not None:
+        model_bin_s = float(model.fingerprint.get("bin_size_s", 0) or 0)
+        if model_bin_s and abs(condition_from.bin_size_s - model_bin_s) * 1e3 > 1e-6:
+            raise LdnsError(
+                f"{condition_from_name} has {condition_from.bin_size_s * 1e3:g} ms bins, the "
+                f"model {model_bin_s * 1e3:g} ms",
+                f"drop --bin-ms (the file is then read with the model's {model_bin_s * 1e3:g} "
+                "ms bins)",
+            )
+        names = [c["name"] for c in model.conditions]
+        if not names:
+            raise LdnsError(
+                "the model has no conditions", "sample without --condition-from, or refit"
+            )
+        src = condition_from
+        missing = [m for m in names if m not in src.covariates and m not in src.behavior]
+        if missing:
+            raise LdnsError(
+                f"{condition_from_name} lacks the model's condition(s) {', '.join(missing)}",
+                "use a recording with the same covariates/behaviour as the training data",
+            )
+        values = {m: condition_values(src, m) for m in names}
+        source_lengths = src.lengths
+    elif conditions:
+        # typed values: the cartesian product of every flag's values (range warnings there)
+        values = build_condition_table(model.conditions, _typed_conditions(conditions)).values
+    if values:
+        n_rows = len(next(iter(values.values())))
+        if n is not None:
+            reps = -(-n // n_rows)  # fill -n by cycling through the conditions
+            idx = np.tile(np.arange(n_rows), reps)[:n]
+        else:
+            idx = np.repeat(np.arange(n_rows), per_condition or 1)
+        values = {name: v[idx] for name, v in values.items()}
+        n_total = len(idx)
+        if source_lengths is not None:
+            source_lengths = source_lengths[idx]
+    else:
+        assert n is not None
+        n_total = n
+
+    if length is None and lengths_from is None and source_lengths is None:
+        raise LdnsError(
+            "no trial length given",
+            "pass --length BINS (e.g. --length 256, or 200:400) or --lengths-from DATA",
+        )
+    if length is not None:
+        lo, hi = parse_length(length)
+        lengths = np.full(n_total, lo) if lo == hi else rng.integers(lo, hi + 1, size=n_total)
+    elif lengths_from is not None:
+        lengths = rng.choice(np.asarray(lengths_from), size=n_total, replace=True)
+    else:
+        assert source_lengths is not None
+        lengths = source_lengths.astype(np.int64)
+    # typed conditions were range-checked while parsing; recordings' values are checked here
+    checked = check_conditions(
+        model, values, lengths, warn=warn if condition_from is not None else None
+    )
+    return TrialPlan(lengths=lengths, conditions=checked)
 
 
 def parse_lengths(n: int, lengths: np.ndarray) -> np.ndarray:
@@ -244,3 +416,52 @@ def generate(
             latents_all[idx, :l_chunk] = chunk.latents
     assert counts is not None
     return SpikeData(counts=counts, latents=latents_all, rates=rates_all, **meta)
+
+
+def sample_to_file(
+    models: ModelSet,
+    plan: TrialPlan,
+    settings: SampleSettings,
+    out: str | Path,
+    *,
+    device: torch.device | str,
+    force: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> WriteSummary:
+    """Generate `plan`'s trials chunk by chunk straight into `out` (.nwb, .h5 or "-").
+
+    Each chunk goes to a scratch file next to the output, so memory is bounded by the chunk, not
+    by the number of trials; the output appears atomically at the end. Provenance records the
+    model folder, the observation model and the sampler settings.
+    """
+    meta = sample_metadata(
+        models.diffusion,
+        plan.lengths,
+        settings,
+        plan.conditions,
+        provenance={
+            "observation": models.observation.kind,
+            "models": str(models.folder),
+            "ae_fingerprint_neurons": str(models.ae_checkpoint.fingerprint.get("n_neurons", "")),
+        },
+    )
+    stream = generate_chunks(
+        models.ae,
+        models.diffusion,
+        models.observation,
+        plan.lengths,
+        settings,
+        device,
+        conditions=plan.conditions,
+        on_step=on_step,
+    )
+    return write_generated(
+        meta,
+        stream,
+        out,
+        force=force,
+        settings=meta["provenance"],
+        generated_by="ldns sample",
+        save_latents=settings.save_latents,
+        save_rates=settings.save_rates,
+    )

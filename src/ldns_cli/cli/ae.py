@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -34,7 +33,6 @@ from ldns_cli.cli.options import (
 )
 from ldns_cli.core.console import info
 from ldns_cli.core.errors import LdnsError
-from ldns_cli.core.runtime import resolve_device
 
 
 @command("fit-ae")
@@ -127,7 +125,7 @@ def fit_ae(
         spike_history=spike_history,
         resume=resume,
         force=force,
-        device=resolve_device(device),
+        device=device,
         seed=seed,
         quiet=quiet,
         source=str(data_path),
@@ -161,31 +159,26 @@ def encode(
 
     Example: ldns encode lorenz.nwb -m models/ -o latents.h5
     """
-    from ldns_cli.core.checkpoint import check_data_matches
+    from ldns_cli.api import encode as encode_data
     from ldns_cli.core.paths import check_output
     from ldns_cli.io.formats import write_spikes
-    from ldns_cli.nn.autoencoder import infer
-    from ldns_cli.store import load_autoencoder
+    from ldns_cli.store import ae_path
 
     setup(quiet)
     if batch_size < 1:
         raise LdnsError(f"--batch-size must be >= 1, got {batch_size}", "e.g. --batch-size 64")
     check_output(output, force)
-    dev = resolve_device(device)
-    model, ckpt = load_autoencoder(models, dev)
     data = read_recording(data_path, bin_ms, align, window, chop, trials)
-    check_data_matches(ckpt.fingerprint, data.fingerprint(), "autoencoder")
-    latents, rates = infer(model, data, batch_size, dev)
-    out = dataclasses.replace(data, latents=latents, rates=rates)
+    out = encode_data(data, models, batch_size=batch_size, device=device)
     write_spikes(
         out,
         output,
         force=force,
         save_latents=True,
         save_rates=True,
-        settings={"encoded_by": "ldns encode", "ae_model": str(ckpt.path)},
+        settings={"encoded_by": "ldns encode", "ae_model": str(ae_path(models))},
     )
     info(
         f"wrote {output}: {data.n_trials} trials, latents [{data.n_trials}, {data.n_bins}, "
-        f"{latents.shape[-1]}], rates [{data.n_trials}, {data.n_bins}, {data.n_neurons}]"
+        f"{out.latents.shape[-1]}], rates [{data.n_trials}, {data.n_bins}, {data.n_neurons}]"
     )

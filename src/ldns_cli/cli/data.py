@@ -25,10 +25,6 @@ class History(str, Enum):
     bursting = "bursting"
 
 
-# per dataset: trials, neurons, length (bins) when the flag is not given
-DEFAULTS = {"lorenz": (5000, 128, 256), "reach": (1000, 128, 140)}
-
-
 @command("simulate", rich_help_panel="Data")
 def simulate(
     dataset: Annotated[Dataset, typer.Argument(help="Which built-in dataset: lorenz or reach.")],
@@ -77,24 +73,20 @@ def simulate(
     """
     from ldns_cli.core.paths import check_output
     from ldns_cli.io.formats import output_format, write_spikes
-    from ldns_cli.io.simulate import SIMULATORS
+    from ldns_cli.io.simulate import simulate as simulate_dataset
 
     setup(quiet)
     output_format(output, file_format)  # fail on a bad path before simulating, not after
     check_output(output, force)
     name = dataset.value
-    d_trials, d_neurons, d_length = DEFAULTS[name]
-    n_trials = d_trials if trials is None else trials
-    n_neurons = d_neurons if neurons is None else neurons
-    n_bins = d_length if length is None else length
-    data = SIMULATORS[name](
-        n_trials=n_trials, n_neurons=n_neurons, n_bins=n_bins, seed=seed, history=history.value
+    data = simulate_dataset(
+        name, trials=trials, neurons=neurons, length=length, history=history.value, seed=seed
     )
     settings = {
         "dataset": name,
-        "trials": str(n_trials),
-        "neurons": str(n_neurons),
-        "length": str(n_bins),
+        "trials": str(data.n_trials),
+        "neurons": str(data.n_neurons),
+        "length": str(data.n_bins),
         "history": history.value,
         "seed": str(seed),
     }
@@ -108,12 +100,12 @@ def simulate(
         save_latents=truth,
         save_rates=truth,
         source_script=(
-            f"ldns simulate {name} -o {output} --trials {n_trials} --neurons {n_neurons} "
-            f"--length {n_bins} --history {history.value} --seed {seed}"
+            f"ldns simulate {name} -o {output} --trials {data.n_trials} --neurons {data.n_neurons} "
+            f"--length {data.n_bins} --history {history.value} --seed {seed}"
         ),
     )
     info(
-        f"wrote {output}: {n_trials} trials x {n_bins} bins x {n_neurons} neurons "
+        f"wrote {output}: {data.n_trials} trials x {data.n_bins} bins x {data.n_neurons} neurons "
         f"({data.bin_size_s * 1e3:g} ms bins, mean {data.mean_rate_hz().mean():.3g} Hz)"
     )
 

@@ -11,10 +11,11 @@ from typing import Annotated
 import typer
 
 from ldns_cli.cli.app import ForceOpt, JsonOpt, QuietOpt, SeedOpt, command, setup
-from ldns_cli.cli.options import AlignOpt, BinMsOpt, ChopOpt, WindowOpt, read_options, select_trials
+from ldns_cli.cli.options import AlignOpt, BinMsOpt, ChopOpt, WindowOpt, read_options
 from ldns_cli.core.console import info, warn
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.core.paths import STDIO
+from ldns_cli.io.select import select_trials
 
 
 def _check_report_dir(directory: Path, force: bool) -> None:

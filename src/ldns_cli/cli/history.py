@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -28,8 +27,6 @@ from ldns_cli.cli.options import (
     flag_opt,
     read_recording,
 )
-from ldns_cli.core.errors import LdnsError
-from ldns_cli.core.runtime import resolve_device
 
 
 @command("fit-history")
@@ -90,50 +87,25 @@ def fit_history_cmd(
 
     Example: ldns fit-history lorenz.nwb -m models/ --history-ms 100
     """
-    from ldns_cli.core.checkpoint import check_data_matches
-    from ldns_cli.core.config import resolve_config
-    from ldns_cli.fit.history import fit_history_for_ae
-    from ldns_cli.fit.splits import split_train_val
-    from ldns_cli.nn.observation import HistoryConfig
-    from ldns_cli.store import load_autoencoder
+    from ldns_cli.fit.history import refit_history
 
     setup(quiet)
-    dev = resolve_device(device)
-    ae, ckpt = load_autoencoder(models, dev)
-    overrides: dict[str, Any] = {
-        "history_bins": history_bins,
-        "history_ms": history_ms,
-        "iterations": iterations,
-        "optimizer": optimizer,
-        "lr": lr,
-        "coupling_rank": coupling_rank,
-        "rate_match_rounds": rate_match_rounds,
-    }
-    if max_count is not None:
-        if max_count < 0:
-            raise LdnsError(f"--max-count must be ≥ 0, got {max_count}", "e.g. 5, or 0 for no cap")
-        overrides["max_count"] = max_count or None
-    cfg = resolve_config(HistoryConfig, None, None, config, overrides)
-    if max_count == 0:  # None means "not given" to resolve_config; force "no cap" here
-        import dataclasses
-
-        cfg = dataclasses.replace(cfg, max_count=None)
-
     data = read_recording(data_path, bin_ms, align, window, chop, trials)
-    check_data_matches(ckpt.fingerprint, data.fingerprint(), "autoencoder")
-    # the same train/validation trials the autoencoder used
-    ae_seed = int(ckpt.config.get("train", {}).get("seed", 0))
-    val_frac = float(ckpt.extra.get("data", {}).get("val_frac", 0.1))
-    train, val, _ = split_train_val(data, val_frac, ae_seed)
-    model = fit_history_for_ae(
-        ae,
-        train,
-        val,
-        Path(models),
-        dev,
-        ae_seed if seed is None else seed,
-        quiet,
-        cfg=cfg,
+    model = refit_history(
+        data,
+        models,
+        history_bins=history_bins,
+        history_ms=history_ms,
+        max_count=max_count,
+        iterations=iterations,
+        optimizer=optimizer,
+        lr=lr,
+        coupling_rank=coupling_rank,
+        rate_match_rounds=rate_match_rounds,
+        config=config,
+        seed=seed,
+        device=device,
+        quiet=quiet,
     )
     if json_out:
         typer.echo(json.dumps(getattr(model, "fit_summary", {}), sort_keys=True))

@@ -7,17 +7,15 @@ times into trials (`--bin-ms`, `--align`, `--window`, `--chop`) and for picking 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 
 from ldns_cli.core.data import SpikeData
-from ldns_cli.core.errors import LdnsError
 from ldns_cli.io.common import ReadOptions
 from ldns_cli.io.formats import read_spikes
+from ldns_cli.io.select import select_trials
 
 DataArg = Annotated[Path, typer.Argument(metavar="DATA", help="Recording (.nwb, .h5) or -.")]
 BinMsOpt = Annotated[
@@ -62,8 +60,6 @@ TrialsOpt = Annotated[
     ),
 ]
 
-SPLITS = ("train", "val", "test")
-
 
 def read_options(
     bin_ms: float | None = None,
@@ -90,39 +86,6 @@ def read_recording(
 ) -> SpikeData:
     """Read a recording with the shared read flags, then apply `--trials`."""
     return select_trials(read_spikes(path, read_options(bin_ms, align, window, chop)), trials)
-
-
-def select_trials(data: SpikeData, trials: str | None) -> SpikeData:
-    """Apply `--trials`: None/"all" keeps everything; a split name or a python-style range."""
-    if trials is None or trials.strip().lower() == "all":
-        return data
-    spec = trials.strip().lower()
-    if spec in SPLITS or spec in ("valid", "validation"):
-        spec = "val" if spec in ("valid", "validation") else spec
-        if data.split is None:
-            raise LdnsError(
-                f"--trials {trials}: the data has no split labels",
-                "use a range such as --trials 0:100, or --trials all",
-            )
-        chosen = data.split == spec
-        if not chosen.any():
-            found = ", ".join(sorted(set(data.split.tolist())))
-            raise LdnsError(f"no trials in split '{spec}'", f"splits in this file: {found}")
-        return data.select(chosen)
-    match = re.fullmatch(r"(-?\d*):(-?\d*)", spec)
-    if match is None:
-        raise LdnsError(
-            f"cannot read --trials '{trials}'",
-            "use a split (train, val, test), a range like 0:20, or all",
-        )
-    lo, hi = (int(g) if g else None for g in match.groups())
-    idx = np.arange(data.n_trials)[slice(lo, hi)]
-    if idx.size == 0:
-        raise LdnsError(
-            f"--trials {trials} selects no trials (the data has {data.n_trials})",
-            f"use a range inside 0:{data.n_trials}",
-        )
-    return data.select(idx)
 
 
 # ---------------------------------------------------------------------------- training options

@@ -34,6 +34,7 @@ from ldns_cli.core.config import config_from_dict, config_to_dict, resolve_confi
 from ldns_cli.core.console import info, warn
 from ldns_cli.core.data import SpikeData
 from ldns_cli.core.errors import LdnsError
+from ldns_cli.core.runtime import resolve_device
 from ldns_cli.fit import distributed as dist
 from ldns_cli.fit.splits import split_train_val
 from ldns_cli.fit.trainer import CheckpointSpec, FitResult, TrainConfig, fit
@@ -383,7 +384,7 @@ def fit_autoencoder(
     spike_history: bool = True,
     resume: bool = False,
     force: bool = False,
-    device: str = "cpu",
+    device: str = "auto",
     seed: int | None = None,
     quiet: bool = False,
     source: str = "",
@@ -401,7 +402,7 @@ def fit_autoencoder(
 
     folder = Path(folder)
     path = ae_path(folder)
-    dev = dist.init(device)
+    dev = dist.init(resolve_device(device))
     try:
         overrides = {
             "latent_dim": latent_dim, "width": width, "blocks": blocks,

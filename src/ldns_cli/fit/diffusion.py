@@ -17,6 +17,7 @@ AE's weights, plus the data fingerprint), normalisation stats and the condition 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,10 +33,11 @@ from ldns_cli.core.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from ldns_cli.core.config import resolve_configs, config_from_dict, config_to_dict, load_config_file
-from ldns_cli.core.console import warn
+from ldns_cli.core.config import config_from_dict, config_to_dict, resolve_configs
+from ldns_cli.core.console import info, warn
 from ldns_cli.core.data import SpikeData
 from ldns_cli.core.errors import LdnsError
+from ldns_cli.core.runtime import resolve_device
 from ldns_cli.diffusion.calibration import LatentCalibration, MomentAccumulator
 from ldns_cli.diffusion.model import (
     DEFAULT_PRESET,
@@ -51,7 +53,7 @@ from ldns_cli.diffusion.model import (
 from ldns_cli.diffusion.schedule import NoiseSchedule
 from ldns_cli.fit import distributed as dist
 from ldns_cli.fit.splits import split_masks
-from ldns_cli.fit.trainer import TRAIN_KEYS, CheckpointSpec, FitResult, TrainConfig, fit
+from ldns_cli.fit.trainer import CheckpointSpec, FitResult, TrainConfig, fit
 from ldns_cli.nn.denoiser import Denoiser, DenoiserConfig
 from ldns_cli.store import check_belongs_to_ae, diffusion_path
 
@@ -218,7 +220,7 @@ def prepare_latents(
     return LatentData(z.astype(np.float32), mask, train, val, mean, std, specs, features, values)
 
 
-def fit_diffusion(
+def train_diffusion(
     data: SpikeData,
     models_dir: str | Path,
     config: DiffusionConfig,
@@ -437,3 +439,170 @@ def fit_latent_calibration(
         "max_abs_mean_shift": float(np.max(np.abs(m_s - m_t))),
     }
     return cal, summary
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage: `ldns fit-diffusion` and `ldns_cli.fit_diffusion`
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DiffusionFit:
+    """What `fit_diffusion` did: the trainer's result and the checkpoint it wrote."""
+
+    result: FitResult
+    path: Path
+    is_main: bool = True  # rank 0 (or a single process): the rank that writes and reports
+
+    @property
+    def interrupted(self) -> bool:
+        return self.result.interrupted
+
+    @property
+    def calibrations(self) -> list[dict[str, Any]]:
+        """Summaries of the latent calibrations stored with the model (see `calibration_text`)."""
+        ckpt = self.result.checkpoint
+        return list(ckpt.extra.get("latent_calibration", {}).values()) if ckpt else []
+
+
+def calibration_text(summary: dict[str, Any]) -> str:
+    """One line on a fitted latent calibration."""
+    return (
+        f"latent calibration on {summary['trials']} sampled trials ({summary['sampler']} "
+        f"{summary['steps']} steps): sampled std {summary['std_ratio_min']:.3f}-"
+        f"{summary['std_ratio_max']:.3f} x the training latents', largest mean offset "
+        f"{summary['max_abs_mean_shift']:.3f} sd; both corrected per channel at sampling"
+    )
+
+
+def fit_diffusion(
+    data: SpikeData,
+    folder: str | Path,
+    *,
+    conditions: Sequence[str] = (),
+    preset: str | None = None,
+    config: str | Path | None = None,
+    cond_dropout: float | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    width: int | None = None,
+    blocks: int | None = None,
+    prediction: str | None = None,
+    schedule: str | None = None,
+    loss: str | None = None,
+    ema_decay: float | None = None,
+    kernel_bins: int | None = None,
+    calibration_trials: int | None = None,
+    resume: bool = False,
+    force: bool = False,
+    device: str = "auto",
+    seed: int | None = None,
+    source: str = "",
+) -> DiffusionFit:
+    """Fit the denoiser on the frozen autoencoder in `folder` (the `fit-diffusion` stage).
+
+    Settings resolve as defaults < `preset` (default "small") < `config` (a JSON file) < the
+    keyword arguments. `conditions` names trial covariates or behaviour series of `data` to
+    condition on. Writes `folder/diffusion.safetensors` (replacing a fitted one only with
+    `force`), then samples `calibration_trials` latent trials and stores the latent calibration
+    for the default sampler. `resume` continues an interrupted fit with its saved settings (only
+    `epochs` may change). Runs under torchrun as one rank. `source` names the data in messages.
+    """
+    from ldns_cli.store import check_fit_target
+
+    dev = dist.init(resolve_device(device))
+    try:
+        if not resume:
+            check_fit_target(folder, "diffusion", force)
+        overrides = {
+            "epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width,
+            "blocks": blocks, "prediction": prediction, "schedule": schedule, "loss": loss,
+            "ema_decay": ema_decay, "cond_dropout": cond_dropout, "seed": seed,
+            "kernel_bins": kernel_bins, "calibration_trials": calibration_trials,
+            "conditions": tuple(conditions) if conditions else None,
+        }  # fmt: skip
+        if resume and (
+            preset or config or width or blocks or conditions or kernel_bins is not None
+        ):
+            raise LdnsError(
+                "--resume continues the saved model; its architecture and conditions are fixed",
+                "drop --preset/--config/--width/--blocks/--condition/--kernel-bins, or fit anew",
+            )
+        dcfg, tcfg = resolve_diffusion_configs(preset, config, overrides)
+        for name in dcfg.conditions:
+            if name not in data.covariates and name not in data.behavior:
+                found = sorted(data.covariates) + sorted(data.behavior)
+                raise LdnsError(
+                    f"{f'{source!r}' if source else 'the recording'} has no covariate or "
+                    f"behaviour series '{name}'",
+                    f"conditions available in this recording: {', '.join(found)}"
+                    if found
+                    else "this recording has none; fit without --condition",
+                )
+        cond_text = ", ".join(dcfg.conditions) or "none (unconditional)"
+        if resume:  # the saved checkpoint's settings apply, not the defaults resolved above
+            what = "resuming the saved denoiser with its own architecture and settings" + (
+                f" to {epochs} epochs" if epochs else ""
+            )
+        else:
+            what = (
+                f"denoiser width {dcfg.width}, {dcfg.blocks} blocks, {dcfg.prediction}-prediction, "
+                f"{dcfg.schedule} schedule, {dcfg.loss} loss; conditions: {cond_text}; "
+                f"{tcfg.epochs} epochs of batch {tcfg.batch_size}"
+            )
+        info(
+            f"fit-diffusion: {data.n_trials} trials, {data.n_bins} bins of "
+            f"{data.bin_size_s * 1e3:g} ms; {what}; device {dev}"
+        )
+        result, path = train_diffusion(
+            data, folder, dcfg, tcfg, dev, resume=resume, resume_epochs=epochs
+        )
+        outcome = DiffusionFit(result, path, is_main=dist.is_main())
+        if result.interrupted:
+            return outcome
+        if dist.is_main():
+            val = f", best validation loss {result.best_val:.4f}" if result.best_val else ""
+            info(
+                f"saved {path} (best epoch {result.best_epoch}/{result.epochs_done}{val}, "
+                f"{result.train_seconds:.0f} s)"
+            )
+            for summary in outcome.calibrations:
+                info(calibration_text(summary))
+        dist.barrier()
+        return outcome
+    finally:
+        dist.shutdown()
+
+
+def calibrate_only(
+    data: SpikeData,
+    folder: str | Path,
+    *,
+    sampler: str | None = None,
+    steps: int | None = None,
+    calibration_trials: int | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+) -> tuple[dict[str, Any], Path] | None:
+    """Add or refit the latent calibration of the fitted model in `folder` for one sampler
+    setting, without training. Returns (summary, path) on rank 0, None on other ranks."""
+    from ldns_cli.diffusion.samplers import resolve_sampler_name
+    from ldns_cli.diffusion.sampling import DEFAULT_SAMPLER
+
+    n = DiffusionConfig.calibration_trials if calibration_trials is None else calibration_trials
+    if n < 1:
+        raise LdnsError(f"--calibration-trials must be >= 1 here, got {n}", "e.g. 1000")
+    name = resolve_sampler_name(sampler or DEFAULT_SAMPLER)
+    dev = dist.init(resolve_device(device))
+    try:
+        if not dist.is_main():
+            return None
+        summary, path = calibrate_diffusion(
+            data, folder, n, 0 if seed is None else seed, dev, name, steps
+        )
+        info(f"updated {path}")
+        info(calibration_text(summary))
+        return summary, path
+    finally:
+        dist.shutdown()

@@ -1,15 +1,15 @@
 """Exponential moving average (EMA) of a model's parameters, used for sampling.
 
-The reference code's diffusers-0.3 EMA warms its decay up as 1 - (1+k)^(-2/3), which after the
-paper's ~7-8k optimiser steps is still only ≈0.997 (an averaging window of ≈400 steps; reference
-digest §2.4, §8). Here the decay is a fixed number (default 0.999, window ≈1000 steps) with an
-optional short warm-up `min(decay, (1+n)/(10+n))`, which reaches 0.99 after ≈900 updates and
-the full 0.999 after ≈9000: early on it keeps the average from being dominated by the random
-initialisation; turn it off (`warmup=False`) for an exact fixed-decay average.
+The LDNS authors' code (diffusers-0.3 EMA) warms its decay up as 1 - (1+k)^(-2/3), which after
+the paper's ~7-8k optimiser steps is still only ≈0.997 (an averaging window of ≈400 steps). Here
+the decay is a fixed number (default 0.999, window ≈1000 steps) with an optional short warm-up
+`min(decay, (1+n)/(10+n))`, which reaches 0.99 after ≈900 updates and the full 0.999 after
+≈9000: early on it keeps the average from being dominated by the random initialisation; turn it
+off (`warmup=False`) for an exact fixed-decay average.
 
 Floating-point parameters are averaged in float32 (or float64 if the parameter is); buffers
 (e.g. length-dependent S4 caches, step counters) are not averaged, the model's current ones are
-used, as in the reference.
+used, as in the authors' code.
 """
 
 from __future__ import annotations

@@ -1,18 +1,20 @@
-"""Fitting, storing and loading the spike-history observation model (reference §3).
+"""Fitting and storing the spike-history observation model ("LDNS_sh", Kapoor et al. 2024).
 
-The model (`ldns_cli.observation.SpikeHistoryObservation`) is fitted after the autoencoder, on
+The model (`nn.observation.SpikeHistoryObservation`) is fitted after the autoencoder, on
 its inferred rates with the true past spikes as regressors (teacher forcing), by minimising the
 mean Poisson negative log-likelihood over valid bins. The authors use full-batch AdamW (lr 0.1,
 wd 0.01, 3000 iterations); that is available (`optimizer="adamw"`, mini-batches optional), but the
 default is full-batch L-BFGS: without coupling the loss is convex in the 22 parameters per neuron
 (softplus link, Poisson likelihood), and L-BFGS reaches the same optimum in tens of iterations
 (measured on 2M neuron·bins, one busy CPU core: L-BFGS reached train NLL 0.3903036 in 13 s;
-200 AdamW steps reached 0.3903058 in 35 s, so the reference's 3000 would take ~9 min). Differences from the reference, each for a reason:
+200 AdamW steps reached 0.3903058 in 35 s, so the authors' 3000 would take ~9 min). Differences
+from the authors' code, each for a reason:
 
 - start from the Poisson reduction (w = 0, a = 1, b = 0) instead of N(0, 1) draws, so the fit
   starts at the plain-Poisson solution;
 - all valid bins are targets, with a zero history before bin 0, instead of dropping the first H
-  bins (the sampler, unlike the fit, starts from a stationary history: `observation._run`);
+  bins (the sampler, unlike the fit, starts from a stationary history:
+  `SpikeHistoryObservation._run`);
 - the cap enters the likelihood exactly (a count at the cap scores P(X ≥ cap));
 - AdamW gets a cosine learning-rate decay (to 1% of `lr`) so mini-batch fits settle; L-BFGS uses
   `weight_decay` as a weak Gaussian prior centred on the Poisson reduction;
@@ -20,11 +22,13 @@ default is full-batch L-BFGS: without coupling the loss is convex in the 22 para
   entries: 22 parameters per neuron need far fewer bins than an AE does, and it keeps a CPU fit
   to seconds.
 
-Stored as checkpoint kind "history" at `<models>/history.safetensors`.
+Stored as checkpoint kind "history" at `<models>/history.safetensors`; `store.load_observation`
+loads it back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -475,3 +479,61 @@ def fit_history_for_ae(
     if not quiet:
         console.info(f"spike history: wrote {path}")
     return model
+
+
+def refit_history(
+    data: SpikeData,
+    folder: str | Path,
+    *,
+    history_bins: int | None = None,
+    history_ms: float | None = None,
+    max_count: int | None = None,
+    iterations: int | None = None,
+    optimizer: str | None = None,
+    lr: float | None = None,
+    coupling_rank: int | None = None,
+    rate_match_rounds: int | None = None,
+    config: str | Path | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+    quiet: bool = False,
+) -> SpikeHistoryObservation:
+    """Fit the spike-history model alone on the autoencoder in `folder` (the `fit-history`
+    stage), on the training trials the autoencoder used; writes `folder/history.safetensors`.
+
+    Settings: defaults < `config` (a JSON file) < keyword arguments; `max_count=0` means no cap.
+    `seed` defaults to the autoencoder's. The fit summary is the model's `fit_summary`.
+    """
+    from ldns_cli.core.checkpoint import check_data_matches
+    from ldns_cli.core.config import resolve_config
+    from ldns_cli.core.errors import LdnsError
+    from ldns_cli.core.runtime import resolve_device
+    from ldns_cli.fit.splits import split_train_val
+    from ldns_cli.store import load_autoencoder
+
+    device = resolve_device(device)
+    ae, ckpt = load_autoencoder(folder, device)
+    overrides: dict[str, Any] = {
+        "history_bins": history_bins,
+        "history_ms": history_ms,
+        "iterations": iterations,
+        "optimizer": optimizer,
+        "lr": lr,
+        "coupling_rank": coupling_rank,
+        "rate_match_rounds": rate_match_rounds,
+    }
+    if max_count is not None:
+        if max_count < 0:
+            raise LdnsError(f"--max-count must be ≥ 0, got {max_count}", "e.g. 5, or 0 for no cap")
+        overrides["max_count"] = max_count or None
+    cfg = resolve_config(HistoryConfig, None, None, config, overrides)
+    if max_count == 0:  # None means "not given" to resolve_config; force "no cap" here
+        cfg = dataclasses.replace(cfg, max_count=None)
+    check_data_matches(ckpt.fingerprint, data.fingerprint(), "autoencoder")
+    # the same train/validation trials the autoencoder used
+    ae_seed = int(ckpt.config.get("train", {}).get("seed", 0))
+    val_frac = float(ckpt.extra.get("data", {}).get("val_frac", 0.1))
+    train, val, _ = split_train_val(data, val_frac, ae_seed)
+    return fit_history_for_ae(
+        ae, train, val, Path(folder), device, ae_seed if seed is None else seed, quiet, cfg=cfg
+    )
