@@ -1,12 +1,10 @@
-"""Latent diffusion training: the latent dataset, the loss, and the `diffusion` checkpoint.
+"""The diffusion model as stored: its config and presets, condition features, latent
+normalisation, and `DiffusionModel`, rebuilt from a `diffusion` checkpoint for sampling.
 
-The frozen autoencoder encodes every trial once (`autoencoder.infer`); each latent channel is
-normalised with the masked mean/std of the *training* trials' valid bins (reused for validation and
-stored in the checkpoint, since sampling must de-normalise with exactly these numbers). The
-denoiser is then trained by the generic loop in `train.py` with `make_loss_fn`: t ~ U{0..T-1},
-x_t = √ᾱ x_0 + √(1-ᾱ) ε, a masked MSE or smooth-L1 between the network output and ε (or v), and,
-for conditional models, all conditions of a trial dropped with probability `cond_dropout` so the
-same network also learns the unconditional path (classifier-free guidance).
+Each latent channel is normalised with the masked mean/std of the *training* trials' valid bins
+(stored in the checkpoint, since sampling must de-normalise with exactly these numbers). Training
+itself (the latent dataset, the loss, condition dropout for classifier-free guidance) is
+`fit.diffusion`.
 
 Checkpoint `models/diffusion.safetensors` (kind "diffusion"): tensors `model.*` are the EMA
 weights (used for sampling), `raw.*` the raw weights plus optimiser state for `--resume`;
@@ -42,7 +40,7 @@ class DiffusionConfig:
     width: int = 64  # C, denoiser hidden channels
     blocks: int = 4  # adaLN-Zero S4 blocks
     state_dim: int = 64  # S4 state size per channel
-    conv_out_scale: float = 0.1  # conv_out scaled at init (reference §2.2)
+    conv_out_scale: float = 0.1  # conv_out scaled at init (the paper's)
     schedule: str = "linear"  # β schedule: linear (the paper's, 1e-4..0.02) | cosine
     num_train_timesteps: int = 1000  # T
     prediction: str = "eps"  # network target: eps (the paper's) | v
@@ -58,10 +56,11 @@ class DiffusionConfig:
     # 1e-3, time constants ~2000 bins) never constrained by 256-bin training widen 4096-bin
     # latents to std 1.79; with a reach of half the training length every interior bin of a long
     # sample sees the span an interior training bin saw, and the std stays 0.96 / 0.97 / 1.00 at
-    # 256 / 1024 / 4096 bins (shipped Lorenz model, bench/length_drift.py; ldns-reference §2.6)
+    # 256 / 1024 / 4096 bins (shipped Lorenz model, `python bench/length_drift.py`)
     kernel_bins: int = -1
     # latent trials sampled after the fit to calibrate each channel's mean and std to the
-    # training latents' (calibration.py: sampled latents come out a few % too narrow); 0 = off
+    # training latents' (diffusion.calibration: sampled latents come out a few % too narrow);
+    # 0 = off
     calibration_trials: int = 1000
 
     def __post_init__(self) -> None:
@@ -100,8 +99,8 @@ class DiffusionConfig:
         )
 
 
-# ldns-reference §2.2-2.4 (keys of DiffusionConfig or train.TrainConfig); `small` is a CPU demo
-# and the default (as for fit-ae)
+# the paper's settings per dataset (Kapoor et al. 2024; keys of DiffusionConfig or
+# fit.trainer.TrainConfig); `small` is a CPU demo and the default (as for fit-ae)
 DEFAULT_PRESET = "small"
 PRESETS: dict[str, dict[str, Any]] = {
     "small": {
@@ -145,7 +144,7 @@ def cond_input(spec: dict[str, Any]) -> CondInput:
 
 
 def condition_features(spec: dict[str, Any], values: np.ndarray) -> torch.Tensor:
-    """Raw condition values -> the network's input features (`conditions.embed_condition_values`).
+    """Raw condition values -> the network's input features (see `embed_condition_values`).
 
     circular `[B]`/`[B, k]` -> (cos, sin) `[B, 2k]`; continuous -> z-scored `[B, k]`;
     categorical labels -> class index `[B]` long; time series `[B, L, k]` -> z-scored `[B, L, k]`.
@@ -211,6 +210,11 @@ class DiffusionModel:
     @property
     def ae_id(self) -> str:
         return str(self.fingerprint.get("ae_id", ""))
+
+    @property
+    def bin_size_s(self) -> float:
+        """Bin width of the training data in seconds (0 when the checkpoint does not say)."""
+        return float(self.fingerprint.get("bin_size_s", 0) or 0)
 
     @property
     def id(self) -> str:

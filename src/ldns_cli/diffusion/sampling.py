@@ -1,23 +1,15 @@
-"""The noise process and its samplers, kept apart from the network (diffusers' scheduler shape).
+"""Sampling normalised latents from a diffusion model: the denoising loop and its settings.
 
-Nothing here is an `nn.Module` or ever sees the denoiser: the caller evaluates the network and
-hands its output to `Sampler.step`, and `sample_loop` is the one unrolled denoising loop that the
-`sample` command and the tests share.
-
-Notation (Ho et al. 2020, "DDPM"; Song et al. 2021, "DDIM"; Lu et al. 2022, "DPM-Solver++"):
-    ᾱ_t = alphas_cumprod[t] for the integer training timesteps t = 0 .. T-1, ᾱ_{-1} := 1 (data),
-    x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε,                  (forward process, DDPM eq. 4)
-    v   = √ᾱ_t ε - √(1-ᾱ_t) x_0                   (Salimans & Ho 2022, "v-prediction").
-The β schedule and every coefficient are computed in float64 and only the product with the
-sample is done in the sample's dtype, so fp32 sampling is not limited by fp32 ᾱ round-off near
-t = 0 (where 1 - ᾱ ≈ 1e-4).
+`sample_loop` is the one unrolled denoising loop (pure noise -> x_0) that `sample_latents`, the
+tests and the sampler benchmark share; it never sees a network, only a `denoise_fn` closure, and
+drives any sampler from `diffusion.samplers`. `sample_latents` wraps it for a `DiffusionModel`:
+per-trial seeded noise, the condition features, classifier-free guidance (`apply_guidance`), the
+S4 kernel cache and the model's latent calibration. `SampleSettings` is what a run samples with
+(recorded as provenance in the output file).
 
 Typical use:
-    schedule = NoiseSchedule(ScheduleConfig())                       # the paper's process
-    x_t = schedule.add_noise(x0, noise, t)                           # training
-    loss = mse(model(x_t, t), schedule.training_target(x0, noise, t))
     sampler = make_sampler("dpm++", schedule, steps=20)
-    x0 = sample_loop(lambda x, t: model(x, t), (B, Z, L), sampler, generator, device)
+    x0 = sample_loop(lambda x, t: model(x, t), (B, L, Z), sampler, generator, device)
 """
 
 from __future__ import annotations
@@ -29,9 +21,11 @@ import numpy as np
 import torch
 
 from ldns_cli.conditions.spec import check_conditions  # noqa: F401 (re-exported)
+from ldns_cli.core.errors import LdnsError
 from ldns_cli.diffusion.calibration import LatentCalibration
 from ldns_cli.diffusion.model import DiffusionModel, condition_features
 from ldns_cli.diffusion.samplers import (
+    DEFAULT_SAMPLER,
     DEFAULT_STEPS,
     Sampler,
     StepOutput,
@@ -82,7 +76,7 @@ def sample_loop(
             unconditional outputs, e.g. `u + w·(c - u)` (linear, so valid for ε and v alike).
             Anything expensive that does not depend on (x, t), e.g. S4 kernels and their FFTs,
             should be computed once before the loop and closed over.
-        shape: of the sample, e.g. (B, Z, L).
+        shape: of the sample, e.g. (B, L, Z).
         sampler: from `make_sampler`; its timesteps are reset here (so one sampler can be reused
             for many batches; multistep history never leaks between calls).
         generator: drives the starting noise and any ancestral noise; the same seed gives the
@@ -113,7 +107,6 @@ def sample_loop(
     return x
 
 
-DEFAULT_SAMPLER = "dpm++"
 MAX_BINS_PER_CHUNK = 65_536  # trials x bins per network batch (bounds activation memory)
 
 NOISE_STREAM, SPIKE_STREAM, ANCESTRAL_STREAM = 0, 1, 2
@@ -130,11 +123,20 @@ class SampleSettings:
     batch_size: int = 64  # trials per network batch (also capped by MAX_BINS_PER_CHUNK)
     save_latents: bool = False
     save_rates: bool = False
-    # apply the model's latent calibration (calibration.py) when it has one
+    # apply the model's latent calibration (diffusion.calibration) when it has one
     calibrate: bool = True
 
     def resolved_steps(self) -> int:
         return self.steps or DEFAULT_STEPS[resolve_sampler_name(self.sampler)]
+
+    def validate(self) -> None:
+        """Clean errors for settings no sampler can run with."""
+        if self.batch_size < 1:
+            raise LdnsError(f"--batch-size must be >= 1, got {self.batch_size}", "e.g. 64")
+        if not np.isfinite(self.guidance):
+            raise LdnsError(
+                f"--guidance must be a number, got {self.guidance}", "e.g. --guidance 2"
+            )
 
 
 def trial_generator(

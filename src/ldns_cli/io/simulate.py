@@ -1,6 +1,6 @@
 """Built-in datasets with known ground truth, so the tool runs without user data.
 
-- `simulate_lorenz`: the LDNS paper's synthetic benchmark (`ldns-reference.md` §4.1): 3-D Lorenz
+- `simulate_lorenz`: the LDNS paper's synthetic benchmark (Kapoor et al. 2024): 3-D Lorenz
   latents, per-trajectory z-scored, read out by 128 neurons through softplus_{beta=2}(Cx + log 0.3).
   The true mean is about 0.14 spikes/bin (exp(b) = 0.3 is not the mean). Lorenz time has no
   physical unit; we call a bin 10 ms, so 0.14 spikes/bin is about 14 Hz.
@@ -148,7 +148,7 @@ def simulate_lorenz(
     """The LDNS Lorenz benchmark: Poisson (or history-dependent) spikes from Lorenz latents."""
     rng = _checked_rng(n_trials, n_neurons, n_bins, history, seed)
     traj = lorenz_trajectories(n_trials, n_bins + LORENZ_BURN_IN, rng)[:, LORENZ_BURN_IN:]
-    # per trajectory and per dimension z-scoring, as the reference code does
+    # per trajectory and per dimension z-scoring, as the LDNS authors' code does
     latents = (traj - traj.mean(axis=1, keepdims=True)) / traj.std(axis=1, keepdims=True)
     latents = latents.astype(np.float32)
     readout = rng.normal(size=(n_neurons, 3))
@@ -288,3 +288,28 @@ def simulate_reach(
 
 
 SIMULATORS = {"lorenz": simulate_lorenz, "reach": simulate_reach}
+# per dataset: trials, neurons, length (bins) when not given
+DEFAULT_SIZES = {"lorenz": (5000, 128, 256), "reach": (1000, 128, 140)}
+
+
+def simulate(
+    name: str,
+    *,
+    trials: int | None = None,
+    neurons: int | None = None,
+    length: int | None = None,
+    history: str = "none",
+    seed: int = 0,
+) -> SpikeData:
+    """A built-in dataset with known truth (`ldns simulate`): "lorenz" or "reach", at its
+    default size unless `trials`, `neurons` or `length` (bins) say otherwise."""
+    if name not in SIMULATORS:
+        raise LdnsError(f"unknown dataset '{name}'", f"use one of: {', '.join(SIMULATORS)}")
+    d_trials, d_neurons, d_length = DEFAULT_SIZES[name]
+    return SIMULATORS[name](
+        n_trials=d_trials if trials is None else trials,
+        n_neurons=d_neurons if neurons is None else neurons,
+        n_bins=d_length if length is None else length,
+        seed=seed,
+        history=history,
+    )
