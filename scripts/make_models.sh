@@ -14,7 +14,7 @@ SEED=0
 DIFF_EPOCHS=300
 # Lorenz: a wider denoiser (the paper's width 64 and 4 blocks; small preset: 32 and 2). At width 32
 # the sampled rates ran 1.6% low and the mean-ISI score was 0.32; width 64 / 4 blocks / 200 epochs
-# brought the rate bias to +0.05% and mean ISI to the autoencoder's own ceiling (issue 5 notes)
+# brought the rate bias to +0.05% and mean ISI to the autoencoder's own ceiling
 LORENZ_WIDTH=64
 LORENZ_BLOCKS=4
 LORENZ_EPOCHS=200

@@ -114,7 +114,7 @@ def test_ae_training_step_under_bf16_autocast_is_finite_and_close_to_fp32(monkey
     batch = {"counts": counts, "mask": torch.ones(4, 64, dtype=torch.bool)}
     loss32, _ = ae_loss(model, batch, torch.Generator().manual_seed(2))
     ffts = FFTDtypes(monkeypatch)
-    # exactly what train.Trainer.autocast() does on CUDA, with the CPU device type
+    # exactly what fit.trainer._Trainer.autocast() does on CUDA, with the CPU device type
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss16, _ = ae_loss(model, batch, torch.Generator().manual_seed(2))
     loss16.backward()

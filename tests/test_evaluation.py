@@ -1,5 +1,5 @@
-"""`ldns_cli.evaluation` and `ldns_cli.report`: reference points with known truth, protocol
-details, errors, and the visual report's files."""
+"""`ldns_cli.evaluate.evaluation` and `ldns_cli.evaluate.report`: reference points with known
+truth, protocol details, errors, and the visual report's files."""
 
 from __future__ import annotations
 

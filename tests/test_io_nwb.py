@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import NLB_BIN_S, NLB_WINDOW_S, make_tiny_data, write_nlb_nwb
+from ldns_cli.conditions.spec import detect_kind
+from ldns_cli.core.data import is_angle_name
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.io.common import ReadOptions
 from ldns_cli.io.formats import read_spikes, write_spikes
@@ -337,6 +339,36 @@ def test_nan_covariate_is_skipped_with_a_note_or_an_error_if_required(tmp_path):
     )
     with pytest.raises(LdnsError, match=r"covariate 'go_cue_time'.*NaN"):
         read_spikes(path, opts)
+
+
+# names the angle rule (`core.data.is_angle_name`) takes as circular, and some it does not
+ANGLE_NAMES = {
+    "angle": True,
+    "reach_dir": True,
+    "target_direction": True,
+    "phase": True,
+    "theta_target": True,
+    "Heading": True,
+    "orientation2": True,
+    "targetangle": True,
+    "thetadot": True,
+    "angular_speed": False,
+    "directory": False,
+    "reachDir": False,
+    "speed": False,
+}
+
+
+def test_reader_and_condition_kinds_agree_on_angle_names(tmp_path):
+    path = tmp_path / "angles.nwb"
+    values = np.linspace(-3.0, 3.0, 12)  # radians: inside ±2π, so a name decides
+    write_nlb_nwb(path, extra_trial_columns=dict.fromkeys(ANGLE_NAMES, values))
+    data = read_spikes(path, NLB_OPTS)
+    read_circular = {name for name in ANGLE_NAMES if data.info(name).kind == "circular"}
+    detected = {name for name in ANGLE_NAMES if detect_kind(name, values) == "circular"}
+    expected = {name for name, angle in ANGLE_NAMES.items() if angle}
+    assert read_circular == detected == expected
+    assert expected == {name for name in ANGLE_NAMES if is_angle_name(name)}
 
 
 def test_nwb_to_stdout_bytes_read_back(tmp_path, capsysbinary):

@@ -1,5 +1,5 @@
-"""Oracle tests for `ldns_cli.metrics`: every statistic recomputed from its textbook formula with
-explicit loops on small random inputs (variable-length trials, padding zeros)."""
+"""Oracle tests for `ldns_cli.evaluate.metrics`: every statistic recomputed from its textbook
+formula with explicit loops on small random inputs (variable-length trials, padding zeros)."""
 
 from __future__ import annotations
 

@@ -24,12 +24,18 @@ import pytest
 import torch
 
 from ldns_cli.core.errors import LdnsError
+from ldns_cli.diffusion import sampling
 from ldns_cli.diffusion.samplers import (
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    SAMPLER_NAMES,
+    SAMPLERS,
     DDIMSampler,
     DDPMSampler,
     DPMSolverPPSampler,
     make_sampler,
     make_timesteps,
+    resolve_sampler_name,
 )
 from ldns_cli.diffusion.sampling import apply_guidance, sample_loop
 from ldns_cli.diffusion.schedule import NoiseSchedule, ScheduleConfig, cosine_alpha_bar
@@ -212,6 +218,20 @@ def test_make_sampler_sets_timesteps(name):
     assert sampler.order == (2 if isinstance(sampler, DPMSolverPPSampler) else 1)
 
 
+def test_the_registry_is_the_one_list_of_samplers():
+    assert SAMPLER_NAMES == ("ddpm", "ddim", "dpm++")  # the order error messages list them in
+    assert DEFAULT_STEPS == {"ddpm": 1000, "ddim": 50, "dpm++": 20}
+    assert DEFAULT_SAMPLER in SAMPLERS and sampling.DEFAULT_SAMPLER == DEFAULT_SAMPLER
+    for name, entry in SAMPLERS.items():
+        assert entry.sampler.name == name
+        sampler = make_sampler(name, NoiseSchedule(), entry.default_steps)
+        assert type(sampler) is entry.sampler
+        assert all(resolve_sampler_name(alias) == name for alias in (name, *entry.aliases))
+    aliases = {alias for entry in SAMPLERS.values() for alias in entry.aliases}
+    assert aliases == {"dpmpp", "dpm-solver++", "dpmsolver++"}
+    assert make_sampler("ddim", NoiseSchedule(), 10, eta=0.5).eta == 0.5  # DDIM's own option
+
+
 def test_make_sampler_errors_are_clean():
     sch = NoiseSchedule()
     with pytest.raises(LdnsError) as exc:
@@ -287,7 +307,8 @@ def exact_moments(
 # bench/bench_samplers.py) rounded up: e.g. DDIM-50 is first order and loses ≈6-7% variance on the
 # paper's linear schedule; the mean bias (≈0.005 s) is the schedule's non-zero terminal SNR.
 # DPM++ 20 with its default "logsnr" spacing: +2.9% variance on this oracle (+0.9% "trailing",
-# checked below); the spacing was chosen on a trained network, where it does better (schedule.py)
+# checked below); the spacing was chosen on a trained network, where it does better (see
+# `DPMSolverPPSampler` in diffusion/samplers.py)
 CASES = [
     ("ddpm", 1000, 0.01, 0.015),
     ("ddpm", 250, 0.01, 0.04),

@@ -1,4 +1,4 @@
-"""The demo checkpoints shipped in models/ work right after install (issue: out-of-the-box).
+"""The demo checkpoints shipped in models/ work right after install, with no fitting first.
 
 `make models` rebuilds them deterministically; these tests sample from the committed files.
 """

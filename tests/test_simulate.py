@@ -16,7 +16,7 @@ def lorenz():
 
 
 def test_lorenz_mean_count_matches_the_reference(lorenz):
-    # ldns-reference.md §4.1: the true mean is about 0.14 spikes/bin (exp(b) = 0.3 is not it)
+    # the LDNS Lorenz benchmark: the true mean is about 0.14 spikes/bin (exp(b) = 0.3 is not it)
     assert lorenz.counts.shape == (200, 256, 128)
     assert lorenz.counts.mean() == pytest.approx(0.14, abs=0.012)
     # Poisson counts: mean and variance of counts track the rates

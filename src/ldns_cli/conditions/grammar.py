@@ -1,16 +1,7 @@
-"""The `--condition` grammar of `ldns sample` and the numeric form conditions take in the model.
+"""The `--condition` grammar of `ldns sample`: typed values -> one row of conditions per trial.
 
-A model's condition spec (stored in its checkpoint; built by `condition_spec_from_data` from the
-training trials only) is a list of dicts, one per condition:
-
-    {"name": "angle", "kind": "circular", "dim": 1, "unit": "rad", "min": [-3.1], "max": [3.1]}
-    {"name": "speed", "kind": "continuous", "dim": 1, "unit": "m/s", "min": [0.0], "max": [1.2]}
-    {"name": "maze_id", "kind": "categorical", "dim": 1, "values": [0, 1, 2]}
-    {"name": "hand_vel", "kind": "timeseries", "dim": 2, "unit": "m/s"}
-
-Optional keys: "mean"/"std" (per dim, used for z-scoring when present), "required" (default: true
-for time series, false otherwise; a trial-level condition that is left out is sampled
-unconditionally by a model trained with condition dropout).
+Values are read against the model's condition spec (`conditions.spec`: each condition's kind,
+dim, unit and, for categorical ones, its values) and become a `ConditionTable`.
 
 Grammar (one `--condition NAME=VALUES` per condition; values are in the condition's unit):
     angle=0.5            a number (radians for circular conditions)

@@ -1,4 +1,4 @@
-"""The `--condition` grammar of `ldns sample` and the numeric form conditions take in the model.
+"""Condition specs: what a model is conditioned on, and the numeric form conditions take in it.
 
 A model's condition spec (stored in its checkpoint; built by `condition_spec_from_data` from the
 training trials only) is a list of dicts, one per condition:
@@ -12,20 +12,11 @@ Optional keys: "mean"/"std" (per dim, used for z-scoring when present), "require
 for time series, false otherwise; a trial-level condition that is left out is sampled
 unconditionally by a model trained with condition dropout).
 
-Grammar (one `--condition NAME=VALUES` per condition; values are in the condition's unit):
-    angle=0.5            a number (radians for circular conditions)
-    angle=30deg          unit suffixes deg, °, rad and pi (angle=0.5pi is π/2), for angles only
-    angle=0:6.28:8       START:STOP:NUM, NUM evenly spaced values; STOP is included, except for a
-                         circular condition whose span is a full turn (within 1%, so 6.28 counts)
-                         — then the span is taken as exactly 2π and STOP (= START) is left out,
-                         giving 0, π/4, ..., 7π/4 rather than duplicating 0 and 2π. A unit on
-                         either end applies to both: angle=0:360deg:8.
-    speed=1,2,3          a list
-    target=(0.1,0.2)     a vector for a condition with dim 2; several: target=(0,1),(1,0)
-    maze_id=3, side=left a category, by value or label; categorical lists work too
-Several conditions combine as a cartesian product (the first varies slowest) and each combination
-is repeated `per_condition` times in a row. Time-series conditions cannot be typed on the
-command line; they come from a recording (`--condition-from`) as `[trial, time, k]` arrays.
+Here: `ConditionSpec` (one dict, typed), `detect_kind` and `condition_spec_from_data` (the spec
+of a recording's covariates), `embed_condition_values` (raw values -> network features),
+`fit_condition_values` (the training values) and `check_conditions` (values to sample with,
+checked against the spec). The `--condition NAME=VALUES` grammar of `ldns sample` is
+`conditions.grammar`.
 """
 
 from __future__ import annotations
@@ -38,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ldns_cli.core.console import warn as console_warn
+from ldns_cli.core.data import is_angle_name
 from ldns_cli.core.errors import LdnsError
 
 KINDS = ("circular", "continuous", "categorical", "timeseries")
@@ -225,7 +217,6 @@ def embed_conditions(
 # fit trains on, and the values `sample --condition-from DATA` takes
 # ---------------------------------------------------------------------------------------------
 
-_CIRCULAR_WORDS = ("angle", "direction", "theta", "phase", "heading", "orientation")
 _CATEGORY_SUFFIXES = ("id", "label", "type", "condition", "class")
 
 
@@ -234,9 +225,10 @@ def detect_kind(name: str, values: np.ndarray, declared: str = "", unit: str = "
 
     Categorical: strings/booleans/objects (whatever the declaration), a declared categorical, or
     integers whose name ends in id/label/type/condition/class. Circular: a declared circular, an
-    angle unit (rad, deg), or an angle-like name (angle, direction, theta, phase, heading,
-    orientation) with every finite value inside ±2π. Otherwise continuous. (`VariableInfo.kind`
-    defaults to "continuous", so a declared "continuous" does not stop detection.)
+    angle unit (rad, deg), or an angle-like name (`core.data.is_angle_name`: angle, direction,
+    dir, theta, phase, heading, orientation) with every finite value inside ±2π. Otherwise
+    continuous. (`VariableInfo.kind` defaults to "continuous", so a declared "continuous" does not
+    stop detection.)
     """
     values = np.asarray(values)
     if values.dtype.kind in "USOb":
@@ -247,7 +239,7 @@ def detect_kind(name: str, values: np.ndarray, declared: str = "", unit: str = "
     if unit.lower() in ANGLE_UNIT_NAMES:
         return "circular"
     finite = values[np.isfinite(values)] if values.dtype.kind in "fc" else values
-    if any(w in lname for w in _CIRCULAR_WORDS) and finite.size:
+    if is_angle_name(name) and finite.size:
         if np.abs(finite).max() <= 2 * math.pi + 1e-6:
             return "circular"
     if values.dtype.kind in "iu" and lname.replace("-", "_").split("_")[-1] in _CATEGORY_SUFFIXES:

@@ -10,6 +10,7 @@ Axis legend used across the package: trial (B), time bin (L), neuron (N), latent
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,22 @@ class VariableInfo:
 
 VARIABLE_KINDS = ("continuous", "circular", "categorical")
 
+# words that mark a covariate's name as an angle (a "circular" candidate)
+ANGLE_WORDS = ("angle", "direction", "dir", "theta", "phase", "heading", "orientation")
+
+
+def is_angle_name(name: str) -> bool:
+    """Whether a covariate's name says it is an angle: one of `ANGLE_WORDS` as a word of the name
+    (split at anything but letters: "reach_dir", "Heading"), or one of the longer ones (5 letters
+    and more) anywhere in it ("targetangle", "theta2"). "angular_speed" is not an angle.
+
+    The NWB reader and the condition-kind detection both use this one rule.
+    """
+    lname = name.lower()
+    if any(token in ANGLE_WORDS for token in re.split(r"[^a-z]+", lname)):
+        return True
+    return any(word in lname for word in ANGLE_WORDS if len(word) >= 5)
+
 
 def default_trial_starts(n_trials: int, n_bins: int, bin_size_s: float) -> np.ndarray:
     """Session times of bin 0 for data without a session clock (e.g. generated trials) `[B]`.
@@ -53,7 +70,7 @@ def default_trial_starts(n_trials: int, n_bins: int, bin_size_s: float) -> np.nd
 
 
 class TrialViews:
-    """Shape views shared by `SpikeData` and `scratch.StoredSpikes` (counts `[B, L, N]`)."""
+    """Shape views shared by `SpikeData` and `io.scratch.StoredSpikes` (counts `[B, L, N]`)."""
 
     counts: Any
     lengths: np.ndarray

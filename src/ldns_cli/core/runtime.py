@@ -4,9 +4,9 @@ Why: a CPU training step allocates and frees dozens of 4–16 MB activations. gl
 that large with fresh mmap()s (or trims the heap top after a free), so every step page-faults
 and zero-fills tens of MB again. Raising the mmap threshold to its maximum (32 MiB on 64-bit) and
 the trim threshold to 1 GiB lets those blocks be reused: a `small` AE step (B = 64, 1 thread)
-took 5.6k–9.0k minor faults by default against 0.7–309 with the tuning (two runs each, session 6;
+took 5.6k–9.0k minor faults by default against 0.7–309 with the tuning (two runs each;
 tests/test_train.py checks the same on a smaller model), and ran 6.8% faster over alternating
-runs (session 5, #4 notes). The cost is that up to 1 GiB of freed memory stays mapped until exit.
+runs. The cost is that up to 1 GiB of freed memory stays mapped until exit.
 PyTorch's docs recommend jemalloc/tcmalloc for the same reason; this needs no extra library.
 """
 

@@ -5,18 +5,20 @@ little too narrow. The last steps of any sampler lean on the network's posterior
 shrinks every component the network has not learned exactly, so the sampled normalised latents
 come out with a per-channel std of 0.93–1.0 instead of 1 (four models measured). Through the
 convex softplus decoder that lowers the firing rates (Jensen; 2.3% on the model below), and the
-mean-ISI statistic, which is close to 1/rate, is the first to show it: on the default-size Lorenz data (5000 trials,
-width-64 denoiser, 40 epochs, DPM-Solver++ 20) the mean-ISI score was 0.26 with all else ≤ 0.05.
+mean-ISI statistic, which is close to 1/rate, is the first to show it: on the default-size Lorenz
+data (5000 trials, width-64 denoiser, 40 epochs, DPM-Solver++ 20) the mean-ISI score was 0.26 with
+all else ≤ 0.05.
 
 What: after `fit-diffusion`, sample `calibration_trials` latent trials with the default sampler
 (DPM-Solver++, 20 steps), with the lengths and conditions of randomly chosen training trials,
-measure each channel's mean m_s and std s_s over valid bins, and compare them with the same moments of the training trials'
-normalised latents (m_t, s_t; 0 and 1 unless the latents were clipped). Sampling then maps each
-channel x → a·x + c with a = s_t/s_s, c = m_t − a·m_s: the sampled latents get the training
-latents' first two moments per channel, and nothing else of them changes (temporal structure,
-cross-channel structure and condition dependence are the network's). The correction is fitted on
-training trials only, stored in the checkpoint (`calibration.<sampler>/<steps>.scale|shift`) and
-applied by `ldns sample` unless `--no-calibration` is given.
+measure each channel's mean m_s and std s_s over valid bins, and compare them with the same
+moments of the training trials' normalised latents (m_t, s_t; 0 and 1 unless the latents were
+clipped). Sampling then maps each channel x → a·x + c with a = s_t/s_s, c = m_t − a·m_s: the
+sampled latents get the training latents' first two moments per channel, and nothing else of them
+changes (temporal structure, cross-channel structure and condition dependence are the
+network's). The correction is fitted on training trials only, stored in the checkpoint
+(`calibration.<sampler>/<steps>.scale|shift`) and applied by `ldns sample` unless
+`--no-calibration` is given.
 
 A calibration belongs to one sampler setting: how narrow the draws come out depends on the
 sampler and its steps (on that Lorenz model the dpm++ 20 map, applied to 1000-step DDPM draws,
@@ -35,14 +37,12 @@ latents (and so the long-sample spectra and the history model's input) under-dis
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    pass
+from ldns_cli.diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 
 PREFIX = "calibration"
 
@@ -59,8 +59,8 @@ class LatentCalibration:
 
     scale: np.ndarray  # [Z]
     shift: np.ndarray  # [Z]
-    sampler: str = "dpm++"
-    steps: int = 20
+    sampler: str = DEFAULT_SAMPLER
+    steps: int = DEFAULT_STEPS[DEFAULT_SAMPLER]
 
     @property
     def key(self) -> str:
@@ -85,8 +85,8 @@ class LatentCalibration:
         cls,
         sampled: tuple[np.ndarray, np.ndarray],
         target: tuple[np.ndarray, np.ndarray],
-        sampler: str = "dpm++",
-        steps: int = 20,
+        sampler: str = DEFAULT_SAMPLER,
+        steps: int = DEFAULT_STEPS[DEFAULT_SAMPLER],
     ) -> LatentCalibration:
         """The map taking per-channel (mean, std) `sampled` to `target`."""
         m_s, s_s = (np.asarray(a, dtype=np.float64) for a in sampled)

@@ -1,23 +1,24 @@
-"""The noise process and its samplers, kept apart from the network (diffusers' scheduler shape).
+"""The samplers: one class per solver and the registry `make_sampler` builds them from.
 
 Nothing here is an `nn.Module` or ever sees the denoiser: the caller evaluates the network and
-hands its output to `Sampler.step`, and `sample_loop` is the one unrolled denoising loop that the
-`sample` command and the tests share.
+hands its output to `Sampler.step` (diffusers' scheduler shape). The unrolled denoising loop that
+drives a sampler is `diffusion.sampling.sample_loop`; the noise process and its coefficients are
+`diffusion.schedule.NoiseSchedule`.
 
 Notation (Ho et al. 2020, "DDPM"; Song et al. 2021, "DDIM"; Lu et al. 2022, "DPM-Solver++"):
     ᾱ_t = alphas_cumprod[t] for the integer training timesteps t = 0 .. T-1, ᾱ_{-1} := 1 (data),
     x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε,                  (forward process, DDPM eq. 4)
     v   = √ᾱ_t ε - √(1-ᾱ_t) x_0                   (Salimans & Ho 2022, "v-prediction").
-The β schedule and every coefficient are computed in float64 and only the product with the
-sample is done in the sample's dtype, so fp32 sampling is not limited by fp32 ᾱ round-off near
-t = 0 (where 1 - ᾱ ≈ 1e-4).
+Every coefficient comes from the schedule in float64; only the product with the sample is done in
+the sample's dtype.
+
+`SAMPLERS` is the one registry: a canonical name -> the sampler class, its default step count
+and its aliases. Adding a sampler means one `Sampler` subclass and one registry line here;
+`make_sampler`, `resolve_sampler_name`, `SAMPLER_NAMES` and `DEFAULT_STEPS` follow from it.
 
 Typical use:
-    schedule = NoiseSchedule(ScheduleConfig())                       # the paper's process
-    x_t = schedule.add_noise(x0, noise, t)                           # training
-    loss = mse(model(x_t, t), schedule.training_target(x0, noise, t))
     sampler = make_sampler("dpm++", schedule, steps=20)
-    x0 = sample_loop(lambda x, t: model(x, t), (B, Z, L), sampler, generator, device)
+    x0 = sample_loop(lambda x, t: model(x, t), (B, L, Z), sampler, generator, device)
 """
 
 from __future__ import annotations
@@ -31,12 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldns_cli.conditions.spec import check_conditions  # noqa: F401 (re-exported)
 from ldns_cli.diffusion.schedule import NoiseSchedule, ScheduleError, _choice_error
 
 TIMESTEP_SPACINGS = ("trailing", "linspace", "logsnr")
-SAMPLER_NAMES = ("ddpm", "ddim", "dpm++")
-SAMPLER_ALIASES = {"dpmpp": "dpm++", "dpm-solver++": "dpm++", "dpmsolver++": "dpm++"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,12 +102,14 @@ def make_timesteps(
 
 
 class Sampler:
-    """Common contract (diffusers' scheduler shape; house rule 3).
+    """Common contract (diffusers' scheduler shape).
 
     Call `set_timesteps(n, device)` (it also resets any multistep state), then for each `t` in
     `timesteps` evaluate the network on `scale_model_input(x, t)` and call
     `step(model_output, t, x, generator)`. `order` is the solver's order; `init_noise_sigma` the
     std of the starting noise. Samplers do not own the network and are not `nn.Module`s.
+    `from_options` is how `make_sampler` builds one; a subclass with options of its own
+    (DDIM's η) overrides it.
     """
 
     name = "base"
@@ -125,6 +125,13 @@ class Sampler:
         self.num_inference_steps: int | None = None
         self.timesteps = torch.empty(0, dtype=torch.long)
         self._prev: dict[int, int] = {}
+
+    @classmethod
+    def from_options(
+        cls, schedule: NoiseSchedule, *, eta: float = 0.0, timestep_spacing: str | None = None
+    ) -> Sampler:
+        """Build from `make_sampler`'s options; `eta` is ignored by samplers without one."""
+        return cls(schedule, timestep_spacing)
 
     def __len__(self) -> int:
         return self.schedule.num_train_timesteps
@@ -230,6 +237,12 @@ class DDIMSampler(Sampler):
             raise ScheduleError(f"eta must be ≥ 0, got {eta}", "0 = deterministic, 1 = DDPM")
         self.eta = float(eta)
 
+    @classmethod
+    def from_options(
+        cls, schedule: NoiseSchedule, *, eta: float = 0.0, timestep_spacing: str | None = None
+    ) -> Sampler:
+        return cls(schedule, eta=eta, timestep_spacing=timestep_spacing)
+
     def step(
         self,
         model_output: torch.Tensor,
@@ -269,11 +282,12 @@ class DPMSolverPPSampler(Sampler):
     (equal steps in λ, the DPM-Solver paper's choice; "trailing" for cosine), which ends
     with a model call at t = 0. With "trailing" the last x̂_0 is the network's posterior mean at
     t = T/n - 1 (σ ≈ 0.16 at 20 steps of the linear schedule), which shrinks every latent
-    component weaker than that noise. With "trailing", session 2's shipped Lorenz denoiser
-    (width 32) gave latents whose high band held 0.56 of the AE latents' power, std 0.96; the
-    current one (width 64, 20 steps, 1000 samples) gives rates 2% low and a mean-ISI score of
-    0.21, against 1.2% low and 0.14 with "logsnr", every other score equal or better. The price, on the exact denoiser for unit-variance Gaussian data:
-    sample variance +2.9% at 20 steps against +0.3% with "trailing" (bench/bench_samplers.py).
+    component weaker than that noise. With "trailing", a width-32 Lorenz denoiser gave latents
+    whose high band held 0.56 of the AE latents' power, std 0.96; the shipped one (models/lorenz,
+    width 64, 20 steps, 1000 samples) gives rates 2% low and a mean-ISI score of 0.21, against
+    1.2% low and 0.14 with "logsnr", every other score equal or better. The price, on the exact
+    denoiser for unit-variance Gaussian data: sample variance +2.9% at 20 steps against +0.3%
+    with "trailing" (`python bench/bench_samplers.py`).
     "linspace" is much worse for this solver: its last two intervals are very unequal in λ
     (t ≈ 50 -> 0 -> data), so the 2M extrapolation overshoots (variance +24% at 20 steps).
     """
@@ -330,8 +344,32 @@ class DPMSolverPPSampler(Sampler):
 
 
 # ---------------------------------------------------------------------------------------------
-# Factory and the one sampling loop
+# The registry and the factory
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplerEntry:
+    """One registered sampler: its class, the step count it samples with when none is given, and
+    other names it answers to (lower case)."""
+
+    sampler: type[Sampler]
+    default_steps: int
+    aliases: tuple[str, ...] = ()
+
+
+# canonical name (= the class's `name`) -> (class, default steps, aliases); error messages list
+# the names in this order
+SAMPLERS: dict[str, SamplerEntry] = {
+    "ddpm": SamplerEntry(DDPMSampler, 1000),
+    "ddim": SamplerEntry(DDIMSampler, 50),
+    "dpm++": SamplerEntry(DPMSolverPPSampler, 20, ("dpmpp", "dpm-solver++", "dpmsolver++")),
+}
+DEFAULT_SAMPLER = "dpm++"  # what sampling and latent calibration use when no sampler is named
+
+SAMPLER_NAMES = tuple(SAMPLERS)
+DEFAULT_STEPS = {name: entry.default_steps for name, entry in SAMPLERS.items()}
+SAMPLER_ALIASES = {alias: name for name, entry in SAMPLERS.items() for alias in entry.aliases}
 
 
 def check_steps(steps: Any, num_train_timesteps: int) -> int:
@@ -352,7 +390,7 @@ def resolve_sampler_name(name: str) -> str:
     """Canonical sampler name for `name` (case-insensitive; `dpmpp` is an alias of `dpm++`)."""
     key = str(name).strip().lower()
     key = SAMPLER_ALIASES.get(key, key)
-    if key not in SAMPLER_NAMES:
+    if key not in SAMPLERS:
         raise ScheduleError(
             f"unknown sampler '{name}'",
             f"choose one of: {', '.join(SAMPLER_NAMES)} (dpmpp is an alias of dpm++)",
@@ -372,25 +410,17 @@ def make_sampler(
     """Build a sampler by name with its timesteps already set.
 
     Args:
-        name: "ddpm", "ddim" or "dpm++" (alias "dpmpp").
+        name: a registered name ("ddpm", "ddim" or "dpm++") or alias ("dpmpp"); see `SAMPLERS`.
         schedule: the `NoiseSchedule` the denoiser was trained with.
         steps: number of network evaluations, 1..T. DDPM with steps < T is the strided chain.
         eta: DDIM only (0 = deterministic).
-        timestep_spacing: "trailing" or "linspace"; None = the sampler's default.
+        timestep_spacing: "trailing", "linspace" or "logsnr"; None = the sampler's default.
         device: where `timesteps` live.
     Raises:
         LdnsError (`ScheduleError`) for an unknown name or a bad step count.
     """
-    key = resolve_sampler_name(name)
+    entry = SAMPLERS[resolve_sampler_name(name)]
     check_steps(steps, schedule.num_train_timesteps)
-    if key == "ddpm":
-        sampler: Sampler = DDPMSampler(schedule, timestep_spacing)
-    elif key == "ddim":
-        sampler = DDIMSampler(schedule, eta=eta, timestep_spacing=timestep_spacing)
-    else:
-        sampler = DPMSolverPPSampler(schedule, timestep_spacing)
+    sampler = entry.sampler.from_options(schedule, eta=eta, timestep_spacing=timestep_spacing)
     sampler.set_timesteps(steps, device)
     return sampler
-
-
-DEFAULT_STEPS = {"dpm++": 20, "ddim": 50, "ddpm": 1000}

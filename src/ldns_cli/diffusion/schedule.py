@@ -1,13 +1,13 @@
-"""The noise process and its samplers, kept apart from the network (diffusers' scheduler shape).
+"""The noise process: β schedules, `ScheduleConfig` and `NoiseSchedule`.
 
-Nothing here is an `nn.Module` or ever sees the denoiser: the caller evaluates the network and
-hands its output to `Sampler.step`, and `sample_loop` is the one unrolled denoising loop that the
-`sample` command and the tests share.
+The schedule is kept apart from the network and from the samplers (diffusers' scheduler shape):
+training uses `add_noise` and `training_target`, the samplers in `diffusion.samplers` use the
+ᾱ lookups, `split_model_output` and `posterior_mean_variance`.
 
-Notation (Ho et al. 2020, "DDPM"; Song et al. 2021, "DDIM"; Lu et al. 2022, "DPM-Solver++"):
+Notation (Ho et al. 2020, "DDPM"; Salimans & Ho 2022, "v-prediction"):
     ᾱ_t = alphas_cumprod[t] for the integer training timesteps t = 0 .. T-1, ᾱ_{-1} := 1 (data),
     x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε,                  (forward process, DDPM eq. 4)
-    v   = √ᾱ_t ε - √(1-ᾱ_t) x_0                   (Salimans & Ho 2022, "v-prediction").
+    v   = √ᾱ_t ε - √(1-ᾱ_t) x_0.
 The β schedule and every coefficient are computed in float64 and only the product with the
 sample is done in the sample's dtype, so fp32 sampling is not limited by fp32 ᾱ round-off near
 t = 0 (where 1 - ᾱ ≈ 1e-4).
@@ -16,8 +16,6 @@ Typical use:
     schedule = NoiseSchedule(ScheduleConfig())                       # the paper's process
     x_t = schedule.add_noise(x0, noise, t)                           # training
     loss = mse(model(x_t, t), schedule.training_target(x0, noise, t))
-    sampler = make_sampler("dpm++", schedule, steps=20)
-    x0 = sample_loop(lambda x, t: model(x, t), (B, Z, L), sampler, generator, device)
 """
 
 from __future__ import annotations
@@ -87,7 +85,7 @@ def cosine_betas(
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """The noise process a denoiser is trained with; saved with its weights (house rule 4)."""
+    """The noise process a denoiser is trained with; saved with its weights."""
 
     num_train_timesteps: int = 1000  # T: integer timesteps 0..T-1 (the paper's 1000)
     beta_schedule: str = "linear"  # "linear" (the paper's) or "cosine" (Nichol & Dhariwal)
@@ -116,7 +114,7 @@ class ScheduleConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ScheduleConfig:
-        """Rebuild from `to_dict()` output; unknown keys are an error (config.py's rule)."""
+        """Rebuild from `to_dict()` output; unknown keys are an error (`core.config`'s rule)."""
         from ldns_cli.core.config import config_from_dict
 
         return config_from_dict(cls, values, source="schedule config")

@@ -17,7 +17,7 @@ distribution has the floor's expected value exactly, for every metric (a bootstr
 replacement would inflate the model's sampling noise relative to the floor and bias the score).
 Reported: mean ± sd over folds. `model_all` (all generated vs all reference trials) and `paper`
 (bootstrap resamples of the generated set with replacement vs the full reference, the authors'
-protocol, reference §5.2) are given for comparison with published numbers.
+protocol) are given for comparison with published numbers.
 
 Trial lengths bound ISIs and spectra, so when the two sets' lengths differ the candidates (A,
 generated, naive) are cropped to a common length distribution, min(ℓ_ref, ℓ_gen) of random pairs;

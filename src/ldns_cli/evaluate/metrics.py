@@ -3,11 +3,11 @@
 Every statistic here is built from *additive* sufficient statistics (sums over trials), so a set of
 trials is summarised once and any subset or resample of it is a weighted sum of per-unit sums
 (`SpikeSums`, a unit being a block of trials). That is what makes the fold/floor/naive protocol in
-`ldns_cli.evaluation` cheap: the data are read once, folds only re-weight sums.
+`ldns_cli.evaluate.evaluation` cheap: the data are read once, folds only re-weight sums.
 
 Inputs are counts `[B, L, N]` (B trials, L bins, N neurons; bins at or beyond a trial's length are
 zero and ignored) with `lengths [B]` and the bin width `bin_size_s`. Definitions follow the LDNS
-paper's evaluation code (reference §5.1) where it is sound, and fix it where it misleads:
+paper's evaluation code where it is sound, and fix it where it misleads:
 
 - population spike count (psc) x_{b,t} = Σ_n S_{b,t,n} over valid bins; densities on the integer grid
   0..M; KL(model‖data) of Gaussian-KDE densities (as the paper), Jensen-Shannon and 1-Wasserstein
@@ -227,7 +227,8 @@ def spike_times(
     """Spike times (s from trial start) with their trial and neuron, sorted by (trial, neuron, time).
 
     c spikes in bin t are placed at (t + (j+0.5)/c)·Δ, j = 0..c−1 ("centred": each spike at the
-    centre of an equal sub-interval), or at (t + (j+1)/(c+1))·Δ ("paper", reference §5.1).
+    centre of an equal sub-interval), or at (t + (j+1)/(c+1))·Δ ("paper": as the LDNS evaluation
+    code places them).
     """
     del lengths  # padding bins hold zeros, so they produce no spikes
     t_bins, key = _spike_bins(counts, placement)

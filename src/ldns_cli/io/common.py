@@ -1,24 +1,17 @@
-"""Read spike recordings into `SpikeData`: one entry point, `read_spikes`, for every format.
+"""What the readers and writers share: `ReadOptions`, spike-time binning and behaviour
+resampling (reading), and the rounding and compression settings of stored floats (writing).
 
-The format is decided by content, not by name: NWB files are HDF5 files with an `nwb_version`
-root attribute; any other HDF5 file must hold the ldns binned layout (`/spikes`, see
-`hdf5_io`) or LFADS-style `train_data`/`valid_data`. `-` reads the file's bytes from stdin.
-
-Every failure a damaged or unexpected file can cause ends in `LdnsError` (the property tests in
-`tests/test_read_fuzz.py` feed the readers truncated and random files to hold us to that).
+Every format module (`io.hdf5`, `io.nwb_read`, `io.nwb_write`) imports this one; `io.formats` is
+the entry point that picks among them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ldns_cli.core.errors import LdnsError
-
-if TYPE_CHECKING:
-    pass
 
 DEFAULT_BIN_MS = 5.0  # the Neural Latents Benchmark's primary bin size
 # events this close (in bins) before a bin edge count as on it: spike and sample times on a

@@ -1,8 +1,10 @@
-"""Read spike recordings into `SpikeData`: one entry point, `read_spikes`, for every format.
+"""Spike recordings in and out: `read_spikes` and `write_spikes`, one entry point each for every
+format, and `write_generated` for `ldns sample`'s streamed output.
 
-The format is decided by content, not by name: NWB files are HDF5 files with an `nwb_version`
-root attribute; any other HDF5 file must hold the ldns binned layout (`/spikes`, see
-`hdf5_io`) or LFADS-style `train_data`/`valid_data`. `-` reads the file's bytes from stdin.
+The input format is decided by content, not by name: NWB files are HDF5 files with an
+`nwb_version` root attribute; any other HDF5 file must hold the ldns binned layout (`/spikes`, see
+`io.hdf5`) or LFADS-style `train_data`/`valid_data`. `-` reads the file's bytes from stdin. The
+output format comes from the file name or `fmt`.
 
 Every failure a damaged or unexpected file can cause ends in `LdnsError` (the property tests in
 `tests/test_read_fuzz.py` feed the readers truncated and random files to hold us to that).

@@ -1,6 +1,6 @@
 """Plain HDF5 in and out: the ldns binned layout, and LFADS-style files on input.
 
-ldns layout, format version 1 (`shared/reference/nwb-ecosystem.md` §4), all arrays trial-major:
+ldns layout, format version 1, all arrays trial-major:
 
     /                    attrs format="ldns-binned", format_version=1, created_by, created
     /spikes              uint8/uint16/int32 [trial, time, neuron], attrs dims, units="counts"
@@ -339,7 +339,7 @@ def _write_array(group: Any, name: str, values: np.ndarray) -> Any:
 def _write_floats(f: Any, name: str, values: np.ndarray, keep_bits: int | None) -> Any:
     """`[B, L, k]` floats as float32, gzip+shuffle, written 64 trials at a time.
 
-    keep_bits: round to this many mantissa bits first (see `writers.round_mantissa`); None keeps
+    keep_bits: round to this many mantissa bits first (see `io.common.round_mantissa`); None keeps
     every bit. Chunk-wise writing bounds the extra memory to one chunk's float32 copy (`values`
     may also be an on-disk array such as an h5py dataset: it is read 64 trials at a time).
     """

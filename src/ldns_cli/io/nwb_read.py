@@ -1,12 +1,11 @@
-"""NWB in and out (the only module that imports pynwb).
+"""NWB in: a neuroscientist's NWB file (not necessarily ours) -> `SpikeData`.
 
-Reading bins the Units table's flat `spike_times` per trial (see `readers.bin_spike_times`),
-turns trials-table columns into covariates and `processing/behavior` series into behaviour
-resampled onto the bins. Writing builds every table from whole columns (pynwb's row-by-row
-`add_unit`/`add_trial` is 40-100x slower to write) and produces files that nwbinspector's DANDI
-configuration has nothing to say about.
+pynwb is imported only here and in `io.nwb_write`. Reading bins the Units table's flat
+`spike_times` per trial (see `io.common.bin_spike_times`), turns trials-table columns into
+covariates and `processing/behavior` series into behaviour resampled onto the bins. Files written
+by `io.nwb_write` read back exactly (its docstring lists their conventions).
 
-Reading choices (a neuroscientist's file, not necessarily ours):
+Reading choices:
 - bins: `--bin-ms`, else `units.resolution` for ldns-written files, else 5 ms (a foreign
   file's resolution is its spike-time precision, not a bin size).
 - trials: `start_time`/`stop_time` (variable lengths, zero padding), or `--align COL --window A B`
@@ -14,26 +13,18 @@ Reading choices (a neuroscientist's file, not necessarily ours):
   its trial entirely or leaves the recording is an error; trials whose event is NaN are dropped
   with a warning), or `--chop S` over the recording (obs_intervals span, else the spikes').
 - trial columns: strings -> categorical (`split` -> `SpikeData.split`), integers and booleans ->
-  categorical, floats -> continuous; names with angle/direction/dir/theta/heading ->
-  circular, converted from degrees when the description says so or values exceed 2 pi;
-  `*_time` columns -> seconds relative to the trial's first bin. Ragged columns load as
-  `[B, k]` when every row has k values, else they are skipped; a float column with NaN is
-  skipped too. Skips are warnings plus a note in `provenance["skipped"]`, and an error for
-  columns named in `ReadOptions.require`.
+  categorical, floats -> continuous; names that read as angles (`core.data.is_angle_name`:
+  angle/direction/dir/theta/phase/heading/orientation) -> circular, converted from degrees when
+  the description says so or values exceed 2 pi; `*_time` columns -> seconds relative to the
+  trial's first bin. Ragged columns load as `[B, k]` when every row has k values, else they are
+  skipped; a float column with NaN is skipped too. Skips are warnings plus a note in
+  `provenance["skipped"]`, and an error for columns named in `ReadOptions.require`.
 - behaviour: every TimeSeries/SpatialSeries in `processing/behavior` (also inside containers
   such as Position), bin-averaged; NaN dropouts are interpolated first; a series that does not
   cover every trial is skipped with a note.
 
-Conventions of files written here (read back by `read_nwb`):
-- `units.resolution` = bin size; spike times sit evenly inside their bins
-  (c spikes in [t0, t0 + dt) at t0 + (j + 0.5) dt / c), so re-binning is exact.
-- trials: one row per trial, `stop_time = start_time + length * bin_size`; covariates as
-  columns; `*_time` covariates are stored on the session clock (SpikeData keeps them relative to
-  the trial's first bin).
-- `/analysis/ldns_settings`: a flat key/value table with the generation settings, the
-  provenance and the variable descriptions (kind, unit, column names).
-- `processing/behavior/<name>`: behaviour series, one sample per valid bin at the bin centre.
-- `processing/misc/latents`, `processing/misc/rates` (Hz): optional ground truth.
+The names and placeholders of ldns-written files (the settings table, the ground-truth module,
+the species and experimenter defaults) are defined here; `io.nwb_write` imports them.
 """
 
 from __future__ import annotations
@@ -45,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ldns_cli.core.console import warn
-from ldns_cli.core.data import SpikeData, VariableInfo
+from ldns_cli.core.data import SpikeData, VariableInfo, is_angle_name
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.io.common import DEFAULT_BIN_MS, ReadOptions, as_str, bin_spike_times, resample_series
 
@@ -57,7 +48,6 @@ UNKNOWN_SPECIES = SYNTHETIC_SPECIES
 DEFAULT_EXPERIMENTER = "ldns, software"
 EMPTY = "-"  # the inspector flags empty strings in table cells
 TRUTH_MODULE = "misc"
-CIRCULAR_TOKENS = ("angle", "direction", "dir", "theta", "heading", "orientation")
 # unit columns that are not per-unit scalars
 _UNIT_SKIP = {"spike_times", "obs_intervals", "electrodes", "electrode_group", "waveforms"}
 
@@ -314,11 +304,6 @@ def _event_times(col: Any) -> np.ndarray | None:
     return values.astype(np.float64)
 
 
-def is_circular(name: str) -> bool:
-    tokens = re.split(r"[^a-z]+", name.lower())
-    return any(t in CIRCULAR_TOKENS for t in tokens) or "angle" in name.lower()
-
-
 def _looks_degrees(values: np.ndarray, description: str) -> bool:
     desc = description.lower()
     if re.search(r"\bdeg(rees?)?\b", desc):
@@ -390,7 +375,7 @@ def _trial_covariates(
             values = values - (starts_s[:, None] if values.ndim == 2 else starts_s)
             info.unit = "s"
             info.description = (description + " (s, relative to the trial's first bin)").strip()
-        elif kind == "continuous" and is_circular(name):
+        elif kind == "continuous" and is_angle_name(name):
             info.kind = "circular"
             if meta is None and _looks_degrees(values, description):
                 values = np.deg2rad(values)

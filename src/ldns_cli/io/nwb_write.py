@@ -1,30 +1,10 @@
-"""NWB in and out (the only module that imports pynwb).
+"""NWB out: `SpikeData` (or a streamed `io.scratch.StoredSpikes`) -> an NWB file.
 
-Reading bins the Units table's flat `spike_times` per trial (see `readers.bin_spike_times`),
-turns trials-table columns into covariates and `processing/behavior` series into behaviour
-resampled onto the bins. Writing builds every table from whole columns (pynwb's row-by-row
-`add_unit`/`add_trial` is 40-100x slower to write) and produces files that nwbinspector's DANDI
-configuration has nothing to say about.
+pynwb is imported only here and in `io.nwb_read`. Writing builds every table from whole columns
+(pynwb's row-by-row `add_unit`/`add_trial` is 40-100x slower to write) and produces files that
+nwbinspector's DANDI configuration has nothing to say about.
 
-Reading choices (a neuroscientist's file, not necessarily ours):
-- bins: `--bin-ms`, else `units.resolution` for ldns-written files, else 5 ms (a foreign
-  file's resolution is its spike-time precision, not a bin size).
-- trials: `start_time`/`stop_time` (variable lengths, zero padding), or `--align COL --window A B`
-  (fixed length; a window may reach past its trial's own bounds, as in NLB, but one that misses
-  its trial entirely or leaves the recording is an error; trials whose event is NaN are dropped
-  with a warning), or `--chop S` over the recording (obs_intervals span, else the spikes').
-- trial columns: strings -> categorical (`split` -> `SpikeData.split`), integers and booleans ->
-  categorical, floats -> continuous; names with angle/direction/dir/theta/heading ->
-  circular, converted from degrees when the description says so or values exceed 2 pi;
-  `*_time` columns -> seconds relative to the trial's first bin. Ragged columns load as
-  `[B, k]` when every row has k values, else they are skipped; a float column with NaN is
-  skipped too. Skips are warnings plus a note in `provenance["skipped"]`, and an error for
-  columns named in `ReadOptions.require`.
-- behaviour: every TimeSeries/SpatialSeries in `processing/behavior` (also inside containers
-  such as Position), bin-averaged; NaN dropouts are interpolated first; a series that does not
-  cover every trial is skipped with a note.
-
-Conventions of files written here (read back by `read_nwb`):
+Conventions of files written here (read back by `io.nwb_read.read_nwb`):
 - `units.resolution` = bin size; spike times sit evenly inside their bins
   (c spikes in [t0, t0 + dt) at t0 + (j + 0.5) dt / c), so re-binning is exact.
 - trials: one row per trial, `stop_time = start_time + length * bin_size`; covariates as

@@ -1,6 +1,6 @@
 """The LDNS autoencoder: spike counts -> smooth time-aligned latents -> Poisson rates.
 
-Architecture (ldns-reference.md §1.2–1.3; channels-last `[B, L, C]` throughout, so every 1×1
+Architecture (LDNS, Kapoor et al. 2024; channels-last `[B, L, C]` throughout, so every 1×1
 layer is one GEMM over B·L rows and the counts need no transpose):
 
     counts [B, L, N] -> 1×1 in-projection N→C
@@ -10,14 +10,14 @@ layer is one GEMM over B·L rows and the counts need no transpose):
     z -> grouped 1×1 unbottleneck Z→Z·k (each hidden unit sees one latent) -> GELU
       -> dense 1×1 → N -> softplus                                                  = rates
 
-The decoder is time-local and additive over latents (§8.1), so decoding padded or long samples is
-safe and all temporal structure lives in z. Norm statistics use valid bins only and padded bins
-are zeroed before every S4 convolution, so padding never leaks into valid outputs (§8.4).
+The decoder is time-local and additive over latents, so decoding padded or long samples is safe
+and all temporal structure lives in z. Norm statistics use valid bins only and padded bins are
+zeroed before every S4 convolution, so padding never leaks into valid outputs (the paper's
+unmasked InstanceNorm lets it leak).
 
-Objective (§1.4): coordinated dropout (elementwise keep-mask, kept counts rescaled by 1/(1−p)),
-Poisson NLL (with Stirling term) on the *dropped* entries only, divided by the number of valid
-neuron-bins; plus [β1·Σz² + β2·Σ_{k=1..5} Σ_t ‖z_t − z_{t+k}‖²/(1+k)] / (N·valid bins).
-The public API is `[B, L, ·]` (trial, time, feature) like `SpikeData`.
+The training objective (coordinated dropout, Poisson NLL on the dropped entries, latent L2 and
+smoothness penalties) is `fit.autoencoder.ae_loss`. The public API is `[B, L, ·]` (trial, time,
+feature) like `SpikeData`.
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ class AEConfig:
         return k * self.latent_dim
 
 
-# Paper settings (ldns-reference.md §1.3–1.5) and a CPU demo preset. Keys may belong to AEConfig
-# or to train.TrainConfig; commands/ae.py splits them.
+# The paper's settings per dataset (Kapoor et al. 2024) and a CPU demo preset. Keys may belong to
+# AEConfig or to fit.trainer.TrainConfig; fit.autoencoder.resolve_ae_configs splits them.
 AE_PRESETS: dict[str, dict[str, Any]] = {
     "lorenz": {
         "latent_dim": 8, "width": 256, "blocks": 4, "bidirectional": True,
@@ -124,7 +124,7 @@ AE_PRESETS: dict[str, dict[str, Any]] = {
 
 
 class AEBlock(nn.Module):
-    """Residual S4 time-mixing + channel-MLP block (§1.2), masked for padding; `[B, L, C]`."""
+    """The paper's residual S4 time-mixing + channel-MLP block, masked for padding; `[B, L, C]`."""
 
     def __init__(self, cfg: AEConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()

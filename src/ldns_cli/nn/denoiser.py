@@ -1,7 +1,7 @@
 """The latent denoiser: DiT-style blocks with bidirectional S4 in place of attention.
 
-Follows LDNS (Kapoor et al. 2024, ldns-reference §2.2): a 1x1 `conv_in` (grouped when Z divides
-C), `blocks` adaLN-Zero blocks, a 1x1 `conv_out` scaled by 0.1 at initialisation. Each block:
+Follows LDNS (Kapoor et al. 2024): a 1x1 `conv_in` (grouped when Z divides C), `blocks`
+adaLN-Zero blocks, a 1x1 `conv_out` scaled by 0.1 at initialisation. Each block:
 
     h <- h + a1 * GELU(S4_bi(IN(h) * (1 + g1) + b1))
     h <- h + a2 * MLP(IN(h) * (1 + g2) + b2)
@@ -143,7 +143,7 @@ class Denoiser(nn.Module):
         self.config = config
         c, z, cw = config.width, config.latent_dim, config.cond_width
         c_in = z + config.series_channels
-        # grouped 1x1 convs (one group per latent) when possible, as in the reference
+        # grouped 1x1 convs (one group per latent) when possible, as in the authors' code
         groups = z if (config.series_channels == 0 and c % z == 0 and z < c) else 1
         self.conv_in = Pointwise(c_in, c, groups=groups)
         self.blocks = nn.ModuleList(

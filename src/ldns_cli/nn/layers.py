@@ -1,12 +1,12 @@
 """Small building blocks shared by the autoencoder and the denoiser.
 
 Layout: channels-first `[B, C, L]` by default (the denoiser); `channels_last=True` gives
-`[B, L, C]` (the autoencoder, whose 1×1 layers are then plain GEMMs over B·L rows: a 64→128
-layer on [64, 256] bins ran fwd+bwd 1.6× (1 thread) to 2.2× (2 threads) faster than conv1d,
-128→64 about the same; a microbenchmark from the session-5 note on #4).
+`[B, L, C]` (the autoencoder, whose 1×1 layers are then plain GEMMs over B·L rows: in a
+microbenchmark a 64→128 layer on [64, 256] bins ran fwd+bwd 1.6× (1 thread) to 2.2× (2 threads)
+faster than conv1d, 128→64 about the same).
 
 - `masked_instance_norm`: InstanceNorm over *time* per (sample, channel) using valid bins only,
-  so padding never enters the statistics (LDNS's nn.InstanceNorm1d lets it leak, §8.4).
+  so padding never enters the statistics (LDNS's nn.InstanceNorm1d lets it leak).
 - `Pointwise`: a (grouped) 1×1 convolution written as a GEMM.
 - `ChannelMLP`: C → hidden → C with GELU, applied at every time bin independently.
 """
@@ -92,7 +92,7 @@ class Pointwise(nn.Module):
     """1×1 convolution `[B, C_in, L] -> [B, C_out, L]`, optionally grouped (weight `[G, out/G, in/G]`).
 
     With `groups = g`, output block i (C_out/g channels) reads only input block i (C_in/g
-    channels): the grouped bottleneck/unbottleneck of the LDNS autoencoder (§1.3).
+    channels): the grouped bottleneck/unbottleneck of the LDNS autoencoder.
     With `channels_last=True` the layer maps `[B, L, C_in] -> [B, L, C_out]` with the same
     weights (the layout is not part of the checkpoint).
     """

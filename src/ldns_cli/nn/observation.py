@@ -1,10 +1,10 @@
 """Observation models: how spike counts are drawn from the decoded firing rates.
 
-Two models share one interface, so sampling and evaluation code never needs to know which one it
-holds:
+Two models share one interface, the `Observation` protocol, so sampling and evaluation code never
+needs to know which one it holds (`kind` names it, for provenance and messages):
 
 - `PoissonObservation`: s ~ Poisson(r), independent across bins and neurons (the plain LDNS).
-- `SpikeHistoryObservation`: a per-neuron autoregressive GLM ("LDNS_sh", reference §3)
+- `SpikeHistoryObservation`: a per-neuron autoregressive GLM ("LDNS_sh", Kapoor et al. 2024)
 
       λ_{n,t} = softplus( Σ_{k=1..H} w_{n,k} s̃_{n,t−k} + a_n·softplus⁻¹(r_{n,t}) + b_n + c_{n,t} )
       s_{n,t} ~ min(Poisson(λ_{n,t}), max_count)
@@ -23,6 +23,7 @@ training likelihood.
 
 Interface (all tensors on one device; legend B trials, L bins, N neurons):
 
+- `kind`: "poisson" or "history", a class attribute.
 - `log_prob(counts [B,L,N], rates [B,L,N], mask [B,L] | None) -> [B,L,N]`: per-element log
   probability in nats (the full log pmf, with the log s! term), 0 where `mask` is False. Sum it
   for a total. The history model scores under teacher forcing: each bin is conditioned on the
@@ -47,6 +48,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +111,27 @@ def _valid(mask: Tensor | None, lengths: Tensor | None, shape: torch.Size, devic
 
 
 Generators = torch.Generator | Sequence[torch.Generator]
+
+
+@runtime_checkable
+class Observation(Protocol):
+    """What sampling (`generate`) and scoring (`log_prob`, `mean`) need of an observation model.
+
+    `PoissonObservation` and `SpikeHistoryObservation` satisfy it (see the module docstring for
+    the contract of each member); `kind` is the name a model is recorded under in provenance.
+    `isinstance(x, Observation)` checks that the members exist, not their signatures.
+    """
+
+    kind: str
+
+    def log_prob(self, counts: Tensor, rates: Tensor, mask: Tensor | None = None) -> Tensor: ...
+
+    def mean(self, rates: Tensor, counts: Tensor | None = None) -> Tensor: ...
+
+    def sample(
+        self, rates: Tensor, generator: Generators, lengths: Tensor | None = None
+    ) -> Tensor: ...
+
 
 # with one generator per trial, uniforms are drawn per trial in blocks of this many bins, so a
 # trial's stream depends only on its own generator (not on batch size or padded length)
@@ -300,7 +323,7 @@ class SpikeHistoryObservation(nn.Module):
         suppression (refractoriness) or excitation (bursts) the gain a and intercept b were
         fitted with: on refractory Lorenz data (a ≈ 1.47) the first bin's population count was
         14.7 spikes against the data's 12.0, single first bins reached 58 against 28, and the
-        population-count skewness was 2.7 against 1.55 (issue 7 notes).
+        population-count skewness was 2.7 against 1.55.
 
         Instead of re-reading a history window at every bin, each new count pushes its future
         contribution w_k·s_t into a time-major drive buffer at bins t+1..t+H (one fused addcmul);
@@ -341,9 +364,6 @@ class SpikeHistoryObservation(nn.Module):
         )
 
 
-Observation = PoissonObservation | SpikeHistoryObservation
-
-
 @dataclass(frozen=True)
 class HistoryConfig:
     """Settings of the spike-history model and its fit (saved with the weights)."""
@@ -352,12 +372,12 @@ class HistoryConfig:
     history_ms: float | None = None  # if set, H = round(history_ms / bin size), overrides bins
     max_count: int | None = 5  # cap on counts in regressors, likelihood and samples; None = none
     coupling_rank: int = 0  # rank of the optional neuron-to-neuron coupling (0 = paper's model)
-    lr: float = 0.1  # AdamW peak learning rate (reference value)
-    weight_decay: float = 0.01  # AdamW decoupled weight decay (reference value)
-    iterations: int = 500  # optimiser steps (L-BFGS stops earlier; the reference ran AdamW 3000)
+    lr: float = 0.1  # AdamW peak learning rate (the authors' value)
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (the authors' value)
+    iterations: int = 500  # optimiser steps (L-BFGS stops earlier; the authors ran AdamW 3000)
     batch_bins: int = 0  # valid bins per AdamW step; 0 = full batch (of the subsampled set)
     max_fit_elements: int = 2_000_000  # subsample trials above this many neuron·bin entries
-    optimizer: str = "lbfgs"  # "lbfgs" (full batch, converged in seconds) or "adamw" (reference)
+    optimizer: str = "lbfgs"  # "lbfgs" (full batch, converged in seconds) or "adamw" (the authors')
     # rounds of matching each neuron's free-running (sampled) firing rate to the data after the
     # teacher-forced fit; 0 = the paper's plain fit
     rate_match_rounds: int = 4

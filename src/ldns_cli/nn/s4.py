@@ -10,16 +10,16 @@ the input's length every call (no stored length, so any length works, including 
 in training) and applied by FFT convolution at a fast size n ≥ 2L, always in float32.
 
 Bidirectional layers add an anti-causal kernel with its own C (shared λ and Δ), summed, not
-concatenated, as LDNS does (ldns-reference.md §1.1):
+concatenated, as LDNS does (Kapoor et al. 2024):
 
     y_t = Σ_{l≥0} Kᶠ[l] u_{t−l} + Σ_{m≥1} Kᵇ[m−1] u_{t+m} + D u_t
 
 (the backward kernel skips lag 0, so the D skip is not counted twice).
 
-Kernel construction uses the factored Vandermonde product (performance.md §2b): with t = cT + j,
+Kernel construction uses the factored Vandermonde product: with t = cT + j,
 exp(Δλ t) = exp(ΔλcT)·exp(Δλj), so K is one real batched GEMM over [H, Cn, 2M] × [H, 2M, T] and
 never materialises [H, M, L]. `kernel_naive` is the O(H·M·L)-memory reference used by tests and
-the benchmark.
+the benchmark (`python bench/bench_s4.py` times and sizes both).
 
 Positive quantities are stored in log space (Δ, −Re λ); SSM parameters (Δ, λ) are tagged so that
 `ssm_param_groups` can give them no weight decay and their own learning rate (the S4 optimiser
@@ -45,7 +45,7 @@ SSM_PARAM_ATTR = "_ldns_ssm"
 def fast_fft_size(n: int) -> int:
     """Smallest integer ≥ n whose prime factors are all in {2, 3, 5, 7} (fast for MKL and cuFFT).
 
-    A prime-sized transform can be 10× slower than its neighbour (performance.md §2c).
+    A prime-sized transform can be 10× slower than its neighbour.
     """
     best = 1 << max(0, (n - 1).bit_length())
     p7 = 1
