@@ -26,8 +26,8 @@ from scipy.ndimage import gaussian_filter1d
 sys.path.insert(0, str(Path(__file__).parent))
 from common import matmul_gflops, matmul_seconds, peak_rss_mb, timeit, write_results
 from ldns_cli.core.data import SpikeData
-from ldns_cli.evaluate.evaluation import evaluate_full
-from ldns_cli.evaluate.report import write_report
+from ldns_cli.scoring.evaluation import evaluate_full
+from ldns_cli.scoring.report import write_report
 
 
 def make_set(rng: np.random.Generator, n_trials: int, n_bins: int, readout: np.ndarray):

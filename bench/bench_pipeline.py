@@ -51,6 +51,7 @@ from ldns_cli.diffusion.model import (  # noqa: E402
     DiffusionModel,
     denoiser_config,
 )
+from ldns_cli.diffusion.samplers import DEFAULT_STEPS  # noqa: E402
 from ldns_cli.diffusion.schedule import NoiseSchedule  # noqa: E402
 from ldns_cli.fit.autoencoder import ae_loss, resolve_ae_configs  # noqa: E402
 from ldns_cli.fit.diffusion import make_loss_fn  # noqa: E402
@@ -58,7 +59,6 @@ from ldns_cli.nn.autoencoder import Autoencoder  # noqa: E402
 from ldns_cli.nn.denoiser import Denoiser  # noqa: E402
 from ldns_cli.nn.s4 import cached_kernels, fast_fft_size, ssm_param_groups  # noqa: E402
 
-SAMPLERS = {"dpm++": 20, "ddim": 50, "ddpm": 1000}
 LOG: list[str] = []
 
 
@@ -201,7 +201,7 @@ def sampling(cases: list[tuple[int, int]], reps: int, latent_dim: int = 8) -> li
             row[mode] = {
                 "nfe_s_median": t["median_s"], "nfe_s_min": t["min_s"],
                 "seq_nfe_per_s": seq_nfe, "gemm_gflops": t["gemm_gflops"],
-                "trials_per_s": {f"{k}-{v}": seq_nfe / v for k, v in SAMPLERS.items()},
+                "trials_per_s": {f"{k}-{v}": seq_nfe / v for k, v in DEFAULT_STEPS.items()},
             }  # fmt: skip
         row["cache_speedup"] = row["uncached"]["nfe_s_median"] / row["cached"]["nfe_s_median"]
         rows.append(row)
@@ -278,7 +278,7 @@ def sample_rss(cases: list[tuple[int, int]], threads: int) -> list:
 # --------------------------------------------------------------------------------- evaluate
 def evaluate_case(n_trials: int, n_bins: int, n_neurons: int) -> dict:
     from bench_evaluate import make_set
-    from ldns_cli.evaluate.evaluation import evaluate_full
+    from ldns_cli.scoring.evaluation import evaluate_full
 
     rng = np.random.default_rng(0)
     readout = rng.standard_normal((8, n_neurons)) * 0.4
@@ -384,9 +384,9 @@ def profiles(quick: bool) -> dict:
     with torch.no_grad():
         out["denoiser_nfe_uncached_L4096"] = top_ops(lambda: net(x, tt, mask))
 
-    import ldns_cli.evaluate.evaluation as evaluation
+    import ldns_cli.scoring.evaluation as evaluation
     from bench_evaluate import make_set
-    from ldns_cli.evaluate.evaluation import evaluate_full
+    from ldns_cli.scoring.evaluation import evaluate_full
 
     class SerialPool:  # evaluate's per-set thread pool, run inline so cProfile sees the work
         def __init__(self, max_workers: int = 1) -> None:

@@ -27,10 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_results
 from ldns_cli.diffusion.sampling import SampleSettings
-from ldns_cli.evaluate.evaluation import evaluate
 from ldns_cli.generate import generate
 from ldns_cli.io.formats import read_spikes
 from ldns_cli.nn.observation import PoissonObservation
+from ldns_cli.scoring.evaluation import evaluate
 from ldns_cli.store import load_autoencoder, load_diffusion
 
 KEYS = ("psc_kl", "corr_rmse", "mean_isi_rmse_s", "std_isi_rmse_s", "fano_rmse",

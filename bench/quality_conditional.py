@@ -36,11 +36,11 @@ from common import log, run, write_results
 from ldns_cli.conditions.spec import check_conditions
 from ldns_cli.core.data import SpikeData
 from ldns_cli.diffusion.sampling import SampleSettings
-from ldns_cli.evaluate.evaluation import evaluate
 from ldns_cli.generate import generate
 from ldns_cli.io.formats import read_spikes, write_spikes
 from ldns_cli.io.simulate import simulate_reach
 from ldns_cli.nn.observation import PoissonObservation
+from ldns_cli.scoring.evaluation import evaluate
 from ldns_cli.store import load_autoencoder, load_diffusion
 
 SMOOTH_BINS = 3.0  # Gaussian smoothing of counts (15 ms at 5 ms bins)

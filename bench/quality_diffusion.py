@@ -3,7 +3,7 @@
     simulate lorenz -> fit-ae -> fit-diffusion -> sample -> evaluate against held-out trials
 
 Measures, in one run:
-1. `evaluate.evaluation.evaluate` of `--n-samples` DPM-Solver++ samples against the held-out (test) trials:
+1. `scoring.evaluation.evaluate` of `--n-samples` DPM-Solver++ samples against the held-out (test) trials:
    the normalised score (model − floor)/(naive − floor) of every metric (bar: ≤ 0.15), with the
    latent calibration fitted by `fit-diffusion` (the default) and, for comparison, without it;
 2. samples 16x the training length: the latent power spectrum (Welch, per latent channel) of the
@@ -38,13 +38,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import log, run, write_results
 from ldns_cli.diffusion.sampling import SampleSettings
-from ldns_cli.evaluate.evaluation import evaluate
 from ldns_cli.fit.diffusion import calibrate_diffusion
 from ldns_cli.generate import generate
 from ldns_cli.io.formats import read_spikes, write_spikes
 from ldns_cli.io.simulate import simulate_lorenz
 from ldns_cli.nn.autoencoder import infer
 from ldns_cli.nn.observation import PoissonObservation
+from ldns_cli.scoring.evaluation import evaluate
 from ldns_cli.store import load_autoencoder, load_diffusion
 
 KEY_METRICS = ("psc_kl", "corr_rmse", "mean_isi_rmse_s", "std_isi_rmse_s", "autocorr_rmse")

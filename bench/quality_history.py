@@ -2,7 +2,7 @@
 
 For `ldns simulate lorenz --history refractory|bursting` data, spikes are generated from the SAME
 rates twice — Poisson(r) and the fitted spike-history model — and compared with held-out (test)
-trials using `ldns_cli.evaluate.metrics.compare_counts`: mean-ISI, std-ISI and short-lag autocorrelation
+trials using `ldns_cli.scoring.metrics.compare_counts`: mean-ISI, std-ISI and short-lag autocorrelation
 RMSE (the targets: ≥ 40% lower with history) and population-count KL / correlation RMSE (must not
 get worse beyond the fold spread). Folds: 5 bootstrap resamples of the generated trials, shared by
 both models (the LDNS paper's protocol). A "data floor" row compares real training trials with
@@ -36,11 +36,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import environment, write_results
-from ldns_cli.evaluate.metrics import compare_counts
 from ldns_cli.fit.history import fit_history
 from ldns_cli.io.formats import write_spikes
 from ldns_cli.io.simulate import history_kernel, simulate_lorenz
 from ldns_cli.nn.observation import HistoryConfig, PoissonObservation, SpikeHistoryObservation
+from ldns_cli.scoring.metrics import compare_counts
 from ldns_cli.store import load_observation
 
 TARGETS = ("mean_isi_rmse_s", "std_isi_rmse_s", "autocorr_rmse")

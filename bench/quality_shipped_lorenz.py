@@ -24,11 +24,11 @@ import torch
 from scipy.signal import welch
 
 from ldns_cli.diffusion.sampling import SampleSettings, sample_latents
-from ldns_cli.evaluate.evaluation import evaluate
 from ldns_cli.generate import generate
 from ldns_cli.io.simulate import simulate_lorenz
 from ldns_cli.nn.autoencoder import infer
 from ldns_cli.nn.observation import PoissonObservation
+from ldns_cli.scoring.evaluation import evaluate
 from ldns_cli.store import load_autoencoder, load_diffusion, load_observation
 
 MODELS = Path(__file__).parents[1] / "models" / "lorenz"

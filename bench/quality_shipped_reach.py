@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ldns_cli.conditions.spec import check_conditions
 from ldns_cli.diffusion.sampling import SampleSettings
-from ldns_cli.evaluate.evaluation import evaluate
 from ldns_cli.generate import generate
 from ldns_cli.io.simulate import simulate_reach
 from ldns_cli.nn.observation import PoissonObservation
+from ldns_cli.scoring.evaluation import evaluate
 from ldns_cli.store import load_autoencoder, load_diffusion
 from quality_conditional import angle_features, circ_err_deg, ridge_fit
 

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ldns_cli"
 # bottom first; a part may import its own modules and parts on lower layers only
 LAYERS: list[tuple[str, ...]] = [
     ("core",),  # errors, console, config, paths, data model, checkpoint, runtime
-    ("nn", "conditions", "evaluate"),  # networks and observation models; condition specs; metrics
+    ("nn", "conditions", "scoring"),  # networks and observation models; condition specs; metrics
     ("io", "diffusion"),  # file formats and simulators; noise schedule, samplers, calibration
     ("store",),  # the model folder: file names, loading and identity checks
     ("generate",),  # the sampling pipeline

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from ldns_cli.cli import app
 from ldns_cli.core.data import SpikeData
-from ldns_cli.evaluate.metrics import METRIC_NAMES
 from ldns_cli.io.formats import write_spikes
+from ldns_cli.scoring.metrics import METRIC_NAMES
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""`ldns_cli.evaluate.evaluation` and `ldns_cli.evaluate.report`: reference points with known
+"""`ldns_cli.scoring.evaluation` and `ldns_cli.scoring.report`: reference points with known
 truth, protocol details, errors, and the visual report's files."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from ldns_cli.core.data import SpikeData
 from ldns_cli.core.errors import LdnsError
-from ldns_cli.evaluate.evaluation import (
+from ldns_cli.scoring.evaluation import (
     check_compatible,
     draw_naive,
     evaluate,
@@ -20,8 +20,8 @@ from ldns_cli.evaluate.evaluation import (
     jsonable,
     unit_trials,
 )
-from ldns_cli.evaluate.metrics import METRIC_NAMES
-from ldns_cli.evaluate.report import FIGURES, table_rows, write_report
+from ldns_cli.scoring.metrics import METRIC_NAMES
+from ldns_cli.scoring.report import FIGURES, table_rows, write_report
 
 BIN_S = 0.005
 

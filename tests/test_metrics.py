@@ -1,4 +1,4 @@
-"""Oracle tests for `ldns_cli.evaluate.metrics`: every statistic recomputed from its textbook
+"""Oracle tests for `ldns_cli.scoring.metrics`: every statistic recomputed from its textbook
 formula with explicit loops on small random inputs (variable-length trials, padding zeros)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import scipy.signal
 import scipy.stats
 
-from ldns_cli.evaluate import metrics as M
+from ldns_cli.scoring import metrics as M
 
 BIN_S = 0.005
 

@@ -33,7 +33,6 @@ from ldns_cli.core.errors import LdnsError
 from ldns_cli.core.runtime import resolve_device
 from ldns_cli.diffusion.samplers import check_steps, resolve_sampler_name
 from ldns_cli.diffusion.sampling import DEFAULT_SAMPLER, SampleSettings
-from ldns_cli.evaluate.evaluation import evaluate as _evaluate
 from ldns_cli.fit.autoencoder import AutoencoderFit, fit_autoencoder
 from ldns_cli.fit.diffusion import DiffusionFit, fit_diffusion
 from ldns_cli.fit.history import refit_history as fit_history
@@ -43,6 +42,7 @@ from ldns_cli.io.formats import read_spikes, write_spikes
 from ldns_cli.io.select import select_trials
 from ldns_cli.io.simulate import simulate
 from ldns_cli.nn.autoencoder import infer
+from ldns_cli.scoring.evaluation import evaluate as _evaluate
 from ldns_cli.store import ModelSet, load_autoencoder, load_models
 
 DEFAULT_FOLDER = "models"

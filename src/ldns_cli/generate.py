@@ -8,7 +8,7 @@ Trials are generated in chunks (sorted by length, so padding stays small, and ca
 budget so memory stays bounded for long trials); variable lengths are masked, and because the
 denoiser is exact under padding a trial's result does not depend on what it was batched with.
 `generate_chunks` yields the chunks as they are made (`ldns sample` streams them to its output
-file through `writers.write_generated`, so memory does not grow with the number of trials);
+file through `io.formats.write_generated`, so memory does not grow with the number of trials);
 `generate` collects them into one in-memory `SpikeData`.
 
 Randomness: each trial owns two generators derived from (seed, trial index): one for its starting
@@ -372,7 +372,7 @@ def generate(
 ) -> SpikeData:
     """Generate `len(lengths)` trials of spikes, all in memory (`generate_chunks` collected).
 
-    For outputs larger than memory, `writers.write_generated` streams `generate_chunks` to a
+    For outputs larger than memory, `io.formats.write_generated` streams `generate_chunks` to a
     file instead.
 
     Args:

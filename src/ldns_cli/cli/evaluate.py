@@ -37,7 +37,7 @@ def _print_table(payload: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ldns_cli.evaluate.report import TABLE_HEADER, table_rows
+    from ldns_cli.scoring.report import TABLE_HEADER, table_rows
 
     ref, gen = payload["reference"], payload["generated"]
     table = Table(
@@ -98,9 +98,9 @@ def evaluate(
 
     Example: ldns evaluate lorenz.nwb samples.nwb --reference-trials train --report report/
     """
-    from ldns_cli.evaluate.evaluation import evaluate_full, jsonable
     from ldns_cli.io.common import ReadOptions
     from ldns_cli.io.formats import read_spikes
+    from ldns_cli.scoring.evaluation import evaluate_full, jsonable
 
     setup(quiet)
     if reference == STDIO and generated == STDIO:
@@ -123,7 +123,7 @@ def evaluate(
     if reference_trials is not None:
         ev.payload["reference"]["trials_selected"] = reference_trials
     if report is not None:
-        from ldns_cli.evaluate.report import write_report
+        from ldns_cli.scoring.report import write_report
 
         report.mkdir(exist_ok=True)
         write_report(ev, report)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ldns_cli.conditions.spec import check_conditions  # noqa: F401 (re-exported)
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.diffusion.calibration import LatentCalibration
 from ldns_cli.diffusion.model import DiffusionModel, condition_features

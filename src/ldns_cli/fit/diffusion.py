@@ -3,7 +3,7 @@
 The frozen autoencoder encodes every trial once (`autoencoder.infer`); each latent channel is
 normalised with the masked mean/std of the *training* trials' valid bins (reused for validation and
 stored in the checkpoint, since sampling must de-normalise with exactly these numbers). The
-denoiser is then trained by the generic loop in `train.py` with `make_loss_fn`: t ~ U{0..T-1},
+denoiser is then trained by the generic loop in `fit/trainer.py` with `make_loss_fn`: t ~ U{0..T-1},
 x_t = √ᾱ x_0 + √(1-ᾱ) ε, a masked MSE or smooth-L1 between the network output and ε (or v), and,
 for conditional models, all conditions of a trial dropped with probability `cond_dropout` so the
 same network also learns the unconditional path (classifier-free guidance).
@@ -50,6 +50,7 @@ from ldns_cli.diffusion.model import (
     normalise,
     weights_id,
 )
+from ldns_cli.diffusion.samplers import DEFAULT_SAMPLER
 from ldns_cli.diffusion.schedule import NoiseSchedule
 from ldns_cli.fit import distributed as dist
 from ldns_cli.fit.splits import split_masks
@@ -61,8 +62,8 @@ if TYPE_CHECKING:
     from ldns_cli.diffusion.model import DiffusionModel
 
 
-# Training defaults of the diffusion stage (train.TrainConfig keys): the reference's clipping at
-# 1.0, a cosine ending near 13% of the peak (§2.3), and a fixed EMA decay instead of its warm-up.
+# Training defaults of the diffusion stage (`TrainConfig` keys): gradients clipped at 1.0, a
+# cosine learning rate ending near 13% of its peak, and a fixed EMA decay (no EMA warm-up).
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 300, "batch_size": 256, "lr": 1e-3, "weight_decay": 0.01, "warmup_epochs": 10,
     "final_lr_frac": 0.135, "grad_clip": 1.0, "ema_decay": 0.999,
@@ -75,7 +76,7 @@ def build_dataset(
     cond: dict[str, torch.Tensor],
     index: np.ndarray,
 ) -> dict[str, torch.Tensor]:
-    """A dict-of-tensors dataset for `train.py`: x `[B, L, Z]`, mask `[B, L]`, cond.<name>."""
+    """A dict-of-tensors dataset for `fit/trainer.py`: x `[B, L, Z]`, mask `[B, L]`, cond.<name>."""
     out = {
         "x": torch.from_numpy(latents_norm[index].astype(np.float32)),
         "mask": torch.from_numpy(mask[index]),
@@ -304,7 +305,7 @@ def add_calibration(
     n_trials: int,
     seed: int,
     device: torch.device | str,
-    sampler: str = "dpm++",
+    sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
 ) -> dict[str, Any]:
     """Fit the latent calibration of the model in `ckpt` for one sampler setting (see
@@ -330,7 +331,7 @@ def calibrate_diffusion(
     n_trials: int,
     seed: int,
     device: str = "cpu",
-    sampler: str = "dpm++",
+    sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Add (or refit) a latent calibration of an existing diffusion model, without training.
@@ -384,7 +385,7 @@ def fit_latent_calibration(
     n_trials: int,
     seed: int,
     device: torch.device | str,
-    sampler: str = "dpm++",
+    sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
     batch_size: int = 128,
 ) -> tuple[LatentCalibration, dict[str, Any]]:
@@ -588,7 +589,6 @@ def calibrate_only(
     """Add or refit the latent calibration of the fitted model in `folder` for one sampler
     setting, without training. Returns (summary, path) on rank 0, None on other ranks."""
     from ldns_cli.diffusion.samplers import resolve_sampler_name
-    from ldns_cli.diffusion.sampling import DEFAULT_SAMPLER
 
     n = DiffusionConfig.calibration_trials if calibration_trials is None else calibration_trials
     if n < 1:

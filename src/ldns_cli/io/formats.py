@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +32,55 @@ from ldns_cli.io.common import ReadOptions
 
 if TYPE_CHECKING:
     from ldns_cli.io.scratch import StoredSpikes
+
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+# Each format's reader and writer import their module on first use: pynwb takes seconds to
+# import, and `ldns --help` or an HDF5-only pipeline should not pay for it.
+def _read_nwb(path: Path, opts: ReadOptions) -> SpikeData:
+    from ldns_cli.io.nwb_read import read_nwb
+
+    return read_nwb(path, opts)
+
+
+def _write_nwb(data: Any, tmp: Path, **options: Any) -> None:
+    from ldns_cli.io.nwb_write import write_nwb
+
+    write_nwb(data, tmp, **options)
+
+
+def _read_hdf5(path: Path, opts: ReadOptions) -> SpikeData:
+    from ldns_cli.io.hdf5 import read_hdf5
+
+    return read_hdf5(path, opts)
+
+
+def _write_hdf5(data: Any, tmp: Path, *, source_script: str | None = None, **options: Any) -> None:
+    from ldns_cli.io.hdf5 import write_hdf5
+
+    write_hdf5(data, tmp, **options)  # the HDF5 layout has no field for the command line
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """One file format: its output names and its reader and writer.
+
+    reader(path, opts) -> SpikeData; writer(data, tmp, settings=, generated_by=, save_latents=,
+    save_rates=, source_script=) writes `SpikeData` or the streamed `StoredSpikes`.
+    """
+
+    name: str
+    suffixes: tuple[str, ...]  # the first names the temporary file an output is written to
+    reader: Callable[[Path, ReadOptions], SpikeData]
+    writer: Callable[..., None]
+
+
+# the formats, by the name `file_kind` (input, by content) and `output_format` (by name) return
+FORMATS = {
+    "nwb": FileFormat("nwb", (".nwb",), _read_nwb, _write_nwb),
+    "hdf5": FileFormat("hdf5", (".h5", ".hdf5"), _read_hdf5, _write_hdf5),
+}
 
 
 def read_spikes(path: str | Path, opts: ReadOptions | None = None) -> SpikeData:
@@ -90,14 +138,7 @@ def _read_file(path: Path, name: str, opts: ReadOptions) -> SpikeData:
         # pynwb/hdmf warn about namespaces and cached specs; stderr stays ours
         warnings.simplefilter("ignore")
         try:
-            if kind == "nwb":
-                from ldns_cli.io.nwb_read import read_nwb
-
-                data = read_nwb(path, opts)
-            else:
-                from ldns_cli.io.hdf5 import read_hdf5
-
-                data = read_hdf5(path, opts)
+            data = FORMATS[kind].reader(path, opts)
         except (LdnsError, MemoryError, KeyboardInterrupt):
             raise
         except Exception as exc:  # any library failure on a damaged file is a clean error
@@ -106,23 +147,18 @@ def _read_file(path: Path, name: str, opts: ReadOptions) -> SpikeData:
     return data
 
 
-NWB_SUFFIXES = (".nwb",)
-HDF5_SUFFIXES = (".h5", ".hdf5")
-
-
 def output_format(path: str | Path, fmt: str | None = None) -> str:
     """'nwb' or 'hdf5' for an output path (`fmt` overrides; `-` defaults to HDF5)."""
     if fmt is not None:
-        if fmt not in ("nwb", "hdf5"):
-            raise LdnsError(f"unknown output format '{fmt}'", "use nwb or hdf5")
+        if fmt not in FORMATS:
+            raise LdnsError(f"unknown output format '{fmt}'", f"use {' or '.join(FORMATS)}")
         return fmt
     if str(path) == STDIO:
         return "hdf5"
     suffix = Path(path).suffix.lower()
-    if suffix in NWB_SUFFIXES:
-        return "nwb"
-    if suffix in HDF5_SUFFIXES:
-        return "hdf5"
+    for name, file_format in FORMATS.items():
+        if suffix in file_format.suffixes:
+            return name
     raise LdnsError(
         f"cannot tell the output format of '{path}' from its extension",
         "name the file .nwb (NWB) or .h5/.hdf5 (HDF5)",
@@ -150,8 +186,7 @@ def write_spikes(
     source_script: the command line that made the file (NWB `source_script`).
     """
     kind = output_format(path, fmt)
-    suffix = ".nwb" if kind == "nwb" else ".h5"
-    with atomic_output(path, force=force, suffix=suffix) as tmp:
+    with atomic_output(path, force=force, suffix=FORMATS[kind].suffixes[0]) as tmp:
         _write(data, tmp, kind, settings, generated_by, save_latents, save_rates, source_script)
 
 
@@ -197,10 +232,9 @@ def write_generated(
     from ldns_cli.io.scratch import SampleScratch
 
     kind = output_format(path, fmt)
-    suffix = ".nwb" if kind == "nwb" else ".h5"
     try:
         with (
-            atomic_output(path, force=force, suffix=suffix) as tmp,
+            atomic_output(path, force=force, suffix=FORMATS[kind].suffixes[0]) as tmp,
             SampleScratch(tmp.parent, meta["lengths"]) as scratch,
         ):
             for chunk in chunks:
@@ -238,26 +272,12 @@ def _write(
     flat = {str(k): str(v) for k, v in (settings or {}).items()}
     with warnings.catch_warnings(), deferred_interrupt():  # Ctrl-C stops the write cleanly
         warnings.simplefilter("ignore")
-        if kind == "nwb":
-            from ldns_cli.io.nwb_write import write_nwb
-
-            write_nwb(
-                data,
-                tmp,
-                settings=flat,
-                generated_by=generated_by,
-                save_latents=save_latents,
-                save_rates=save_rates,
-                source_script=source_script,
-            )
-        else:
-            from ldns_cli.io.hdf5 import write_hdf5
-
-            write_hdf5(
-                data,
-                tmp,
-                settings=flat,
-                generated_by=generated_by,
-                save_latents=save_latents,
-                save_rates=save_rates,
-            )
+        FORMATS[kind].writer(
+            data,
+            tmp,
+            settings=flat,
+            generated_by=generated_by,
+            save_latents=save_latents,
+            save_rates=save_rates,
+            source_script=source_script,
+        )

@@ -3,7 +3,7 @@
 Every statistic here is built from *additive* sufficient statistics (sums over trials), so a set of
 trials is summarised once and any subset or resample of it is a weighted sum of per-unit sums
 (`SpikeSums`, a unit being a block of trials). That is what makes the fold/floor/naive protocol in
-`ldns_cli.evaluate.evaluation` cheap: the data are read once, folds only re-weight sums.
+`ldns_cli.scoring.evaluation` cheap: the data are read once, folds only re-weight sums.
 
 Inputs are counts `[B, L, N]` (B trials, L bins, N neurons; bins at or beyond a trial's length are
 zero and ignored) with `lengths [B]` and the bin width `bin_size_s`. Definitions follow the LDNS

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ldns_cli.evaluate.evaluation import Evaluation
-from ldns_cli.evaluate.metrics import kde_on_grid
+from ldns_cli.scoring.evaluation import Evaluation
+from ldns_cli.scoring.metrics import kde_on_grid
 
 TABLE_HEADER = ("metric", "model (mean ± sd)", "floor", "naive", "score")
 COLORS = {"data": "#222222", "samples": "#d95f02", "naive": "#7570b3"}

@@ -44,7 +44,7 @@ import numpy as np
 
 from ldns_cli.core.data import SpikeData
 from ldns_cli.core.errors import LdnsError
-from ldns_cli.evaluate.metrics import (
+from ldns_cli.scoring.metrics import (
     METRIC_DESCRIPTIONS,
     METRIC_NAMES,
     MetricSettings,
