@@ -50,7 +50,7 @@ from ldns_cli.diffusion.sampling import (
     trial_generator,
 )
 from ldns_cli.io.formats import WriteSummary, write_generated
-from ldns_cli.store import ModelSet
+from ldns_cli.store import AE_FILE, DIFFUSION_FILE, ModelSet
 
 MAX_LENGTH = 1_000_000  # bins; a guard against typos like --length 1e9
 # the stream that draws per-trial lengths, apart from the noise and spike streams of a seed
@@ -336,10 +336,12 @@ def generate_chunks(
     for idx in chunks(lengths, settings.batch_size, max_bins):
         sub = {k: v[idx] for k, v in conditions.items()}
         x0, mask = sample_latents(model, lengths[idx], sub, settings, device, idx, on_step)
+        _check_finite(x0, "the diffusion model's sampled latents", DIFFUSION_FILE)
         z = denormalise(x0, model.latent_mean, model.latent_std)  # [b, l, Z]
         with torch.no_grad():
             rates = ae.decode(z).float()  # [b, l, N]
         rates = rates * mask[:, :, None].to(rates.dtype)
+        _check_finite(rates, "the autoencoder's decoded rates", AE_FILE)
         # one generator per trial: a trial's spikes do not depend on its chunk or padding
         gens = [trial_generator(settings.seed, SPIKE_STREAM, int(i), rates.device) for i in idx]
         chunk_counts = observation.sample(
@@ -354,6 +356,16 @@ def generate_chunks(
             latents=(z * mask[:, :, None]).cpu().numpy().astype(np.float32, copy=False)
             if settings.save_latents
             else None,
+        )
+
+
+def _check_finite(x: torch.Tensor, what: str, model_file: str) -> None:
+    """Stop at the stage that produced NaN/inf: spikes drawn from it would be silently wrong."""
+    if not bool(torch.isfinite(x).all()):
+        raise LdnsError(
+            f"{what} are not finite (NaN or inf): sampling stopped",
+            f"the model ({model_file} or the files beside it) is damaged or was trained "
+            "unstably: refit it, or restore the folder from a copy",
         )
 
 

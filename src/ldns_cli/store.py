@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ldns_cli.core.checkpoint import Checkpoint, check_data_matches, load_checkpoint
+from ldns_cli.core.checkpoint import Checkpoint, check_data_matches, load_checkpoint, load_weights
 from ldns_cli.core.config import config_from_dict
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.core.paths import check_model_target
@@ -67,13 +67,7 @@ def model_from_checkpoint(ckpt: Checkpoint, device: str | torch.device = "cpu") 
     state = ckpt.subset("model")
     if not state:
         raise LdnsError(f"'{ckpt.path}' holds no model weights", "refit: " + FIT_COMMAND)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise LdnsError(
-            f"'{ckpt.path}' does not match this version's autoencoder "
-            f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)",
-            "refit with this version: " + FIT_COMMAND,
-        )
+    load_weights(model, state, ckpt, "autoencoder", FIT_COMMAND)
     return model.to(device).eval()
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ldns_cli.conditions.spec import embed_condition_values
-from ldns_cli.core.checkpoint import Checkpoint
+from ldns_cli.core.checkpoint import DAMAGED_HINT, Checkpoint, load_weights
 from ldns_cli.core.config import config_from_dict
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.diffusion.calibration import LatentCalibration, calibration_key, load_calibrations
@@ -255,21 +255,39 @@ def diffusion_from_checkpoint(ckpt: Checkpoint, device: torch.device | str) -> D
         specs = list(extra.get("conditions", []))
         net_cfg = DenoiserConfig.from_dict(extra["denoiser"])
         model = Denoiser(net_cfg)
-        model.load_state_dict(ckpt.subset("model"), strict=True)
+        latent_mean = np.asarray(extra["latent_mean"], dtype=np.float32)  # [Z]
+        latent_std = np.asarray(extra["latent_std"], dtype=np.float32)  # [Z]
+        calibrations = load_calibrations(ckpt.tensors)
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
         raise LdnsError(
             f"'{ckpt.path}' does not hold a usable diffusion model ({type(exc).__name__}: {exc})",
             "refit it with `ldns fit-diffusion`",
         ) from None
+    load_weights(model, ckpt.subset("model"), ckpt, "diffusion model", "ldns fit-diffusion DATA")
+    z = net_cfg.latent_dim
+    stats_ok = latent_mean.shape == (z,) and latent_std.shape == (z,)
+    if not (stats_ok and np.isfinite(latent_mean).all() and (latent_std > 0).all()):
+        raise LdnsError(
+            f"'{ckpt.path}' has damaged latent statistics (need {z} finite means and positive "
+            "standard deviations)",
+            DAMAGED_HINT,
+        )
+    for key, cal in calibrations.items():
+        if cal.scale.shape != (z,) or cal.shift.shape != (z,):
+            raise LdnsError(
+                f"'{ckpt.path}': latent calibration {key} has {cal.scale.shape[0]} channels, "
+                f"the model {z}",
+                DAMAGED_HINT,
+            )
     model.to(device).eval()
     return DiffusionModel(
         denoiser=model,
         config=config,
         schedule=NoiseSchedule(config.schedule_config()),
-        latent_mean=np.asarray(extra["latent_mean"], dtype=np.float32),
-        latent_std=np.asarray(extra["latent_std"], dtype=np.float32),
+        latent_mean=latent_mean,
+        latent_std=latent_std,
         conditions=specs,
         fingerprint=dict(ckpt.fingerprint),
         checkpoint=ckpt,
-        calibrations=load_calibrations(ckpt.tensors),
+        calibrations=calibrations,
     )
