@@ -35,8 +35,9 @@ import torch
 
 from ldns_cli.conditions.grammar import build_condition_table
 from ldns_cli.conditions.spec import check_conditions, condition_values
-from ldns_cli.core.data import SpikeData, VariableInfo
+from ldns_cli.core.data import MAX_TRIALS, SpikeData, VariableInfo
 from ldns_cli.core.errors import LdnsError
+from ldns_cli.core.runtime import check_seed
 from ldns_cli.core.version import __version__
 from ldns_cli.diffusion.model import DiffusionModel, denormalise
 from ldns_cli.diffusion.samplers import resolve_sampler_name
@@ -112,6 +113,42 @@ def _typed_conditions(conditions: Sequence[str] | Mapping[str, Any]) -> list[str
     return list(conditions)
 
 
+def check_plan(
+    *,
+    n: int | None,
+    length: int | str | tuple[int, int] | None,
+    lengths_given: bool,
+    conditions_given: bool,
+    condition_from_given: bool,
+    per_condition: int | None,
+    seed: int,
+) -> None:
+    """The argument checks of `plan_trials` that need no model: run before loading one."""
+    for flag, value in (("-n", n), ("--per-condition", per_condition)):
+        if value is not None and not 1 <= value <= MAX_TRIALS:
+            raise LdnsError(
+                f"{flag} must be between 1 and {MAX_TRIALS:,}, got {value}",
+                "e.g. -n 64" if flag == "-n" else "e.g. --per-condition 5",
+            )
+    check_seed(seed)
+    if length is not None and lengths_given:
+        raise LdnsError("give --length or --lengths-from, not both", "pick one")
+    if conditions_given and condition_from_given:
+        raise LdnsError("give --condition or --condition-from, not both", "pick one")
+    if length is not None:
+        parse_length(length)
+    given = conditions_given or condition_from_given
+    if given and n is not None and per_condition is not None:
+        raise LdnsError(
+            "give -n or --per-condition with conditions, not both",
+            "the count is (number of conditions) x --per-condition",
+        )
+    if not given and per_condition is not None:
+        raise LdnsError("--per-condition needs --condition or --condition-from", "or use -n")
+    if not given and n is None:
+        raise LdnsError("how many trials? pass -n", "e.g. ldns sample -n 64 --length 256")
+
+
 def plan_trials(
     model: DiffusionModel,
     *,
@@ -135,26 +172,15 @@ def plan_trials(
     outside the training range are reported through `warn`. Lengths of a range or of
     `lengths_from` are drawn with `seed`.
     """
-    if n is not None and n < 1:
-        raise LdnsError(f"-n must be >= 1, got {n}", "e.g. -n 64")
-    if per_condition is not None and per_condition < 1:
-        raise LdnsError(f"--per-condition must be >= 1, got {per_condition}", "e.g. 5")
-    if length is not None and lengths_from is not None:
-        raise LdnsError("give --length or --lengths-from, not both", "pick one")
-    if conditions and condition_from is not None:
-        raise LdnsError("give --condition or --condition-from, not both", "pick one")
-    if length is not None:
-        parse_length(length)
-    given = bool(conditions) or condition_from is not None
-    if given and n is not None and per_condition is not None:
-        raise LdnsError(
-            "give -n or --per-condition with conditions, not both",
-            "the count is (number of conditions) x --per-condition",
-        )
-    if not given and per_condition is not None:
-        raise LdnsError("--per-condition needs --condition or --condition-from", "or use -n")
-    if not given and n is None:
-        raise LdnsError("how many trials? pass -n", "e.g. ldns sample -n 64 --length 256")
+    check_plan(
+        n=n,
+        length=length,
+        lengths_given=lengths_from is not None,
+        conditions_given=bool(conditions),
+        condition_from_given=condition_from is not None,
+        per_condition=per_condition,
+        seed=seed,
+    )
     rng = np.random.default_rng([seed, LENGTH_SEED_STREAM])
 
     values: dict[str, np.ndarray] = {}
@@ -191,6 +217,11 @@ def plan_trials(
             reps = -(-n // n_rows)  # fill -n by cycling through the conditions
             idx = np.tile(np.arange(n_rows), reps)[:n]
         else:
+            if n_rows * (per_condition or 1) > MAX_TRIALS:
+                raise LdnsError(
+                    f"{n_rows:,} conditions x {per_condition or 1} is more than one run makes",
+                    f"at most {MAX_TRIALS:,} trials per run",
+                )
             idx = np.repeat(np.arange(n_rows), per_condition or 1)
         values = {name: v[idx] for name, v in values.items()}
         n_total = len(idx)

@@ -17,6 +17,7 @@ import typer
 
 from ldns_cli.core.console import err_console, set_quiet
 from ldns_cli.core.errors import LdnsError
+from ldns_cli.core.runtime import check_seed
 from ldns_cli.core.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,6 +51,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
         @functools.wraps(fn)
         def wrapper(*a: Any, **k: Any) -> Any:
             try:
+                check_seed(k.get("seed"))  # every command's --seed, before any work
                 return fn(*a, **k)
             except LdnsError as exc:
                 report_error(exc)

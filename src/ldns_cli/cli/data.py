@@ -17,36 +17,53 @@ from ldns_cli.core.console import info
 class Dataset(str, Enum):
     lorenz = "lorenz"
     reach = "reach"
+    network = "network"
 
 
 class History(str, Enum):
     none = "none"
     refractory = "refractory"
     bursting = "bursting"
+    mixed = "mixed"
 
 
 @command("simulate", rich_help_panel="Data")
 def simulate(
-    dataset: Annotated[Dataset, typer.Argument(help="Which built-in dataset: lorenz or reach.")],
+    dataset: Annotated[
+        Dataset, typer.Argument(help="Which built-in dataset: lorenz, reach or network.")
+    ],
     output: Annotated[
         Path,
         typer.Option("--output", "-o", help="Output file: .nwb or .h5 (- for HDF5 on stdout)."),
     ],
     trials: Annotated[
-        int | None, typer.Option("--trials", help="Number of trials (lorenz 5000, reach 1000).")
+        int | None,
+        typer.Option("--trials", help="Number of trials (lorenz 5000, reach 1000, network 400)."),
     ] = None,
     neurons: Annotated[
-        int | None, typer.Option("--neurons", help="Number of neurons (128).")
+        int | None, typer.Option("--neurons", help="Number of neurons (128; network 100).")
     ] = None,
     length: Annotated[
-        int | None, typer.Option("--length", help="Bins per trial (lorenz 256, reach 140).")
+        int | None,
+        typer.Option("--length", help="Bins per trial (lorenz 256, reach 140, network 120)."),
     ] = None,
     history: Annotated[
         History,
         typer.Option(
-            "--history", help="Single-neuron spike history: none, refractory or bursting."
+            "--history",
+            help="Single-neuron spike history: none, refractory, bursting, or mixed (a "
+            "heterogeneous population, see --cell-types).",
         ),
     ] = History.none,
+    cell_types: Annotated[
+        str | None,
+        typer.Option(
+            "--cell-types",
+            help="Fractions of a mixed population, e.g. "
+            "bursting=0.2,refractory=0.5,regular=0.15,poisson=0.15 (the default).",
+            show_default=False,
+        ),
+    ] = None,
     file_format: Annotated[
         str | None,
         typer.Option("--format", help="nwb or hdf5 (default: from the extension; HDF5 for -o -)."),
@@ -68,6 +85,10 @@ def simulate(
     lorenz: the LDNS paper's benchmark (3-D Lorenz latents, softplus rates, 10 ms bins).
     reach: a conditional reach task in the Neural Latents Benchmark layout (angle column,
     move_onset_time, hand_vel behaviour, 140 bins of 5 ms).
+    network: no latent variables: a spiking E/I network of coupled GLM units; a stimulus
+    direction (angle column) tunes part of the input (120 bins of 5 ms).
+    --history mixed: bursting, refractory, regular and Poisson-like units in --cell-types
+    fractions; the true cell types and kernels are stored as unit columns.
 
     Example: ldns simulate lorenz -o lorenz.nwb --trials 1000 --seed 1
     """
@@ -80,8 +101,15 @@ def simulate(
     check_output(output, force)
     name = dataset.value
     data = simulate_dataset(
-        name, trials=trials, neurons=neurons, length=length, history=history.value, seed=seed
+        name,
+        trials=trials,
+        neurons=neurons,
+        length=length,
+        history=history.value,
+        cell_types=cell_types,
+        seed=seed,
     )
+    mix = "" if cell_types is None else f" --cell-types {cell_types}"
     settings = {
         "dataset": name,
         "trials": str(data.n_trials),
@@ -90,6 +118,8 @@ def simulate(
         "history": history.value,
         "seed": str(seed),
     }
+    if cell_types is not None:
+        settings["cell_types"] = data.provenance.get("cell_types", cell_types)
     write_spikes(
         data,
         str(output),
@@ -101,7 +131,7 @@ def simulate(
         save_rates=truth,
         source_script=(
             f"ldns simulate {name} -o {output} --trials {data.n_trials} --neurons {data.n_neurons} "
-            f"--length {data.n_bins} --history {history.value} --seed {seed}"
+            f"--length {data.n_bins} --history {history.value}{mix} --seed {seed}"
         ),
     )
     info(

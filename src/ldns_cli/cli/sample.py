@@ -120,7 +120,7 @@ def sample(
     """
     from ldns_cli.diffusion.samplers import check_steps, resolve_sampler_name
     from ldns_cli.diffusion.sampling import SampleSettings, active_calibration, calibration_label
-    from ldns_cli.generate import plan_trials, sample_to_file
+    from ldns_cli.generate import check_plan, plan_trials, sample_to_file
     from ldns_cli.io.formats import output_format, read_spikes
     from ldns_cli.store import load_models
 
@@ -140,6 +140,15 @@ def sample(
         calibrate=calibration,
     )
     settings.validate()
+    check_plan(  # before loading models: argument errors come first
+        n=n,
+        length=length,
+        lengths_given=lengths_from is not None,
+        conditions_given=bool(condition),
+        condition_from_given=condition_from is not None,
+        per_condition=per_condition,
+        seed=seed,
+    )
     dev = resolve_device(device)
     models_ = load_models(models, dev, observation)
     model = models_.diffusion

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ldns_cli.conditions.spec import ANGLE_UNITS, ConditionSpec, as_specs, check_range
+from ldns_cli.core.data import MAX_TRIALS
 from ldns_cli.core.errors import LdnsError
 
 _NUMBER = re.compile(
@@ -132,6 +133,11 @@ def _parse_grid(text: str, spec: ConditionSpec) -> np.ndarray:
         raise LdnsError(
             f"condition '{spec.name}': grid size '{num_s}' must be a positive integer",
             "e.g. angle=0:6.28:8",
+        )
+    if num > MAX_TRIALS:
+        raise LdnsError(
+            f"condition '{spec.name}': a grid of {num:,} values is more than one run makes",
+            f"at most {MAX_TRIALS:,} trials per run",
         )
     units = {u for u in (_unit_of(start_s), _unit_of(stop_s)) if u is not None}
     if len(units) > 1:
@@ -324,6 +330,12 @@ def build_condition_table(
         )
     if not axes:
         return ConditionTable(values={}, n_trials=per_condition, n_combinations=1)
+    n_rows = math.prod(len(v) for _, v in axes) * per_condition
+    if n_rows > MAX_TRIALS:
+        raise LdnsError(
+            f"the conditions combine into {n_rows:,} trials, more than one run makes",
+            f"at most {MAX_TRIALS:,} trials per run: use coarser grids or fewer --per-condition",
+        )
     index = np.array(list(itertools.product(*[range(len(v)) for _, v in axes])), dtype=np.int64)
     index = np.repeat(index, per_condition, axis=0)  # [n_trials, n_axes]
     table = {name: values[index[:, j]] for j, (name, values) in enumerate(axes)}

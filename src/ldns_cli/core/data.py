@@ -42,6 +42,9 @@ class VariableInfo:
 
 
 VARIABLE_KINDS = ("continuous", "circular", "categorical")
+# trials one run may make or read conditions for: per-trial lengths, conditions and ids are held in
+# memory even when the spikes are streamed (10^7 trials: a few hundred MB of such metadata)
+MAX_TRIALS = 10_000_000
 
 # words that mark a covariate's name as an angle (a "circular" candidate)
 ANGLE_WORDS = ("angle", "direction", "dir", "theta", "phase", "heading", "orientation")

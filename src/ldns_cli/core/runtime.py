@@ -68,3 +68,17 @@ def resolve_device(name: str) -> str:
     if name == "cpu":
         return name
     raise LdnsError(f"unknown device '{name}'", "use auto, cpu, cuda, cuda:N or mps")
+
+
+SEED_LIMIT = 2**32  # seeds are 32-bit: larger ones would alias smaller ones in the generators
+
+
+def check_seed(seed: int | None, flag: str = "--seed") -> None:
+    """Seeds are whole numbers in [0, 2^32); a clean error otherwise (None: not given)."""
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise LdnsError(
+            f"{flag} must be a whole number from 0 to {SEED_LIMIT - 1}, got {seed!r}",
+            f"e.g. {flag} 0",
+        )

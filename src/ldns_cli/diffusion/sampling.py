@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ldns_cli.core.errors import LdnsError
+from ldns_cli.core.runtime import check_seed
 from ldns_cli.diffusion.calibration import LatentCalibration
 from ldns_cli.diffusion.model import DiffusionModel, condition_features
 from ldns_cli.diffusion.samplers import (
@@ -130,6 +131,7 @@ class SampleSettings:
 
     def validate(self) -> None:
         """Clean errors for settings no sampler can run with."""
+        check_seed(self.seed)
         if self.batch_size < 1:
             raise LdnsError(f"--batch-size must be >= 1, got {self.batch_size}", "e.g. 64")
         if not np.isfinite(self.guidance):

@@ -59,7 +59,7 @@ from ldns_cli.core.checkpoint import (
 from ldns_cli.core.config import config_to_dict
 from ldns_cli.core.console import err_console, info, is_quiet, progress, set_quiet, warn
 from ldns_cli.core.errors import LdnsError
-from ldns_cli.core.runtime import keep_freed_memory
+from ldns_cli.core.runtime import check_seed, keep_freed_memory
 from ldns_cli.fit import distributed as dist
 from ldns_cli.fit.ema import EMA
 from ldns_cli.nn.s4 import ssm_param_groups
@@ -121,6 +121,7 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise LdnsError(msg, "check the flags or --config file")
+        check_seed(self.seed, "seed")
 
 
 TRAIN_KEYS = frozenset(f.name for f in TrainConfig.__dataclass_fields__.values())

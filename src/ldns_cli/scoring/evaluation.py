@@ -44,6 +44,7 @@ import numpy as np
 
 from ldns_cli.core.data import SpikeData
 from ldns_cli.core.errors import LdnsError
+from ldns_cli.core.runtime import check_seed
 from ldns_cli.scoring.metrics import (
     METRIC_DESCRIPTIONS,
     METRIC_NAMES,
@@ -209,6 +210,7 @@ def evaluate_full(
     check_compatible(reference, generated)
     if folds < 1:
         raise LdnsError(f"--folds must be at least 1, got {folds}", "e.g. --folds 5")
+    check_seed(seed)
     rng = np.random.default_rng(seed)
     bin_size_s = reference.bin_size_s
     n_neurons = reference.n_neurons
