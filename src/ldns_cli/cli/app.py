@@ -7,6 +7,7 @@ Command bodies stay thin: parse flags, call library code, report.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from collections.abc import Callable
@@ -70,10 +71,20 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
                 )
                 raise typer.Exit(1) from None
             except OSError as exc:
-                if exc.errno == 28:  # ENOSPC
+                if exc.errno == errno.ENOSPC:
                     report_error(LdnsError("no space left on device", "free disk space"))
                     raise typer.Exit(1) from None
-                raise
+                if exc.errno == errno.EPIPE:
+                    raise  # stdout's reader went away (e.g. `| head`): nothing to report
+                # outputs are named by core.paths; what is left is an input or the system's
+                where = f": '{exc.filename}'" if exc.filename else ""
+                report_error(
+                    LdnsError(
+                        f"{exc.strerror or type(exc).__name__}{where}",
+                        "check the path, its permissions and the free disk space",
+                    )
+                )
+                raise typer.Exit(1) from None
 
         app.command(*args, **kwargs)(wrapper)
         return fn

@@ -2,13 +2,24 @@
 
 Every file the tool writes goes through `atomic_output`: data is written to a temporary file in
 the destination folder and renamed over the target only when complete, so an interrupted write
-never leaves a half-written file behind (and never destroys the previous one).
+never leaves a half-written file behind (and never destroys the previous one). Every `OSError`
+on the way (a read-only file system, a name too long, a full disk, a folder that refuses files)
+becomes an `LdnsError` naming the user's path, not the temporary one.
+
+Temporary files and scratch folders are named `.ldns-<host>.<pid>-*.tmp` / `*.scratch` after the
+process that made them. A process killed outright (kill -9, a node failure) cannot remove them;
+the next run that writes into the same folder removes those whose process is gone (same host,
+no such pid). By hand: `rm -rf <folder>/.ldns-*` while no ldns run writes there.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -22,17 +33,86 @@ from ldns_cli.core.errors import LdnsError
 STDIO = "-"
 
 
+_OS_HINTS = {
+    errno.EROFS: "the file system is read-only: write somewhere else",
+    errno.ENAMETOOLONG: "use a shorter file name",
+    errno.ENOSPC: "free disk space, or write somewhere else",
+    errno.EDQUOT: "your disk quota is full: free space, or write somewhere else",
+    errno.EACCES: "check the folder's permissions, or write somewhere else",
+    errno.EPERM: "check the folder's permissions, or write somewhere else",
+    errno.ENOENT: "check that the folder exists and accepts files",
+}
+
+
+def output_error(path: str | Path, exc: OSError) -> LdnsError:
+    """A one-line error for an OS failure while writing `path` (the user's name for it)."""
+    reason = exc.strerror or type(exc).__name__
+    hint = _OS_HINTS.get(exc.errno or 0, "check the output path")
+    return LdnsError(f"cannot write '{path}': {reason}", hint)
+
+
 def check_output(path: str | Path, force: bool) -> None:
     """Refuse to overwrite an existing file unless `force`; check the folder exists."""
     if str(path) == STDIO:
         return
     p = Path(path)
-    if p.exists() and p.is_dir():
+    try:
+        exists, is_dir, parent_exists = p.exists(), p.is_dir(), p.parent.exists()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise output_error(p, exc) from None
+    if exists and is_dir:
         raise LdnsError(f"output path '{p}' is a folder", "give a file name, e.g. out.nwb")
-    if p.exists() and not force:
+    if exists and not force:
         raise LdnsError(f"'{p}' already exists", "pass --force to overwrite it")
-    if not p.parent.exists():
+    if not parent_exists:
         raise LdnsError(f"folder '{p.parent}' does not exist", f"create it: mkdir -p {p.parent}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Temporary files named after their process, and removal of those a killed run left behind
+# ---------------------------------------------------------------------------------------------
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+_OWNED = re.compile(r"^\.ldns-(?P<host>[A-Za-z0-9]+)\.(?P<pid>\d+)-.*\.(tmp|scratch)$")
+
+
+def temp_prefix() -> str:
+    """Name prefix of this process's temporary files and scratch folders."""
+    return f".ldns-{_HOST}.{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's live process (or an absurd pid): leave its files alone
+    return True
+
+
+def remove_stale(folder: str | Path) -> list[Path]:
+    """Remove temporary files and scratch folders in `folder` whose process is gone (this host
+    only: a pid means nothing on another machine sharing the folder). Returns what was removed;
+    anything that cannot be inspected or removed is left as it is."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _OWNED.match(entry.name)
+        if match is None or match["host"] != _HOST or _alive(int(match["pid"])):
+            continue
+        path = Path(entry.path)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
 
 
 def check_model_target(path: Path, force: bool, what: str) -> None:
@@ -73,8 +153,12 @@ def atomic_output(path: str | Path, force: bool = False, suffix: str = "") -> It
     check_output(path, force)
     folder = Path(tempfile.gettempdir()) if to_stdout else Path(path).parent
     suffix = suffix or ("" if to_stdout else Path(path).suffix)
-    fd, tmp_name = tempfile.mkstemp(prefix=".ldns-", suffix=suffix + ".tmp", dir=folder)
-    os.close(fd)
+    remove_stale(folder)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(), suffix=suffix + ".tmp", dir=folder)
+        os.close(fd)
+    except OSError as exc:
+        raise output_error(path, exc) from None
     tmp = Path(tmp_name)
     try:
         with sigterm_as_interrupt():  # `kill` (e.g. a cluster's time limit) also cleans up
@@ -91,6 +175,10 @@ def atomic_output(path: str | Path, force: bool = False, suffix: str = "") -> It
             sys.stdout.buffer.flush()
         else:
             os.replace(tmp, path)
+    except OSError as exc:
+        if to_stdout and exc.errno == errno.EPIPE:
+            raise  # the reader of a pipe went away: not a problem with the path
+        raise output_error(path, exc) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -103,7 +191,7 @@ def read_stdin_to_temp(suffix: str) -> Path:
         raise LdnsError(
             "nothing on stdin", "pipe a file in, e.g. `ldns simulate lorenz -o - | ...`"
         )
-    fd, name = tempfile.mkstemp(prefix=".ldns-stdin-", suffix=suffix)
+    fd, name = tempfile.mkstemp(prefix=temp_prefix() + "stdin-", suffix=suffix + ".tmp")
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     return Path(name)

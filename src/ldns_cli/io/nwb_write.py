@@ -40,7 +40,7 @@ from ldns_cli.io.nwb_read import (
     TRUTH_MODULE,
     UNKNOWN_SPECIES,
 )
-from ldns_cli.io.provenance import content_identifier, reference_time
+from ldns_cli.io.provenance import content_identifier, fix_object_ids, reference_time
 from ldns_cli.io.scratch import StoredSpikes
 
 UNIT_BLOCK_ELEMENTS = 1 << 24  # counts per block of units in place_spike_times (64 MB int32)
@@ -276,6 +276,7 @@ def write_nwb(
         session_description=description,
         identifier=content_identifier(data, settings),
         session_start_time=start_time,
+        file_create_date=[start_time],  # not the wall clock: same content, same bytes
         experimenter=[e.strip() for e in experimenter.split(";") if e.strip()],
         institution=prov.get("institution", "unknown"),
         experiment_description=description,
@@ -458,6 +459,7 @@ def write_nwb(
             ],
         )
     )
+    fix_object_ids(nwbfile, nwbfile.identifier)
     with NWBHDF5IO(str(path), "w") as io:
         io.write(nwbfile)
 

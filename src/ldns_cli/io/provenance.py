@@ -4,8 +4,9 @@
 break that, so generated files carry:
 - a reference time: `SOURCE_DATE_EPOCH` (the reproducible-builds convention) when set; else, for
   synthetic data (which has no recording session), the fixed time 2000-01-01T00:00:00Z; else now;
-- an identifier derived from the content (a UUID5 of a hash of counts, lengths and settings).
-NWB's per-object `object_id`s stay random, as the NWB standard intends them to be unique.
+- an identifier derived from the content (a UUID5 of a hash of counts, lengths and settings),
+  and NWB's per-object `object_id`s derived from it and each object's place in the file: unique
+  across files of different content (as the NWB standard intends), equal for equal content.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 import os
 import uuid
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +38,20 @@ def reference_time(synthetic: bool) -> datetime:
     if synthetic:
         return SYNTHETIC_REFERENCE_TIME
     return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def fix_object_ids(root: Any, identifier: str) -> None:
+    """Give `root` (an hdmf container, e.g. an `NWBFile`) and every object under it an id derived
+    from `identifier` and its place in the tree, instead of hdmf's random `uuid4()`.
+
+    hdmf offers no public way to set an id on a new object; it keeps it in the private
+    `_AbstractContainer__object_id`. If a future hdmf drops that attribute the ids stay random
+    (the file is still valid; only byte-identity is lost, which tests/test_robustness.py checks).
+    """
+    for index, obj in enumerate([root, *root.all_children()[1:]]):
+        if hasattr(obj, "_AbstractContainer__object_id"):
+            name = f"{identifier}/{index}/{type(obj).__name__}/{getattr(obj, 'name', '')}"
+            obj._AbstractContainer__object_id = str(uuid.uuid5(_NAMESPACE, name))
 
 
 def content_identifier(

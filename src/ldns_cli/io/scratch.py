@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ldns_cli.core.data import TrialViews, VariableInfo
-from ldns_cli.core.paths import check_interrupt
+from ldns_cli.core.paths import check_interrupt, remove_stale, temp_prefix
 
 BLOCK_ELEMENTS = 1 << 20  # trials x bins x columns read back at a time (4 MB of int32/float32)
 EVENTS_PER_PIECE = 1 << 18  # non-empty bins of one unit handed out at a time
@@ -153,7 +153,8 @@ class SampleScratch:
 
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.n_trials, self.n_bins = len(self.lengths), int(self.lengths.max())
-        self.folder = Path(tempfile.mkdtemp(prefix=".ldns-", suffix=".scratch", dir=folder))
+        remove_stale(folder)
+        self.folder = Path(tempfile.mkdtemp(prefix=temp_prefix(), suffix=".scratch", dir=folder))
         try:
             self._file = h5py.File(self.folder / "trials.h5", "w")
         except BaseException:
