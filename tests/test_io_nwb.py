@@ -292,7 +292,14 @@ def test_bad_nwb_files_raise_clear_errors(tmp_path, kwargs, message):
         (ReadOptions(align="split", window_s=(-0.1, 0.1)), "not one time"),
         (ReadOptions(align="target_pos", window_s=(-0.1, 0.1)), "not one time"),
         (ReadOptions(align="move_onset_time", window_s=(-250, 450)), "outside"),
-        (ReadOptions(align="move_onset_time", window_s=(-1.0, 0.0)), "outside the recording"),
+        (
+            ReadOptions(align="move_onset_time", window_s=(-1.0, 0.0), strict_windows=True),
+            "outside the recording",
+        ),
+        (  # every selected trial would be left out: an error, not an empty read
+            ReadOptions(align="move_onset_time", window_s=(-1.0, 0.0), trials="0:1"),
+            "outside the recording",
+        ),
         (ReadOptions(bin_ms=1000, align="move_onset_time", window_s=(0, 0.1)), "shorter than"),
     ],
 )
@@ -301,6 +308,33 @@ def test_bad_alignment_raises_clear_errors(nlb_nwb, opts, message):
     with pytest.raises(LdnsError, match=message) as exc:
         read_spikes(path, opts)
     assert exc.value.hint
+
+
+def test_trials_whose_window_leaves_the_recording_are_left_out_with_one_warning(nlb_nwb, capsys):
+    # trial 0's movement onset is ~0.6 s into the session: a 1 s window before it starts at < 0
+    path, truth = nlb_nwb
+    opts = ReadOptions(align="move_onset_time", window_s=(-1.0, 0.0), bin_ms=5)
+    data = read_spikes(path, opts)
+    err = capsys.readouterr().err.splitlines()
+    warnings = [line for line in err if "outside the recording" in line]
+    assert len(warnings) == 1 and "1 trial(s) runs outside the recording" in warnings[0]
+    assert "left out" in warnings[0]
+    assert data.n_trials == len(truth["start"]) - 1
+    np.testing.assert_array_equal(data.split, truth["split"][1:])  # rows stay with their data
+    np.testing.assert_allclose(data.trial_start_s, truth["move_onset"][1:] - 1.0)
+
+
+def test_trials_are_selected_before_windows_are_checked(nlb_nwb, capsys):
+    path, truth = nlb_nwb
+    base = {"align": "move_onset_time", "window_s": (-1.0, 0.0), "bin_ms": 5}
+    later = read_spikes(path, ReadOptions(**base, trials="1:5", strict_windows=True))
+    assert "outside" not in capsys.readouterr().err  # the selection avoids trial 0
+    np.testing.assert_allclose(later.trial_start_s, truth["move_onset"][1:5] - 1.0)
+    # ranges count the file's trials, not what is left after trials are left out
+    first = read_spikes(path, ReadOptions(**base, trials="0:3"))
+    np.testing.assert_allclose(first.trial_start_s, truth["move_onset"][1:3] - 1.0)
+    test = read_spikes(path, ReadOptions(**base, trials="test"))
+    assert set(test.split) == {"test"} and test.n_trials == int((truth["split"] == "test").sum())
 
 
 def test_unknown_alignment_column_hint_lists_time_columns(nlb_nwb):

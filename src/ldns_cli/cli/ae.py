@@ -26,6 +26,7 @@ from ldns_cli.cli.options import (
     EpochsOpt,
     LrOpt,
     PresetOpt,
+    StrictWindowsOpt,
     TrialsOpt,
     WindowOpt,
     flag_opt,
@@ -79,6 +80,7 @@ def fit_ae(
     align: AlignOpt = None,
     window: WindowOpt = None,
     chop: ChopOpt = None,
+    strict_windows: StrictWindowsOpt = False,
     device: DeviceOpt = "auto",
     seed: Annotated[
         int | None, flag_opt("--seed", "Random seed (default 0); fixes every random choice.")
@@ -104,7 +106,7 @@ def fit_ae(
     setup(quiet)
     if not resume:  # before reading the data: a large recording takes a while
         check_fit_target(models, "ae", force)
-    data = read_recording(data_path, bin_ms, align, window, chop, trials)
+    data = read_recording(data_path, bin_ms, align, window, chop, trials, strict_windows)
     outcome = fit_autoencoder(
         data,
         models,
@@ -149,6 +151,7 @@ def encode(
     align: AlignOpt = None,
     window: WindowOpt = None,
     chop: ChopOpt = None,
+    strict_windows: StrictWindowsOpt = False,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     quiet: QuietOpt = False,
@@ -168,7 +171,7 @@ def encode(
     if batch_size < 1:
         raise LdnsError(f"--batch-size must be >= 1, got {batch_size}", "e.g. --batch-size 64")
     check_output(output, force)
-    data = read_recording(data_path, bin_ms, align, window, chop, trials)
+    data = read_recording(data_path, bin_ms, align, window, chop, trials, strict_windows)
     out = encode_data(data, models, batch_size=batch_size, device=device)
     write_spikes(
         out,

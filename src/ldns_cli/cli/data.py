@@ -10,7 +10,15 @@ from typing import Annotated
 import typer
 
 from ldns_cli.cli.app import ForceOpt, JsonOpt, QuietOpt, SeedOpt, command, setup
-from ldns_cli.cli.options import AlignOpt, BinMsOpt, ChopOpt, TrialsOpt, WindowOpt, read_recording
+from ldns_cli.cli.options import (
+    AlignOpt,
+    BinMsOpt,
+    ChopOpt,
+    StrictWindowsOpt,
+    TrialsOpt,
+    WindowOpt,
+    read_recording,
+)
 from ldns_cli.core.console import info
 
 
@@ -147,6 +155,7 @@ def inspect(
     align: AlignOpt = None,
     window: WindowOpt = None,
     chop: ChopOpt = None,
+    strict_windows: StrictWindowsOpt = False,
     trials: TrialsOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -159,7 +168,7 @@ def inspect(
     from ldns_cli.io.inspect import render_text, summarize
 
     setup(quiet)
-    data = read_recording(path, bin_ms, align, window, chop, trials)
+    data = read_recording(path, bin_ms, align, window, chop, trials, strict_windows)
     summary = summarize(data)
     if json_out:
         typer.echo(json.dumps(summary, indent=2))

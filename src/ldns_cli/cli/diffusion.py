@@ -24,6 +24,7 @@ from ldns_cli.cli.options import (
     EpochsOpt,
     LrOpt,
     PresetOpt,
+    StrictWindowsOpt,
     TrialsOpt,
     WindowOpt,
     flag_opt,
@@ -112,6 +113,7 @@ def fit_diffusion_cmd(
     align: AlignOpt = None,
     window: WindowOpt = None,
     chop: ChopOpt = None,
+    strict_windows: StrictWindowsOpt = False,
     device: DeviceOpt = "auto",
     seed: Annotated[
         int | None, flag_opt("--seed", "Random seed (default 0); fixes every random choice.")
@@ -148,7 +150,7 @@ def fit_diffusion_cmd(
         )
     if not (resume or calibrate_only):  # before reading the data: it can take a while
         check_fit_target(models, "diffusion", force)
-    data = read_recording(data_path, bin_ms, align, window, chop, trials)
+    data = read_recording(data_path, bin_ms, align, window, chop, trials, strict_windows)
     if calibrate_only:
         calibrate(
             data,

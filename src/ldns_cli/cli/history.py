@@ -22,6 +22,7 @@ from ldns_cli.cli.options import (
     BinMsOpt,
     ChopOpt,
     DataArg,
+    StrictWindowsOpt,
     TrialsOpt,
     WindowOpt,
     flag_opt,
@@ -71,6 +72,7 @@ def fit_history_cmd(
     align: AlignOpt = None,
     window: WindowOpt = None,
     chop: ChopOpt = None,
+    strict_windows: StrictWindowsOpt = False,
     seed: Annotated[
         int | None, flag_opt("--seed", "Random seed (default: the autoencoder's).")
     ] = None,
@@ -90,7 +92,7 @@ def fit_history_cmd(
     from ldns_cli.fit.history import refit_history
 
     setup(quiet)
-    data = read_recording(data_path, bin_ms, align, window, chop, trials)
+    data = read_recording(data_path, bin_ms, align, window, chop, trials, strict_windows)
     model = refit_history(
         data,
         models,

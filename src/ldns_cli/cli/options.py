@@ -15,7 +15,6 @@ import typer
 from ldns_cli.core.data import SpikeData
 from ldns_cli.io.common import ReadOptions
 from ldns_cli.io.formats import read_spikes
-from ldns_cli.io.select import select_trials
 
 DataArg = Annotated[Path, typer.Argument(metavar="DATA", help="Recording (.nwb, .h5) or -.")]
 BinMsOpt = Annotated[
@@ -51,6 +50,14 @@ ChopOpt = Annotated[
         show_default=False,
     ),
 ]
+StrictWindowsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict-windows",
+        help="A trial whose --window runs outside the recording is an error (default: such "
+        "trials are left out with a warning, as the Neural Latents Benchmark does).",
+    ),
+]
 TrialsOpt = Annotated[
     str | None,
     typer.Option(
@@ -66,6 +73,8 @@ def read_options(
     align: str | None = None,
     window: tuple[float, float] | None = None,
     chop: float | None = None,
+    trials: str | None = None,
+    strict_windows: bool = False,
 ) -> ReadOptions:
     """Build `ReadOptions` from the shared flags (validation happens in ReadOptions)."""
     return ReadOptions(
@@ -73,6 +82,8 @@ def read_options(
         align=align,
         window_s=None if window is None else (float(window[0]), float(window[1])),
         chop_s=chop,
+        trials=trials,
+        strict_windows=strict_windows,
     )
 
 
@@ -83,9 +94,10 @@ def read_recording(
     window: tuple[float, float] | None = None,
     chop: float | None = None,
     trials: str | None = None,
+    strict_windows: bool = False,
 ) -> SpikeData:
-    """Read a recording with the shared read flags, then apply `--trials`."""
-    return select_trials(read_spikes(path, read_options(bin_ms, align, window, chop)), trials)
+    """Read a recording with the shared read flags (`--trials` chosen while reading)."""
+    return read_spikes(path, read_options(bin_ms, align, window, chop, trials, strict_windows))
 
 
 # ---------------------------------------------------------------------------- training options

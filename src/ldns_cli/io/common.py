@@ -30,6 +30,11 @@ class ReadOptions:
     chop_s: cut the whole recording into back-to-back windows of this length (no trials table).
     require: covariate columns that must load; a column that would be skipped (NaN values,
         ragged rows) is an error naming it instead of a warning.
+    trials: which trials (`--trials`: a split, a range of the file's trials, or all); chosen
+        before any trial is left out for its window, so a selection that avoids a bad trial
+        reads cleanly.
+    strict_windows: a trial whose window runs outside the recording is an error; by default
+        such trials are left out with one warning that counts them (as nlb_tools does).
     """
 
     bin_ms: float | None = None
@@ -37,6 +42,8 @@ class ReadOptions:
     window_s: tuple[float, float] | None = None
     chop_s: float | None = None
     require: tuple[str, ...] = ()
+    trials: str | None = None
+    strict_windows: bool = False
 
     def __post_init__(self) -> None:
         if self.bin_ms is not None and not (np.isfinite(self.bin_ms) and self.bin_ms > 0):

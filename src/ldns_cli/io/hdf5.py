@@ -40,6 +40,7 @@ from ldns_cli.io.common import (
     round_mantissa,
 )
 from ldns_cli.io.provenance import reference_time
+from ldns_cli.io.select import select_trials
 
 if TYPE_CHECKING:
     from ldns_cli.io.scratch import StoredSpikes
@@ -69,7 +70,7 @@ def read_hdf5(path: str | Path, opts: ReadOptions) -> SpikeData:
                 f"HDF5 file has no /spikes (ldns layout) or train_data (LFADS); it holds {keys}",
                 "write files with `ldns simulate`/`ldns sample`, or see README: file formats",
             )
-    return data
+    return select_trials(data, opts.trials)
 
 
 def _dataset(f: Any, key: str) -> np.ndarray:

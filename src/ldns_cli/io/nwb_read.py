@@ -39,6 +39,7 @@ from ldns_cli.core.console import warn
 from ldns_cli.core.data import SpikeData, VariableInfo, is_angle_name
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.io.common import DEFAULT_BIN_MS, ReadOptions, as_str, bin_spike_times, resample_series
+from ldns_cli.io.select import normalise_split, select_trials, selected_rows
 
 SETTINGS_TABLE = "ldns_settings"
 # NCBI taxonomy "synthetic construct": the DANDI checks need a species, and this one is true
@@ -148,7 +149,7 @@ def _from_nwbfile(nwbfile: Any, opts: ReadOptions) -> SpikeData:
     provenance = _provenance(nwbfile, meta, notes, bin_size_s)
     if opts.align is not None:
         provenance["align_field"] = opts.align
-    return SpikeData(
+    data = SpikeData(
         counts=counts,
         lengths=lengths,
         bin_size_s=bin_size_s,
@@ -165,6 +166,8 @@ def _from_nwbfile(nwbfile: Any, opts: ReadOptions) -> SpikeData:
         rates=rates,
         provenance=provenance,
     )
+    # the trials table was selected row by row above; chopped windows are selected here
+    return select_trials(data, opts.trials) if opts.chop_s is not None else data
 
 
 def _check_spike_times(times: np.ndarray, index: np.ndarray, unit_ids: np.ndarray) -> None:
@@ -229,7 +232,11 @@ def _trial_windows(
             f"(first: trial {ids[first]}, {start[first]:.6g}..{stop[first]:.6g} s)",
             "fix the trials table, or cut around an event with --align COL --window A B",
         )
-    keep = np.arange(len(start))
+    split = None
+    if "split" in trials.colnames:
+        split = normalise_split(np.array([as_str(v) for v in np.asarray(trials["split"].data[:])]))
+    keep = selected_rows(len(start), split, opts.trials)  # --trials first: rows of the table
+    start, stop, ids = start[keep], stop[keep], ids[keep]
     if opts.window_s is None:
         lengths = np.floor((stop - start) / bin_size_s + 1e-6).astype(np.int64)
         short = lengths < 1
@@ -239,6 +246,7 @@ def _trial_windows(
                 "use a smaller --bin-ms, or --align/--window for fixed-length trials",
             )
         return start, lengths, keep, ids, 0.0
+    rows = keep  # file rows of start/stop/ids (kept in step from here on)
 
     w0, w1 = (float(x) for x in opts.window_s)
     n_bins = round((w1 - w0) / bin_size_s)
@@ -247,6 +255,7 @@ def _trial_windows(
             f"window {w0}..{w1} s is shorter than one {bin_size_s * 1e3:g} ms bin",
             "widen --window or use a smaller --bin-ms",
         )
+    missing = np.zeros(len(start), bool)
     if opts.align is None:
         event = start
     else:
@@ -257,6 +266,8 @@ def _trial_windows(
                 f"alignment columns in this file: {', '.join(times) or 'none'}",
             )
         event = _event_times(trials[opts.align])
+        if event is not None and event.ndim == 1 and len(event) == len(trials):
+            event = event[rows]
         if event is None or event.shape != start.shape:
             times = [c for c in trials.colnames if c.endswith("_time")]
             raise LdnsError(
@@ -266,14 +277,14 @@ def _trial_windows(
         missing = ~np.isfinite(event)
         if missing.all():
             raise LdnsError(f"column '{opts.align}' has no values", "pick another --align column")
-        if missing.any():
-            warn(f"{int(missing.sum())} trial(s) without '{opts.align}' were dropped")
-            keep = np.flatnonzero(~missing)
-    starts = event[keep] + w0
+    inside = np.flatnonzero(~missing)  # positions into rows/start/stop/ids
+    if missing.any():
+        warn(f"{int(missing.sum())} trial(s) without '{opts.align}' were dropped")
+    starts = event[inside] + w0
     stops = starts + n_bins * bin_size_s
-    outside = (starts >= stop[keep]) | (stops <= start[keep])
+    outside = (starts >= stop[inside]) | (stops <= start[inside])
     if outside.any():
-        first = keep[int(np.flatnonzero(outside)[0])]
+        first = inside[int(np.flatnonzero(outside)[0])]
         raise LdnsError(
             f"the window {w0:g}..{w1:g} s lies outside {int(outside.sum())} trial(s) "
             f"(first: trial {ids[first]}, {start[first]:.6g}..{stop[first]:.6g} s)",
@@ -283,13 +294,20 @@ def _trial_windows(
         tol = 1e-9
         beyond = (starts < span_s[0] - tol) | (stops > span_s[1] + bin_size_s + tol)
         if beyond.any():
-            first = keep[int(np.flatnonzero(beyond)[0])]
-            raise LdnsError(
+            first = inside[int(np.flatnonzero(beyond)[0])]
+            what = (
                 f"the window of {int(beyond.sum())} trial(s) runs outside the recording "
-                f"({span_s[0]:.6g}..{span_s[1]:.6g} s; first: trial {ids[first]})",
-                "shrink --window so that every trial's window lies inside the recording",
+                f"({span_s[0]:.6g}..{span_s[1]:.6g} s; first: trial {ids[first]})"
             )
-    return starts, np.full(len(keep), n_bins, dtype=np.int64), keep, ids[keep], w0
+            if opts.strict_windows or beyond.all():
+                raise LdnsError(
+                    what, "shrink --window so that every trial's window lies inside the recording"
+                )
+            # the Neural Latents Benchmark's reader leaves such trials out, and so do we
+            warn(f"{what}: left out")
+            inside, starts, stops = inside[~beyond], starts[~beyond], stops[~beyond]
+    n = len(inside)
+    return starts, np.full(n, n_bins, dtype=np.int64), rows[inside], ids[inside], w0
 
 
 def _event_times(col: Any) -> np.ndarray | None:
@@ -351,7 +369,7 @@ def _trial_covariates(
         if values.dtype.kind in "SOUT":
             values = np.array([as_str(v) for v in values.ravel()]).reshape(values.shape)
             if name == "split":
-                split = _normalise_split(values)
+                split = normalise_split(values)
                 continue
             kind = "categorical"
         elif values.dtype.kind in "biu":
@@ -386,11 +404,6 @@ def _trial_covariates(
         covariates[name] = values
         infos[name] = info
     return covariates, infos, split
-
-
-def _normalise_split(values: np.ndarray) -> np.ndarray:
-    aliases = {"valid": "val", "validation": "val", "training": "train", "testing": "test"}
-    return np.array([aliases.get(v.lower(), v.lower()) for v in values])
 
 
 def _meta_info(meta: dict[str, str], name: str, default: VariableInfo) -> VariableInfo:
