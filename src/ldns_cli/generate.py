@@ -54,6 +54,7 @@ from ldns_cli.io.formats import WriteSummary, write_generated
 from ldns_cli.store import AE_FILE, DIFFUSION_FILE, ModelSet
 
 MAX_LENGTH = 1_000_000  # bins; a guard against typos like --length 1e9
+DEFAULT_TRIALS = 64  # trials to sample when neither -n nor conditions say how many
 # the stream that draws per-trial lengths, apart from the noise and spike streams of a seed
 LENGTH_SEED_STREAM = 12345
 
@@ -145,8 +146,6 @@ def check_plan(
         )
     if not given and per_condition is not None:
         raise LdnsError("--per-condition needs --condition or --condition-from", "or use -n")
-    if not given and n is None:
-        raise LdnsError("how many trials? pass -n", "e.g. ldns sample -n 64 --length 256")
 
 
 def plan_trials(
@@ -228,14 +227,16 @@ def plan_trials(
         if source_lengths is not None:
             source_lengths = source_lengths[idx]
     else:
-        assert n is not None
-        n_total = n
+        n_total = DEFAULT_TRIALS if n is None else n
 
     if length is None and lengths_from is None and source_lengths is None:
-        raise LdnsError(
-            "no trial length given",
-            "pass --length BINS (e.g. --length 256, or 200:400) or --lengths-from DATA",
-        )
+        # no length given: the training trials' length distribution
+        lengths_from = model.train_lengths
+        if lengths_from is None:
+            raise LdnsError(
+                "no trial length given, and the model does not record its training lengths",
+                "pass --length BINS (e.g. --length 256, or 200:400) or --lengths-from DATA",
+            )
     if length is not None:
         lo, hi = parse_length(length)
         lengths = np.full(n_total, lo) if lo == hi else rng.integers(lo, hi + 1, size=n_total)

@@ -39,6 +39,26 @@ def ae_path(models_dir: str | Path) -> Path:
     return Path(models_dir) / AE_FILE
 
 
+def read_options_of(models_dir: str | Path) -> dict[str, Any] | None:
+    """How the autoencoder's training recording was read (bin size, alignment, window, chop,
+    trial selection), from its checkpoint's metadata alone; None when the folder has no
+    autoencoder or it was fitted before this was recorded."""
+    import json
+
+    from safetensors import safe_open
+
+    path = ae_path(models_dir)
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            extra = json.loads((fh.metadata() or {}).get("ldns.extra", "{}"))
+        options = extra.get("data", {}).get("read_options")
+    except Exception:  # unreadable here: loading the model later names the problem
+        return None
+    return options if isinstance(options, dict) else None
+
+
 def diffusion_path(models_dir: str | Path) -> Path:
     return Path(models_dir) / DIFFUSION_FILE
 
@@ -122,7 +142,12 @@ FIT_HINT = (
 def load_history(
     models_dir: Path, device: str = "cpu"
 ) -> tuple[SpikeHistoryObservation, Checkpoint]:
-    """Load the fitted spike-history model; a clean `LdnsError` if there is none."""
+    """Load the fitted spike-history model; a clean `LdnsError` if there is none.
+
+    The per-neuron ceiling (`selection.count_cap`) is applied when stored; the per-neuron choice
+    (`selection.use_history`, [N] bool) is attached as `neuron_choice` but not applied (see
+    `load_observation`). A checkpoint whose settings predate `max_excitation` has no bound.
+    """
     path = history_path(models_dir)
     if not path.exists():
         raise LdnsError(f"no spike-history model in '{models_dir}'", FIT_HINT)
@@ -130,16 +155,26 @@ def load_history(
     try:
         cfg = config_from_dict(HistoryConfig, ckpt.config, source=str(path))
         n_neurons = int(ckpt.fingerprint["n_neurons"])
+        bound = cfg.max_excitation if "max_excitation" in ckpt.config else None
         model = SpikeHistoryObservation(
-            n_neurons, cfg.history_bins, cfg.max_count, cfg.coupling_rank
+            n_neurons, cfg.history_bins, cfg.max_count, cfg.coupling_rank, max_excitation=bound
         )
         model.load_state_dict(ckpt.subset("model"), strict=True)
+        model = model.to(device).eval()
+        selection = ckpt.subset("selection")
+        cap = selection.get("count_cap")
+        choice = selection.get("use_history")
+        for t in (cap, choice):
+            if t is not None and t.shape != (n_neurons,):
+                raise ValueError(f"selection tensor of shape {tuple(t.shape)}")
+        model.set_selection(None, cap)
+        model.neuron_choice = None if choice is None else choice.bool()  # type: ignore[attr-defined]
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         raise LdnsError(
             f"'{path}' does not hold a usable spike-history model ({type(exc).__name__})",
             "refit it with `ldns fit-history DATA`",
         ) from None
-    return model.to(device).eval(), ckpt
+    return model, ckpt
 
 
 def load_observation(
@@ -148,10 +183,14 @@ def load_observation(
     device: str = "cpu",
     fingerprint: dict[str, Any] | None = None,
 ) -> Observation:
-    """The observation model to sample with: "history", "poisson" or "auto" (history if fitted).
+    """The observation model to sample with: "history", "poisson" or "auto".
 
-    `fingerprint` (e.g. the AE checkpoint's) is checked against the history model's, so a history
-    model fitted for other data is a clear error rather than a shape crash.
+    "auto": the spike-history model when fitted, with each neuron the fit judged to generate
+    better as plain Poisson made Poisson (its stored per-neuron choice; every neuron history for
+    a model fitted without one); Poisson when no history model is fitted. "history": the history
+    model for every neuron. Both keep the fitted per-neuron count ceiling; "poisson" is plain
+    Poisson(r). `fingerprint` (e.g. the AE checkpoint's) is checked against the history
+    model's, so a history model fitted for other data is a clear error rather than a shape crash.
     """
     if kind not in OBSERVATION_KINDS:
         raise LdnsError(
@@ -162,6 +201,9 @@ def load_observation(
     model, ckpt = load_history(models_dir, device)
     if fingerprint is not None:
         check_data_matches(ckpt.fingerprint, fingerprint, "spike-history model")
+    choice = getattr(model, "neuron_choice", None)
+    if kind == "auto" and choice is not None:
+        model.set_selection(choice, None)
     return model
 
 

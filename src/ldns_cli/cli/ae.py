@@ -30,10 +30,13 @@ from ldns_cli.cli.options import (
     TrialsOpt,
     WindowOpt,
     flag_opt,
-    read_recording,
+    model_read_options,
+    read_flags,
+    read_options,
 )
 from ldns_cli.core.console import info
 from ldns_cli.core.errors import LdnsError
+from ldns_cli.io.formats import read_spikes
 
 
 @command("fit-ae")
@@ -106,7 +109,10 @@ def fit_ae(
     setup(quiet)
     if not resume:  # before reading the data: a large recording takes a while
         check_fit_target(models, "ae", force)
-    data = read_recording(data_path, bin_ms, align, window, chop, trials, strict_windows)
+    flags = (bin_ms, align, window, chop, trials, strict_windows)
+    # a resumed fit reads the recording as the interrupted one did, unless told otherwise
+    opts = model_read_options(models, *flags, with_trials=True) if resume else read_options(*flags)
+    data = read_spikes(data_path, opts)
     outcome = fit_autoencoder(
         data,
         models,
@@ -134,7 +140,7 @@ def fit_ae(
     )
     if outcome.interrupted:
         if outcome.is_main:
-            info(resume_hint(f"ldns fit-ae {data_path} -m {models}"))
+            info(resume_hint(f"ldns fit-ae {data_path} -m {models}{read_flags(opts)}"))
         raise typer.Exit(130)
 
 
@@ -171,7 +177,10 @@ def encode(
     if batch_size < 1:
         raise LdnsError(f"--batch-size must be >= 1, got {batch_size}", "e.g. --batch-size 64")
     check_output(output, force)
-    data = read_recording(data_path, bin_ms, align, window, chop, trials, strict_windows)
+    opts = model_read_options(
+        models, bin_ms, align, window, chop, trials, strict_windows, with_trials=False
+    )
+    data = read_spikes(data_path, opts)
     out = encode_data(data, models, batch_size=batch_size, device=device)
     write_spikes(
         out,

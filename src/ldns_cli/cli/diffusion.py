@@ -28,10 +28,12 @@ from ldns_cli.cli.options import (
     TrialsOpt,
     WindowOpt,
     flag_opt,
-    read_recording,
+    model_read_options,
+    read_flags,
 )
 from ldns_cli.core.console import info
 from ldns_cli.core.errors import LdnsError
+from ldns_cli.io.formats import read_spikes
 
 
 @command("fit-diffusion")
@@ -150,7 +152,10 @@ def fit_diffusion_cmd(
         )
     if not (resume or calibrate_only):  # before reading the data: it can take a while
         check_fit_target(models, "diffusion", force)
-    data = read_recording(data_path, bin_ms, align, window, chop, trials, strict_windows)
+    opts = model_read_options(
+        models, bin_ms, align, window, chop, trials, strict_windows, with_trials=True
+    )
+    data = read_spikes(data_path, opts)
     if calibrate_only:
         calibrate(
             data,
@@ -188,5 +193,5 @@ def fit_diffusion_cmd(
     )
     if outcome.interrupted:
         if outcome.is_main:
-            info(resume_hint(f"ldns fit-diffusion {data_path} -m {models}"))
+            info(resume_hint(f"ldns fit-diffusion {data_path} -m {models}{read_flags(opts)}"))
         raise typer.Exit(130)

@@ -26,8 +26,9 @@ from ldns_cli.cli.options import (
     TrialsOpt,
     WindowOpt,
     flag_opt,
-    read_recording,
+    model_read_options,
 )
+from ldns_cli.io.formats import read_spikes
 
 
 @command("fit-history")
@@ -92,7 +93,10 @@ def fit_history_cmd(
     from ldns_cli.fit.history import refit_history
 
     setup(quiet)
-    data = read_recording(data_path, bin_ms, align, window, chop, trials, strict_windows)
+    opts = model_read_options(
+        models, bin_ms, align, window, chop, trials, strict_windows, with_trials=True
+    )
+    data = read_spikes(data_path, opts)
     model = refit_history(
         data,
         models,

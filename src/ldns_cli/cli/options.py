@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ldns_cli.core.console import warn
 from ldns_cli.core.data import SpikeData
 from ldns_cli.io.common import ReadOptions
 from ldns_cli.io.formats import read_spikes
@@ -85,6 +86,85 @@ def read_options(
         trials=trials,
         strict_windows=strict_windows,
     )
+
+
+def model_read_options(
+    models: str | Path,
+    bin_ms: float | None = None,
+    align: str | None = None,
+    window: tuple[float, float] | None = None,
+    chop: float | None = None,
+    trials: str | None = None,
+    strict_windows: bool = False,
+    *,
+    with_trials: bool,
+) -> ReadOptions:
+    """The read flags, defaulting to how the models' training recording was read (the model
+    folder remembers it). A flag that differs from the remembered value is used, with a
+    warning. `with_trials`: the remembered trial selection applies too (for refitting a stage
+    on the training recording; not for held-out or condition recordings)."""
+    from ldns_cli.store import read_options_of
+
+    stored = read_options_of(models) or {}
+    cut = {"align": align, "window_s": window, "chop_s": chop}  # one group: all or none
+    if all(v is None for v in cut.values()):
+        cut = {k: stored.get(k) for k in cut}
+    else:
+        for key, flag in (("align", "--align"), ("window_s", "--window"), ("chop_s", "--chop")):
+            _warn_if_differs(models, flag, cut[key], stored.get(key), key in stored)
+    if bin_ms is None:
+        bin_ms = stored.get("bin_ms")
+    else:
+        _warn_if_differs(models, "--bin-ms", bin_ms, stored.get("bin_ms"), "bin_ms" in stored)
+    if with_trials:
+        if trials is None:
+            trials = stored.get("trials")
+        else:
+            _warn_if_differs(models, "--trials", trials, stored.get("trials"), "trials" in stored)
+    window_s = cut["window_s"]
+    return read_options(
+        bin_ms,
+        cut["align"],
+        None if window_s is None else (float(window_s[0]), float(window_s[1])),
+        cut["chop_s"],
+        trials,
+        strict_windows,
+    )
+
+
+def _warn_if_differs(models: str | Path, flag: str, given: Any, stored: Any, known: bool) -> None:
+    if not known:
+        return
+    if isinstance(given, (tuple, list)) and stored is not None:
+        same = len(given) == len(stored) and all(
+            abs(float(a) - float(b)) < 1e-9 for a, b in zip(given, stored, strict=True)
+        )
+    elif isinstance(given, float) and stored is not None:
+        same = abs(given - float(stored)) < 1e-9
+    else:
+        same = given == stored
+    if not same:
+        text = " ".join(map(str, stored)) if isinstance(stored, list) else stored
+        warn(
+            f"{flag} {' '.join(map(str, given)) if isinstance(given, tuple) else given} differs "
+            f"from how the models in {models} were fitted ({text if stored is not None else 'not set'})"
+        )
+
+
+def read_flags(opts: ReadOptions) -> str:
+    """The read flags that reproduce `opts`, for commands printed back to the user."""
+    parts = []
+    if opts.bin_ms is not None:
+        parts.append(f"--bin-ms {opts.bin_ms:g}")
+    if opts.align is not None:
+        parts.append(f"--align {opts.align}")
+    if opts.window_s is not None:
+        parts.append(f"--window {opts.window_s[0]:g} {opts.window_s[1]:g}")
+    if opts.chop_s is not None:
+        parts.append(f"--chop {opts.chop_s:g}")
+    if opts.trials is not None:
+        parts.append(f"--trials {opts.trials}")
+    return "".join(" " + p for p in parts)
 
 
 def read_recording(

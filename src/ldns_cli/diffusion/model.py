@@ -212,6 +212,22 @@ class DiffusionModel:
         return str(self.fingerprint.get("ae_id", ""))
 
     @property
+    def train_lengths(self) -> np.ndarray | None:
+        """Lengths (bins) of the training trials, one per trial; None for models fitted before
+        they were recorded."""
+        extra = self.checkpoint.extra if self.checkpoint is not None else {}
+        hist = extra.get("train_lengths")
+        if not isinstance(hist, dict):
+            return None
+        try:
+            bins = np.asarray(hist["bins"], dtype=np.int64)
+            trials = np.asarray(hist["trials"], dtype=np.int64)
+            lengths = np.repeat(bins, trials)
+        except (KeyError, TypeError, ValueError):
+            return None
+        return lengths if lengths.size and (lengths >= 1).all() else None
+
+    @property
     def bin_size_s(self) -> float:
         """Bin width of the training data in seconds (0 when the checkpoint does not say)."""
         return float(self.fingerprint.get("bin_size_s", 0) or 0)

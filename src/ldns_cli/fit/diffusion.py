@@ -229,6 +229,7 @@ def train_diffusion(
     device: str = "cpu",
     resume: bool = False,
     resume_epochs: int | None = None,
+    resume_calibration_trials: int | None = None,
 ) -> tuple[FitResult, Path]:
     """Train the denoiser on `data`'s latents under the AE in `models_dir`; write the checkpoint.
 
@@ -250,6 +251,8 @@ def train_diffusion(
         train_config = config_from_dict(TrainConfig, previous.config["train"], str(path))
         if resume_epochs is not None:
             train_config = dataclasses.replace(train_config, epochs=resume_epochs)
+        if resume_calibration_trials is not None:  # calibration follows training: may change
+            config = dataclasses.replace(config, calibration_trials=resume_calibration_trials)
         stats = (previous.extra["latent_mean"], previous.extra["latent_std"])
         specs = previous.extra.get("conditions", [])
 
@@ -274,6 +277,7 @@ def train_diffusion(
             "latent_std": lat.std.tolist(),
             "conditions": lat.specs,
             "n_train": int(lat.train.sum()),
+            "train_lengths": _length_histogram(lat.mask[lat.train].sum(axis=1)),
             "n_val": int(lat.val.sum()),
             "data_fingerprint": data.fingerprint(),
         },
@@ -297,6 +301,13 @@ def train_diffusion(
         )
         save_checkpoint(path, result.checkpoint)
     return result, path
+
+
+def _length_histogram(lengths: np.ndarray) -> dict[str, list[int]]:
+    """Training trial lengths as {"bins": [...], "trials": [...]}: `sample` draws from it when
+    no length is given."""
+    bins, trials = np.unique(np.asarray(lengths, dtype=np.int64), return_counts=True)
+    return {"bins": bins.tolist(), "trials": trials.tolist()}
 
 
 def add_calibration(
@@ -508,7 +519,7 @@ def fit_diffusion(
     condition on. Writes `folder/diffusion.safetensors` (replacing a fitted one only with
     `force`), then samples `calibration_trials` latent trials and stores the latent calibration
     for the default sampler. `resume` continues an interrupted fit with its saved settings (only
-    `epochs` may change). Runs under torchrun as one rank. `source` names the data in messages.
+    `epochs` and `calibration_trials` may change). Runs under torchrun as one rank. `source` names the data in messages.
     """
     from ldns_cli.store import check_fit_target
 
@@ -557,7 +568,14 @@ def fit_diffusion(
             f"{data.bin_size_s * 1e3:g} ms; {what}; device {dev}"
         )
         result, path = train_diffusion(
-            data, folder, dcfg, tcfg, dev, resume=resume, resume_epochs=epochs
+            data,
+            folder,
+            dcfg,
+            tcfg,
+            dev,
+            resume=resume,
+            resume_epochs=epochs,
+            resume_calibration_trials=calibration_trials,
         )
         outcome = DiffusionFit(result, path, is_main=dist.is_main())
         if result.interrupted:

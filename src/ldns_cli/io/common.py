@@ -8,6 +8,7 @@ the entry point that picks among them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -72,6 +73,20 @@ class ReadOptions:
     @property
     def bin_size_s(self) -> float | None:
         return None if self.bin_ms is None else self.bin_ms / 1000.0
+
+    def recorded(self, bin_size_s: float) -> dict[str, Any]:
+        """How a recording was read, as JSON (with the bin size the file resolved to), for the
+        model folder to remember (`READ_OPTIONS_KEY` in `SpikeData.provenance`)."""
+        return {
+            "bin_ms": round(bin_size_s * 1e3, 9),
+            "align": self.align,
+            "window_s": None if self.window_s is None else [float(x) for x in self.window_s],
+            "chop_s": self.chop_s,
+            "trials": self.trials,
+        }
+
+
+READ_OPTIONS_KEY = "read_options"  # provenance key holding `ReadOptions.recorded` as JSON
 
 
 def as_str(value: object) -> str:

@@ -12,6 +12,7 @@ Every failure a damaged or unexpected file can cause ends in `LdnsError` (the pr
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from collections.abc import Callable, Iterable
@@ -28,7 +29,7 @@ from ldns_cli.core.paths import (
     deferred_interrupt,
     read_stdin_to_temp,
 )
-from ldns_cli.io.common import ReadOptions
+from ldns_cli.io.common import READ_OPTIONS_KEY, ReadOptions
 
 if TYPE_CHECKING:
     from ldns_cli.io.scratch import StoredSpikes
@@ -95,10 +96,12 @@ def read_spikes(path: str | Path, opts: ReadOptions | None = None) -> SpikeData:
         assert p is not None
         source, name = p, str(p)
     try:
-        return _read_file(source, name, opts)
+        data = _read_file(source, name, opts)
     finally:
         if tmp is not None and tmp.exists():
             tmp.unlink()
+    data.provenance[READ_OPTIONS_KEY] = json.dumps(opts.recorded(data.bin_size_s))
+    return data
 
 
 def file_kind(path: Path, name: str | None = None) -> str:
