@@ -38,7 +38,8 @@ def fitted(tmp_path_factory):
     models = root / "m"
     _ok(["fit-ae", str(path), "-m", str(models), *ALIGN, "--trials", "0:18", "--latent-dim", "2",
          "--no-spike-history", *TINY])  # fmt: skip
-    _ok(["fit-diffusion", str(path), "-m", str(models), "--calibration-trials", "2", *TINY])
+    _ok(["fit-diffusion", str(path), "-m", str(models), "--calibration-trials", "2",
+         "--condition", "cond_dir", *TINY])  # fmt: skip
     return path, truth, models
 
 
@@ -104,3 +105,27 @@ def test_resume_hint_prints_the_full_command(fitted, tmp_path):
         " --bin-ms 5 --align move_onset_time --window -0.25 0.45 --trials train"
     )
     assert read_flags(ReadOptions(chop_s=1.0)) == " --chop 1"
+
+
+def test_generated_nwb_is_aligned_like_the_recording(fitted, tmp_path):
+    """Event column at the aligned time, the true offset, the source's other trial columns: a
+    reader that aligns on the event column gets the generated trials back bin for bin."""
+    from pynwb import NWBHDF5IO
+
+    import ldns_cli as ldns
+
+    path, truth, models = fitted
+    out = tmp_path / "gen.nwb"
+    _ok(["sample", "-m", str(models), "--condition-from", str(path), "--trials", "test",
+         "--device", "cpu", "--sampler", "ddim", "--steps", "2", "-o", str(out)])  # fmt: skip
+    test = truth["split"] == "test"
+    with NWBHDF5IO(str(out), "r") as io:
+        trials = io.read().trials.to_dataframe()
+        onset = trials["move_onset_time"].to_numpy()
+        np.testing.assert_allclose(onset - trials["start_time"].to_numpy(), 0.25, atol=1e-9)
+        np.testing.assert_array_equal(trials["maze_id"].to_numpy(), truth["maze_id"][test])
+        np.testing.assert_allclose(np.rad2deg(trials["cond_dir"]), truth["cond_dir"][test])
+    written = ldns.read(out)
+    aligned = ldns.read(out, align="move_onset_time", window=NLB_WINDOW_S, bin_ms=5)
+    np.testing.assert_array_equal(aligned.counts, written.counts)
+    assert written.align_offset_s == pytest.approx(-0.25)

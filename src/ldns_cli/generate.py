@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,11 @@ class TrialPlan:
 
     lengths: np.ndarray  # [n] bins per trial
     conditions: dict[str, np.ndarray]  # per trial, as `check_conditions` returns; {}: none
+    # other trial columns carried over from the recording the conditions came from
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    column_info: dict[str, VariableInfo] = field(default_factory=dict)
+    # (event column, start of bin 0 relative to the event in s): trials cut around an event
+    alignment: tuple[str, float] | None = None
 
     @property
     def n_trials(self) -> int:
@@ -160,6 +165,7 @@ def plan_trials(
     seed: int = 0,
     warn: Callable[[str], None] | None = None,
     condition_from_name: str = "the condition recording",
+    alignment: tuple[str, float] | None = None,
 ) -> TrialPlan:
     """Which trials to generate: conditions (one row per distinct condition, repeated
     `per_condition` times, or cycled to fill `n`) and lengths (fixed, uniform in a range, drawn
@@ -169,7 +175,10 @@ def plan_trials(
     `condition_from` is a recording whose trials lend their conditions (and lengths), read with
     the model's bin size (`condition_from_name` names it in errors). Values of a recording
     outside the training range are reported through `warn`. Lengths of a range or of
-    `lengths_from` are drawn with `seed`.
+    `lengths_from` are drawn with `seed`. `alignment` (event column, start of bin 0 relative
+    to it) says the trials are cut around an event, as the model's training trials were; the
+    plan then carries the event as a column. `condition_from`'s other trial columns (e.g. event
+    times, trial types) are carried over with its conditions.
     """
     check_plan(
         n=n,
@@ -249,7 +258,22 @@ def plan_trials(
     checked = check_conditions(
         model, values, lengths, warn=warn if condition_from is not None else None
     )
-    return TrialPlan(lengths=lengths, conditions=checked)
+    columns, column_info = {}, {}
+    source_align = condition_from.provenance.get("align_field") if condition_from else None
+    if alignment is None and source_align:  # the recording was cut around an event: so are these
+        alignment = (source_align, float(condition_from.align_offset_s))
+    if condition_from is not None:
+        for name, values in condition_from.covariates.items():
+            if name not in checked:
+                columns[name] = np.asarray(values)[idx]
+                column_info[name] = condition_from.info(name)
+    if alignment is not None:
+        event, offset_s = alignment
+        columns[event] = np.full(len(lengths), -offset_s)  # the event, after bin 0's start
+        column_info[event] = VariableInfo(
+            unit="s", description="the event the trials are aligned to (s, relative to the trial)"
+        )
+    return TrialPlan(lengths, checked, columns, column_info, alignment)
 
 
 def parse_lengths(n: int, lengths: np.ndarray) -> np.ndarray:
@@ -290,11 +314,13 @@ def sample_metadata(
     conditions: dict[str, np.ndarray] | None = None,
     bin_size_s: float | None = None,
     provenance: dict[str, str] | None = None,
+    plan: TrialPlan | None = None,
 ) -> dict[str, Any]:
     """Everything of the generated `SpikeData` except the `[B, L, *]` arrays.
 
     Returns `SpikeData` keyword arguments: lengths, bin_size_s, covariates (trial-level
-    conditions), behavior (time-series conditions), variable_info and provenance.
+    conditions, plus the `plan`'s other trial columns and alignment event), behavior
+    (time-series conditions), the alignment offset, variable_info and provenance.
     """
     lengths = parse_lengths(len(lengths), lengths)
     conditions = dict(conditions or {})
@@ -302,7 +328,12 @@ def sample_metadata(
     bin_size_s = float(bin_size_s or model.fingerprint.get("bin_size_s", 0) or 0)
     if bin_size_s <= 0:
         raise LdnsError("the models do not record a bin size", "refit with this ldns version")
-    covariates, behavior, info = {}, {}, {}
+    covariates: dict[str, np.ndarray] = {}
+    behavior: dict[str, np.ndarray] = {}
+    info: dict[str, VariableInfo] = {}
+    if plan is not None:
+        covariates.update(plan.columns)
+        info.update(plan.column_info)
     for spec in model.conditions:
         name = spec["name"]
         if name not in conditions:
@@ -334,10 +365,14 @@ def sample_metadata(
         "conditions": ",".join(sorted(conditions)) or "none",
         "latent_calibration": calibration_label(model, settings),
     }
+    alignment = plan.alignment if plan is not None else None
+    if alignment is not None:
+        prov["align_field"] = alignment[0]
     prov.update(provenance or {})
     return {
         "lengths": lengths,
         "bin_size_s": bin_size_s,
+        "align_offset_s": 0.0 if alignment is None else alignment[1],
         "covariates": covariates,
         "behavior": behavior,
         "variable_info": info,
@@ -413,6 +448,7 @@ def generate(
     provenance: dict[str, str] | None = None,
     on_step: Callable[[int], None] | None = None,
     max_bins: int = MAX_BINS_PER_CHUNK,
+    plan: TrialPlan | None = None,
 ) -> SpikeData:
     """Generate `len(lengths)` trials of spikes, all in memory (`generate_chunks` collected).
 
@@ -431,12 +467,14 @@ def generate(
         provenance: extra provenance entries (model ids, observation kind, ...).
         on_step: progress callback (trials x steps done so far, in increments).
         max_bins: trials x bins per chunk.
+        plan: the `TrialPlan` the lengths and conditions came from (its carried trial columns
+            and alignment go into the output).
 
     Returns:
         `SpikeData` with counts `[B, L_max, N]`, the conditions as covariates (trial level) and
         behaviour (time series), optional latents/rates, and provenance.
     """
-    meta = sample_metadata(model, lengths, settings, conditions, bin_size_s, provenance)
+    meta = sample_metadata(model, lengths, settings, conditions, bin_size_s, provenance, plan)
     lengths = meta["lengths"]
     n_trials, n_bins = len(lengths), int(lengths.max())
     counts = rates_all = latents_all = None
@@ -488,6 +526,7 @@ def sample_to_file(
             "models": str(models.folder),
             "ae_fingerprint_neurons": str(models.ae_checkpoint.fingerprint.get("n_neurons", "")),
         },
+        plan=plan,
     )
     stream = generate_chunks(
         models.ae,
