@@ -33,9 +33,9 @@ GOLDEN = {
     "sample_reach": "72bf544d90891704027e9e907a506e2ccc3cf8bf938dfccefa5bd8d54000ce6d",
     "sample_lorenz": "a11f9345899e10af602d7cea3e300922ef1df67c28054d690d3288ce7611c997",
     "fit_ae": "a2797f46cf0e258d3bfb2d54325890ebb03ed504cd75c7359eaedc8c000a62ea",
-    "fit_history": "6d84066a87e4d6d0b1998034b647bfb15369d9e472ac2a476418424d5229956b",
+    "fit_history": "e1c89fec8f55317eadbd7b7702414bfabd6caa09dd7cb30fc7e140e86f6bd38d",
     "fit_diffusion": "10a860e09cb27f3f2a52361b6032ef4470f235b3b605243597c69aeeb5c77da7",
-    "evaluate_json": "81046e83b4025f5babeb015f1c9f3b2f89ac261229c914fe8ffc9994d205352f",
+    "evaluate_json": "c9b4444a65cf807ba2a2df3349f1e3f1eb9a2375c25ea5974591150f01eb0d7e",
 }
 
 

@@ -393,7 +393,7 @@ def test_rate_matching_makes_free_running_samples_fire_at_the_data_rate():
         gens = [gen(10_000 + i) for i in range(reps * rates.shape[0])]
         return m.sample(rates.repeat(reps, 1, 1), gens).mean((0, 1))
 
-    cfg = HistoryConfig(iterations=200, rate_match_rounds=0)
+    cfg = HistoryConfig(iterations=200, rate_match_rounds=0, match_dispersion=False)
     plain = fit_history(counts, rates, None, cfg, gen(23))
     matched = fit_history(
         counts, rates, None, dataclasses.replace(cfg, rate_match_rounds=4), gen(23)

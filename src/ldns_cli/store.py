@@ -59,6 +59,16 @@ def read_options_of(models_dir: str | Path) -> dict[str, Any] | None:
     return options if isinstance(options, dict) else None
 
 
+def alignment_of(models_dir: str | Path) -> tuple[str, float] | None:
+    """(event column, start of bin 0 relative to it in s) when the training trials were cut
+    around an event (`--align COL --window A B`): generated trials mean the same."""
+    options = read_options_of(models_dir) or {}
+    align, window = options.get("align"), options.get("window_s")
+    if isinstance(align, str) and isinstance(window, list) and len(window) == 2:
+        return align, float(window[0])
+    return None
+
+
 def diffusion_path(models_dir: str | Path) -> Path:
     return Path(models_dir) / DIFFUSION_FILE
 

@@ -11,11 +11,18 @@ from typing import Annotated
 import typer
 
 from ldns_cli.cli.app import ForceOpt, JsonOpt, QuietOpt, SeedOpt, command, setup
-from ldns_cli.cli.options import AlignOpt, BinMsOpt, ChopOpt, WindowOpt, read_options
+from ldns_cli.cli.options import (
+    AlignOpt,
+    BinMsOpt,
+    ChopOpt,
+    StrictWindowsOpt,
+    WindowOpt,
+    model_read_options,
+    read_options,
+)
 from ldns_cli.core.console import info, warn
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.core.paths import STDIO
-from ldns_cli.io.select import select_trials
 
 
 def _check_report_dir(directory: Path, force: bool) -> None:
@@ -44,7 +51,7 @@ def _print_table(payload: dict) -> None:
         title=f"generated ({gen['trials']} trials) vs reference ({ref['trials']} trials), "
         f"{payload['protocol']['folds']} folds",
         caption="lower is better; score = (model − floor)/(naive − floor): "
-        "0 = like the data, 1 = like Poisson",
+        "0 = like the data, 1 = like Poisson; ! = worse than Poisson",
     )
     for i, head in enumerate(TABLE_HEADER):
         table.add_column(head, justify="left" if i == 0 else "right")
@@ -63,10 +70,21 @@ def _print_table(payload: dict) -> None:
 def evaluate(
     reference: Annotated[str, typer.Argument(help="Recording to compare with (NWB or HDF5).")],
     generated: Annotated[str, typer.Argument(help="Generated spikes (NWB or HDF5; - for stdin).")],
+    models: Annotated[
+        Path | None,
+        typer.Option(
+            "--models",
+            "-m",
+            help="Model folder that made the samples: the reference is read as its training "
+            "recording was (bin size, alignment, window) unless flags say otherwise.",
+            show_default=False,
+        ),
+    ] = None,
     bin_ms: BinMsOpt = None,
     align: AlignOpt = None,
     window: WindowOpt = None,
     chop: ChopOpt = None,
+    strict_windows: StrictWindowsOpt = False,
     reference_trials: Annotated[
         str | None,
         typer.Option(
@@ -101,14 +119,21 @@ def evaluate(
     from ldns_cli.io.common import ReadOptions
     from ldns_cli.io.formats import read_spikes
     from ldns_cli.scoring.evaluation import evaluate_full, jsonable
+    from ldns_cli.scoring.neurons import realism_warnings
 
     setup(quiet)
     if reference == STDIO and generated == STDIO:
         raise LdnsError("only one of REFERENCE and GENERATED can be stdin (-)", "pass a file")
     if report is not None:
         _check_report_dir(report, force)
-    ref = read_spikes(reference, read_options(bin_ms, align, window, chop))
-    ref = select_trials(ref, reference_trials)
+    flags = (bin_ms, align, window, chop, reference_trials, strict_windows)
+    ref_opts = (
+        read_options(*flags)
+        if models is None
+        else model_read_options(models, *flags, with_trials=False)
+    )
+    ref = read_spikes(reference, ref_opts)
+    bin_ms = ref_opts.bin_ms if bin_ms is None else bin_ms  # the generated file: same bins
     gen = read_spikes(generated, ReadOptions(bin_ms=bin_ms))
     info(
         f"reference: {ref.n_trials} trials x {ref.n_neurons} neurons; generated: "
@@ -122,6 +147,9 @@ def evaluate(
     ev.payload["generated"]["path"] = generated
     if reference_trials is not None:
         ev.payload["reference"]["trials_selected"] = reference_trials
+    if not quiet:  # per-unit warnings are advice, not errors: --quiet silences them
+        for line in realism_warnings(gen, ref):
+            warn(line)
     if report is not None:
         from ldns_cli.scoring.report import write_report
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -21,16 +22,17 @@ from ldns_cli.cli.options import (
     AlignOpt,
     BinMsOpt,
     ChopOpt,
+    StrictWindowsOpt,
     TrialsOpt,
     WindowOpt,
     flag_opt,
-    read_options,
+    model_read_options,
 )
 from ldns_cli.core.console import info, progress, warn
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.core.paths import check_output
 from ldns_cli.core.runtime import resolve_device
-from ldns_cli.io.select import select_trials
+from ldns_cli.io.formats import read_spikes
 
 
 @command("sample")
@@ -39,11 +41,18 @@ def sample(
     n: Annotated[
         int | None,
         flag_opt(
-            "-n", "Number of trials (with conditions: cycles through them; default one each)."
+            "-n",
+            "Number of trials (default 64; with conditions: cycles through them, default one "
+            "each).",
         ),
     ] = None,
     length: Annotated[
-        str | None, flag_opt("--length", "Bins per trial: 256, or a range 200:400 (uniform).")
+        str | None,
+        flag_opt(
+            "--length",
+            "Bins per trial: 256, or a range 200:400 (uniform); default: the lengths of the "
+            "training trials.",
+        ),
     ] = None,
     lengths_from: Annotated[
         Path | None,
@@ -105,6 +114,7 @@ def sample(
     align: AlignOpt = None,
     window: WindowOpt = None,
     chop: ChopOpt = None,
+    strict_windows: StrictWindowsOpt = False,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same file.")] = 0,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
@@ -121,8 +131,8 @@ def sample(
     from ldns_cli.diffusion.samplers import check_steps, resolve_sampler_name
     from ldns_cli.diffusion.sampling import SampleSettings, active_calibration, calibration_label
     from ldns_cli.generate import check_plan, plan_trials, sample_to_file
-    from ldns_cli.io.formats import output_format, read_spikes
-    from ldns_cli.store import load_models
+    from ldns_cli.io.formats import output_format
+    from ldns_cli.store import alignment_of, load_models
 
     setup(quiet)
     if out is None:
@@ -155,7 +165,11 @@ def sample(
     if steps is not None:
         check_steps(steps, model.schedule.num_train_timesteps)
     # recordings read for conditions/lengths are binned like the model's training data
-    opts = read_options(bin_ms or model.bin_size_s * 1e3 or None, align, window, chop)
+    opts = model_read_options(
+        models, bin_ms, align, window, chop, None, strict_windows, with_trials=False
+    )
+    if opts.bin_ms is None:  # a model folder from before read options were remembered
+        opts = dataclasses.replace(opts, bin_ms=model.bin_size_s * 1e3 or None)
     plan = plan_trials(
         model,
         n=n,
@@ -164,11 +178,12 @@ def sample(
         conditions=condition,
         condition_from=None
         if condition_from is None
-        else select_trials(read_spikes(condition_from, opts), trials),
+        else read_spikes(condition_from, dataclasses.replace(opts, trials=trials)),
         condition_from_name=f"'{condition_from}'",
         per_condition=per_condition,
         seed=seed,
         warn=warn,
+        alignment=alignment_of(models),
     )
     if guidance != 1 and not plan.conditions:
         warn(f"--guidance {guidance:g} has no effect without conditions: sampling unconditionally")
@@ -204,6 +219,18 @@ def sample(
             f"wrote {out}: {summary.n_trials} trials x {summary.n_neurons} neurons, "
             f"mean {summary.mean_rate_hz:.2f} Hz"
         )
+        # neurons whose samples leave the training data's range (stored by the history fit);
+        # with conditions only the count ceiling: one condition's rates differ from the average
+        from ldns_cli.core.checkpoint import load_checkpoint
+        from ldns_cli.scoring.neurons import realism_warnings
+        from ldns_cli.store import history_path
+
+        if not quiet and history_path(Path(models)).exists():
+            ranges = load_checkpoint(history_path(Path(models)), "history").extra.get("data_range")
+            if ranges is not None:
+                samples = read_spikes(str(out))
+                for line in realism_warnings(samples, ranges, check_moments=not plan.conditions):
+                    warn(line)
 
 
 def _length_text(lengths: np.ndarray) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from ldns_cli.core.runtime import resolve_device
 from ldns_cli.fit import distributed as dist
 from ldns_cli.fit.splits import split_train_val
 from ldns_cli.fit.trainer import CheckpointSpec, FitResult, TrainConfig, fit
+from ldns_cli.io.common import READ_OPTIONS_KEY
 from ldns_cli.nn.autoencoder import AE_PRESETS, AEConfig, Autoencoder, infer, infer_latents
 from ldns_cli.store import AE_KIND, FIT_COMMAND, ae_path, check_fit_target, stale_after_refit
 
@@ -332,6 +334,12 @@ def _resumed_configs(
     return dataclasses.replace(ae_cfg, **regularisers), train_cfg
 
 
+def _read_options(data: SpikeData) -> dict[str, Any]:
+    """How `data` was read (when it was read from a file), for the model folder to remember."""
+    recorded = data.provenance.get(READ_OPTIONS_KEY)
+    return {} if recorded is None else {"read_options": json.loads(recorded)}
+
+
 def fit_summary(
     model: Autoencoder, train: SpikeData, ref: SpikeData, device: str
 ) -> dict[str, float]:
@@ -458,6 +466,7 @@ def fit_autoencoder(
                     "n_val": val.n_trials if val else 0,
                     "val_frac": val_frac,
                     "split": split_desc,
+                    **_read_options(data),
                 }
             },
         )
@@ -534,5 +543,10 @@ def _finish(
     if math.isfinite(summary["bits_per_spike"]) and summary["bits_per_spike"] <= 0:
         warn("the autoencoder does no better than a constant rate: train longer")
     if spike_history:
-        fit_history_for_ae(model, train, val, folder, dev, seed, quiet)
+        history = fit_history_for_ae(model, train, val, folder, dev, seed, quiet)
+        # judged free-running on held-out trials (history vs Poisson vs the per-neuron choice)
+        selection = history.fit_summary.get("selection")  # type: ignore[attr-defined]
+        if selection is not None:
+            summary["observation_free_running_rmse"] = selection["rmse"]
+            summary["history_neurons"] = int(sum(selection["use_history"]))
     return summary

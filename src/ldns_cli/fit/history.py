@@ -22,6 +22,25 @@ from the authors' code, each for a reason:
   entries: 22 parameters per neuron need far fewer bins than an AE does, and it keeps a CPU fit
   to seconds.
 
+Teacher forcing is the wrong judge of a model that will feed back its own spikes: on recordings
+with bursting units the teacher-forced fit won on validation likelihood and still generated
+samples worse than Poisson (bursts that re-excite themselves). So after the likelihood fit, every
+step is judged on free-running samples:
+
+1. the excitatory part of the history term saturates (`max_excitation`: past spikes raise the
+   rate at most ~e^E-fold, so the free-running process cannot run away, see `nn.observation`);
+2. each neuron's samples are capped at the most spikes the training data shows in one bin
+   (`cap_from_data`);
+3. the intercepts are shifted until free-running samples fire at the data's rates
+   (`match_free_running_rates`), and the excitation is scaled, per neuron, by the factor of
+   DISPERSION_SCALES whose free-running Fano factor and autocorrelation come closest to the
+   training data's (`match_dispersion`);
+4. `select_neurons` samples the validation trials free-running with the history model and with
+   Poisson and keeps, per neuron, the one whose rate, Fano factor, ISI mean/std,
+   autocorrelation and maximum count land closer to the held-out trials
+   (`scoring.neurons.discrepancy`); the choice and its figures are stored with the model and
+   `--observation auto` follows it.
+
 Stored as checkpoint kind "history" at `<models>/history.safetensors`; `store.load_observation`
 loads it back.
 """
@@ -52,7 +71,18 @@ from ldns_cli.nn.observation import (
     poisson_log_sf,
     softplus_inverse,
 )
+from ldns_cli.scoring.neurons import NeuronStats, discrepancy, neuron_range, neuron_stats
 from ldns_cli.store import history_path
+
+# per-neuron scale factors of the excitatory kernel tried by the dispersion matching (1 = the
+# likelihood fit, 0 = no self-excitation; the refractory, negative part is kept throughout)
+DISPERSION_SCALES = (1.0, 0.6, 0.3, 0.0)
+# statistics the dispersion matching compares (rates are matched separately, through b)
+DISPERSION_STATS = ("log_fano", "autocorr")
+# free-running sets are repeated up to this many trials, so the model side adds little noise
+# (the dispersion matching runs on the whole training set, which needs fewer repeats)
+MIN_SAMPLED_TRIALS = 512
+MIN_DISPERSION_TRIALS = 256
 
 
 # ---------------------------------------------------------------------------- fitting
@@ -98,7 +128,13 @@ class _Design:
 
     def nll(self, model: SpikeHistoryObservation) -> Tensor:
         """Mean negative log-likelihood in nats per neuron-bin (the full log pmf)."""
-        h = torch.bmm(self.X, model.history.unsqueeze(-1)).squeeze(-1)  # [N, M]
+        w = model.history.unsqueeze(-1)  # [N, H, 1]
+        if model.max_excitation is None:
+            h = torch.bmm(self.X, w).squeeze(-1)  # [N, M]
+        else:  # the excitation saturates (nn.observation: stability)
+            parts = torch.cat([w.clamp_max(0.0), w.clamp_min(0.0)], -1)  # [N, H, 2]
+            both = torch.bmm(self.X, parts)  # [N, M, 2]: inhibition, excitation
+            h = model.combine(both[..., 0], both[..., 1])
         if model.coupling_rank > 0:
             # c = U · (V^T (κ ⋆ past)): project the kernel-filtered past of every neuron
             filt = torch.einsum("nmh,rh->rnm", self.X, model.coupling_kernel)  # [R, N, M]
@@ -172,9 +208,14 @@ def fit_history(
         counts, rates, mask = counts[keep], rates[keep], mask[keep]
     design = _Design(counts, rates, mask, H, cfg.max_count)
 
-    model = SpikeHistoryObservation(N, H, cfg.max_count, cfg.coupling_rank, generator=generator).to(
-        device
-    )
+    model = SpikeHistoryObservation(
+        N,
+        H,
+        cfg.max_count,
+        cfg.coupling_rank,
+        generator=generator,
+        max_excitation=cfg.max_excitation,
+    ).to(device)
     with torch.no_grad():
         start_nll = float(design.nll(model))
     t0 = time.perf_counter()
@@ -185,18 +226,32 @@ def fit_history(
     with torch.no_grad():
         end_nll = float(design.nll(model))
     summary: dict[str, Any] = {}
-    if cfg.rate_match_rounds > 0:
-        match_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    if cfg.cap_from_data:
+        model.set_selection(None, data_max_counts(*match_set))
+        summary["count_cap"] = [int(c) for c in model.count_cap.tolist()]  # type: ignore[union-attr]
+    match_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    dispersion = cfg.match_dispersion and cfg.coupling_rank == 0
+    if dispersion:
+        scales, before, after = match_free_running_dispersion(
+            model, match_set[0], match_set[1], cfg.rate_match_rounds, match_seed
+        )
+        summary["dispersion_scale"] = [round(float(x), 3) for x in scales]
+    elif cfg.rate_match_rounds > 0:
         before, after = match_free_running_rates(
             model, match_set[0], match_set[1], cfg.rate_match_rounds, match_seed
         )
-        summary = {
-            "train_nll_teacher_forced_fit": end_nll,
-            "free_running_rate_ratio_before": before,
-            "free_running_rate_ratio": after,
-        }
+    if cfg.rate_match_rounds > 0:
+        summary.update(
+            {
+                "train_nll_teacher_forced_fit": end_nll,
+                "free_running_rate_ratio_before": before,
+                "free_running_rate_ratio": after,
+            }
+        )
+    if cfg.rate_match_rounds > 0 or cfg.match_dispersion:
         with torch.no_grad():
             end_nll = float(design.nll(model))
+    summary["excitation_max"] = float(model.history.detach().clamp_min(0.0).sum(-1).max())
     model.fit_summary = {  # type: ignore[attr-defined]
         "train_nll_start": start_nll,
         "train_nll": end_nll,
@@ -285,6 +340,247 @@ def match_free_running_rates(
     return before, after
 
 
+@torch.no_grad()
+def data_max_counts(batches: MatchBatches, n_trials: int) -> Tensor:
+    """The most spikes each neuron shows in one valid bin of the matching set, [N]."""
+    del n_trials
+    top: Tensor | None = None
+    for counts, _, mask in batches():
+        m = (counts * mask[..., None].to(counts.dtype)).amax((0, 1))  # [N]
+        top = m if top is None else torch.maximum(top, m)
+    assert top is not None, "empty matching set"
+    return top.clamp_min(1.0)  # a neuron silent in training may still spike once per bin
+
+
+@torch.no_grad()
+def sample_free_running(
+    model: Observation, batches: MatchBatches, n_trials: int, seed: int, min_trials: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Free-running samples of every trial of `batches`, each repeated up to `min_trials`.
+
+    Trial i, repeat k draws from the generator seeded seed + i·repeats + k (the streams of
+    `match_free_running_rates`). Returns sampled counts [R·B, L, N] and lengths [R·B] (uint8/int
+    numpy), and the data's counts [B, L, N] and lengths [B].
+    """
+    repeats = max(1, math.ceil(min_trials / max(n_trials, 1)))
+    sampled, s_len, data, d_len = [], [], [], []
+    first = 0
+    for counts, rates, mask in batches():
+        lengths = mask.sum(1)
+        valid = mask[..., None].to(rates.dtype)
+        data.append(_as_counts(counts * valid))
+        d_len.append(lengths.cpu().numpy())
+        for k in range(repeats):
+            gens = [torch.Generator(device=rates.device).manual_seed(seed + i * repeats + k)
+                    for i in range(first, first + rates.shape[0])]  # fmt: skip
+            sampled.append(_as_counts(model.sample(rates, gens, lengths) * valid))
+            s_len.append(lengths.cpu().numpy())
+        first += rates.shape[0]
+    return (
+        np.concatenate(sampled),
+        np.concatenate(s_len),
+        np.concatenate(data),
+        np.concatenate(d_len),
+    )
+
+
+def _as_counts(x: Tensor) -> np.ndarray:
+    a = x.detach().cpu().numpy()
+    return a.astype(np.uint8 if a.max(initial=0) <= 255 else np.int32)
+
+
+def _stacked(models: list[SpikeHistoryObservation]) -> SpikeHistoryObservation:
+    """One model whose neurons are those of `models` side by side ([N·S] neurons).
+
+    Without coupling the neurons of a history model are independent given the rates, so S
+    variants of an N-neuron model run as one N·S-neuron model on rates repeated S times: one
+    sampling loop instead of S (the loop's cost is per bin, nearly flat in width).
+    """
+    first = models[0]
+    wide = SpikeHistoryObservation(
+        first.n_neurons * len(models),
+        first.history_bins,
+        first.max_count,
+        max_excitation=first.max_excitation,
+    ).to(first.history.device)
+    with torch.no_grad():
+        wide.history.copy_(torch.cat([m.history for m in models]))
+        wide.rate_gain.copy_(torch.cat([m.rate_gain for m in models]))
+        wide.bias.copy_(torch.cat([m.bias for m in models]))
+    caps = [m.count_cap for m in models]
+    if all(c is not None for c in caps):
+        wide.set_selection(None, torch.cat(caps))  # type: ignore[arg-type]
+    return wide
+
+
+def _repeated(batches: MatchBatches, copies: int) -> MatchBatches:
+    """`batches` with counts and rates repeated `copies` times along the neuron axis."""
+
+    def wide() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        for counts, rates, mask in batches():
+            yield counts.repeat(1, 1, copies), rates.repeat(1, 1, copies), mask
+
+    return wide
+
+
+@torch.no_grad()
+def match_free_running_dispersion(
+    model: SpikeHistoryObservation,
+    batches: MatchBatches,
+    n_trials: int,
+    rate_rounds: int,
+    seed: int = 0,
+) -> tuple[np.ndarray, float, float]:
+    """Scale each neuron's excitatory kernel so free-running samples match the data's dispersion.
+
+    Why: the teacher-forced fit explains a burst's later spikes by its earlier *observed* spikes;
+    sampling, the model re-excites itself from its own spikes and, where the fit is misspecified
+    (the decoder's rates already carry part of the burst), the bursts compound: on held-back
+    recordings bursting units came out at Fano 1.96 against the data's 1.14. For every factor of
+    DISPERSION_SCALES the positive part of w is scaled and the intercepts matched to the data's
+    rates (`match_free_running_rates`; all factors side by side in one model, `_stacked`), then
+    the matching set is sampled free-running; each neuron keeps the factor whose Fano factor and
+    autocorrelation (DISPERSION_STATS) are closest to the data's. Neurons without excitation
+    are unaffected. Needs `coupling_rank` 0 (coupled neurons are not independent).
+    Modifies `model` in place; returns the chosen factor per neuron [N] and the sampled/data
+    spike ratio before and after the rate matching (over all factors).
+    """
+    N, S = model.n_neurons, len(DISPERSION_SCALES)
+    w = model.history.detach()
+    variants = []
+    for scale in DISPERSION_SCALES:
+        v = SpikeHistoryObservation(
+            N, model.history_bins, model.max_count, max_excitation=model.max_excitation
+        ).to(w.device)
+        v.history.copy_(w.clamp_max(0.0) + scale * w.clamp_min(0.0))
+        v.rate_gain.copy_(model.rate_gain)
+        v.bias.copy_(model.bias)
+        v.count_cap = model.count_cap
+        variants.append(v)
+    wide = _stacked(variants)
+    wide_batches = _repeated(batches, S)
+    before, after = match_free_running_rates(
+        wide, wide_batches, n_trials, rate_rounds, seed, MIN_DISPERSION_TRIALS
+    )
+    s, s_len, d, d_len = sample_free_running(wide, batches_for_data(batches, wide_batches),
+                                             n_trials, seed, MIN_DISPERSION_TRIALS)  # fmt: skip
+    # Fano factor and autocorrelation do not depend on the bin width
+    data_stats = neuron_stats(d[..., :N], d_len, 1.0)
+    sampled = neuron_stats(s, s_len, 1.0)
+    score = np.stack(
+        [
+            discrepancy(_neuron_slice(sampled, j * N, (j + 1) * N), data_stats, DISPERSION_STATS)
+            for j in range(S)
+        ]
+    )  # [S, N]
+    best = np.argmin(score, axis=0)  # ties: the first, i.e. the larger factor
+    idx = torch.as_tensor(best * N + np.arange(N), device=w.device)
+    model.history.copy_(wide.history[idx])
+    model.bias.copy_(wide.bias[idx])
+    return np.asarray(DISPERSION_SCALES)[best], before, after
+
+
+def batches_for_data(batches: MatchBatches, wide: MatchBatches) -> MatchBatches:
+    """`wide`'s rates with `batches`' counts (the data side keeps its own neurons)."""
+
+    def paired() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        for (counts, _, _), (_, rates, mask) in zip(batches(), wide(), strict=True):
+            yield counts, rates, mask
+
+    return paired
+
+
+def _neuron_slice(stats: NeuronStats, lo: int, hi: int) -> NeuronStats:
+    return NeuronStats(
+        rate_hz=stats.rate_hz[lo:hi],
+        fano=stats.fano[lo:hi],
+        isi_mean_s=stats.isi_mean_s[lo:hi],
+        isi_std_s=stats.isi_std_s[lo:hi],
+        autocorr=stats.autocorr[:, lo:hi],
+        max_count=stats.max_count[lo:hi],
+    )
+
+
+@torch.no_grad()
+def select_neurons(
+    model: SpikeHistoryObservation,
+    counts: Tensor,
+    rates: Tensor,
+    mask: Tensor,
+    bin_size_s: float,
+    seed: int = 0,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per neuron, history or Poisson: whichever generates statistics closer to held-out trials.
+
+    Both candidates sample the held-out trials free-running from the same rates (each trial
+    repeated up to MIN_SAMPLED_TRIALS times); the Poisson candidate carries the history model's
+    per-neuron count cap, as `--observation auto` applies it. Each neuron's rate, Fano factor,
+    ISI mean and std, autocorrelation (lags 1..10) and maximum count are compared with the
+    held-out trials' (`scoring.neurons.discrepancy`: squared errors in units of their
+    tolerances, summed); ties go to Poisson, the simpler model.
+    Returns use_history [N] bool and the figures (per-neuron statistics of data and both
+    candidates, their discrepancies) for the checkpoint.
+    """
+    N = model.n_neurons
+    poisson = SpikeHistoryObservation(
+        N, model.history_bins, model.max_count, max_excitation=model.max_excitation
+    ).to(rates.device)
+    poisson.set_selection(None, model.count_cap)
+    batches = tensor_batches(counts, rates, mask)
+    n = int(counts.shape[0])
+    candidates = [model, poisson]
+    if model.coupling_rank == 0:  # both candidates in one sampling loop
+        wide = _stacked(candidates)
+        s, s_len, d, d_len = sample_free_running(
+            wide, batches_for_data(batches, _repeated(batches, 2)), n, seed, MIN_SAMPLED_TRIALS
+        )
+        sampled = neuron_stats(s, s_len, bin_size_s)
+        stats = {
+            "data": neuron_stats(d, d_len, bin_size_s),
+            "history": _neuron_slice(sampled, 0, N),
+            "poisson": _neuron_slice(sampled, N, 2 * N),
+        }
+    else:
+        stats = {}
+        for name, candidate in zip(("history", "poisson"), candidates, strict=True):
+            s, s_len, d, d_len = sample_free_running(
+                candidate, batches, n, seed, MIN_SAMPLED_TRIALS
+            )
+            stats[name] = neuron_stats(s, s_len, bin_size_s)
+            stats["data"] = neuron_stats(d, d_len, bin_size_s)
+    d_hist = discrepancy(stats["history"], stats["data"])
+    d_pois = discrepancy(stats["poisson"], stats["data"])
+    use_history = d_hist < d_pois
+    figures: dict[str, Any] = {
+        "trials": n,
+        "sampled_trials": int(n * max(1, math.ceil(MIN_SAMPLED_TRIALS / max(n, 1)))),
+        "use_history": [bool(x) for x in use_history],
+        "discrepancy_history": [round(float(x), 4) for x in d_hist],
+        "discrepancy_poisson": [round(float(x), 4) for x in d_pois],
+        **{f"stats_{k}": v.as_dict() for k, v in stats.items()},
+    }
+    return use_history, figures
+
+
+def free_running_rmse(figures: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """RMSE across neurons of each statistic, per candidate and for the per-neuron choice."""
+    use = np.asarray(figures["use_history"], dtype=bool)
+    out: dict[str, dict[str, float]] = {}
+    data = figures["stats_data"]
+    for stat in ("rate_hz", "fano", "isi_mean_s", "isi_std_s", "autocorr_lag1"):
+        d = np.asarray(data[stat], dtype=np.float64)
+        h = np.asarray(figures["stats_history"][stat], dtype=np.float64)
+        p = np.asarray(figures["stats_poisson"][stat], dtype=np.float64)
+        c = np.where(use, h, p)
+
+        def rmse(x: np.ndarray, d: np.ndarray = d) -> float:
+            e = (x - d)[np.isfinite(x - d)]
+            return float(np.sqrt(np.mean(e**2))) if e.size else float("nan")
+
+        out[stat] = {"history": rmse(h), "poisson": rmse(p), "chosen": rmse(c)}
+    return out
+
+
 def _fit_adamw(
     model: SpikeHistoryObservation,
     design: _Design,
@@ -370,9 +666,15 @@ def save_history(
     models_dir: Path,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write `<models>/history.safetensors` (weights, resolved config, data fingerprint)."""
+    """Write `<models>/history.safetensors` (weights, resolved config, data fingerprint, and the
+    per-neuron choice `selection.use_history` / ceiling `selection.count_cap` when made)."""
     path = history_path(models_dir)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    choice = getattr(model, "neuron_choice", None)
+    if choice is not None:
+        tensors["selection.use_history"] = torch.as_tensor(choice, dtype=torch.uint8).cpu()
+    if model.count_cap is not None:
+        tensors["selection.count_cap"] = model.count_cap.detach().float().cpu()
     summary = dict(getattr(model, "fit_summary", {}))
     summary.update(extra or {})
     save_checkpoint(
@@ -409,8 +711,10 @@ def fit_history_for_ae(
 ) -> SpikeHistoryObservation:
     """Fit the history model on a fitted AE's rates for `train`, report, and save it.
 
-    Reports the validation NLL (nats per neuron-bin, teacher-forced) of history vs Poisson on the
-    AE's rates for `val` (or `train` when there is no validation split) on stderr.
+    Reports on stderr the validation NLL (nats per neuron-bin, teacher-forced) of history vs
+    Poisson on the AE's rates for `val` (or `train` when there is no validation split) and, with
+    `select_per_neuron`, the free-running comparison that decides, per neuron, which of the two
+    `--observation auto` samples with (`select_neurons`).
     """
     from ldns_cli.nn.autoencoder import infer, infer_latents
 
@@ -465,6 +769,34 @@ def fit_history_for_ae(
             f"spike history: {split} NLL {nll_h:.5f} vs Poisson {nll_p:.5f} nats/bin/neuron "
             f"({gain_bits:+.4f} bits/spike)"
         )
+    if cfg.select_per_neuron:
+        sel_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        use_history, figures = select_neurons(model, vc, vr, vm, ref.bin_size_s, sel_seed)
+        model.neuron_choice = use_history  # type: ignore[attr-defined]
+        rmse = free_running_rmse(figures)
+        figures["rmse"] = rmse
+        model.fit_summary["selection"] = figures  # type: ignore[attr-defined]
+        if not quiet:
+            console.info(
+                f"spike history, free-running on {figures['trials']} {split} trials: history "
+                f"kept for {int(use_history.sum())}/{use_history.size} neurons, Poisson for the "
+                "rest (`--observation auto`)"
+            )
+            for stat, label in (
+                ("rate_hz", "rate (Hz)"),
+                ("fano", "Fano factor"),
+                ("isi_mean_s", "ISI mean (s)"),
+                ("autocorr_lag1", "lag-1 autocorrelation"),
+            ):
+                r = rmse[stat]
+                console.info(
+                    f"  {label} RMSE over neurons vs held-out: history {r['history']:.3g}, "
+                    f"Poisson {r['poisson']:.3g}, chosen {r['chosen']:.3g}"
+                )
+    # the training data's per-neuron range, for `sample`'s out-of-range warnings
+    model.fit_summary["data_range"] = neuron_range(  # type: ignore[attr-defined]
+        all_train.counts, all_train.lengths, all_train.bin_size_s
+    ).as_dict()
     model.fit_summary.update(  # type: ignore[attr-defined]
         {
             "nll_split": split,
@@ -493,6 +825,7 @@ def refit_history(
     lr: float | None = None,
     coupling_rank: int | None = None,
     rate_match_rounds: int | None = None,
+    max_excitation: float | None = None,
     config: str | Path | None = None,
     seed: int | None = None,
     device: str = "auto",
@@ -521,6 +854,7 @@ def refit_history(
         "lr": lr,
         "coupling_rank": coupling_rank,
         "rate_match_rounds": rate_match_rounds,
+        "max_excitation": max_excitation,
     }
     if max_count is not None:
         if max_count < 0:

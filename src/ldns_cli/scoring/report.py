@@ -45,6 +45,8 @@ def table_rows(payload: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     for name, m in payload["metrics"].items():
         model = f"{_fmt(m['model']['mean'])} ± {_fmt(m['model']['sd'])}"
         score = "–" if m["score"] is None else f"{m['score']:.2f}"
+        if m["score"] is not None and m["score"] > 1:
+            score += " !"  # worse than the naive Poisson reference
         rows.append((name, model, _fmt(m["floor"]["mean"]), _fmt(m["naive"]["mean"]), score))
     return rows
 
@@ -252,7 +254,7 @@ def _fig_rasters(plt: Any, ev: Evaluation, path: Path) -> None:
 def _html(payload: dict[str, Any]) -> str:
     esc = html.escape
     rows = "\n".join(
-        "<tr>"
+        ("<tr class='worse'>" if row[4].endswith("!") else "<tr>")
         + "".join(f"<td>{esc(v)}</td>" for v in row)
         + f"<td class='d'>{esc(payload['metrics'][row[0]]['description'])}</td></tr>"
         for row in table_rows(payload)
@@ -282,6 +284,7 @@ table {{ border-collapse: collapse; font-size: 14px; }}
 th, td {{ padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }}
 td:first-child, th:first-child, td.d, th:last-child {{ text-align: left; }}
 td.d {{ color: #666; font-size: 12px; }}
+tr.worse td:nth-child(5), b.worse {{ color: #b00; font-weight: bold; }}
 figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}
 figcaption {{ color: #555; font-size: 13px; }}
 </style></head><body>
@@ -289,7 +292,8 @@ figcaption {{ color: #555; font-size: 13px; }}
 <ul>{describe("reference", ref)}{describe("generated", gen)}</ul>
 <p>Each metric: lower is better. <i>floor</i> = the reference against itself, <i>naive</i> =
 homogeneous Poisson at the reference's mean rates, both at the same sample sizes as the model;
-<i>score</i> = (model − floor)/(naive − floor): 0 is as good as the data, 1 no better than naive.
+<i>score</i> = (model − floor)/(naive − floor): 0 is as good as the data, 1 no better than naive;
+scores marked <b class='worse'>!</b> are worse than naive.
 {proto["folds"]} folds, seed {proto["seed"]}; {esc(proto["description"])}.</p>
 <table><thead><tr>{head}</tr></thead><tbody>
 {rows}

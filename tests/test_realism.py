@@ -1,0 +1,179 @@
+"""Single-neuron realism: heterogeneous and network test beds, a history model that cannot run
+away, the free-running per-neuron choice of observation model, out-of-range warnings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ldns_cli.core.errors import LdnsError
+from ldns_cli.fit.history import save_history, select_neurons
+from ldns_cli.io.formats import read_spikes, write_spikes
+from ldns_cli.io.simulate import (
+    CELL_TYPES,
+    MIXED_SPIKE_CAP,
+    parse_cell_types,
+    simulate,
+)
+from ldns_cli.nn.observation import HistoryConfig, SpikeHistoryObservation, softplus_inverse
+from ldns_cli.scoring.neurons import neuron_range, neuron_stats, out_of_range
+from ldns_cli.store import load_observation
+
+
+def gens(n: int, seed: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed * 1000 + i) for i in range(n)]
+
+
+# ---------------------------------------------------------------- test beds
+@pytest.fixture(scope="module")
+def mixed():
+    return simulate("reach", trials=60, neurons=40, history="mixed", seed=3)
+
+
+def test_mixed_population_stores_its_truth_and_reproduces(mixed, tmp_path):
+    types = mixed.unit_info["cell_type"]
+    kernels = mixed.unit_info["history_kernel"]
+    assert kernels.shape == (40, 10)
+    fractions = parse_cell_types(None)
+    for kind in CELL_TYPES:  # counts per type follow the fractions
+        assert abs(np.sum(types == kind) - fractions[kind] * 40) < 1
+    assert np.all(kernels[types == "poisson"] == 0)
+    assert np.all(kernels[types == "refractory"][:, 0] <= -3)
+    assert np.all(kernels[types == "bursting"][:, 0] > 0.4)
+    assert mixed.counts.max() <= MIXED_SPIKE_CAP
+    same = simulate("reach", trials=60, neurons=40, history="mixed", seed=3)
+    other = simulate("reach", trials=60, neurons=40, history="mixed", seed=4)
+    np.testing.assert_array_equal(same.counts, mixed.counts)
+    np.testing.assert_array_equal(same.unit_info["cell_type"], types)
+    assert not np.array_equal(other.unit_info["history_kernel"], kernels)
+    # the truth survives the file
+    path = tmp_path / "mixed.h5"
+    write_spikes(mixed, str(path), save_latents=True, save_rates=True)
+    back = read_spikes(str(path))
+    np.testing.assert_array_equal(back.unit_info["cell_type"].astype(str), types)
+    np.testing.assert_allclose(back.unit_info["history_kernel"], kernels)
+
+
+def test_mixed_cell_types_have_their_dispersion():
+    """Regular units are under-dispersed, bursting units over-dispersed, at the same rates."""
+    data = simulate(
+        "lorenz", trials=80, neurons=24, length=128, history="mixed", seed=1,
+        cell_types="bursting=0.5,regular=0.5",
+    )  # fmt: skip
+    stats = neuron_stats(data.counts, data.lengths, data.bin_size_s)
+    types = data.unit_info["cell_type"]
+    assert np.nanmedian(stats.fano[types == "regular"]) < 0.9
+    assert np.nanmedian(stats.fano[types == "bursting"]) > 1.1
+
+
+def test_cell_type_fractions_are_checked():
+    with pytest.raises(LdnsError, match="sum to"):
+        parse_cell_types("bursting=0.5")
+    with pytest.raises(LdnsError, match="unknown cell type"):
+        parse_cell_types("chattering=1")
+    with pytest.raises(LdnsError, match="mixed populations"):
+        simulate("lorenz", trials=2, cell_types="poisson=1")
+
+
+def test_network_has_no_latents_and_stores_its_truth():
+    a = simulate("network", trials=40, neurons=30, length=60, seed=2)
+    b = simulate("network", trials=40, neurons=30, length=60, seed=2)
+    np.testing.assert_array_equal(a.counts, b.counts)
+    assert a.latents is None and a.rates.shape == a.counts.shape
+    info = a.unit_info
+    exc = info["cell_type"] == "excitatory"
+    assert exc.sum() == 24
+    J = info["coupling"]  # [post, pre]
+    assert J.shape == (30, 30) and np.all(np.diag(J) == 0)
+    assert np.all(J[:, exc] >= 0) and np.all(J[:, ~exc] <= 0) and (J != 0).any()
+    assert not info["tuned"][~exc].any()
+    assert a.counts.max() <= MIXED_SPIKE_CAP
+    assert "angle" in a.covariates
+    with pytest.raises(LdnsError, match="own per-cell history"):
+        simulate("network", trials=2, history="bursting")
+
+
+# ---------------------------------------------------------------- stability
+def test_bounded_excitation_cannot_run_away():
+    """Maximal self-excitation, no count cap, extreme inputs: the intensity stays below
+    softplus(drive + max_excitation) at every bin, for thousands of bins."""
+    cfg = HistoryConfig()
+    E = cfg.max_excitation
+    m = SpikeHistoryObservation(2, history_bins=10, max_count=None, max_excitation=E)
+    with torch.no_grad():
+        m.history.fill_(50.0)  # far beyond any real kernel
+    L = 4000
+    rates = torch.tensor([0.02, 30.0]).expand(4, L, 2).contiguous()  # [B, L, N] spikes/bin
+    lam = []
+    s = m._run(rates, lambda x, t: (lam.append(x.clone()), torch.poisson(x))[1])
+    bound = torch.nn.functional.softplus(softplus_inverse(torch.tensor([0.02, 30.0])) + E)
+    assert torch.isfinite(s).all()
+    assert torch.stack(lam).amax((0, 1)).le(bound * (1 + 1e-5)).all()
+    assert s[..., 1].mean() < 1.05 * bound[1]
+    # without the bound the same weights explode within a few bins
+    free = SpikeHistoryObservation(2, history_bins=10, max_count=None)
+    with torch.no_grad():
+        free.history.fill_(50.0)
+    peak = free._run(rates[:, :5], lambda x, t: x).amax()
+    assert peak > 1e6
+
+
+# ---------------------------------------------------------------- per-neuron choice
+def refractory_and_poisson_truth() -> SpikeHistoryObservation:
+    m = SpikeHistoryObservation(2, history_bins=6, max_count=5)
+    with torch.no_grad():
+        m.history[0] = -4.0 * torch.exp(-torch.arange(6.0) / 1.5)  # refractory neuron 0
+    return m
+
+
+def test_selection_keeps_history_for_refractory_and_poisson_for_a_runaway_fit():
+    B, L = 120, 100
+    rates = torch.full((B, L, 2), 0.15)
+    counts = refractory_and_poisson_truth().sample(rates, gens(B, 1))
+    # the candidate: the true kernel for neuron 0, a deliberately unstable one for neuron 1
+    cand = refractory_and_poisson_truth()
+    with torch.no_grad():
+        cand.history[1] = 3.0
+    mask = torch.ones(B, L, dtype=torch.bool)
+    use, figures = select_neurons(cand, counts, rates, mask, 0.005, seed=5)
+    assert use.tolist() == [True, False]
+    d_h, d_p = figures["discrepancy_history"], figures["discrepancy_poisson"]
+    assert d_h[0] < d_p[0] and d_p[1] < d_h[1]
+    assert figures["stats_history"]["rate_hz"][1] > 3 * figures["stats_data"]["rate_hz"][1]
+
+
+def test_auto_follows_the_stored_choice(tmp_path):
+    m = refractory_and_poisson_truth()
+    with torch.no_grad():
+        m.history[1] = 1.0
+        m.bias.fill_(0.1)
+    m.neuron_choice = np.array([True, False])
+    m.set_selection(None, torch.tensor([2.0, 3.0]))
+    fp = {"n_neurons": 2, "bin_size_s": 0.005}
+    save_history(m, HistoryConfig(history_bins=6), fp, tmp_path)
+    auto = load_observation(tmp_path, "auto")
+    hist = load_observation(tmp_path, "history")
+    torch.testing.assert_close(hist.history, m.history)
+    torch.testing.assert_close(auto.history[0], m.history[0])
+    assert auto.history[1].abs().sum() == 0 and auto.bias[1] == 0 and auto.rate_gain[1] == 1
+    # the per-neuron ceiling holds for both
+    big = torch.full((8, 50, 2), 4.0)
+    for obs in (auto, hist):
+        s = obs.sample(big, gens(8, 2))
+        assert s[..., 0].max() <= 2 and s[..., 1].max() <= 3
+
+
+# ---------------------------------------------------------------- warnings
+def test_out_of_range_names_the_neurons_that_are_off():
+    rng = np.random.default_rng(0)
+    rates = np.full((200, 50, 4), 0.1)
+    data = rng.poisson(rates).clip(max=2)
+    same = rng.poisson(rates).clip(max=2)
+    off = rng.poisson(rates * np.array([1.0, 3.0, 1.0, 1.0])).clip(max=2)
+    off[0, 0, 3] = 6  # more spikes in a bin than the data ever shows
+    lengths = np.full(200, 50)
+    ref = neuron_range(data, lengths, 0.005)
+    assert out_of_range(neuron_range(same, lengths, 0.005), ref) == []
+    found = {(x.neuron, x.statistic) for x in out_of_range(neuron_range(off, lengths, 0.005), ref)}
+    assert found == {(1, "rate"), (3, "max count")}
