@@ -153,7 +153,8 @@ def test_error_exit_codes(fitted, tmp_path):
     _fails(["sample", "-m", str(tmp_path / "none"), "-n", "2", "--length", "8", *o], "fit-ae")
     _fails(["sample", *m, "-n", "2", "--length", "0", *o], "--length")
     _fails(["sample", *m, "-n", "2", "--length", "abc", *o], "--length")
-    _fails(["sample", *m, "-n", "2", *o], "length")
+    # no --length: the training trials' lengths (the model records them)
+    assert "16 bins" in _ok(["sample", *m, "-n", "2", "-o", str(tmp_path / "len.nwb")]).stderr
     _fails(["sample", *m, "--condition", "speed=1", "--length", "8", *o], "speed", "angle")
     _fails(["sample", *m, "--condition", "angle=0.5", "--length", "8", *o], "hand_vel")
     _fails(["sample", *m, "-n", "2", "--length", "8", "--sampler", "euler", *o], "euler")
