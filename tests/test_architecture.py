@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("store",),  # the model folder: file names, loading and identity checks
     ("generate",),  # the sampling pipeline
     ("fit",),  # training: trainer, splits, one module per stage
+    ("auditing",),  # memorisation, membership, realism and utility of samples (uses models)
     ("api",),  # the notebook face
     ("cli",),  # the command line: Typer only
     ("__init__", "__main__"),  # the package's face (`import ldns_cli as ldns`) and `python -m`

@@ -18,8 +18,8 @@ from ldns_cli.core.version import __version__
 
 _API = (
     "AutoencoderFit", "DiffusionFit", "GeneratedChunk", "LdnsError", "Models", "SpikeData",
-    "TrialPlan", "encode", "evaluate", "fit_autoencoder", "fit_diffusion", "fit_history", "load",
-    "read", "simulate", "write",
+    "TrialPlan", "audit", "encode", "evaluate", "fit_autoencoder", "fit_diffusion", "fit_history",
+    "load", "read", "simulate", "write",
 )  # fmt: skip
 
 __all__ = ["__version__", *_API]

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ldns_cli.auditing.run import audit as _audit
 from ldns_cli.core.checkpoint import Checkpoint, check_data_matches
 from ldns_cli.core.data import SpikeData
 from ldns_cli.core.errors import LdnsError
@@ -39,11 +40,10 @@ from ldns_cli.fit.history import refit_history as fit_history
 from ldns_cli.generate import GeneratedChunk, TrialPlan, generate, generate_chunks, plan_trials
 from ldns_cli.io.common import ReadOptions
 from ldns_cli.io.formats import read_spikes, write_spikes
-from ldns_cli.io.select import select_trials
 from ldns_cli.io.simulate import simulate
 from ldns_cli.nn.autoencoder import infer
 from ldns_cli.scoring.evaluation import evaluate as _evaluate
-from ldns_cli.store import ModelSet, load_autoencoder, load_models
+from ldns_cli.store import ModelSet, alignment_of, load_autoencoder, load_models
 
 DEFAULT_FOLDER = "models"
 
@@ -55,6 +55,7 @@ __all__ = [
     "Models",
     "SpikeData",
     "TrialPlan",
+    "audit",
     "encode",
     "evaluate",
     "fit_autoencoder",
@@ -75,20 +76,25 @@ def read(
     window: tuple[float, float] | None = None,
     chop: float | None = None,
     trials: str | None = None,
+    strict_windows: bool = False,
 ) -> SpikeData:
     """Read a recording (.nwb, .h5/.hdf5, LFADS-style HDF5) into `SpikeData`.
 
     `bin_ms` (default: the file's own bin size, else 5), `align` + `window` (seconds around a
     trials-table column, the Neural Latents Benchmark way), `chop` (seconds per window when there
-    is no trials table), `trials` ("train", "val", "test", a range "0:20", or "all").
+    is no trials table), `trials` ("train", "val", "test", a range "0:20" of the file's trials,
+    or "all"). A trial whose window runs outside the recording is left out with a warning, or
+    is an error with `strict_windows`.
     """
     opts = ReadOptions(
         bin_ms=bin_ms,
         align=align,
         window_s=None if window is None else (float(window[0]), float(window[1])),
         chop_s=chop,
+        trials=trials,
+        strict_windows=strict_windows,
     )
-    return select_trials(read_spikes(path, opts), trials)
+    return read_spikes(path, opts)
 
 
 def write(
@@ -111,6 +117,28 @@ def evaluate(
     with the floor (the recording against itself), the naive Poisson model and the score
     (0 = as good as the data, 1 = no better than naive)."""
     return _evaluate(reference, generated, folds=folds, seed=seed)
+
+
+def audit(
+    train: SpikeData,
+    heldout: SpikeData,
+    samples: SpikeData,
+    *,
+    models: str | Path | Models | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """`ldns audit --json` as a dict: does `samples` copy the `train` trials its model saw, does
+    the model reveal them (with `models`, a folder or a loaded `Models`), can a classifier tell
+    samples from the real `heldout` trials, and do decoders trained on samples work on them?
+    The "verdict" entry says it in words."""
+    model_set = None
+    if isinstance(models, Models):
+        model_set = models._models
+    elif models is not None:
+        model_set = load_models(models, resolve_device(device))
+    return _audit(train, heldout, samples, models=model_set, seed=seed, batch_size=batch_size)
 
 
 def encode(
@@ -206,6 +234,7 @@ class Models:
             condition_from=condition_from,
             per_condition=per_condition,
             seed=seed,
+            alignment=alignment_of(self.folder),
         )
 
     def _settings(
@@ -283,6 +312,7 @@ class Models:
             self.device,
             conditions=plan.conditions,
             provenance={"observation": m.observation.kind, "models": str(m.folder)},
+            plan=plan,
         )
 
     def sample_chunks(

@@ -6,7 +6,7 @@ Entry points: the `ldns` console script and `python -m ldns_cli`.
 
 from __future__ import annotations
 
-from ldns_cli.cli import ae, data, diffusion, evaluate, history, sample  # noqa: F401 (registers the commands)
+from ldns_cli.cli import ae, audit, data, diffusion, evaluate, history, sample  # noqa: F401 (registers the commands)
 from ldns_cli.cli.app import app
 from ldns_cli.core.runtime import keep_freed_memory
 

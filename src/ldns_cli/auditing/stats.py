@@ -1,0 +1,262 @@
+"""The audit's small statistics, written out with numpy/scipy: confidence intervals (Wilson for
+proportions, DeLong for an AUC, paired bootstrap over trials), ridge regression whose penalty is
+chosen by exact leave-one-out error, L2-penalised logistic regression and stratified folds.
+
+Every interval is a two-sided 95% interval. Nothing here draws random numbers without a
+`numpy.random.Generator` passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.special import expit, log_expit
+from scipy.stats import rankdata
+
+from ldns_cli.scoring.evaluation import single_threaded_torch
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+BOOTSTRAP_DRAWS = 1000
+# ridge penalties tried, relative to the mean eigenvalue of the standardised Gram matrix (so the
+# grid does not depend on the number of features or trials)
+RIDGE_ALPHAS = tuple(10.0 ** np.arange(-3.0, 3.5, 0.5))
+
+
+# ---------------------------------------------------------------------------- intervals
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion `successes / n` (good coverage near 0 and 1)."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # the interval holds p; min/max keep it so through float rounding at p = 0 or 1
+    return (max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)))
+
+
+def auc_delong(positive: np.ndarray, negative: np.ndarray) -> tuple[float, float]:
+    """(AUC, standard error): P(score of a positive > score of a negative), ties counting 1/2,
+    with DeLong's variance (DeLong, DeLong & Clarke-Pearson 1988) from midranks."""
+    pos = np.asarray(positive, dtype=np.float64)
+    neg = np.asarray(negative, dtype=np.float64)
+    m, n = len(pos), len(neg)
+    if m == 0 or n == 0:
+        return (math.nan, math.nan)
+    pooled = rankdata(np.concatenate([pos, neg]))  # midranks [m + n]
+    # per positive: the fraction of negatives below it; per negative: of positives above it
+    v10 = (pooled[:m] - rankdata(pos)) / n  # [m]
+    v01 = 1.0 - (pooled[m:] - rankdata(neg)) / m  # [n]
+    auc = float(v10.mean())
+    var = (v10.var(ddof=1) / m if m > 1 else 0.0) + (v01.var(ddof=1) / n if n > 1 else 0.0)
+    return auc, math.sqrt(max(var, 0.0))
+
+
+def normal_interval(value: float, se: float, lo: float = 0.0, hi: float = 1.0) -> list[float]:
+    """value ± 1.96 se, clipped to [lo, hi]."""
+    return [max(lo, value - Z95 * se), min(hi, value + Z95 * se)]
+
+
+def bootstrap_weights(n: int, rng: np.random.Generator, draws: int = BOOTSTRAP_DRAWS) -> np.ndarray:
+    """Trial resampling counts `[draws, n]` (each row a multinomial resample of n trials)."""
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=draws).astype(np.float64)
+
+
+def percentile_interval(values: np.ndarray) -> list[float]:
+    """The 2.5th and 97.5th percentiles of bootstrap replicates (NaN replicates dropped)."""
+    ok = np.asarray(values, dtype=np.float64)
+    ok = ok[np.isfinite(ok)]
+    if ok.size == 0:
+        return [math.nan, math.nan]
+    return [float(np.percentile(ok, 2.5)), float(np.percentile(ok, 97.5))]
+
+
+# ---------------------------------------------------------------------------- small LAPACK
+# The dense problems here are small (at most a few thousand rows), where a second LAPACK thread
+# gains nothing; and when the cores are busy, multithreaded LAPACK's threads wait on each other:
+# on the shared 2-core box (load ~3.4) a 1000x1000 eigh took 9.7 s on two OpenBLAS threads and
+# 0.27 s on one, and 100 solves of 142x142 took 8 s against 0.02 s. So factorisations run in one
+# thread, through torch (numpy cannot change its BLAS thread count at run time).
+def eigh_one_thread(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors of a symmetric float64 matrix, in one thread."""
+    with single_threaded_torch():
+        lam, vec = torch.linalg.eigh(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)))
+    return lam.numpy(), vec.numpy()
+
+
+def solve_one_thread(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x with a x = b (a square, float64), in one thread."""
+    with single_threaded_torch():
+        x = torch.linalg.solve(
+            torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)),
+            torch.from_numpy(np.ascontiguousarray(b, dtype=np.float64)),
+        )
+    return x.numpy()
+
+
+# ---------------------------------------------------------------------------- ridge
+@dataclass
+class Ridge:
+    """A fitted ridge regression on standardised features: predict(x) = ((x - mean)/scale) w + b."""
+
+    mean: np.ndarray  # [d]
+    scale: np.ndarray  # [d]
+    weights: np.ndarray  # [d, k]
+    intercept: np.ndarray  # [k]
+    alpha: float  # the chosen penalty (absolute, on the standardised features)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predictions `[n, k]`; NaN features (values a trial does not have) count as the mean."""
+        xs = standardise(x, self.mean, self.scale)
+        return xs @ self.weights + self.intercept
+
+
+def standardise(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """(x - mean)/scale with NaN entries set to 0 (i.e. to the training mean)."""
+    xs = (np.asarray(x, dtype=np.float64) - mean) / scale
+    return np.where(np.isfinite(xs), xs, 0.0)
+
+
+def feature_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations ignoring NaN; constant columns get scale 1."""
+    x = np.asarray(x, dtype=np.float64)
+    finite = np.isfinite(x)
+    count = np.maximum(finite.sum(axis=0), 1)
+    mean = np.where(finite, x, 0.0).sum(axis=0) / count
+    var = (np.where(finite, x - mean, 0.0) ** 2).sum(axis=0) / count
+    sd = np.sqrt(var)
+    return mean, np.where(sd > 1e-12, sd, 1.0)
+
+
+@dataclass
+class RidgeBasis:
+    """The thin decomposition X = Q S Vᵀ of standardised features, shared by every target that
+    is regressed on the same trials (see `fit_ridge`)."""
+
+    mean: np.ndarray  # [d]
+    scale: np.ndarray  # [d]
+    q: np.ndarray  # [n, r]
+    v: np.ndarray  # [d, r]
+    lam: np.ndarray  # [r], the squared singular values s²
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> RidgeBasis:
+        """Decompose x `[n, d]` through the eigendecomposition of the smaller of XᵀX and XXᵀ."""
+        mean, scale = feature_moments(x)
+        xs = standardise(x, mean, scale)  # [n, d]
+        n, d = xs.shape
+        gram = xs.T @ xs if d <= n else xs @ xs.T
+        lam, vecs = eigh_one_thread(gram)
+        keep = lam > 1e-10 * max(float(lam.max(initial=0.0)), 1e-300)
+        lam, vecs = lam[keep], vecs[:, keep]
+        s = np.sqrt(lam)
+        if d <= n:  # XᵀX = V S² Vᵀ
+            return cls(mean, scale, (xs @ vecs) / s, vecs, lam)
+        return cls(mean, scale, vecs, (xs.T @ vecs) / s, lam)  # XXᵀ = Q S² Qᵀ
+
+    def fit(self, y: np.ndarray, alphas: tuple[float, ...] = RIDGE_ALPHAS) -> Ridge:
+        """Ridge regression of y `[n, k]` with its penalty chosen by leave-one-out error."""
+        y = np.asarray(y, dtype=np.float64)
+        if y.ndim == 1:
+            y = y[:, None]
+        n = len(y)
+        y_mean = y.mean(axis=0)
+        yc = y - y_mean  # [n, k]
+        q, lam = self.q, self.lam
+        qty = q.T @ yc  # [r, k]
+        q2 = q * q  # [n, r]
+        base = float(lam.mean()) if lam.size else 1.0
+        best: tuple[float, float] | None = None
+        for rel in alphas:
+            alpha = rel * base
+            shrink = lam / (lam + alpha)  # [r]
+            fitted = q @ (shrink[:, None] * qty)  # [n, k]
+            leverage = q2 @ shrink + 1.0 / n  # [n]
+            loo = (yc - fitted) / np.maximum(1.0 - leverage, 1e-9)[:, None]
+            err = float(np.sum(loo * loo))
+            if best is None or err < best[0]:
+                best = (err, alpha)
+        alpha = best[1] if best is not None else base
+        weights = self.v @ ((np.sqrt(lam) / (lam + alpha))[:, None] * qty)  # [d, k]
+        return Ridge(self.mean, self.scale, weights, y_mean, float(alpha))
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...] = RIDGE_ALPHAS) -> Ridge:
+    """Ridge regression of y `[n, k]` on x `[n, d]` (standardised, with an unpenalised intercept),
+    its penalty chosen from `alphas` (relative to the mean eigenvalue of the Gram matrix) by the
+    exact leave-one-out squared error, summed over the k outputs.
+
+    Works through the thin decomposition X = Q S Vᵀ (`RidgeBasis`), taken from the
+    eigendecomposition of the smaller of XᵀX and XXᵀ, so both many-feature/few-trial and
+    many-row/few-feature problems cost one small eigendecomposition: fitted values
+    Q diag(s²/(s²+α)) Qᵀy, leverages Σ_k Q_ik² s_k²/(s_k²+α) + 1/n, weights
+    V diag(s/(s²+α)) Qᵀy.
+    """
+    return RidgeBasis.of(x).fit(y, alphas)
+
+
+# ---------------------------------------------------------------------------- logistic
+@dataclass
+class Logistic:
+    """A fitted L2 logistic regression on standardised features."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray  # [d]
+    intercept: float
+
+    def decision(self, x: np.ndarray) -> np.ndarray:
+        """Log-odds of class 1 `[n]`."""
+        return standardise(x, self.mean, self.scale) @ self.weights + self.intercept
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, max_iter: int = 50) -> Logistic:
+    """Minimise mean log-loss + (l2/2)|w|² (intercept unpenalised) by Newton's method with
+    backtracking, from zero.
+
+    x `[n, d]` features (standardised here), y `[n]` labels 0/1. Deterministic. Newton rather
+    than a quasi-Newton library routine: the problems here are small (d ≲ 200) and strictly
+    convex, so a handful of (d+1)² solves converge to machine precision.
+    """
+    mean, scale = feature_moments(x)
+    xs = standardise(x, mean, scale)
+    y = np.asarray(y, dtype=np.float64)
+    n, d = xs.shape
+    x1 = np.hstack([xs, np.ones((n, 1))])  # [n, d+1], last column: the intercept
+    penalty = np.full(d + 1, l2)
+    penalty[d] = 0.0
+    sign = 2.0 * y - 1.0  # ±1
+
+    def objective(theta: np.ndarray) -> float:
+        return float(-log_expit(sign * (x1 @ theta)).mean() + 0.5 * np.sum(penalty * theta**2))
+
+    theta = np.zeros(d + 1)
+    value = objective(theta)
+    for _ in range(max_iter):
+        p = expit(x1 @ theta)  # [n]
+        grad = x1.T @ (p - y) / n + penalty * theta
+        hess = (x1 * (p * (1 - p) / n)[:, None]).T @ x1 + np.diag(penalty + 1e-12)
+        step = solve_one_thread(hess, grad)
+        t, decrease = 1.0, float(grad @ step)
+        while t > 1e-10:  # backtracking (Armijo) keeps every step a descent
+            trial = objective(theta - t * step)
+            if trial <= value - 1e-4 * t * decrease:
+                break
+            t *= 0.5
+        theta, value = theta - t * step, trial
+        if t * float(np.max(np.abs(step))) < 1e-10:
+            break
+    return Logistic(mean, scale, theta[:d], float(theta[d]))
+
+
+def stratified_folds(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Fold index `[n]` in 0..k-1 with each label spread evenly over the folds."""
+    labels = np.asarray(labels)
+    fold = np.empty(len(labels), dtype=np.int64)
+    for value in np.unique(labels):
+        where = np.flatnonzero(labels == value)
+        fold[rng.permutation(where)] = np.arange(len(where)) % k
+    return fold
