@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.special import expit, log_expit
+import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from ldns_cli.scoring.evaluation import single_threaded_torch
@@ -74,27 +74,15 @@ def percentile_interval(values: np.ndarray) -> list[float]:
     return [float(np.percentile(ok, 2.5)), float(np.percentile(ok, 97.5))]
 
 
-# ---------------------------------------------------------------------------- small LAPACK
-# The dense problems here are small (at most a few thousand rows), where a second LAPACK thread
-# gains nothing; and when the cores are busy, multithreaded LAPACK's threads wait on each other:
-# on the shared 2-core box (load ~3.4) a 1000x1000 eigh took 9.7 s on two OpenBLAS threads and
-# 0.27 s on one, and 100 solves of 142x142 took 8 s against 0.02 s. So factorisations run in one
-# thread, through torch (numpy cannot change its BLAS thread count at run time).
-def eigh_one_thread(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (ascending) and eigenvectors of a symmetric float64 matrix, in one thread."""
-    with single_threaded_torch():
-        lam, vec = torch.linalg.eigh(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)))
-    return lam.numpy(), vec.numpy()
-
-
-def solve_one_thread(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """x with a x = b (a square, float64), in one thread."""
-    with single_threaded_torch():
-        x = torch.linalg.solve(
-            torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)),
-            torch.from_numpy(np.ascontiguousarray(b, dtype=np.float64)),
-        )
-    return x.numpy()
+# ---------------------------------------------------------------------------- one thread
+# The dense problems here are small (at most a few thousand rows by a few thousand features),
+# where a second BLAS/LAPACK thread gains little; and when the cores are busy, multithreaded
+# BLAS threads wait on each other: on the shared 2-core box (load ~3.4) a 1000x1000 eigh took
+# 9.7 s on two OpenBLAS threads and 0.27 s on one, 100 solves of 142x142 took 8 s against 0.02 s.
+# So the regressions' linear algebra runs in one thread, through torch (numpy cannot change its
+# BLAS thread count at run time), in float64.
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
 
 
 # ---------------------------------------------------------------------------- ridge
@@ -146,16 +134,18 @@ class RidgeBasis:
     def of(cls, x: np.ndarray) -> RidgeBasis:
         """Decompose x `[n, d]` through the eigendecomposition of the smaller of XᵀX and XXᵀ."""
         mean, scale = feature_moments(x)
-        xs = standardise(x, mean, scale)  # [n, d]
-        n, d = xs.shape
-        gram = xs.T @ xs if d <= n else xs @ xs.T
-        lam, vecs = eigh_one_thread(gram)
-        keep = lam > 1e-10 * max(float(lam.max(initial=0.0)), 1e-300)
-        lam, vecs = lam[keep], vecs[:, keep]
-        s = np.sqrt(lam)
-        if d <= n:  # XᵀX = V S² Vᵀ
-            return cls(mean, scale, (xs @ vecs) / s, vecs, lam)
-        return cls(mean, scale, vecs, (xs.T @ vecs) / s, lam)  # XXᵀ = Q S² Qᵀ
+        n, d = np.shape(x)
+        with single_threaded_torch():
+            xs = _t(standardise(x, mean, scale))  # [n, d]
+            lam, vecs = torch.linalg.eigh(xs.T @ xs if d <= n else xs @ xs.T)
+            keep = lam > 1e-10 * max(float(lam.max()) if lam.numel() else 0.0, 1e-300)
+            lam, vecs = lam[keep], vecs[:, keep]
+            s = lam.sqrt()
+            if d <= n:  # XᵀX = V S² Vᵀ
+                q, v = (xs @ vecs) / s, vecs
+            else:  # XXᵀ = Q S² Qᵀ
+                q, v = vecs, (xs.T @ vecs) / s
+        return cls(mean, scale, q.numpy(), v.numpy(), lam.numpy())
 
     def fit(self, y: np.ndarray, alphas: tuple[float, ...] = RIDGE_ALPHAS) -> Ridge:
         """Ridge regression of y `[n, k]` with its penalty chosen by leave-one-out error."""
@@ -164,24 +154,25 @@ class RidgeBasis:
             y = y[:, None]
         n = len(y)
         y_mean = y.mean(axis=0)
-        yc = y - y_mean  # [n, k]
-        q, lam = self.q, self.lam
-        qty = q.T @ yc  # [r, k]
-        q2 = q * q  # [n, r]
-        base = float(lam.mean()) if lam.size else 1.0
-        best: tuple[float, float] | None = None
-        for rel in alphas:
-            alpha = rel * base
-            shrink = lam / (lam + alpha)  # [r]
-            fitted = q @ (shrink[:, None] * qty)  # [n, k]
-            leverage = q2 @ shrink + 1.0 / n  # [n]
-            loo = (yc - fitted) / np.maximum(1.0 - leverage, 1e-9)[:, None]
-            err = float(np.sum(loo * loo))
-            if best is None or err < best[0]:
-                best = (err, alpha)
-        alpha = best[1] if best is not None else base
-        weights = self.v @ ((np.sqrt(lam) / (lam + alpha))[:, None] * qty)  # [d, k]
-        return Ridge(self.mean, self.scale, weights, y_mean, float(alpha))
+        with single_threaded_torch():
+            q, lam = _t(self.q), _t(self.lam)
+            yc = _t(y - y_mean)  # [n, k]
+            qty = q.T @ yc  # [r, k]
+            q2 = q * q  # [n, r]
+            base = float(lam.mean()) if lam.numel() else 1.0
+            best: tuple[float, float] | None = None
+            for rel in alphas:
+                alpha = rel * base
+                shrink = lam / (lam + alpha)  # [r]
+                fitted = q @ (shrink[:, None] * qty)  # [n, k]
+                leverage = q2 @ shrink + 1.0 / n  # [n]
+                loo = (yc - fitted) / (1.0 - leverage).clamp_min(1e-9)[:, None]
+                err = float((loo * loo).sum())
+                if best is None or err < best[0]:
+                    best = (err, alpha)
+            alpha = best[1] if best is not None else base
+            weights = _t(self.v) @ ((lam.sqrt() / (lam + alpha))[:, None] * qty)  # [d, k]
+        return Ridge(self.mean, self.scale, weights.numpy(), y_mean, float(alpha))
 
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...] = RIDGE_ALPHAS) -> Ridge:
@@ -222,34 +213,37 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, max_iter: int = 50) ->
     convex, so a handful of (d+1)² solves converge to machine precision.
     """
     mean, scale = feature_moments(x)
-    xs = standardise(x, mean, scale)
-    y = np.asarray(y, dtype=np.float64)
-    n, d = xs.shape
-    x1 = np.hstack([xs, np.ones((n, 1))])  # [n, d+1], last column: the intercept
-    penalty = np.full(d + 1, l2)
-    penalty[d] = 0.0
-    sign = 2.0 * y - 1.0  # ±1
+    n, d = np.shape(x)
+    with single_threaded_torch():
+        x1 = torch.cat([_t(standardise(x, mean, scale)), torch.ones(n, 1, dtype=torch.float64)], 1)
+        yt = _t(y)
+        sign = 2.0 * yt - 1.0  # ±1
+        penalty = torch.full((d + 1,), float(l2), dtype=torch.float64)
+        penalty[d] = 0.0  # the intercept
 
-    def objective(theta: np.ndarray) -> float:
-        return float(-log_expit(sign * (x1 @ theta)).mean() + 0.5 * np.sum(penalty * theta**2))
+        def objective(theta: torch.Tensor) -> float:
+            logit = F.logsigmoid(sign * (x1 @ theta))
+            return float(-logit.mean() + 0.5 * (penalty * theta**2).sum())
 
-    theta = np.zeros(d + 1)
-    value = objective(theta)
-    for _ in range(max_iter):
-        p = expit(x1 @ theta)  # [n]
-        grad = x1.T @ (p - y) / n + penalty * theta
-        hess = (x1 * (p * (1 - p) / n)[:, None]).T @ x1 + np.diag(penalty + 1e-12)
-        step = solve_one_thread(hess, grad)
-        t, decrease = 1.0, float(grad @ step)
-        while t > 1e-10:  # backtracking (Armijo) keeps every step a descent
-            trial = objective(theta - t * step)
-            if trial <= value - 1e-4 * t * decrease:
+        theta = torch.zeros(d + 1, dtype=torch.float64)
+        value = objective(theta)
+        for _ in range(max_iter):
+            p = torch.sigmoid(x1 @ theta)  # [n]
+            grad = x1.T @ (p - yt) / n + penalty * theta
+            hess = (x1 * (p * (1 - p) / n)[:, None]).T @ x1 + torch.diag(penalty + 1e-12)
+            step = torch.linalg.solve(hess, grad)
+            t, decrease = 1.0, float(grad @ step)
+            trial = value
+            while t > 1e-10:  # backtracking (Armijo) keeps every step a descent
+                trial = objective(theta - t * step)
+                if trial <= value - 1e-4 * t * decrease:
+                    break
+                t *= 0.5
+            theta, value = theta - t * step, trial
+            if t * float(step.abs().max()) < 1e-10:
                 break
-            t *= 0.5
-        theta, value = theta - t * step, trial
-        if t * float(np.max(np.abs(step))) < 1e-10:
-            break
-    return Logistic(mean, scale, theta[:d], float(theta[d]))
+    w = theta.numpy()
+    return Logistic(mean, scale, w[:d], float(w[d]))
 
 
 def stratified_folds(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
