@@ -86,14 +86,7 @@ def read(
     or "all"). A trial whose window runs outside the recording is left out with a warning, or
     is an error with `strict_windows`.
     """
-    opts = ReadOptions(
-        bin_ms=bin_ms,
-        align=align,
-        window_s=None if window is None else (float(window[0]), float(window[1])),
-        chop_s=chop,
-        trials=trials,
-        strict_windows=strict_windows,
-    )
+    opts = ReadOptions.from_flags(bin_ms, align, window, chop, trials, strict_windows)
     return read_spikes(path, opts)
 
 
@@ -237,31 +230,31 @@ class Models:
             alignment=alignment_of(self.folder),
         )
 
-    def _settings(
-        self,
-        sampler: str,
-        steps: int | None,
-        guidance: float,
-        seed: int,
-        batch_size: int,
-        calibration: bool,
-        save_latents: bool,
-        save_rates: bool,
-    ) -> SampleSettings:
+    def _prepare(self, args: dict[str, Any]) -> tuple[TrialPlan, SampleSettings]:
+        """The plan and the sampler settings of a `sample`/`sample_chunks` call (its arguments)."""
+        plan = self.plan(
+            args["n"],
+            length=args["length"],
+            lengths_from=args["lengths_from"],
+            conditions=args["conditions"],
+            condition_from=args["condition_from"],
+            per_condition=args["per_condition"],
+            seed=args["seed"],
+        )
         settings = SampleSettings(
-            sampler=resolve_sampler_name(sampler),
-            steps=steps,
-            guidance=guidance,
-            seed=seed,
-            batch_size=batch_size,
-            save_latents=save_latents,
-            save_rates=save_rates,
-            calibrate=calibration,
+            sampler=resolve_sampler_name(args["sampler"]),
+            steps=args["steps"],
+            guidance=args["guidance"],
+            seed=args["seed"],
+            batch_size=args["batch_size"],
+            save_latents=args["save_latents"],
+            save_rates=args["save_rates"],
+            calibrate=args["calibration"],
         )
         settings.validate()
-        if steps is not None:
-            check_steps(steps, self._models.diffusion.schedule.num_train_timesteps)
-        return settings
+        if args["steps"] is not None:
+            check_steps(args["steps"], self._models.diffusion.schedule.num_train_timesteps)
+        return plan, settings
 
     def sample(
         self,
@@ -290,18 +283,7 @@ class Models:
         ddpm with `steps` (default 20 / 50 / 1000), classifier-free `guidance` W. The conditions
         come back as covariates (trial level) and behaviour (time series).
         """
-        plan = self.plan(
-            n,
-            length=length,
-            lengths_from=lengths_from,
-            conditions=conditions,
-            condition_from=condition_from,
-            per_condition=per_condition,
-            seed=seed,
-        )
-        settings = self._settings(
-            sampler, steps, guidance, seed, batch_size, calibration, save_latents, save_rates
-        )
+        plan, settings = self._prepare(locals())
         m = self._models
         return generate(
             m.ae,
@@ -339,18 +321,7 @@ class Models:
         length) and `counts [b, l, N]` (plus rates/latents when asked for); the numbers are those
         of `sample` with the same arguments.
         """
-        plan = self.plan(
-            n,
-            length=length,
-            lengths_from=lengths_from,
-            conditions=conditions,
-            condition_from=condition_from,
-            per_condition=per_condition,
-            seed=seed,
-        )
-        settings = self._settings(
-            sampler, steps, guidance, seed, batch_size, calibration, save_latents, save_rates
-        )
+        plan, settings = self._prepare(locals())
         m = self._models
         yield from generate_chunks(
             m.ae, m.diffusion, m.observation, plan.lengths, settings, self.device, plan.conditions

@@ -11,13 +11,13 @@ from typing import Annotated
 import typer
 
 from ldns_cli.cli.app import DeviceOpt, ForceOpt, JsonOpt, QuietOpt, SeedOpt, command, setup
-from ldns_cli.cli.evaluate import _check_report_dir
 from ldns_cli.cli.options import (
     AlignOpt,
     BinMsOpt,
     ChopOpt,
     StrictWindowsOpt,
     WindowOpt,
+    check_report_dir,
     model_read_options,
     read_options,
 )
@@ -146,7 +146,7 @@ def audit(
     if sum(p == STDIO for p in (train, heldout, samples)) > 1:
         raise LdnsError("only one of TRAIN, HELDOUT and SAMPLES can be stdin (-)", "pass files")
     if report is not None:
-        _check_report_dir(report, force)
+        check_report_dir(report, force)
     flags = (bin_ms, align, window, chop, None, strict_windows)
     if models is None:
         train_opts = heldout_opts = read_options(*flags)

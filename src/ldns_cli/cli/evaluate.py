@@ -17,27 +17,13 @@ from ldns_cli.cli.options import (
     ChopOpt,
     StrictWindowsOpt,
     WindowOpt,
+    check_report_dir,
     model_read_options,
     read_options,
 )
 from ldns_cli.core.console import info, warn
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.core.paths import STDIO
-
-
-def _check_report_dir(directory: Path, force: bool) -> None:
-    if directory.exists() and not directory.is_dir():
-        raise LdnsError(f"--report '{directory}' is a file", "give a folder name, e.g. report/")
-    if directory.is_dir() and any(directory.iterdir()) and not force:
-        raise LdnsError(
-            f"report folder '{directory}' is not empty",
-            "pass --force to write into it anyway, or choose a new folder",
-        )
-    if not directory.parent.exists():
-        raise LdnsError(
-            f"folder '{directory.parent}' does not exist",
-            f"create it: mkdir -p {directory.parent}",
-        )
 
 
 def _print_table(payload: dict) -> None:
@@ -125,7 +111,7 @@ def evaluate(
     if reference == STDIO and generated == STDIO:
         raise LdnsError("only one of REFERENCE and GENERATED can be stdin (-)", "pass a file")
     if report is not None:
-        _check_report_dir(report, force)
+        check_report_dir(report, force)
     flags = (bin_ms, align, window, chop, reference_trials, strict_windows)
     ref_opts = (
         read_options(*flags)

@@ -14,6 +14,7 @@ import typer
 
 from ldns_cli.core.console import warn
 from ldns_cli.core.data import SpikeData
+from ldns_cli.core.errors import LdnsError
 from ldns_cli.io.common import ReadOptions
 from ldns_cli.io.formats import read_spikes
 
@@ -78,14 +79,7 @@ def read_options(
     strict_windows: bool = False,
 ) -> ReadOptions:
     """Build `ReadOptions` from the shared flags (validation happens in ReadOptions)."""
-    return ReadOptions(
-        bin_ms=bin_ms,
-        align=align,
-        window_s=None if window is None else (float(window[0]), float(window[1])),
-        chop_s=chop,
-        trials=trials,
-        strict_windows=strict_windows,
-    )
+    return ReadOptions.from_flags(bin_ms, align, window, chop, trials, strict_windows)
 
 
 def model_read_options(
@@ -121,14 +115,8 @@ def model_read_options(
             trials = stored.get("trials")
         else:
             _warn_if_differs(models, "--trials", trials, stored.get("trials"), "trials" in stored)
-    window_s = cut["window_s"]
     return read_options(
-        bin_ms,
-        cut["align"],
-        None if window_s is None else (float(window_s[0]), float(window_s[1])),
-        cut["chop_s"],
-        trials,
-        strict_windows,
+        bin_ms, cut["align"], cut["window_s"], cut["chop_s"], trials, strict_windows
     )
 
 
@@ -193,3 +181,19 @@ PresetOpt = Annotated[
 EpochsOpt = Annotated[int | None, flag_opt("--epochs", "Passes over the training trials.")]
 BatchSizeOpt = Annotated[int | None, flag_opt("--batch-size", "Trials per step.")]
 LrOpt = Annotated[float | None, flag_opt("--lr", "Peak learning rate (AdamW).")]
+
+
+def check_report_dir(directory: Path, force: bool) -> None:
+    """`--report DIR`: a folder (new, empty, or any with --force) whose parent exists."""
+    if directory.exists() and not directory.is_dir():
+        raise LdnsError(f"--report '{directory}' is a file", "give a folder name, e.g. report/")
+    if directory.is_dir() and any(directory.iterdir()) and not force:
+        raise LdnsError(
+            f"report folder '{directory}' is not empty",
+            "pass --force to write into it anyway, or choose a new folder",
+        )
+    if not directory.parent.exists():
+        raise LdnsError(
+            f"folder '{directory.parent}' does not exist",
+            f"create it: mkdir -p {directory.parent}",
+        )

@@ -70,6 +70,26 @@ class ReadOptions:
                     "chop cuts the whole recording; align/window cut around trials",
                 )
 
+    @classmethod
+    def from_flags(
+        cls,
+        bin_ms: float | None = None,
+        align: str | None = None,
+        window: tuple[float, float] | list[float] | None = None,
+        chop: float | None = None,
+        trials: str | None = None,
+        strict_windows: bool = False,
+    ) -> ReadOptions:
+        """From the read flags as the command line and `ldns.read` name them."""
+        return cls(
+            bin_ms=bin_ms,
+            align=align,
+            window_s=None if window is None else (float(window[0]), float(window[1])),
+            chop_s=chop,
+            trials=trials,
+            strict_windows=strict_windows,
+        )
+
     @property
     def bin_size_s(self) -> float | None:
         return None if self.bin_ms is None else self.bin_ms / 1000.0
