@@ -30,7 +30,7 @@ def _print_table(payload: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ldns_cli.scoring.report import TABLE_HEADER, table_rows
+    from ldns_cli.scoring.report import CONDITION_HEADER, TABLE_HEADER, condition_rows, table_rows
 
     ref, gen = payload["reference"], payload["generated"]
     table = Table(
@@ -50,6 +50,18 @@ def _print_table(payload: dict) -> None:
         width=None if sys.stdout.isatty() else 110,
     )
     console.print(table)
+    rows = condition_rows(payload)
+    if rows:
+        per_condition = Table(
+            title="per condition: samples for condition c against reference trials with c",
+            caption="floor = held-out reference trials; chance = trials that ignore the "
+            "condition; score = (model − floor)/(chance − floor)",
+        )
+        for i, head in enumerate(CONDITION_HEADER):
+            per_condition.add_column(head, justify="left" if i == 0 else "right")
+        for row in rows:
+            per_condition.add_row(*row)
+        console.print(per_condition)
 
 
 @command("evaluate", rich_help_panel="Evaluation")
@@ -80,9 +92,22 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
+    conditions: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--condition",
+            help="Evaluate per value of this trial covariate or behaviour series (repeatable; "
+            "default: the conditions the samples were generated with; 'none' for none).",
+            show_default=False,
+        ),
+    ] = None,
     report: Annotated[
         Path | None,
-        typer.Option("--report", help="Write PNG figures and index.html into this folder."),
+        typer.Option(
+            "--report",
+            help="Write PNG figures and index.html into this folder (with -m: also the "
+            "training curves).",
+        ),
     ] = None,
     folds: Annotated[
         int, typer.Option("--folds", min=1, max=1000, help="Random splits (mean ± sd over them).")
@@ -125,7 +150,8 @@ def evaluate(
         f"reference: {ref.n_trials} trials x {ref.n_neurons} neurons; generated: "
         f"{gen.n_trials} trials x {gen.n_neurons} neurons ({ref.bin_size_s * 1e3:g} ms bins)"
     )
-    ev = evaluate_full(ref, gen, folds=folds, seed=seed, log=info)
+    names = None if not conditions else [c for c in conditions if c.lower() != "none"]
+    ev = evaluate_full(ref, gen, folds=folds, seed=seed, log=info, conditions=names)
     matched = ev.payload["protocol"]["matched_trials"]["model"]
     if matched < 20:
         warn(f"each fold compares only {matched:g} trials per set: the numbers are noisy")
@@ -136,11 +162,14 @@ def evaluate(
     if not quiet:  # per-unit warnings are advice, not errors: --quiet silences them
         for line in realism_warnings(gen, ref):
             warn(line)
+        for line in ev.payload["conditions"]["notes"]:
+            info(line)
     if report is not None:
         from ldns_cli.scoring.report import write_report
 
         report.mkdir(exist_ok=True)
-        write_report(ev, report)
+        logs = sorted(models.glob("*_training.csv")) if models is not None else []
+        write_report(ev, report, training_logs=logs)
         info(f"wrote report: {report / 'index.html'}")
     payload = jsonable(ev.payload)
     if json_out:

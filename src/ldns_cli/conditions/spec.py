@@ -29,14 +29,12 @@ from typing import Any
 import numpy as np
 
 from ldns_cli.core.console import warn as console_warn
-from ldns_cli.core.data import is_angle_name
+from ldns_cli.core.data import ANGLE_UNIT_NAMES, detect_kind, is_angle_name  # noqa: F401 (re-exported)
 from ldns_cli.core.errors import LdnsError
 
 KINDS = ("circular", "continuous", "categorical", "timeseries")
 # spellings of angle units in recordings -> the canonical "rad"/"deg"
 ANGLE_UNITS = {"rad": 1.0, "deg": math.pi / 180, "°": math.pi / 180, "pi": math.pi}
-ANGLE_UNIT_NAMES = {"rad": "rad", "radian": "rad", "radians": "rad", "deg": "deg", "°": "deg"}
-ANGLE_UNIT_NAMES |= {"degree": "deg", "degrees": "deg"}
 
 
 @dataclass(frozen=True)
@@ -216,35 +214,6 @@ def embed_conditions(
 # Conditions in a recording: the spec `fit-diffusion --condition NAME` records, the values a
 # fit trains on, and the values `sample --condition-from DATA` takes
 # ---------------------------------------------------------------------------------------------
-
-_CATEGORY_SUFFIXES = ("id", "label", "type", "condition", "class")
-
-
-def detect_kind(name: str, values: np.ndarray, declared: str = "", unit: str = "") -> str:
-    """The condition kind of a trial covariate: from dtype, declared kind, unit, then name.
-
-    Categorical: strings/booleans/objects (whatever the declaration), a declared categorical, or
-    integers whose name ends in id/label/type/condition/class. Circular: a declared circular, an
-    angle unit (rad, deg), or an angle-like name (`core.data.is_angle_name`: angle, direction,
-    dir, theta, phase, heading, orientation) with every finite value inside ±2π. Otherwise
-    continuous. (`VariableInfo.kind` defaults to "continuous", so a declared "continuous" does not
-    stop detection.)
-    """
-    values = np.asarray(values)
-    if values.dtype.kind in "USOb":
-        return "categorical"
-    if declared in ("circular", "categorical"):
-        return declared
-    lname = name.lower()
-    if unit.lower() in ANGLE_UNIT_NAMES:
-        return "circular"
-    finite = values[np.isfinite(values)] if values.dtype.kind in "fc" else values
-    if is_angle_name(name) and finite.size:
-        if np.abs(finite).max() <= 2 * math.pi + 1e-6:
-            return "circular"
-    if values.dtype.kind in "iu" and lname.replace("-", "_").split("_")[-1] in _CATEGORY_SUFFIXES:
-        return "categorical"
-    return "continuous"
 
 
 def condition_values(data: Any, name: str) -> np.ndarray:

@@ -10,6 +10,7 @@ Axis legend used across the package: trial (B), time bin (L), neuron (N), latent
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,39 @@ def is_angle_name(name: str) -> bool:
     if any(token in ANGLE_WORDS for token in re.split(r"[^a-z]+", lname)):
         return True
     return any(word in lname for word in ANGLE_WORDS if len(word) >= 5)
+
+
+# spellings of angle units in recordings -> the canonical "rad"/"deg"
+ANGLE_UNIT_NAMES = {"rad": "rad", "radian": "rad", "radians": "rad", "deg": "deg", "°": "deg"}
+ANGLE_UNIT_NAMES |= {"degree": "deg", "degrees": "deg"}
+CATEGORY_SUFFIXES = ("id", "label", "type", "condition", "class")
+
+
+def detect_kind(name: str, values: np.ndarray, declared: str = "", unit: str = "") -> str:
+    """The condition kind of a trial covariate: from dtype, declared kind, unit, then name.
+
+    Categorical: strings/booleans/objects (whatever the declaration), a declared categorical, or
+    integers whose name ends in id/label/type/condition/class. Circular: a declared circular, an
+    angle unit (rad, deg), or an angle-like name (`core.data.is_angle_name`: angle, direction,
+    dir, theta, phase, heading, orientation) with every finite value inside ±2π. Otherwise
+    continuous. (`VariableInfo.kind` defaults to "continuous", so a declared "continuous" does not
+    stop detection.)
+    """
+    values = np.asarray(values)
+    if values.dtype.kind in "USOb":
+        return "categorical"
+    if declared in ("circular", "categorical"):
+        return declared
+    lname = name.lower()
+    if unit.lower() in ANGLE_UNIT_NAMES:
+        return "circular"
+    finite = values[np.isfinite(values)] if values.dtype.kind in "fc" else values
+    if is_angle_name(name) and finite.size:
+        if np.abs(finite).max() <= 2 * math.pi + 1e-6:
+            return "circular"
+    if values.dtype.kind in "iu" and lname.replace("-", "_").split("_")[-1] in CATEGORY_SUFFIXES:
+        return "categorical"
+    return "continuous"
 
 
 def default_trial_starts(n_trials: int, n_bins: int, bin_size_s: float) -> np.ndarray:

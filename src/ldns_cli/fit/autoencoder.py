@@ -469,6 +469,8 @@ def fit_autoencoder(
                     **_read_options(data),
                 }
             },
+            # Poisson NLL of the held-out (coordinated-dropout) entries plus the latent penalty
+            loss_name="objective_nats_per_neuron_bin",
         )
         result = fit(
             model,

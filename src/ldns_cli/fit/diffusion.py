@@ -281,6 +281,8 @@ def train_diffusion(
             "n_val": int(lat.val.sum()),
             "data_fingerprint": data.fingerprint(),
         },
+        # the denoiser's regression error in normalised-latent units (MSE or smooth L1)
+        loss_name="denoising_loss_per_latent_bin",
     )
     schedule = NoiseSchedule(config.schedule_config())
     result = fit(

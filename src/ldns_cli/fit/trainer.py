@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import signal
 import threading
 import time
@@ -149,6 +150,14 @@ class CheckpointSpec:
     config: dict[str, Any]
     fingerprint: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    # the training log: a CSV next to the checkpoint, its loss columns named after what the loss
+    # measures (with its unit), e.g. "poisson_nll_nats_per_neuron_bin"
+    loss_name: str = "loss"
+
+    @property
+    def log_path(self) -> Path:
+        """`<folder>/<stage>_training.csv`, next to the checkpoint."""
+        return self.path.parent / f"{self.path.stem}_training.csv"
 
 
 @dataclass
@@ -377,6 +386,12 @@ class _Trainer:
         self.trials_seen = int(resume.get("trials_seen", 0))
         self.history = list(train_meta.get("history", []))
 
+    def write_log(self) -> None:
+        """Rewrite the per-epoch CSV log (atomically; a log that cannot be written only warns)."""
+        if self.spec is None:
+            return
+        write_training_log(self.spec.log_path, self.history, self.spec.loss_name)
+
     # ------------------------------------------------------------------ steps
     def autocast(self) -> Any:
         enabled = self.cfg.amp and self.device.type == "cuda"
@@ -490,8 +505,12 @@ class _Trainer:
                         "train_loss": train_loss,
                         "val_loss": val_loss if val_loss is not None else float("nan"),
                         "lr": self.opt.param_groups[0]["lr"],
+                        "step": self.global_step,
+                        "train_seconds": self.train_seconds,
                     }
                 )
+                if main:
+                    self.write_log()
                 if main:
                     bar.update(task, status=self._status(train_loss, val_loss, done=True))
                 if log_epochs:
@@ -575,6 +594,35 @@ def strip_training_state(ckpt: Checkpoint) -> Checkpoint:
     )
 
 
+LOG_COLUMNS = ("epoch", "step", "train_seconds", "lr")
+
+
+def write_training_log(path: Path, history: list[dict[str, float]], loss_name: str) -> None:
+    """The per-epoch log as CSV: epoch, optimiser step, cumulative training seconds, learning
+    rate, then `train_<loss_name>` and `val_<loss_name>` (empty without validation)."""
+    header = [*LOG_COLUMNS, f"train_{loss_name}", f"val_{loss_name}"]
+    lines = [",".join(header)]
+    for row in history:
+        values = [row.get(k, float("nan")) for k in LOG_COLUMNS]
+        values += [row.get("train_loss", float("nan")), row.get("val_loss", float("nan"))]
+        lines.append(",".join(_csv_number(v) for v in values))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        warn(f"could not write the training log {path}: {exc.strerror or exc}")
+        tmp.unlink(missing_ok=True)
+
+
+def _csv_number(value: float) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, int) or (float(value).is_integer() and abs(value) < 1e15):
+        return str(int(value))
+    return f"{value:.8g}"
+
+
 def resume_hint(command: str) -> str:
     """The message printed after an interrupted fit."""
     return (
@@ -591,4 +639,5 @@ __all__ = [
     "lr_factor",
     "resume_hint",
     "strip_training_state",
+    "write_training_log",
 ]

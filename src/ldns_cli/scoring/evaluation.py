@@ -45,6 +45,8 @@ import numpy as np
 from ldns_cli.core.data import SpikeData
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.core.runtime import check_seed
+from ldns_cli.core.version import __version__
+from ldns_cli.scoring.conditions import ConditionFigures, evaluate_conditions
 from ldns_cli.scoring.metrics import (
     METRIC_DESCRIPTIONS,
     METRIC_NAMES,
@@ -55,6 +57,7 @@ from ldns_cli.scoring.metrics import (
     compare,
     finalise,
     fit_projection,
+    isi_histogram,
     isi_neurons_used,
     summarise,
 )
@@ -63,6 +66,7 @@ GRAM_BUDGET_BYTES = 256e6  # per data set, for the per-unit float32 Gram matrice
 MIN_UNITS_IN_SPLIT = 64  # a fold's m trials span about this many units (size matching ±1/64)
 PCA_MAX_TRIALS = 256  # reference trials used to fit the PCA of the PSD metric (≥ 25k bins)
 N_EXAMPLES = 4  # trials kept per set for the report's rasters
+ISI_HIST_TRIALS = 512  # trials per set whose ISIs make the report's histogram
 
 
 @dataclass
@@ -76,6 +80,9 @@ class Evaluation:
     projection: Projection
     examples: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     bin_size_s: float = 0.0
+    isi_hist: dict[str, np.ndarray] = field(default_factory=dict)  # pooled ISI counts per set
+    condition_figures: list[ConditionFigures] = field(default_factory=list)
+    align_offset_s: float = 0.0  # start of bin 0 relative to the reference's alignment event
 
 
 @contextmanager
@@ -203,8 +210,12 @@ def evaluate_full(
     seed: int = 0,
     settings: MetricSettings | None = None,
     log: Callable[[str], None] | None = None,
+    conditions: list[str] | None = None,
 ) -> Evaluation:
-    """Compare `generated` with `reference`; see the module docstring for the protocol."""
+    """Compare `generated` with `reference`; see the module docstring for the protocol.
+
+    `conditions`: the conditions to evaluate per value (`scoring.conditions`); None = those the
+    generated file says it was sampled with, [] = none."""
     settings = settings or MetricSettings()
     log = log or (lambda _msg: None)
     check_compatible(reference, generated)
@@ -313,6 +324,7 @@ def evaluate_full(
         }
     used = isi_neurons_used(gen_all, ref_all, settings)
     payload = {
+        "ldns_version": __version__,
         "reference": _describe(reference),
         "generated": _describe(generated),
         "protocol": {
@@ -346,6 +358,20 @@ def evaluate_full(
             "corr_rmse_paper": "the authors' value: √2 smaller than corr_rmse (N² denominator)",
         },
     }
+    cond_payload, cond_figures = evaluate_conditions(
+        reference, generated, conditions, folds=folds, seed=seed
+    )
+    if cond_payload["conditions"]:
+        log(f"evaluated per condition: {', '.join(cond_payload['conditions'])}")
+    payload["conditions"] = cond_payload
+    isi_hist = {
+        name: isi_histogram(counts[:ISI_HIST_TRIALS], lengths[:ISI_HIST_TRIALS])
+        for name, counts, lengths in (
+            ("data", reference.counts, reference.lengths),
+            ("samples", generated.counts, generated.lengths),
+            ("naive", naive_counts, gen_len),
+        )
+    }
     examples = {
         "reference": (reference.counts[:N_EXAMPLES], reference.lengths[:N_EXAMPLES]),
         "generated": (generated.counts[:N_EXAMPLES], generated.lengths[:N_EXAMPLES]),
@@ -358,6 +384,9 @@ def evaluate_full(
         projection=projection,
         examples=examples,
         bin_size_s=bin_size_s,
+        isi_hist=isi_hist,
+        condition_figures=cond_figures,
+        align_offset_s=float(reference.align_offset_s),
     )
 
 
@@ -368,9 +397,13 @@ def evaluate(
     folds: int = 5,
     seed: int = 0,
     settings: MetricSettings | None = None,
+    conditions: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The JSON-ready payload of `evaluate_full` (metrics with floor, naive and score)."""
-    ev = evaluate_full(reference, generated, folds=folds, seed=seed, settings=settings)
+    """The JSON-ready payload of `evaluate_full` (metrics with floor, naive and score, and the
+    per-condition evaluation)."""
+    ev = evaluate_full(
+        reference, generated, folds=folds, seed=seed, settings=settings, conditions=conditions
+    )
     return jsonable(ev.payload)
 
 
@@ -382,6 +415,7 @@ def _describe(data: SpikeData) -> dict[str, Any]:
         "mean_bins": float(data.lengths.mean()),
         "bin_size_s": data.bin_size_s,
         "mean_rate_hz": float(data.mean_rate_hz().mean()),
+        "provenance": dict(data.provenance),
     }
 
 

@@ -292,6 +292,23 @@ def _isi_sums(
     return s1.reshape(shape), s2.reshape(shape), n.reshape(shape)
 
 
+def isi_histogram(counts: np.ndarray, lengths: np.ndarray, max_bins: int = 50) -> np.ndarray:
+    """Pooled histogram of inter-spike intervals in whole bins `[max_bins + 1]`: entry k counts
+    the ISIs of k bins (0: spikes sharing a bin); the last entry holds every longer one. ISIs are
+    taken between successive spikes of one neuron within one trial."""
+    del lengths  # padding bins hold zeros, so they produce no spikes
+    n_bins = counts.shape[1]
+    flat = np.ascontiguousarray(counts.transpose(0, 2, 1)).reshape(-1)  # [B*N*L]
+    nz = np.flatnonzero(flat)
+    c = flat[nz].astype(np.int64)
+    key = nz // n_bins  # trial*N + neuron, sorted
+    same = key[1:] == key[:-1]
+    gaps = np.diff(nz)[same]  # bins between successive non-empty bins of one (trial, neuron)
+    hist = np.bincount(np.minimum(gaps, max_bins), minlength=max_bins + 1).astype(np.int64)
+    hist[0] += int(np.sum(c - 1))  # a bin with c spikes holds c − 1 zero-bin ISIs
+    return hist
+
+
 # ----------------------------------------------------------------------------- smoothing / PCA
 def smooth_rates(counts: np.ndarray, lengths: np.ndarray, sigma_bins: float) -> np.ndarray:
     """Gaussian-smoothed counts `[B, L, N]`, normalised by the smoothed valid mask at trial edges.

@@ -17,6 +17,16 @@ from ldns_cli.scoring.evaluation import Evaluation
 from ldns_cli.scoring.metrics import kde_on_grid
 
 TABLE_HEADER = ("metric", "model (mean ± sd)", "floor", "naive", "score")
+CONDITION_HEADER = ("condition", "measure", "model (mean ± sd)", "floor", "chance", "score")
+# the metric groups a verdict line speaks for
+METRIC_GROUPS = (
+    ("population activity", ("psc_kl", "psc_js", "psc_w1")),
+    ("pairwise correlations", ("corr_rmse",)),
+    ("single neurons", ("rate_rmse_hz", "fano_rmse", "mean_isi_rmse_s", "std_isi_rmse_s")),
+    ("temporal structure", ("autocorr_rmse", "psd_log_mse")),
+)
+GOOD_SCORE = 0.3  # a score at or below this reads as "close to the data"
+
 COLORS = {"data": "#222222", "samples": "#d95f02", "naive": "#7570b3"}
 
 FIGURES = (
@@ -27,6 +37,23 @@ FIGURES = (
     ("autocorr.png", "Autocorrelation of bin counts at lags 1..k, neuron median and IQR."),
     ("psd.png", "Power spectra of the smoothed population's principal components."),
     ("rasters.png", "Example trials: data (top row) and samples (bottom row)."),
+    (
+        "conditions_psth.png",
+        "Per-condition PSTHs of the most condition-dependent neurons: data "
+        "(solid) and samples (dashed), one colour per condition group; the event at 0.",
+    ),
+    (
+        "trajectories.png",
+        "Condition-averaged population trajectories on the reference's first "
+        "two principal components: data (solid) and samples (dashed), one colour per group.",
+    ),
+    (
+        "conditions_rasters.png",
+        "One trial per condition group: data (top) and samples (bottom); "
+        "the alignment event marked in red.",
+    ),
+    ("isi_hist.png", "Pooled inter-spike-interval histograms (log scale)."),
+    ("training.png", "Training curves from the model folder's logs (train and validation)."),
 )
 
 
@@ -49,6 +76,63 @@ def table_rows(payload: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             score += " !"  # worse than the naive Poisson reference
         rows.append((name, model, _fmt(m["floor"]["mean"]), _fmt(m["naive"]["mean"]), score))
     return rows
+
+
+def condition_rows(payload: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """One row per condition and measure (decoding, PSTH R²): model ± sd, floor, chance, score."""
+    rows = []
+    for name, entry in payload.get("conditions", {}).get("conditions", {}).items():
+        for key in ("decoding", "psth"):
+            m = entry.get(key)
+            if not m:
+                continue
+            label = m["metric"] if key == "decoding" else "psth_r2"
+            measure = f"{label} ({'lower' if m['lower_is_better'] else 'higher'} is better)"
+            model = f"{_fmt(m['model']['mean'])} ± {_fmt(m['model']['sd'])}"
+            score = "–" if m["score"] is None else f"{m['score']:.2f}"
+            if m["score"] is not None and m["score"] > 1:
+                score += " !"
+            rows.append(
+                (name, measure, model, _fmt(m["floor"]["mean"]), _fmt(m["chance"]["mean"]), score)
+            )
+    return rows
+
+
+def verdicts(payload: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """One line per metric group (and per condition): (group, verdict, worse than naive)."""
+    lines = []
+    for group, names in METRIC_GROUPS:
+        scores = {
+            n: payload["metrics"][n]["score"]
+            for n in names
+            if n in payload["metrics"] and payload["metrics"][n]["score"] is not None
+        }
+        if not scores:
+            lines.append((group, "no score (the naive model is not clearly worse here)", False))
+            continue
+        worst = max(scores, key=lambda n: scores[n])
+        w = scores[worst]
+        if w <= GOOD_SCORE:
+            text = f"close to the data (every score ≤ {GOOD_SCORE:g}; worst {worst} {w:.2f})"
+        elif w <= 1:
+            text = f"between the data and Poisson (worst {worst} {w:.2f})"
+        else:
+            text = f"worse than homogeneous Poisson on {worst} (score {w:.2f})"
+        lines.append((group, text, w > 1))
+    for name, entry in payload.get("conditions", {}).get("conditions", {}).items():
+        scores = [entry[k]["score"] for k in ("decoding", "psth") if entry.get(k)]
+        scores = [x for x in scores if x is not None]
+        if not scores:
+            continue
+        w = max(scores)
+        if w <= GOOD_SCORE:
+            text = f"samples carry the condition (scores ≤ {GOOD_SCORE:g})"
+        elif w <= 1:
+            text = f"the condition is partly lost (worst score {w:.2f})"
+        else:
+            text = f"samples do not carry the condition (score {w:.2f})"
+        lines.append((f"condition {name}", text, w > 1))
+    return lines
 
 
 # ----------------------------------------------------------------------------- figures
@@ -250,6 +334,187 @@ def _fig_rasters(plt: Any, ev: Evaluation, path: Path) -> None:
     _save(plt, fig, path, left=0.06, right=0.99, top=0.94, bottom=0.09, wspace=0.25, hspace=0.3)
 
 
+def _time_ms(n_bins: int, ev: Evaluation) -> np.ndarray:
+    """Bin centres in ms relative to the alignment event (0 = the event)."""
+    return ((np.arange(n_bins) + 0.5) * ev.bin_size_s + ev.align_offset_s) * 1e3
+
+
+def _no_data(plt: Any, path: Path, text: str) -> None:
+    fig, ax = plt.subplots(figsize=(5, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, color="#555555")
+    _save(plt, fig, path, left=0.01, right=0.99, top=0.99, bottom=0.01)
+
+
+def _group_colors(plt: Any, kind: str, n_groups: int) -> list[Any]:
+    """Circular conditions on a hue circle (neighbouring angles look alike), others tab10/20."""
+    if kind == "circular":
+        cmap = plt.get_cmap("hsv")
+        return [cmap(0.9 * g / max(n_groups, 1)) for g in range(n_groups)]
+    cmap = plt.get_cmap("tab10" if n_groups <= 10 else "tab20")
+    return [cmap(g % cmap.N) for g in range(n_groups)]
+
+
+def _grouped(ev: Evaluation) -> list[Any]:
+    return [f for f in ev.condition_figures if f.psth_reference is not None]
+
+
+def _fig_condition_psth(plt: Any, ev: Evaluation, path: Path, n_neurons: int = 4) -> None:
+    conds = _grouped(ev)
+    if not conds:
+        _no_data(plt, path, "no condition with groups to compare (see the notes)")
+        return
+    height = 2.7 * len(conds) + 0.8
+    fig, axes = plt.subplots(
+        len(conds), n_neurons, figsize=(2.6 * n_neurons + 0.6, height), squeeze=False
+    )
+    for row, cf in enumerate(conds):
+        ref, gen = cf.psth_reference, cf.psth_generated  # [G, L, N] Hz
+        t = _time_ms(ref.shape[1], ev)
+        # the neurons whose PSTH depends most on the condition: variance across groups
+        spread = np.nanmean(np.nanvar(ref, axis=0), axis=0)  # [N]
+        spread = np.where(np.isfinite(spread), spread, -1.0)
+        top = np.argsort(spread)[::-1][:n_neurons]
+        for col in range(n_neurons):
+            ax = axes[row, col]
+            if col >= len(top):
+                ax.axis("off")
+                continue
+            n = int(top[col])
+            colors = _group_colors(plt, cf.kind, len(cf.group_labels))
+            for g, label in enumerate(cf.group_labels):
+                color = colors[g]
+                ax.plot(t, ref[g, :, n], color=color, lw=1.3, label=label)
+                ax.plot(t, gen[g, :, n], color=color, lw=1.1, ls="--")
+            if ev.align_offset_s != 0:
+                ax.axvline(0, color="#b00000", lw=0.8)
+            ax.set_title(f"{cf.name}: neuron {n}")
+            ax.set_xlabel("time from event (ms)" if ev.align_offset_s else "time (ms)")
+            if col == 0:
+                ax.set_ylabel("rate (Hz)")
+        if len(cf.group_labels) <= 8:
+            axes[row, 0].legend(frameon=False, fontsize=6, ncol=2)
+    top_margin, bottom_margin = 1 - 0.35 / height, 0.55 / height
+    _save(plt, fig, path, left=0.06, right=0.99, top=top_margin, bottom=bottom_margin,
+          wspace=0.3, hspace=0.6)  # fmt: skip
+
+
+def _fig_trajectories(plt: Any, ev: Evaluation, path: Path) -> None:
+    conds = _grouped(ev)
+    proj = ev.projection
+    if not conds or proj.components.shape[1] < 2:
+        _no_data(plt, path, "no condition groups (or fewer than two principal components)")
+        return
+    w = proj.components[:, :2] / proj.scale[:, None]  # [N, 2]
+    offset = proj.mean @ w
+    fig, axes = plt.subplots(1, len(conds), figsize=(4.4 * len(conds), 4.2), squeeze=False)
+    for col, cf in enumerate(conds):
+        ax = axes[0, col]
+        colors = _group_colors(plt, cf.kind, len(cf.group_labels))
+        for g, label in enumerate(cf.group_labels):
+            color = colors[g]
+            for psth, ls in ((cf.psth_reference, "-"), (cf.psth_generated, "--")):
+                z = (psth[g] * ev.bin_size_s) @ w - offset  # [L, 2], from Hz to spikes/bin
+                ok = np.isfinite(z).all(axis=1)
+                if ok.any():
+                    ax.plot(z[ok, 0], z[ok, 1], color=color, ls=ls, lw=1.2,
+                            label=label if ls == "-" else None)  # fmt: skip
+                    ax.plot(z[ok, 0][:1], z[ok, 1][:1], "o", ms=3, color=color)
+        ax.set_xlabel("PC1")
+        ax.set_ylabel("PC2")
+        ax.set_title(f"{cf.name}: condition-averaged trajectories (dot = start)")
+        if len(cf.group_labels) <= 8:
+            ax.legend(frameon=False, fontsize=7)
+    _save(plt, fig, path, left=0.08, right=0.99, top=0.9, bottom=0.12, wspace=0.3)
+
+
+def _fig_condition_rasters(plt: Any, ev: Evaluation, path: Path, max_groups: int = 8) -> None:
+    conds = _grouped(ev)
+    if not conds:
+        _no_data(plt, path, "no condition groups")
+        return
+    cf = conds[0]
+    n_cols = min(len(cf.group_labels), max_groups)
+    fig, axes = plt.subplots(2, n_cols, figsize=(2.2 * n_cols + 0.5, 5.2), squeeze=False)
+    for row, (name, examples) in enumerate(
+        (("data", cf.example_reference), ("samples", cf.example_generated))
+    ):
+        for col in range(n_cols):
+            ax = axes[row, col]
+            ex = examples[col]
+            if ex is None:
+                ax.axis("off")
+                continue
+            counts, length = ex
+            c = counts[:length].T  # [N, L]
+            t0 = ev.align_offset_s * 1e3
+            t1 = t0 + length * ev.bin_size_s * 1e3
+            ax.imshow(np.minimum(c, 2), aspect="auto", cmap="Greys", vmin=0, vmax=2,
+                      interpolation="nearest", extent=(t0, t1, c.shape[0] - 0.5, -0.5))  # fmt: skip
+            if t0 < 0 < t1:
+                ax.axvline(0, color="#b00000", lw=1.0)
+            ax.set_title(f"{name}: {cf.name} {cf.group_labels[col]}", color=COLORS[name],
+                         fontsize=8)  # fmt: skip
+            if col == 0:
+                ax.set_ylabel("neuron")
+            if row == 1:
+                ax.set_xlabel("ms from event" if ev.align_offset_s else "ms")
+    _save(plt, fig, path, left=0.06, right=0.99, top=0.93, bottom=0.1, wspace=0.25, hspace=0.35)
+
+
+def _fig_isi_hist(plt: Any, ev: Evaluation, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, hist in ev.isi_hist.items():
+        if hist.sum() == 0:
+            continue
+        p = hist / hist.sum()
+        x = np.arange(len(p)) * ev.bin_size_s * 1e3
+        ls = "--" if name == "naive" else "-"
+        ax.step(x[:-1], np.where(p[:-1] > 0, p[:-1], np.nan), where="mid", color=COLORS[name],
+                ls=ls, lw=1.3, label=name)  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xlabel(f"inter-spike interval (ms, in bins of {ev.bin_size_s * 1e3:g} ms)")
+    ax.set_ylabel("fraction of ISIs")
+    ax.set_title("pooled ISI distribution (0 = spikes sharing a bin)")
+    ax.legend(frameon=False)
+    _save(plt, fig, path, left=0.12, right=0.98, top=0.9, bottom=0.14)
+
+
+def read_training_log(path: Path) -> dict[str, np.ndarray]:
+    """A training CSV log as columns (empty cells read as NaN)."""
+    lines = path.read_text(encoding="utf-8").strip().splitlines()
+    header = lines[0].split(",")
+    rows = [[float(v) if v else np.nan for v in line.split(",")] for line in lines[1:]]
+    table = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(header))
+    return {h: table[:, i] for i, h in enumerate(header)}
+
+
+def _fig_training(plt: Any, logs: list[Path], path: Path) -> None:
+    readable = []
+    for log in logs:
+        try:
+            readable.append((log, read_training_log(log)))
+        except (OSError, ValueError):
+            continue  # a damaged log leaves its panel out, not the report
+    if not readable:
+        _no_data(plt, path, "no training logs (give the model folder with -m)")
+        return
+    fig, axes = plt.subplots(1, len(readable), figsize=(4.6 * len(readable), 3.6), squeeze=False)
+    for ax, (log, cols) in zip(axes[0], readable, strict=True):
+        for key in cols:
+            if key.startswith(("train_", "val_")) and key != "train_seconds":
+                ok = np.isfinite(cols[key])
+                if ok.any():
+                    color = COLORS["data"] if key.startswith("train_") else COLORS["samples"]
+                    ax.plot(cols["epoch"][ok], cols[key][ok], color=color, lw=1.3,
+                            label=key.split("_")[0])  # fmt: skip
+                    ax.set_ylabel(key.split("_", 1)[1].replace("_", " "))
+        ax.set_xlabel("epoch")
+        ax.set_title(log.stem.replace("_training", ""))
+        ax.legend(frameon=False)
+    _save(plt, fig, path, left=0.1, right=0.98, top=0.9, bottom=0.14, wspace=0.35)
+
+
 # ----------------------------------------------------------------------------- html
 def _html(payload: dict[str, Any]) -> str:
     esc = html.escape
@@ -262,6 +527,34 @@ def _html(payload: dict[str, Any]) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in (*TABLE_HEADER, "definition"))
     ref, gen = payload["reference"], payload["generated"]
     proto = payload["protocol"]
+    cond_rows = "\n".join(
+        ("<tr class='worse'>" if row[5].endswith("!") else "<tr>")
+        + "".join(f"<td>{esc(v)}</td>" for v in row)
+        + "</tr>"
+        for row in condition_rows(payload)
+    )
+    cond_head = "".join(f"<th>{esc(h)}</th>" for h in CONDITION_HEADER)
+    cond = payload.get("conditions", {})
+    cond_notes = "".join(f"<li>{esc(n)}</li>" for n in cond.get("notes", []))
+    cond_html = (
+        f"<h2>Per condition</h2><p>{esc(cond.get('protocol', ''))}.</p>"
+        f"<table><thead><tr>{cond_head}</tr></thead><tbody>{cond_rows}</tbody></table>"
+        if cond_rows
+        else "<h2>Per condition</h2><p>No condition evaluated.</p>"
+    ) + (f"<ul>{cond_notes}</ul>" if cond_notes else "")
+    verdict_html = "".join(
+        f"<li><b>{esc(group)}</b>: "
+        + (f"<b class='worse'>{esc(text)}</b>" if bad else esc(text))
+        + "</li>"
+        for group, text, bad in verdicts(payload)
+    )
+    prov = gen.get("provenance", {})
+    prov_html = (
+        "".join(
+            f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in sorted(prov.items())
+        )
+        or "<tr><td colspan='2'>the generated file records no provenance</td></tr>"
+    )
     figs = "\n".join(
         f"<figure><img src='{esc(name)}' alt='{esc(caption)}'>"
         f"<figcaption>{esc(caption)}</figcaption></figure>"
@@ -285,11 +578,14 @@ th, td {{ padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }
 td:first-child, th:first-child, td.d, th:last-child {{ text-align: left; }}
 td.d {{ color: #666; font-size: 12px; }}
 tr.worse td:nth-child(5), b.worse {{ color: #b00; font-weight: bold; }}
+table.prov td {{ text-align: left; font-size: 12px; }}
 figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}
 figcaption {{ color: #555; font-size: 13px; }}
 </style></head><body>
 <h1>ldns evaluate</h1>
 <ul>{describe("reference", ref)}{describe("generated", gen)}</ul>
+<h2>Verdict</h2>
+<ul>{verdict_html}</ul>
 <p>Each metric: lower is better. <i>floor</i> = the reference against itself, <i>naive</i> =
 homogeneous Poisson at the reference's mean rates, both at the same sample sizes as the model;
 <i>score</i> = (model − floor)/(naive − floor): 0 is as good as the data, 1 no better than naive;
@@ -298,13 +594,23 @@ scores marked <b class='worse'>!</b> are worse than naive.
 <table><thead><tr>{head}</tr></thead><tbody>
 {rows}
 </tbody></table>
+{cond_html}
+<h2>Figures</h2>
 {figs}
+<h2>Provenance of the samples</h2>
+<table class='prov'><tbody>{prov_html}</tbody></table>
+<p>Evaluated with ldns {esc(str(payload.get("ldns_version", "")))}, {proto["folds"]} folds,
+seed {proto["seed"]}.</p>
 </body></html>
 """
 
 
-def write_report(ev: Evaluation, directory: Path) -> list[Path]:
-    """Write the PNG figures and index.html into `directory` (which must exist); return paths."""
+def write_report(
+    ev: Evaluation, directory: Path, training_logs: list[Path] | None = None
+) -> list[Path]:
+    """Write the PNG figures and index.html into `directory` (which must exist); return paths.
+
+    `training_logs`: the model folder's `*_training.csv` files, plotted as training curves."""
     plt = _plt()
     min_isi = int(ev.payload["settings"]["min_isi"])
     makers = {
@@ -315,6 +621,11 @@ def write_report(ev: Evaluation, directory: Path) -> list[Path]:
         "autocorr.png": lambda p: _fig_autocorr(plt, ev, p),
         "psd.png": lambda p: _fig_psd(plt, ev, p),
         "rasters.png": lambda p: _fig_rasters(plt, ev, p),
+        "conditions_psth.png": lambda p: _fig_condition_psth(plt, ev, p),
+        "trajectories.png": lambda p: _fig_trajectories(plt, ev, p),
+        "conditions_rasters.png": lambda p: _fig_condition_rasters(plt, ev, p),
+        "isi_hist.png": lambda p: _fig_isi_hist(plt, ev, p),
+        "training.png": lambda p: _fig_training(plt, list(training_logs or []), p),
     }
     written = []
     for name, _caption in FIGURES:

@@ -1,0 +1,429 @@
+"""Per-condition evaluation: do samples generated for condition c look like real trials with c?
+
+Two measurements per condition the samples were generated with (each next to the reference's own
+value, its *floor*, and a *chance* value, measured by the same procedure):
+
+PSTH R² — per condition group, the trial-averaged, Gaussian-smoothed (σ = `PSTH_SMOOTH_S`) rates
+  of the samples against those of the reference; R² = 1 − Σ(psth_x − psth_B)² / Σ(psth_B −
+  mean_B)², summed over groups, bins and neurons, the mean being each neuron's over all groups and
+  bins (variance-weighted over neurons, as the Neural Latents Benchmark pools its PSTH R²).
+  Groups: categorical values as they are; circular values in `ANGLE_SECTORS` equal sectors
+  centred on 0, 45°, 90°, ...; continuous scalars in `SCALAR_GROUPS` quantile bins of the
+  reference; time series and vector conditions have no groups (decoding only).
+Decoding — a decoder of the condition fitted on reference trials (`scoring.decoding`) applied to
+  the samples, scored against the conditions they were generated with.
+
+Protocol, per fold (K folds, as in the rest of `evaluate`): the reference is split at random into
+halves A and B (per group for PSTHs). Decoding: the decoder is fitted on B; floor = its score on A
+(held-out real trials), model = its score on the samples, chance = its score on A with the
+conditions permuted across trials. PSTH R²: per group, n = min(|A_g|, |G_g|) trials of A and of
+the samples are averaged and compared with B's PSTH; floor = A's R² (the split-half ceiling at
+the samples' size), model = the samples', chance = A's with the group labels permuted. Reported:
+mean ± sd over folds, and score = (model − floor)/(chance − floor): 0 = like real trials of the
+condition, 1 = like trials that ignore it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+from ldns_cli.core.data import SpikeData, detect_kind
+from ldns_cli.scoring.decoding import (
+    LOWER_IS_BETTER,
+    METRIC_OF_KIND,
+    fit_decoder,
+    score_values,
+    targets,
+)
+
+PSTH_SMOOTH_S = 0.02  # Gaussian σ of the PSTHs (20 ms)
+ANGLE_SECTORS = 8  # circular conditions: groups of 45°
+SCALAR_GROUPS = 5  # continuous scalars: quintiles of the reference
+MIN_GROUP_TRIALS = 2  # a group needs this many trials in A, B and the samples to be compared
+
+
+@dataclass
+class ConditionFigures:
+    """What the report draws per condition: group PSTHs of the reference and the samples."""
+
+    name: str
+    kind: str
+    group_labels: list[str] = field(default_factory=list)
+    psth_reference: np.ndarray | None = None  # [G, L, N] spikes/s
+    psth_generated: np.ndarray | None = None  # [G, L, N] spikes/s
+    n_reference: np.ndarray | None = None  # [G] trials
+    n_generated: np.ndarray | None = None  # [G] trials
+    # one example trial per group (None where a group has none): counts [L, N] and length
+    example_reference: list[tuple[np.ndarray, int] | None] = field(default_factory=list)
+    example_generated: list[tuple[np.ndarray, int] | None] = field(default_factory=list)
+
+
+def condition_kind(reference: SpikeData, generated: SpikeData, name: str) -> str:
+    """The kind of condition `name`: a time series if it is a behaviour series, else the declared
+    or detected kind of the covariate (the generated file's declaration first)."""
+    if name in generated.behavior or name in reference.behavior:
+        return "timeseries"
+    values = np.asarray(reference.covariates[name])
+    info = generated.variable_info.get(name) or reference.variable_info.get(name)
+    declared = info.kind if info is not None else ""
+    unit = info.unit if info is not None else ""
+    return detect_kind(name, values, declared, unit)
+
+
+def evaluated_conditions(
+    reference: SpikeData, generated: SpikeData, names: list[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """The conditions to evaluate and a note per condition left out.
+
+    Default: the conditions the generated file says it was sampled with (its provenance), which
+    both files hold per trial."""
+    if names is None:
+        listed = generated.provenance.get("conditions", "")
+        names = [n for n in listed.split(",") if n and n != "none"]
+    kept, skipped = [], []
+    for name in names:
+        in_ref = name in reference.covariates or name in reference.behavior
+        in_gen = name in generated.covariates or name in generated.behavior
+        if in_ref and in_gen:
+            kept.append(name)
+        else:
+            where = "the reference" if not in_ref else "the generated file"
+            skipped.append(f"condition '{name}': not in {where}")
+    return kept, skipped
+
+
+def _values(data: SpikeData, name: str) -> np.ndarray:
+    return np.asarray(data.behavior[name] if name in data.behavior else data.covariates[name])
+
+
+def _known(values: np.ndarray) -> np.ndarray:
+    """bool `[B]`: trials whose condition value is known (no NaN)."""
+    if values.dtype.kind not in "fc":
+        return np.ones(len(values), dtype=bool)
+    return np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+
+
+def condition_groups(
+    kind: str, ref_values: np.ndarray, gen_values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """Group index of every reference and generated trial (−1: no group) and the group labels,
+    or None for conditions that have no groups (time series, vectors)."""
+    if kind == "timeseries" or (
+        ref_values.ndim > 1 and ref_values.reshape(len(ref_values), -1).shape[1] > 1
+    ):
+        return None
+    ref_flat = ref_values.reshape(len(ref_values), -1)[:, 0]
+    gen_flat = gen_values.reshape(len(gen_values), -1)[:, 0]
+    if kind == "categorical":
+        labels = sorted({str(v) for v in ref_flat[_known(ref_values)]})
+        lookup = {lab: i for i, lab in enumerate(labels)}
+        return (
+            np.asarray([lookup.get(str(v), -1) for v in ref_flat]),
+            np.asarray([lookup.get(str(v), -1) for v in gen_flat]),
+            labels,
+        )
+    if kind == "circular":
+        width = 2 * math.pi / ANGLE_SECTORS
+
+        def sector(v: np.ndarray) -> np.ndarray:
+            v = v.astype(np.float64)
+            idx = np.floor(np.mod(v + width / 2, 2 * math.pi) / width).astype(np.int64)
+            return np.where(np.isfinite(v), idx % ANGLE_SECTORS, -1)
+
+        labels = [f"{math.degrees(k * width):g}°" for k in range(ANGLE_SECTORS)]
+        return sector(ref_flat), sector(gen_flat), labels
+    ref_f = ref_flat.astype(np.float64)
+    known = np.isfinite(ref_f)
+    if known.sum() < SCALAR_GROUPS * MIN_GROUP_TRIALS:
+        return None
+    edges = np.unique(np.quantile(ref_f[known], np.linspace(0, 1, SCALAR_GROUPS + 1)))
+    if len(edges) < 3:
+        return None
+
+    def bucket(v: np.ndarray) -> np.ndarray:
+        v = v.astype(np.float64)
+        idx = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
+        return np.where(np.isfinite(v), idx, -1)
+
+    labels = [f"{lo:.3g}..{hi:.3g}" for lo, hi in itertools.pairwise(edges)]
+    return bucket(ref_f), bucket(gen_flat.astype(np.float64)), labels
+
+
+def _group_psth(
+    counts: np.ndarray, lengths: np.ndarray, groups: np.ndarray, n_groups: int, n_bins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group sums of counts `[G, L, N]` and of valid trials per bin `[G, L]`."""
+    sums = np.zeros((n_groups, n_bins, counts.shape[2]), dtype=np.float64)
+    n = np.zeros((n_groups, n_bins), dtype=np.float64)
+    mask = np.arange(n_bins)[None, :] < lengths[:, None]  # [B, L]
+    for g in range(n_groups):
+        sel = groups == g
+        if sel.any():
+            sums[g] = counts[sel, :n_bins].sum(axis=0, dtype=np.float64)
+            n[g] = mask[sel].sum(axis=0)
+    return sums, n
+
+
+def _smoothed_mean(sums: np.ndarray, n: np.ndarray, sigma_bins: float) -> np.ndarray:
+    """Trial-averaged counts per bin `[G, L, N]`, smoothed along time: smooth(Σ counts) /
+    smooth(#trials), so bins that fewer trials reach weigh less and trial ends add no zeros."""
+    num = gaussian_filter1d(sums, sigma_bins, axis=1, mode="constant")
+    den = gaussian_filter1d(n, sigma_bins, axis=1, mode="constant")
+    return num / np.maximum(den, 1e-9)[:, :, None]
+
+
+def psth_r2(candidate: np.ndarray, target: np.ndarray, valid: np.ndarray) -> float:
+    """R² of PSTHs `[G, L, N]` over the valid (group, bin) cells `[G, L]`, the SST about each
+    neuron's mean over those cells of the target."""
+    if not valid.any():
+        return float("nan")
+    t = target[valid]  # [V, N]
+    c = candidate[valid]
+    sst = float(np.sum((t - t.mean(axis=0)) ** 2))
+    if sst <= 0:
+        return float("nan")
+    return 1.0 - float(np.sum((c - t) ** 2)) / sst
+
+
+def _take(index: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.permutation(index)[:k])
+
+
+def _psth_fold(
+    ref: SpikeData,
+    gen: SpikeData,
+    ref_groups: np.ndarray,
+    gen_groups: np.ndarray,
+    n_groups: int,
+    n_bins: int,
+    sigma_bins: float,
+    rng: np.random.Generator,
+) -> dict[str, float]:
+    """One fold of the PSTH protocol (see the module docstring)."""
+    pick_a, pick_b, pick_g = [], [], []
+    for g in range(n_groups):
+        r = rng.permutation(np.flatnonzero(ref_groups == g))
+        half = len(r) // 2
+        a, b = r[:half], r[half:]
+        gi = np.flatnonzero(gen_groups == g)
+        k = min(len(a), len(gi))
+        if k < MIN_GROUP_TRIALS or len(b) < MIN_GROUP_TRIALS:
+            continue
+        pick_a.append(_take(a, k, rng))
+        pick_b.append(b)
+        pick_g.append(_take(gi, k, rng))
+    if not pick_a:
+        return {"model": math.nan, "floor": math.nan, "chance": math.nan}
+    idx_a, idx_b, idx_g = (np.concatenate(p) for p in (pick_a, pick_b, pick_g))
+    # chance: A's trials with their group labels permuted (a set that ignores the condition)
+    shuffled = ref_groups[idx_a][rng.permutation(len(idx_a))]
+    out = {}
+    b_sum, b_n = _group_psth(
+        ref.counts[idx_b], ref.lengths[idx_b], ref_groups[idx_b], n_groups, n_bins
+    )
+    target = _smoothed_mean(b_sum, b_n, sigma_bins)
+    parts = {
+        "floor": (ref.counts[idx_a], ref.lengths[idx_a], ref_groups[idx_a]),
+        "model": (gen.counts[idx_g], gen.lengths[idx_g], gen_groups[idx_g]),
+        "chance": (ref.counts[idx_a], ref.lengths[idx_a], shuffled),
+    }
+    sums = {k: _group_psth(c, ln, gr, n_groups, n_bins) for k, (c, ln, gr) in parts.items()}
+    valid = b_n >= MIN_GROUP_TRIALS
+    for key, (_s, n) in sums.items():
+        if key != "chance":
+            valid &= n >= MIN_GROUP_TRIALS
+    for key, (s, n) in sums.items():
+        out[key] = psth_r2(_smoothed_mean(s, n, sigma_bins), target, valid & (n > 0))
+    return out
+
+
+def _decode_fold(
+    kind: str,
+    ref: SpikeData,
+    gen: SpikeData,
+    ref_values: np.ndarray,
+    gen_values: np.ndarray,
+    n_bins: int,
+    rng: np.random.Generator,
+) -> dict[str, float]:
+    """One fold of the decoding protocol (see the module docstring)."""
+    perm = rng.permutation(ref.n_trials)
+    a, b = np.sort(perm[: ref.n_trials // 2]), np.sort(perm[ref.n_trials // 2 :])
+    decoder = fit_decoder(
+        kind, ref.counts[b], ref.lengths[b], ref_values[b], ref.bin_size_s, n_bins
+    )
+    pred_a = decoder.predict(ref.counts[a], ref.lengths[a])
+    shuffled = ref_values[a][rng.permutation(len(a))]
+    return {
+        "floor": score_values(kind, pred_a, targets(kind, ref_values[a], ref.lengths[a])),
+        "chance": score_values(kind, pred_a, targets(kind, shuffled, ref.lengths[a])),
+        "model": decoder.score(gen.counts, gen.lengths, gen_values),
+    }
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    arr = np.asarray(values, dtype=np.float64)
+    ok = arr[np.isfinite(arr)]
+    if ok.size == 0:
+        return {"mean": None, "sd": None}
+    return {"mean": float(ok.mean()), "sd": float(ok.std(ddof=1)) if ok.size > 1 else 0.0}
+
+
+def _summary(per_fold: dict[str, list[float]], description: str) -> dict[str, Any]:
+    model, floor, chance = (_stats(per_fold[k]) for k in ("model", "floor", "chance"))
+    score = None
+    if None not in (model["mean"], floor["mean"], chance["mean"]):
+        gap = chance["mean"] - floor["mean"]
+        if abs(gap) > 1e-9:
+            score = (model["mean"] - floor["mean"]) / gap
+    ratio = None
+    if model["mean"] is not None and floor["mean"] not in (None, 0.0):
+        ratio = model["mean"] / floor["mean"]
+    return {
+        "description": description,
+        "model": model,
+        "floor": floor,
+        "chance": chance,
+        "score": score,
+        "ratio_to_floor": ratio,
+    }
+
+
+def evaluate_conditions(
+    reference: SpikeData,
+    generated: SpikeData,
+    names: list[str] | None = None,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+) -> tuple[dict[str, Any], list[ConditionFigures]]:
+    """Per-condition PSTH R² and decoding of `generated` against `reference` (module docstring).
+
+    Returns the JSON-ready payload `{"conditions": {name: ...}, "notes": [...]}` and the figure
+    data of each condition."""
+    names, notes = evaluated_conditions(reference, generated, names)
+    rng = np.random.default_rng([seed, 0xC0D])
+    results: dict[str, Any] = {}
+    figures: list[ConditionFigures] = []
+    for name in names:
+        kind = condition_kind(reference, generated, name)
+        ref_values, gen_values = _values(reference, name), _values(generated, name)
+        ref_ok, gen_ok = _known(ref_values), _known(gen_values)
+        ref, gen = reference.select(ref_ok) if ref_ok.any() else None, None
+        if gen_ok.any():
+            gen = generated.select(gen_ok)
+        if ref is None or gen is None or ref.n_trials < 4:
+            notes.append(f"condition '{name}': too few trials with a known value")
+            continue
+        ref_values, gen_values = ref_values[ref_ok], gen_values[gen_ok]
+        n_bins = int(min(ref.lengths.min(), gen.lengths.min()))  # the common prefix
+        entry: dict[str, Any] = {"kind": kind, "trials": [ref.n_trials, gen.n_trials]}
+        metric, description = METRIC_OF_KIND[kind]
+        decode: dict[str, list[float]] = {"model": [], "floor": [], "chance": []}
+        for _ in range(folds):
+            for key, value in _decode_fold(
+                kind, ref, gen, ref_values, gen_values, n_bins, rng
+            ).items():
+                decode[key].append(value)
+        entry["decoding"] = {
+            "metric": metric,
+            "lower_is_better": LOWER_IS_BETTER[kind],
+            **_summary(decode, description),
+        }
+        fig = ConditionFigures(name, kind)
+        grouping = condition_groups(kind, ref_values, gen_values)
+        if grouping is None:
+            entry["psth"] = None
+            notes.append(f"condition '{name}' ({kind}): no PSTH groups (decoding only)")
+        else:
+            ref_groups, gen_groups, labels = grouping
+            sigma_bins = max(PSTH_SMOOTH_S / ref.bin_size_s, 0.5)
+            psth_bins = int(max(ref.lengths.max(), gen.lengths.max()))
+            per_fold: dict[str, list[float]] = {"model": [], "floor": [], "chance": []}
+            for _ in range(folds):
+                for key, value in _psth_fold(
+                    ref, gen, ref_groups, gen_groups, len(labels), psth_bins, sigma_bins, rng
+                ).items():
+                    per_fold[key].append(value)
+            entry["psth"] = {
+                "metric": "r2",
+                "lower_is_better": False,
+                "groups": labels,
+                "grouping": _grouping_text(kind),
+                "trials_per_group": {
+                    "reference": np.bincount(
+                        ref_groups[ref_groups >= 0], minlength=len(labels)
+                    ).tolist(),
+                    "generated": np.bincount(
+                        gen_groups[gen_groups >= 0], minlength=len(labels)
+                    ).tolist(),
+                },
+                **_summary(
+                    per_fold,
+                    f"R² of the samples' smoothed PSTHs (σ = {PSTH_SMOOTH_S * 1e3:g} ms) per "
+                    "condition group against the reference's",
+                ),
+            }
+            _fill_figures(fig, ref, gen, ref_groups, gen_groups, labels, psth_bins, sigma_bins)
+        results[name] = entry
+        figures.append(fig)
+    return {"conditions": results, "notes": notes, "protocol": _PROTOCOL}, figures
+
+
+_PROTOCOL = (
+    "per fold the reference is split at random into halves A and B; decoding: a decoder fitted "
+    "on B scores A (floor), the samples against their conditions (model) and A with its "
+    "conditions permuted (chance); PSTH R²: per condition group, equal numbers of A's and of the "
+    "samples' trials against B's PSTH (floor = the split-half ceiling), chance = A with its "
+    "group labels permuted; score = (model − floor)/(chance − floor)"
+)
+
+
+def _grouping_text(kind: str) -> str:
+    if kind == "circular":
+        return f"{ANGLE_SECTORS} equal sectors of {360 // ANGLE_SECTORS}° centred on 0°"
+    if kind == "categorical":
+        return "one group per value"
+    return f"{SCALAR_GROUPS} quantile bins of the reference's values"
+
+
+def _fill_figures(
+    fig: ConditionFigures,
+    ref: SpikeData,
+    gen: SpikeData,
+    ref_groups: np.ndarray,
+    gen_groups: np.ndarray,
+    labels: list[str],
+    n_bins: int,
+    sigma_bins: float,
+) -> None:
+    n_groups = len(labels)
+    r_sum, r_n = _group_psth(ref.counts, ref.lengths, ref_groups, n_groups, n_bins)
+    g_sum, g_n = _group_psth(gen.counts, gen.lengths, gen_groups, n_groups, n_bins)
+    hz = 1.0 / ref.bin_size_s
+    fig.group_labels = labels
+    fig.psth_reference = (_smoothed_mean(r_sum, r_n, sigma_bins) * hz).astype(np.float32)
+    fig.psth_generated = (_smoothed_mean(g_sum, g_n, sigma_bins) * hz).astype(np.float32)
+    fig.psth_reference[r_n < 1] = np.nan
+    fig.psth_generated[g_n < 1] = np.nan
+    fig.n_reference = np.bincount(ref_groups[ref_groups >= 0], minlength=n_groups)
+    fig.n_generated = np.bincount(gen_groups[gen_groups >= 0], minlength=n_groups)
+    fig.example_reference = _examples(ref, ref_groups, n_groups)
+    fig.example_generated = _examples(gen, gen_groups, n_groups)
+
+
+def _examples(
+    data: SpikeData, groups: np.ndarray, n_groups: int
+) -> list[tuple[np.ndarray, int] | None]:
+    """The first trial of each group: (counts `[L, N]`, length), or None."""
+    out: list[tuple[np.ndarray, int] | None] = []
+    for g in range(n_groups):
+        hit = np.flatnonzero(groups == g)
+        out.append(None if hit.size == 0 else (data.counts[hit[0]], int(data.lengths[hit[0]])))
+    return out

@@ -1,0 +1,212 @@
+"""Linear decoders of a trial's condition from its spikes: does a trial carry its condition?
+
+One decoder per condition kind, each fitted on real trials and applied to any set of trials:
+
+- circular (an angle): ridge regression of (cos θ, sin θ), decoded θ = atan2; scored by the
+  median circular error in degrees (lower is better);
+- categorical: ridge regression of the one-hot labels, decoded label = argmax (a least-squares
+  linear classifier); scored by accuracy (higher is better);
+- continuous (a scalar or vector per trial): ridge regression; scored by R² pooled over columns;
+- timeseries (a value per bin, e.g. hand velocity): ridge regression from the smoothed counts of
+  the same bin; scored by R² pooled over bins and columns.
+
+Trial-level features are Gaussian-smoothed counts (σ = `SMOOTH_S`) at `FEATURE_TIMES` evenly
+spaced bins of the first `n_bins` bins (the set's common length), flattened; features are
+standardised on the fitting trials. The ridge penalty is chosen by exact leave-one-out error
+(closed form through one SVD), so no setting has to be tuned per recording.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ldns_cli.scoring.metrics import smooth_rates, valid_mask
+
+SMOOTH_S = 0.02  # Gaussian σ of the counts the decoders read (20 ms)
+FEATURE_TIMES = 20  # trial-level decoders read the smoothed counts at this many bins
+MAX_SERIES_ROWS = 200_000  # bins a time-series decoder is fitted on (evenly thinned beyond)
+ALPHA_GRID = np.logspace(-4, 2, 13)  # ridge penalties, relative to the mean squared singular value
+KINDS = ("circular", "categorical", "continuous", "timeseries")
+LOWER_IS_BETTER = {"circular": True, "categorical": False, "continuous": False, "timeseries": False}
+METRIC_OF_KIND = {
+    "circular": ("angle_error_deg", "median circular error of the decoded angle (degrees)"),
+    "categorical": ("accuracy", "fraction of trials whose decoded label is their condition"),
+    "continuous": ("r2", "R² of the decoded value (pooled over columns)"),
+    "timeseries": ("r2", "R² of the decoded series (pooled over bins and columns)"),
+}
+
+
+@dataclass
+class Ridge:
+    """A fitted ridge regression: y ≈ ((x − mean)/scale) @ weights + intercept."""
+
+    mean: np.ndarray  # [P]
+    scale: np.ndarray  # [P]
+    weights: np.ndarray  # [P, K]
+    intercept: np.ndarray  # [K]
+    alpha: float
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """`[n, P]` → `[n, K]`."""
+        return ((x - self.mean) / self.scale) @ self.weights + self.intercept
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray) -> Ridge:
+    """Ridge regression of `y` `[n, K]` on standardised `x` `[n, P]`, the penalty chosen from
+    `ALPHA_GRID` by exact leave-one-out error (h_ii from the SVD: e_i/(1 − h_ii))."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64).reshape(len(x), -1)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale = np.where(scale > 1e-9, scale, 1.0)
+    xs = (x - mean) / scale
+    y_mean = y.mean(axis=0)
+    yc = y - y_mean
+    u, s, vt = np.linalg.svd(xs, full_matrices=False)  # [n, r], [r], [r, P]
+    uty = u.T @ yc  # [r, K]
+    s2 = s * s
+    ref = float(s2.mean()) if s2.size else 1.0
+    best: tuple[float, float] | None = None
+    for rel in ALPHA_GRID:
+        alpha = rel * max(ref, 1e-12)
+        shrink = s2 / (s2 + alpha)  # [r]
+        fitted = u @ (shrink[:, None] * uty)  # [n, K]
+        # the intercept is fitted too: leverage 1/n on top of the ridge hat matrix
+        hat = (u * u) @ shrink + 1.0 / len(x)  # [n]
+        loo = (yc - fitted) / np.maximum(1.0 - hat, 1e-6)[:, None]
+        err = float(np.mean(loo * loo))
+        if best is None or err < best[0]:
+            best = (err, alpha)
+    assert best is not None
+    alpha = best[1]
+    weights = vt.T @ ((s / (s2 + alpha))[:, None] * uty)  # [P, K]
+    return Ridge(mean, scale, weights, y_mean, alpha)
+
+
+def trial_features(
+    counts: np.ndarray, lengths: np.ndarray, bin_size_s: float, n_bins: int
+) -> np.ndarray:
+    """Smoothed counts at `FEATURE_TIMES` evenly spaced bins of the first `n_bins`, flattened
+    `[B, T·N]` (trials shorter than `n_bins` are read up to their end; padding reads as 0)."""
+    sigma = max(SMOOTH_S / bin_size_s, 0.5)
+    times = np.unique(np.linspace(0, max(n_bins - 1, 0), min(FEATURE_TIMES, n_bins)).round())
+    rates = smooth_rates(counts[:, :n_bins], np.minimum(lengths, n_bins), sigma)  # [B, L, N]
+    return rates[:, times.astype(np.int64)].reshape(len(counts), -1).astype(np.float64)
+
+
+def series_features(
+    counts: np.ndarray, lengths: np.ndarray, bin_size_s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Smoothed counts of every valid bin `[V, N]` and the flat valid-bin mask `[B·L]`."""
+    sigma = max(SMOOTH_S / bin_size_s, 0.5)
+    rates = smooth_rates(counts, lengths, sigma)  # [B, L, N]
+    mask = valid_mask(lengths, counts.shape[1])
+    return rates[mask].astype(np.float64), mask
+
+
+def circular_error_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a − b| on the circle, in degrees (0..180)."""
+    return np.degrees(np.abs(np.angle(np.exp(1j * (np.asarray(a) - np.asarray(b))))))
+
+
+def r2_pooled(pred: np.ndarray, true: np.ndarray) -> float:
+    """1 − SSE/SST pooled over columns, SST about each column's mean."""
+    true = np.asarray(true, dtype=np.float64).reshape(len(true), -1)
+    pred = np.asarray(pred, dtype=np.float64).reshape(true.shape)
+    sst = float(np.sum((true - true.mean(axis=0)) ** 2))
+    if sst <= 0:
+        return float("nan")
+    return 1.0 - float(np.sum((pred - true) ** 2)) / sst
+
+
+@dataclass
+class Decoder:
+    """A decoder of one condition: `score(counts, lengths, values)` on any set of trials."""
+
+    kind: str
+    ridge: Ridge
+    n_bins: int  # trial-level decoders: bins read from the start of each trial
+    bin_size_s: float
+    labels: list[Any] | None = None  # categorical: the label of each output column
+
+    def predict(self, counts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Decoded values: angles `[B]`, labels `[B]`, values `[B, K]` or series `[V, K]`."""
+        if self.kind == "timeseries":
+            x, _ = series_features(counts, lengths, self.bin_size_s)
+            return self.ridge.predict(x)
+        out = self.ridge.predict(trial_features(counts, lengths, self.bin_size_s, self.n_bins))
+        if self.kind == "circular":
+            return np.arctan2(out[:, 1], out[:, 0])
+        if self.kind == "categorical":
+            assert self.labels is not None
+            return np.asarray(self.labels, dtype=object)[out.argmax(axis=1)]
+        return out
+
+    def score(self, counts: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> float:
+        """The kind's metric (see `METRIC_OF_KIND`) of the decoded against the true values."""
+        pred = self.predict(counts, lengths)
+        return score_values(self.kind, pred, targets(self.kind, values, lengths))
+
+
+def targets(kind: str, values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """What a decoder's output is compared with: series flattened to their valid bins `[V, K]`."""
+    values = np.asarray(values)
+    if kind == "timeseries":
+        series = values.reshape(values.shape[0], values.shape[1], -1)  # [B, L', K]
+        mask = valid_mask(np.minimum(lengths, series.shape[1]), series.shape[1])
+        return series[mask].astype(np.float64)
+    return values
+
+
+def score_values(kind: str, pred: np.ndarray, true: np.ndarray) -> float:
+    """The kind's metric of decoded `pred` against `true` (same shapes as `Decoder.predict`)."""
+    if len(true) == 0:
+        return float("nan")
+    if kind == "circular":
+        return float(np.median(circular_error_deg(pred, np.asarray(true, dtype=np.float64))))
+    if kind == "categorical":
+        return float(np.mean([str(p) == str(t) for p, t in zip(pred, true, strict=True)]))
+    return r2_pooled(pred, true)
+
+
+def fit_decoder(
+    kind: str,
+    counts: np.ndarray,
+    lengths: np.ndarray,
+    values: np.ndarray,
+    bin_size_s: float,
+    n_bins: int,
+) -> Decoder:
+    """Fit the decoder of a condition of `kind` on trials (`values`: `[B]`, `[B, K]` or series
+    `[B, L, K]`); trial-level decoders read the first `n_bins` bins."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown condition kind {kind!r}")
+    values = np.asarray(values)
+    if kind == "timeseries":
+        x, _ = series_features(counts, lengths, bin_size_s)
+        y = targets(kind, values, lengths)
+        n = min(len(x), len(y))
+        step = max(1, n // MAX_SERIES_ROWS)
+        return Decoder(kind, fit_ridge(x[:n:step], y[:n:step]), n_bins, bin_size_s)
+    x = trial_features(counts, lengths, bin_size_s, n_bins)
+    labels = None
+    if kind == "circular":
+        theta = values.astype(np.float64).reshape(-1)
+        y = np.stack([np.cos(theta), np.sin(theta)], axis=1)
+    elif kind == "categorical":
+        keys = np.asarray([str(v) for v in values.reshape(len(values), -1)[:, 0]])
+        labels = sorted(set(keys.tolist()))
+        y = (keys[:, None] == np.asarray(labels)[None, :]).astype(np.float64)
+    else:
+        y = values.astype(np.float64).reshape(len(values), -1)
+    return Decoder(kind, fit_ridge(x, y), n_bins, bin_size_s, labels)
+
+
+def chance_score(kind: str, pred: np.ndarray, true: np.ndarray, rng: np.random.Generator) -> float:
+    """The metric when predictions are paired with the wrong trials (targets permuted): what a
+    set of trials that ignores its condition scores."""
+    true = np.asarray(true)
+    return score_values(kind, pred, true[rng.permutation(len(true))])
