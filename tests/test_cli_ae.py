@@ -52,7 +52,17 @@ def test_fit_ae_writes_a_checkpoint_and_nothing_on_stdout(files: dict[str, Path]
     assert rates.sum() / train.counts.sum() == pytest.approx(summary["rate_ratio"], rel=1e-4)
     assert summary["rate_ratio"] != pytest.approx(summary["rate_ratio_before_calibration"])
     assert ckpt.extra["data"]["n_train"] == 28  # the file's 70% train split, never test
-    assert [p.name for p in files["models"].iterdir()] == ["ae.safetensors"]  # no temp files
+    # no temp files; the per-epoch log names its loss and unit
+    assert sorted(p.name for p in files["models"].iterdir()) == [
+        "ae.safetensors",
+        "ae_training.csv",
+    ]
+    log = (files["models"] / "ae_training.csv").read_text().splitlines()
+    assert log[0] == (
+        "epoch,step,train_seconds,lr,train_objective_nats_per_neuron_bin,"
+        "val_objective_nats_per_neuron_bin"
+    )
+    assert [row.split(",")[0] for row in log[1:]] == ["1", "2"]
 
 
 def test_encode_writes_latents_and_rates(files: dict[str, Path]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 
 import h5py
@@ -250,3 +251,22 @@ def test_latent_calibration_is_fitted_applied_and_refittable(fitted):
          "--calibration-trials", "0"], "calibration-trials",
     )  # fmt: skip
     _fails(["fit-diffusion", str(data), "-m", str(old), "--sampler", "ddim"], "--calibrate-only")
+
+
+def test_evaluate_reports_per_condition_and_the_report_plots_training(fitted):
+    root, data, models = fitted
+    samples = root / "per_condition.nwb"
+    _ok(["sample", "-m", str(models), "--condition-from", str(data), "--trials", "test",
+         "--per-condition", "3", "-o", str(samples), "-q"])  # fmt: skip
+    args = ["evaluate", str(data), str(samples), "-m", str(models), "--folds", "2"]
+    table = _ok([*args, "-q"]).stdout
+    assert "per condition" in table and "angle_error_deg" in table and "hand_vel" in table
+    payload = json.loads(_ok([*args, "--json", "-q"]).stdout)
+    assert set(payload["conditions"]["conditions"]) == {"angle", "hand_vel"}
+    assert payload["generated"]["provenance"]["conditions"] == "angle,hand_vel"
+    off = json.loads(_ok([*args, "--json", "-q", "--condition", "none"]).stdout)
+    assert off["conditions"]["conditions"] == {}
+    report = root / "report"
+    _ok([*args, "-q", "--report", str(report)])
+    assert {"ae_training.csv", "diffusion_training.csv"} <= {p.name for p in models.iterdir()}
+    assert len((report / "training.png").read_bytes()) > 5000

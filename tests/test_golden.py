@@ -35,7 +35,7 @@ GOLDEN = {
     "fit_ae": "a2797f46cf0e258d3bfb2d54325890ebb03ed504cd75c7359eaedc8c000a62ea",
     "fit_history": "e1c89fec8f55317eadbd7b7702414bfabd6caa09dd7cb30fc7e140e86f6bd38d",
     "fit_diffusion": "10a860e09cb27f3f2a52361b6032ef4470f235b3b605243597c69aeeb5c77da7",
-    "evaluate_json": "c9b4444a65cf807ba2a2df3349f1e3f1eb9a2375c25ea5974591150f01eb0d7e",
+    "evaluate_json": "5461e5331ad68bd5d663838ab3322f662e70399c6fe8c7adbf8e01509d181b6f",
 }
 
 
@@ -64,10 +64,14 @@ def _tensor_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+PATH_KEYS = {"path", "source_file", "models", "settings.models"}
+
+
 def _without_paths(value: object) -> object:
-    """The JSON payload minus `path` entries (they name this test's temporary folder)."""
+    """The JSON payload minus the entries that name files (they name this test's temporary
+    folder): the files' `path`s and, in their provenance, source file and model folder."""
     if isinstance(value, dict):
-        return {k: _without_paths(v) for k, v in value.items() if k != "path"}
+        return {k: _without_paths(v) for k, v in value.items() if k not in PATH_KEYS}
     if isinstance(value, list):
         return [_without_paths(v) for v in value]
     return value

@@ -336,6 +336,7 @@ class _Trainer:
         ckpt = self.state_checkpoint(complete)
         if self.spec is not None and dist.is_main():
             save_checkpoint(self.spec.path, ckpt)
+            self.write_log()
         dist.barrier()
         return ckpt
 
@@ -387,8 +388,11 @@ class _Trainer:
         self.history = list(train_meta.get("history", []))
 
     def write_log(self) -> None:
-        """Rewrite the per-epoch CSV log (atomically; a log that cannot be written only warns)."""
-        if self.spec is None:
+        """Rewrite the per-epoch CSV log (atomically; a log that cannot be written only warns).
+
+        Written every epoch once the model folder exists, and with every checkpoint (the first
+        save makes the folder: a fit that fails early leaves no folder behind)."""
+        if self.spec is None or not self.spec.log_path.parent.is_dir():
             return
         write_training_log(self.spec.log_path, self.history, self.spec.loss_name)
 

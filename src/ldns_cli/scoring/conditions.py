@@ -133,7 +133,8 @@ def condition_groups(
 
         def sector(v: np.ndarray) -> np.ndarray:
             v = v.astype(np.float64)
-            idx = np.floor(np.mod(v + width / 2, 2 * math.pi) / width).astype(np.int64)
+            wrapped = np.mod(np.nan_to_num(v) + width / 2, 2 * math.pi)
+            idx = np.floor(wrapped / width).astype(np.int64)
             return np.where(np.isfinite(v), idx % ANGLE_SECTORS, -1)
 
         labels = [f"{math.degrees(k * width):g}°" for k in range(ANGLE_SECTORS)]

@@ -1,0 +1,181 @@
+"""Per-condition evaluation (`scoring.conditions`) and its decoders (`scoring.decoding`).
+
+Oracles: samples that are real trials of the right condition score at the floor (score ≈ 0),
+the same trials with their conditions shuffled score at chance (score ≈ 1); the ridge's
+closed-form leave-one-out error equals refitting without each trial."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ldns_cli.core.data import SpikeData, VariableInfo
+from ldns_cli.io.simulate import simulate_reach
+from ldns_cli.scoring.conditions import condition_groups, evaluate_conditions, psth_r2
+from ldns_cli.scoring.decoding import ALPHA_GRID, _loo_error, fit_decoder, fit_ridge
+from ldns_cli.scoring.metrics import isi_histogram
+
+
+@pytest.fixture(scope="module")
+def reach():
+    data = simulate_reach(240, 32, 80, seed=3)
+    ref, gen = data.select(np.arange(120)), data.select(np.arange(120, 240))
+    gen.provenance["conditions"] = "angle,condition_id,hand_vel"
+    return ref, gen
+
+
+def _shuffled(data: SpikeData, seed: int) -> SpikeData:
+    perm = np.random.default_rng(seed).permutation(data.n_trials)
+    return dataclasses.replace(
+        data,
+        covariates={k: v[perm] for k, v in data.covariates.items()},
+        behavior={k: v[perm] for k, v in data.behavior.items()},
+    )
+
+
+def _scores(payload: dict) -> dict[tuple[str, str], float]:
+    return {
+        (name, key): entry[key]["score"]
+        for name, entry in payload["conditions"].items()
+        for key in ("decoding", "psth")
+        if entry.get(key)
+    }
+
+
+def test_real_trials_score_at_the_floor_and_shuffled_ones_at_chance(reach):
+    ref, gen = reach
+    real, _ = evaluate_conditions(ref, gen, folds=4, seed=0)
+    shuffled, _ = evaluate_conditions(ref, _shuffled(gen, 1), folds=4, seed=0)
+    assert set(real["conditions"]) == {"angle", "condition_id", "hand_vel"}
+    kinds = {n: e["kind"] for n, e in real["conditions"].items()}
+    assert kinds == {"angle": "circular", "condition_id": "categorical", "hand_vel": "timeseries"}
+    assert real["conditions"]["hand_vel"]["psth"] is None  # series: decoding only
+    for key, score in _scores(real).items():
+        assert abs(score) < 0.2, (key, score)
+    for key, score in _scores(shuffled).items():
+        assert 0.75 < score < 1.25, (key, score)
+    angle = real["conditions"]["angle"]["decoding"]
+    assert angle["metric"] == "angle_error_deg" and angle["floor"]["mean"] < 20
+    assert angle["chance"]["mean"] > 60  # uniform angles: 90° median error by chance
+    acc = real["conditions"]["condition_id"]["decoding"]
+    assert acc["floor"]["mean"] > 0.6 and acc["chance"]["mean"] < 0.25  # 8 classes
+
+
+def test_default_conditions_come_from_the_samples_provenance(reach):
+    ref, gen = reach
+    gen = dataclasses.replace(gen, provenance={"conditions": "angle"})
+    payload, figures = evaluate_conditions(ref, gen, folds=2)
+    assert list(payload["conditions"]) == ["angle"]
+    assert figures[0].psth_reference.shape == (8, ref.n_bins, ref.n_neurons)
+    none, _ = evaluate_conditions(ref, dataclasses.replace(gen, provenance={}), folds=2)
+    assert none["conditions"] == {}
+    missing, _ = evaluate_conditions(ref, gen, ["speed"], folds=2)
+    assert missing["conditions"] == {} and "speed" in missing["notes"][0]
+
+
+def test_evaluation_is_deterministic(reach):
+    ref, gen = reach
+    a, _ = evaluate_conditions(ref, gen, ["angle"], folds=2, seed=5)
+    b, _ = evaluate_conditions(ref, gen, ["angle"], folds=2, seed=5)
+    assert a == b
+
+
+def test_circular_groups_are_sectors_centred_on_multiples_of_45_degrees():
+    angles = np.radians([0.0, 22.0, 23.0, 350.0, 180.0, 359.0, np.nan])
+    ref_g, _, labels = condition_groups("circular", angles, angles)
+    assert labels[:3] == ["0°", "45°", "90°"] and len(labels) == 8
+    assert ref_g.tolist() == [0, 0, 1, 0, 4, 0, -1]
+
+
+def test_scalar_groups_are_reference_quantiles():
+    values = np.arange(100.0)
+    ref_g, gen_g, labels = condition_groups("continuous", values, np.array([-5.0, 50.0, 500.0]))
+    assert len(labels) == 5 and np.bincount(ref_g).tolist() == [20] * 5
+    assert gen_g.tolist() == [0, 2, 4]  # out-of-range values join the outer groups
+
+
+def test_psth_r2_oracle():
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(3, 10, 4))
+    valid = np.ones((3, 10), dtype=bool)
+    assert psth_r2(target, target, valid) == 1.0
+    means = np.broadcast_to(target.reshape(-1, 4).mean(0), target.shape)
+    assert abs(psth_r2(means, target, valid)) < 1e-12  # each neuron's mean: R² = 0
+
+
+def test_ridge_leave_one_out_matches_refitting():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(25, 6))
+    y = x @ rng.normal(size=(6, 2)) + rng.normal(size=(25, 2))
+    xs = (x - x.mean(0)) / x.std(0)
+    for alpha in (0.1, 3.0):
+        closed = _loo_error(xs, y - y.mean(0), alpha)
+        brute = 0.0
+        for i in range(len(x)):
+            keep = np.arange(len(x)) != i
+            xk, yk = xs[keep], y[keep]
+            xm, ym = xk.mean(0), yk.mean(0)
+            w = np.linalg.solve(
+                (xk - xm).T @ (xk - xm) + alpha * np.eye(6), (xk - xm).T @ (yk - ym)
+            )
+            brute += float(np.sum((y[i] - ((xs[i] - xm) @ w + ym)) ** 2))
+        assert closed == pytest.approx(brute / y.size, rel=1e-9)
+    model = fit_ridge(x, y)
+    assert model.alpha in ALPHA_GRID * np.mean(np.linalg.svd(xs, compute_uv=False) ** 2)
+
+
+def test_categorical_decoder_reads_labels_of_any_type():
+    rng = np.random.default_rng(1)
+    labels = np.array(["left", "right"] * 30)
+    counts = rng.poisson(np.where(labels[:, None, None] == "left", 0.1, 0.6), (60, 20, 5))
+    decoder = fit_decoder("categorical", counts, np.full(60, 20), labels, 0.01, 20)
+    assert decoder.labels == ["left", "right"]
+    assert decoder.score(counts, np.full(60, 20), labels) == 1.0
+
+
+def test_isi_histogram_oracle():
+    counts = np.zeros((2, 10, 2), dtype=np.int16)
+    counts[0, [1, 4, 5], 0] = [1, 2, 1]  # ISIs: 3, 0 (inside bin 4), 1
+    counts[1, [0, 9], 1] = 1  # ISI 9; no ISI across trials or neurons
+    hist = isi_histogram(counts, np.full(2, 10), max_bins=5)
+    assert hist.tolist() == [1, 1, 0, 1, 0, 1]  # 9 > 5: the last entry
+
+
+def test_declared_kind_wins_over_detection(reach):
+    ref, gen = reach
+    info = {"angle": VariableInfo(kind="continuous")}
+    gen = dataclasses.replace(gen, variable_info=info)
+    payload, _ = evaluate_conditions(ref, gen, ["angle"], folds=1)
+    assert payload["conditions"]["angle"]["kind"] == "circular"  # an angle name and unit rad
+
+
+def test_report_shows_conditions_verdicts_provenance_and_training_curves(reach, tmp_path):
+    from ldns_cli.fit.trainer import write_training_log
+    from ldns_cli.scoring.evaluation import evaluate_full
+    from ldns_cli.scoring.report import read_training_log, write_report
+
+    ref, gen = reach
+    gen = dataclasses.replace(_shuffled(gen, 2), provenance={"conditions": "angle", "seed": "7"})
+    ev = evaluate_full(ref, gen, folds=2, seed=0)
+    history = [{"epoch": e, "step": 4 * e, "train_seconds": 0.5 * e, "lr": 1e-3,
+                "train_loss": 1.0 / e, "val_loss": 1.2 / e} for e in (1, 2, 3)]  # fmt: skip
+    log = tmp_path / "ae_training.csv"
+    write_training_log(log, history, "poisson_nll_nats_per_neuron_bin")
+    cols = read_training_log(log)
+    assert list(cols) == ["epoch", "step", "train_seconds", "lr",
+                          "train_poisson_nll_nats_per_neuron_bin",
+                          "val_poisson_nll_nats_per_neuron_bin"]  # fmt: skip
+    assert cols["val_poisson_nll_nats_per_neuron_bin"][2] == pytest.approx(0.4)
+    out = tmp_path / "report"
+    out.mkdir()
+    write_report(ev, out, training_logs=[log])
+    html = (out / "index.html").read_text(encoding="utf-8")
+    for name in ("conditions_psth.png", "trajectories.png", "conditions_rasters.png",
+                 "training.png", "isi_hist.png"):  # fmt: skip
+        assert len((out / name).read_bytes()) > 5000, name
+    # shuffled samples: the condition is lost, and the report says so in red
+    assert "samples do not carry the condition" in html or "partly lost" in html
+    assert "<td>seed</td><td>7</td>" in html  # the samples' provenance
+    assert html.count("<tr class='worse'>") >= 1
