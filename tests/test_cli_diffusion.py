@@ -262,10 +262,10 @@ def test_evaluate_reports_per_condition_and_the_report_plots_training(fitted):
     table = _ok([*args, "-q"]).stdout
     assert "per condition" in table and "angle_error_deg" in table and "hand_vel" in table
     payload = json.loads(_ok([*args, "--json", "-q"]).stdout)
-    assert set(payload["conditions"]["conditions"]) == {"angle", "hand_vel"}
+    assert set(payload["conditions"]) == {"angle", "hand_vel"}
     assert payload["generated"]["provenance"]["conditions"] == "angle,hand_vel"
     off = json.loads(_ok([*args, "--json", "-q", "--condition", "none"]).stdout)
-    assert off["conditions"]["conditions"] == {}
+    assert off["conditions"] == {}
     report = root / "report"
     _ok([*args, "-q", "--report", str(report)])
     assert {"ae_training.csv", "diffusion_training.csv"} <= {p.name for p in models.iterdir()}

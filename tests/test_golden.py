@@ -35,7 +35,7 @@ GOLDEN = {
     "fit_ae": "a2797f46cf0e258d3bfb2d54325890ebb03ed504cd75c7359eaedc8c000a62ea",
     "fit_history": "e1c89fec8f55317eadbd7b7702414bfabd6caa09dd7cb30fc7e140e86f6bd38d",
     "fit_diffusion": "10a860e09cb27f3f2a52361b6032ef4470f235b3b605243597c69aeeb5c77da7",
-    "evaluate_json": "5461e5331ad68bd5d663838ab3322f662e70399c6fe8c7adbf8e01509d181b6f",
+    "evaluate_json": "2faa9de0dac6c2ea4cf4ebb7a408632cf619d237d257164ec0fa02cbcb134fbe",
 }
 
 

@@ -125,6 +125,9 @@ def test_generated_nwb_is_aligned_like_the_recording(fitted, tmp_path):
         np.testing.assert_allclose(onset - trials["start_time"].to_numpy(), 0.25, atol=1e-9)
         np.testing.assert_array_equal(trials["maze_id"].to_numpy(), truth["maze_id"][test])
         np.testing.assert_allclose(np.rad2deg(trials["cond_dir"]), truth["cond_dir"][test])
+        # NLB readers split units on a `heldout` column: generated units are all held in
+        units = io.read().units.to_dataframe()
+        assert units["heldout"].dtype == bool and not units["heldout"].any()
     written = ldns.read(out)
     aligned = ldns.read(out, align="move_onset_time", window=NLB_WINDOW_S, bin_ms=5)
     np.testing.assert_array_equal(aligned.counts, written.counts)

@@ -104,12 +104,18 @@ def write(
 
 
 def evaluate(
-    reference: SpikeData, generated: SpikeData, *, folds: int = 5, seed: int = 0
+    reference: SpikeData,
+    generated: SpikeData,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    conditions: list[str] | None = None,
 ) -> dict[str, Any]:
     """`ldns evaluate --json` as a dict: every statistic of `generated` against `reference`
     with the floor (the recording against itself), the naive Poisson model and the score
-    (0 = as good as the data, 1 = no better than naive)."""
-    return _evaluate(reference, generated, folds=folds, seed=seed)
+    (0 = as good as the data, 1 = no better than naive); under "conditions" the per-condition
+    decoding and PSTH R² of the `conditions` (default: those `generated` was sampled with)."""
+    return _evaluate(reference, generated, folds=folds, seed=seed, conditions=conditions)
 
 
 def audit(

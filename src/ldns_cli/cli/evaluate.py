@@ -162,7 +162,7 @@ def evaluate(
     if not quiet:  # per-unit warnings are advice, not errors: --quiet silences them
         for line in realism_warnings(gen, ref):
             warn(line)
-        for line in ev.payload["conditions"]["notes"]:
+        for line in ev.payload["notes"]["conditions"]:
             info(line)
     if report is not None:
         from ldns_cli.scoring.report import write_report

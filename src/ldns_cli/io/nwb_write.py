@@ -332,6 +332,16 @@ def write_nwb(
         columns.append(
             VectorData(name=name, description=f"unit property '{name}'", data=_column(values))
         )
+    if synthetic and "heldout" not in data.unit_info:
+        # the Neural Latents Benchmark's readers (nlb_tools' NWBDataset) split units on this
+        # column and fail without it; generated units are all "held in"
+        columns.append(
+            VectorData(
+                name="heldout",
+                description="whether the unit is held out for co-smoothing (none is)",
+                data=np.zeros(n_units, dtype=bool),
+            )
+        )
     unit_ids = np.asarray(data.unit_ids)
     if unit_ids.dtype.kind not in "iu":
         # NWB row ids are integers; keep other ids (e.g. names) as a column

@@ -363,7 +363,9 @@ def evaluate_full(
     )
     if cond_payload["conditions"]:
         log(f"evaluated per condition: {', '.join(cond_payload['conditions'])}")
-    payload["conditions"] = cond_payload
+    payload["conditions"] = cond_payload["conditions"]
+    payload["protocol"]["conditions"] = cond_payload["protocol"]
+    payload["notes"]["conditions"] = cond_payload["notes"]
     isi_hist = {
         name: isi_histogram(counts[:ISI_HIST_TRIALS], lengths[:ISI_HIST_TRIALS])
         for name, counts, lengths in (

@@ -81,7 +81,7 @@ def table_rows(payload: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
 def condition_rows(payload: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     """One row per condition and measure (decoding, PSTH R²): model ± sd, floor, chance, score."""
     rows = []
-    for name, entry in payload.get("conditions", {}).get("conditions", {}).items():
+    for name, entry in payload.get("conditions", {}).items():
         for key in ("decoding", "psth"):
             m = entry.get(key)
             if not m:
@@ -119,7 +119,7 @@ def verdicts(payload: dict[str, Any]) -> list[tuple[str, str, bool]]:
         else:
             text = f"worse than homogeneous Poisson on {worst} (score {w:.2f})"
         lines.append((group, text, w > 1))
-    for name, entry in payload.get("conditions", {}).get("conditions", {}).items():
+    for name, entry in payload.get("conditions", {}).items():
         scores = [entry[k]["score"] for k in ("decoding", "psth") if entry.get(k)]
         scores = [x for x in scores if x is not None]
         if not scores:
@@ -534,10 +534,11 @@ def _html(payload: dict[str, Any]) -> str:
         for row in condition_rows(payload)
     )
     cond_head = "".join(f"<th>{esc(h)}</th>" for h in CONDITION_HEADER)
-    cond = payload.get("conditions", {})
-    cond_notes = "".join(f"<li>{esc(n)}</li>" for n in cond.get("notes", []))
+    cond_notes = "".join(
+        f"<li>{esc(n)}</li>" for n in payload.get("notes", {}).get("conditions", [])
+    )
     cond_html = (
-        f"<h2>Per condition</h2><p>{esc(cond.get('protocol', ''))}.</p>"
+        f"<h2>Per condition</h2><p>{esc(proto.get('conditions', ''))}.</p>"
         f"<table><thead><tr>{cond_head}</tr></thead><tbody>{cond_rows}</tbody></table>"
         if cond_rows
         else "<h2>Per condition</h2><p>No condition evaluated.</p>"
