@@ -32,6 +32,7 @@ from ldns_cli.core.checkpoint import Checkpoint, check_data_matches
 from ldns_cli.core.data import SpikeData
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.core.runtime import resolve_device
+from ldns_cli.diffusion.model import resolve_guidance
 from ldns_cli.diffusion.samplers import check_steps, resolve_sampler_name
 from ldns_cli.diffusion.sampling import DEFAULT_SAMPLER, SampleSettings
 from ldns_cli.fit.autoencoder import AutoencoderFit, fit_autoencoder
@@ -250,7 +251,7 @@ class Models:
         settings = SampleSettings(
             sampler=resolve_sampler_name(args["sampler"]),
             steps=args["steps"],
-            guidance=args["guidance"],
+            guidance=resolve_guidance(self._models.diffusion, args["guidance"]),
             seed=args["seed"],
             batch_size=args["batch_size"],
             save_latents=args["save_latents"],
@@ -273,7 +274,7 @@ class Models:
         per_condition: int | None = None,
         sampler: str = DEFAULT_SAMPLER,
         steps: int | None = None,
-        guidance: float = 1.0,
+        guidance: float | str = "auto",
         calibration: bool = True,
         save_latents: bool = False,
         save_rates: bool = False,
@@ -286,7 +287,8 @@ class Models:
         with `lengths_from`'s length distribution. `conditions` like {"angle": 0.5} or
         {"angle": "0:6.28:8"} (a grid; with `per_condition` samples each), or `condition_from`
         (a recording whose trials lend their conditions and lengths). `sampler` dpm++ / ddim /
-        ddpm with `steps` (default 20 / 50 / 1000), classifier-free `guidance` W. The conditions
+        ddpm with `steps` (default 20 / 50 / 1000), classifier-free `guidance` W ("auto": the
+        weight `fit_diffusion` measured for a conditional model, else 1). The conditions
         come back as covariates (trial level) and behaviour (time series).
         """
         plan, settings = self._prepare(locals())
@@ -314,7 +316,7 @@ class Models:
         per_condition: int | None = None,
         sampler: str = DEFAULT_SAMPLER,
         steps: int | None = None,
-        guidance: float = 1.0,
+        guidance: float | str = "auto",
         calibration: bool = True,
         save_latents: bool = False,
         save_rates: bool = False,

@@ -65,9 +65,13 @@ def sample(
         int | None, flag_opt("--steps", "Sampler steps (default: dpm++ 20, ddim 50, ddpm 1000).")
     ] = None,
     guidance: Annotated[
-        float,
-        typer.Option("--guidance", help="Classifier-free guidance W (1 = plain conditional)."),
-    ] = 1.0,
+        str,
+        typer.Option(
+            "--guidance",
+            help="Classifier-free guidance W (1 = plain conditional), or auto: the weight "
+            "fit-diffusion measured for the model (1 when it has none).",
+        ),
+    ] = "auto",
     condition: Annotated[
         list[str] | None,
         flag_opt(
@@ -128,6 +132,7 @@ def sample(
 
     Example: ldns sample -m models/ -n 64 --length 256 --sampler dpm++ --steps 20 -o out.nwb
     """
+    from ldns_cli.diffusion.model import parse_guidance, resolve_guidance
     from ldns_cli.diffusion.samplers import check_steps, resolve_sampler_name
     from ldns_cli.diffusion.sampling import SampleSettings, active_calibration, calibration_label
     from ldns_cli.generate import check_plan, plan_trials, sample_to_file
@@ -139,10 +144,11 @@ def sample(
         raise LdnsError("no output file", "pass -o out.nwb (or -o out.h5, or -o - for stdout)")
     output_format(out)
     check_output(out, force)
+    parse_guidance(guidance)  # a bad weight is an argument error: before loading models
     settings = SampleSettings(
         sampler=resolve_sampler_name(sampler),
         steps=steps,
-        guidance=guidance,
+        guidance=1.0,  # resolved once the model is loaded
         seed=seed,
         batch_size=batch_size,
         save_latents=save_latents,
@@ -162,6 +168,7 @@ def sample(
     dev = resolve_device(device)
     models_ = load_models(models, dev, observation)
     model = models_.diffusion
+    settings = dataclasses.replace(settings, guidance=resolve_guidance(model, guidance))
     if steps is not None:
         check_steps(steps, model.schedule.num_train_timesteps)
     # recordings read for conditions/lengths are binned like the model's training data
@@ -185,11 +192,18 @@ def sample(
         warn=warn,
         alignment=alignment_of(models),
     )
-    if guidance != 1 and not plan.conditions:
-        warn(f"--guidance {guidance:g} has no effect without conditions: sampling unconditionally")
+    auto = parse_guidance(guidance) is None
+    if not auto and settings.guidance != 1 and not plan.conditions:
+        warn(
+            f"--guidance {settings.guidance:g} has no effect without conditions: sampling "
+            "unconditionally"
+        )
     n_steps = settings.resolved_steps()
     cond_text = ", ".join(plan.conditions) if plan.conditions else "none"
-    guided = f", guidance {guidance:g}" if plan.conditions else ""
+    guided = ""
+    if plan.conditions:
+        measured = auto and model.measured_guidance is not None
+        guided = f", guidance {settings.guidance:g}" + (" (measured)" if measured else "")
     info(
         f"sample: {plan.n_trials} trials of {_length_text(plan.lengths)} bins "
         f"({model.bin_size_s * 1e3:g} ms), {settings.sampler} {n_steps} steps{guided}, conditions: "

@@ -15,6 +15,7 @@ AE's weights, plus the data fingerprint), normalisation stats and the condition 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,6 +244,45 @@ class DiffusionModel:
 
     def condition(self, name: str) -> dict[str, Any] | None:
         return next((c for c in self.conditions if c["name"] == name), None)
+
+    @property
+    def measured_guidance(self) -> float | None:
+        """The guidance weight `fit-diffusion` chose by measurement (None: none stored)."""
+        record = self.checkpoint.extra.get("guidance") if self.checkpoint is not None else None
+        try:
+            weight = float(record["weight"]) if isinstance(record, dict) else None
+        except (KeyError, TypeError, ValueError):
+            return None
+        return weight if weight is not None and math.isfinite(weight) and weight >= 0 else None
+
+
+AUTO = "auto"
+
+
+def parse_guidance(value: float | str) -> float | None:
+    """A guidance weight from a number or a string; None for "auto"."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == AUTO:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise LdnsError(
+                f"--guidance must be a number or 'auto', got {value!r}", "e.g. --guidance 2"
+            ) from None
+    if not math.isfinite(value):
+        raise LdnsError(f"--guidance must be a number, got {value}", "e.g. --guidance 2")
+    return float(value)
+
+
+def resolve_guidance(model: DiffusionModel, value: float | str) -> float:
+    """The weight to sample with: `value`, or for "auto" the measured weight of a conditional
+    model (`measured_guidance`), else 1 (plain conditional sampling)."""
+    parsed = parse_guidance(value)
+    if parsed is None:
+        return (model.measured_guidance or 1.0) if model.conditions else 1.0
+    return parsed
 
 
 def denoiser_config(

@@ -509,6 +509,7 @@ def _finish(
     quiet: bool,
 ) -> dict[str, Any]:
     """Rank 0 after training: intercept refit, summary, final checkpoint, spike history."""
+    from ldns_cli.fit.checks import autoencoder_checks, report_checks
     from ldns_cli.fit.history import fit_history_for_ae
 
     ckpt = result.checkpoint
@@ -533,9 +534,11 @@ def _finish(
             "bins_per_s": result.trials_seen * data.n_bins / max(result.train_seconds, 1e-9),
         }
     )
+    which = "validation" if val is not None else "training"
+    if val is not None:  # do the rates keep what a decoder of real spikes reads?
+        summary["condition_checks"] = autoencoder_checks(model, train, val, dev, seed)
     ckpt.extra["summary"] = summary
     save_checkpoint(path, ckpt)
-    which = "validation" if val is not None else "training"
     info(
         f"saved {path} (best epoch {result.best_epoch}/{result.epochs_done}); "
         f"{which} Poisson NLL {summary['poisson_nll']:.4f} per neuron-bin "
@@ -544,6 +547,7 @@ def _finish(
     )
     if math.isfinite(summary["bits_per_spike"]) and summary["bits_per_spike"] <= 0:
         warn("the autoencoder does no better than a constant rate: train longer")
+    report_checks(summary.get("condition_checks", {}))
     if spike_history:
         history = fit_history_for_ae(model, train, val, folder, dev, seed, quiet)
         # judged free-running on held-out trials (history vs Poisson vs the per-neuron choice)

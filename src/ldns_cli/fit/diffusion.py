@@ -590,10 +590,54 @@ def fit_diffusion(
             )
             for summary in outcome.calibrations:
                 info(calibration_text(summary))
+            if result.checkpoint is not None and result.checkpoint.extra.get("conditions"):
+                _condition_checks(data, folder, result, path, dev)
         dist.barrier()
         return outcome
     finally:
         dist.shutdown()
+
+
+def _condition_checks(
+    data: SpikeData, folder: str | Path, result: FitResult, path: Path, device: str
+) -> None:
+    """Stage checks of the model's conditions and the measured guidance weight (`fit.checks`),
+    printed and stored in the checkpoint (rank 0, after training and calibration)."""
+    from ldns_cli.fit.checks import (
+        STAGE_LABELS,
+        autoencoder_checks,
+        describe_guidance,
+        diffusion_checks,
+    )
+    from ldns_cli.scoring.conditions import describe_checks
+    from ldns_cli.store import load_models
+
+    ckpt = result.checkpoint
+    assert ckpt is not None
+    seed = int(ckpt.config["train"].get("seed", 0))
+    val_fraction = float(ckpt.config["diffusion"].get("val_fraction", 0.1))
+    train_mask, val_mask, _ = split_masks(data, val_fraction, seed)
+    if not val_mask.any():
+        info("no validation trials: the condition checks and guidance are not measured")
+        return
+    train, val = data.select(train_mask), data.select(val_mask)
+    models = load_models(folder, device)
+    names = [str(c["name"]) for c in models.diffusion.conditions]
+    info(
+        f"checking the conditions on {val.n_trials} validation trials and choosing the guidance "
+        "weight (sampling at each weight)"
+    )
+    ae_checks = autoencoder_checks(models.ae, train, val, device, seed, names)
+    checks, guidance = diffusion_checks(models, train, val, ae_checks, device, seed)
+    if not guidance:
+        return
+    ckpt.extra["condition_checks"] = checks
+    ckpt.extra["guidance"] = guidance
+    save_checkpoint(path, ckpt)
+    for line in describe_guidance(guidance):
+        info(line)
+    for line in describe_checks(checks, STAGE_LABELS):
+        info(line)
 
 
 def calibrate_only(

@@ -428,3 +428,102 @@ def _examples(
         hit = np.flatnonzero(groups == g)
         out.append(None if hit.size == 0 else (data.counts[hit[0]], int(data.lengths[hit[0]])))
     return out
+
+
+# ----------------------------------------------------------------------------- stage checks
+MAX_CHECKED = 6  # conditions checked by default at the end of a fit
+TIME_UNITS = ("s", "ms", "sec", "seconds")
+
+
+def checkable_conditions(data: SpikeData) -> list[str]:
+    """The trial covariates and behaviour series a user might condition on: every behaviour
+    series and every covariate with at least two distinct known values, except event times (a
+    unit of seconds or a name ending in "time"); at most `MAX_CHECKED`."""
+    names = []
+    for name, values in data.covariates.items():
+        info = data.variable_info.get(name)
+        unit = (info.unit if info is not None else "").lower()
+        if unit in TIME_UNITS or name.lower().endswith("time"):
+            continue
+        values = np.asarray(values)
+        known = values[_known(values)]
+        if len(np.unique(known.reshape(len(known), -1), axis=0)) >= 2:
+            names.append(name)
+    names += list(data.behavior)
+    return names[:MAX_CHECKED]
+
+
+def stage_checks(
+    train: SpikeData,
+    stages: dict[str, SpikeData],
+    names: list[str],
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Does each pipeline stage keep the conditions? A decoder of each condition is fitted on the
+    real training trials and applied to every stage's trials (each carrying the conditions it
+    should express: e.g. real validation trials, Poisson draws from the autoencoder's rates of
+    them, samples generated for their conditions), next to chance (the first stage's trials with
+    their conditions permuted).
+
+    Returns `{name: {"kind", "metric", "lower_is_better", "chance", "stages": {stage: value}}}`;
+    conditions missing from the training trials or any stage are left out."""
+    rng = np.random.default_rng([seed, 0x57A6E])
+    out: dict[str, Any] = {}
+    for name in names:
+        sets = {"train": train, **stages}
+        if not all(name in d.covariates or name in d.behavior for d in sets.values()):
+            continue
+        kind = condition_kind(train, next(iter(stages.values())), name)
+        kept = {}
+        for key, d in sets.items():
+            values = _values(d, name)
+            ok = _known(values)
+            if ok.sum() >= 2:
+                kept[key] = (d.select(ok), values[ok])
+        if len(kept) != len(sets) or kept["train"][0].n_trials < 4:
+            continue
+        n_bins = int(min(d.lengths.min() for d, _ in kept.values()))
+        fit_set, fit_values = kept.pop("train")
+        decoder = fit_decoder(
+            kind, fit_set.counts, fit_set.lengths, fit_values, fit_set.bin_size_s, n_bins
+        )
+        metric, _ = METRIC_OF_KIND[kind]
+        results = {
+            key: decoder.score(d.counts, d.lengths, values) for key, (d, values) in kept.items()
+        }
+        first, first_values = next(iter(kept.values()))
+        shuffled = first_values[rng.permutation(len(first_values))]
+        chance = decoder.score(first.counts, first.lengths, shuffled)
+        out[name] = {
+            "kind": kind,
+            "metric": metric,
+            "lower_is_better": LOWER_IS_BETTER[kind],
+            "chance": chance,
+            "stages": results,
+        }
+    return out
+
+
+def describe_checks(checks: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    """One line per condition: each stage's value (and its ratio to the first stage's)."""
+    lines = []
+    units = {"angle_error_deg": "°", "accuracy": "", "r2": ""}
+    for name, c in checks.items():
+        unit = units.get(c["metric"], "")
+        values = list(c["stages"].items())
+        base = values[0][1]
+        parts = []
+        for i, (stage, v) in enumerate(values):
+            text = f"{labels.get(stage, stage)} {v:.3g}{unit}"
+            if i and c["lower_is_better"] and base > 0:
+                text += f" ({v / base:.2f}×)"
+            elif i and not c["lower_is_better"] and base > 0 and v > 0:
+                text += f" ({v / base:.2f} of the real value)"
+            parts.append(text)
+        direction = "lower" if c["lower_is_better"] else "higher"
+        lines.append(
+            f"condition {name} ({c['metric']}, {direction} is better): "
+            + ", ".join(parts)
+            + f"; chance {c['chance']:.3g}{unit}"
+        )
+    return lines
