@@ -39,24 +39,48 @@ def ae_path(models_dir: str | Path) -> Path:
     return Path(models_dir) / AE_FILE
 
 
-def read_options_of(models_dir: str | Path) -> dict[str, Any] | None:
-    """How the autoencoder's training recording was read (bin size, alignment, window, chop,
-    trial selection), from its checkpoint's metadata alone; None when the folder has no
-    autoencoder or it was fitted before this was recorded."""
+def _extra_of(path: Path) -> dict[str, Any] | None:
+    """A checkpoint's `extra` metadata without loading its tensors; None when missing or
+    unreadable (loading the model later names the problem)."""
     import json
 
     from safetensors import safe_open
 
-    path = ae_path(models_dir)
     if not path.exists():
         return None
     try:
         with safe_open(str(path), framework="pt") as fh:
             extra = json.loads((fh.metadata() or {}).get("ldns.extra", "{}"))
-        options = extra.get("data", {}).get("read_options")
-    except Exception:  # unreadable here: loading the model later names the problem
+    except Exception:
         return None
+    return extra if isinstance(extra, dict) else None
+
+
+def read_options_of(models_dir: str | Path) -> dict[str, Any] | None:
+    """How the autoencoder's training recording was read (bin size, alignment, window, chop,
+    trial selection), from its checkpoint's metadata alone; None when the folder has no
+    autoencoder or it was fitted before this was recorded."""
+    extra = _extra_of(ae_path(models_dir)) or {}
+    data = extra.get("data")
+    options = data.get("read_options") if isinstance(data, dict) else None
     return options if isinstance(options, dict) else None
+
+
+def stored_checks(models_dir: str | Path) -> dict[str, Any]:
+    """The condition checks the fits stored (`fit.checks`): {"autoencoder": {...} (fit-ae's
+    real/autoencoder stages), "diffusion": {...} (real/autoencoder/samples at the chosen
+    guidance), "guidance": {...} (the measured curve and weight)}; missing parts are left out."""
+    out: dict[str, Any] = {}
+    ae = _extra_of(ae_path(models_dir)) or {}
+    summary = ae.get("summary")
+    if isinstance(summary, dict) and summary.get("condition_checks"):
+        out["autoencoder"] = summary["condition_checks"]
+    diff = _extra_of(diffusion_path(models_dir)) or {}
+    if diff.get("condition_checks"):
+        out["diffusion"] = diff["condition_checks"]
+    if isinstance(diff.get("guidance"), dict):
+        out["guidance"] = diff["guidance"]
+    return out
 
 
 def alignment_of(models_dir: str | Path) -> tuple[str, float] | None:

@@ -30,7 +30,14 @@ def _print_table(payload: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ldns_cli.scoring.report import CONDITION_HEADER, TABLE_HEADER, condition_rows, table_rows
+    from ldns_cli.scoring.report import (
+        CONDITION_HEADER,
+        MODEL_CHECK_HEADER,
+        TABLE_HEADER,
+        condition_rows,
+        model_check_rows,
+        table_rows,
+    )
 
     ref, gen = payload["reference"], payload["generated"]
     table = Table(
@@ -62,6 +69,17 @@ def _print_table(payload: dict) -> None:
         for row in rows:
             per_condition.add_row(*row)
         console.print(per_condition)
+    stored = model_check_rows(payload)
+    if stored:
+        stages = Table(
+            title="condition checks stored with the models (decoders fitted on real training "
+            "trials, applied at each stage to the validation trials' conditions)",
+        )
+        for i, head in enumerate(MODEL_CHECK_HEADER):
+            stages.add_column(head, justify="left" if i == 0 else "right")
+        for row in stored:
+            stages.add_row(*row)
+        console.print(stages)
 
 
 @command("evaluate", rich_help_panel="Evaluation")
@@ -155,6 +173,10 @@ def evaluate(
     matched = ev.payload["protocol"]["matched_trials"]["model"]
     if matched < 20:
         warn(f"each fold compares only {matched:g} trials per set: the numbers are noisy")
+    if models is not None:
+        from ldns_cli.store import stored_checks
+
+        ev.payload["model_checks"] = stored_checks(models)
     ev.payload["reference"]["path"] = reference
     ev.payload["generated"]["path"] = generated
     if reference_trials is not None:

@@ -98,6 +98,25 @@ def condition_rows(payload: dict[str, Any]) -> list[tuple[str, str, str, str, st
     return rows
 
 
+MODEL_CHECK_HEADER = ("condition", "measure", "real", "autoencoder", "samples", "chance")
+
+
+def model_check_rows(payload: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The stage checks stored with the models (`evaluate -m`): one row per condition."""
+    stored = payload.get("model_checks") or {}
+    checks = dict(stored.get("autoencoder", {}))
+    checks.update(stored.get("diffusion", {}))  # the diffusion stage holds all three stages
+    rows = []
+    for name, c in checks.items():
+        stages = c.get("stages", {})
+        measure = c.get("metric", "")
+        if "guidance" in c:
+            measure += f" (W={c['guidance']:g})"
+        values = [_fmt(stages.get(k)) for k in ("real", "autoencoder", "samples")]
+        rows.append((name, measure, *values, _fmt(c.get("chance"))))
+    return rows
+
+
 def verdicts(payload: dict[str, Any]) -> list[tuple[str, str, bool]]:
     """One line per metric group (and per condition): (group, verdict, worse than naive)."""
     lines = []
@@ -543,6 +562,18 @@ def _html(payload: dict[str, Any]) -> str:
         if cond_rows
         else "<h2>Per condition</h2><p>No condition evaluated.</p>"
     ) + (f"<ul>{cond_notes}</ul>" if cond_notes else "")
+    check_rows = model_check_rows(payload)
+    if check_rows:
+        check_head = "".join(f"<th>{esc(h)}</th>" for h in MODEL_CHECK_HEADER)
+        check_body = "".join(
+            "<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>" for row in check_rows
+        )
+        cond_html += (
+            "<h3>Condition checks stored with the models</h3><p>Decoders fitted on the real "
+            "training trials, applied to the real validation trials, to Poisson draws of the "
+            "autoencoder's rates of them and to samples for their conditions.</p>"
+            f"<table><thead><tr>{check_head}</tr></thead><tbody>{check_body}</tbody></table>"
+        )
     verdict_html = "".join(
         f"<li><b>{esc(group)}</b>: "
         + (f"<b class='worse'>{esc(text)}</b>" if bad else esc(text))
