@@ -32,9 +32,9 @@ RECORDED_ON = {"torch": "2.13.0+cpu", "cpu": "AVX2", "threads": 2}
 GOLDEN = {
     "sample_reach": "72bf544d90891704027e9e907a506e2ccc3cf8bf938dfccefa5bd8d54000ce6d",
     "sample_lorenz": "a11f9345899e10af602d7cea3e300922ef1df67c28054d690d3288ce7611c997",
-    "fit_ae": "a2797f46cf0e258d3bfb2d54325890ebb03ed504cd75c7359eaedc8c000a62ea",
+    "fit_ae": "c84d0365b53f0e862fdd59d4ecf323811884284df5e377df0350069cd342a240",
     "fit_history": "e1c89fec8f55317eadbd7b7702414bfabd6caa09dd7cb30fc7e140e86f6bd38d",
-    "fit_diffusion": "10a860e09cb27f3f2a52361b6032ef4470f235b3b605243597c69aeeb5c77da7",
+    "fit_diffusion": "58ebb7b75e884baef0b1390d937c9110835e4af36aeedebf9933f3f885697391",
     "evaluate_json": "2faa9de0dac6c2ea4cf4ebb7a408632cf619d237d257164ec0fa02cbcb134fbe",
 }
 

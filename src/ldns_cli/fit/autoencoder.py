@@ -529,6 +529,7 @@ def _finish(
     summary.update(
         {
             "best_epoch": result.best_epoch,
+            "stop_reason": result.stop_reason,
             "epochs": result.epochs_done,
             "train_seconds": result.train_seconds,
             "bins_per_s": result.trials_seen * data.n_bins / max(result.train_seconds, 1e-9),

@@ -152,7 +152,12 @@ def resolve_diffusion_configs(
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> tuple[DiffusionConfig, TrainConfig]:
-    """defaults < preset < config file < flags, split into the model and the training config."""
+    """defaults < preset < config file < flags, split into the model and the training config.
+
+    An explicit `epochs` drops the preset's step floor (`min_steps`) unless the config file
+    sets one; the stop rule (`patience`) still applies."""
+    overrides = overrides or {}
+    implied = {"min_steps": 0} if overrides.get("epochs") is not None else {}
     dcfg, tcfg = resolve_configs(
         (DiffusionConfig, TrainConfig),
         PRESETS,
@@ -160,6 +165,7 @@ def resolve_diffusion_configs(
         config_file,
         overrides,
         base=TRAIN_DEFAULTS,
+        implied=implied,
     )
     tcfg.validate()
     return dcfg, tcfg
@@ -586,7 +592,7 @@ def fit_diffusion(
             val = f", best validation loss {result.best_val:.4f}" if result.best_val else ""
             info(
                 f"saved {path} (best epoch {result.best_epoch}/{result.epochs_done}{val}, "
-                f"{result.train_seconds:.0f} s)"
+                f"{result.train_seconds:.0f} s); {result.stop_reason}"
             )
             for summary in outcome.calibrations:
                 info(calibration_text(summary))

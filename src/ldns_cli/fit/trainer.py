@@ -90,6 +90,8 @@ class TrainConfig:
         checkpoint_every_s: minimum wall time between periodic checkpoints (epoch ends).
         min_steps: train for at least this many optimiser steps: small datasets get more epochs
             than `epochs` (0: exactly `epochs`).
+        patience: stop early once the validation loss has not improved for this many epochs
+            and `min_steps` are done (0: never; needs validation trials).
     """
 
     epochs: int = 100
@@ -105,6 +107,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every_s: float = 60.0
     min_steps: int = 0
+    patience: int = 0
 
     def validate(self) -> None:
         checks = [
@@ -118,6 +121,7 @@ class TrainConfig:
             (self.grad_clip >= 0, "grad_clip must be >= 0"),
             (self.ema_decay is None or 0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.min_steps >= 0, "min_steps must be >= 0"),
+            (self.patience >= 0, "patience must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -174,6 +178,7 @@ class FitResult:
     train_seconds: float
     trials_seen: int
     checkpoint: Checkpoint | None = None
+    stop_reason: str = ""  # why training ended, in words
 
 
 class _StopOnInterrupt:
@@ -278,6 +283,7 @@ class _Trainer:
         self.best_state = self.eval_state()
         self.train_seconds = 0.0
         self.trials_seen = 0
+        self.stop_reason = ""
 
     def eval_weights(self) -> contextlib.AbstractContextManager[nn.Module]:
         """`self.net` holding the weights to validate and keep (the EMA ones, if any)."""
@@ -322,6 +328,7 @@ class _Trainer:
             "history": self.history,
             "best_epoch": self.best_epoch,
             "best_val": self.best_val,
+            "stop_reason": self.stop_reason,
             "resume": resume,
         }
         return Checkpoint(
@@ -522,6 +529,13 @@ class _Trainer:
                 # next epoch: its permutation continues the data stream from here
                 self.step_in_epoch, self.epoch_loss_sum, self.epoch_loss_n = 0, 0.0, 0
                 self.epoch_start_data_state = self.data_gen.get_state()
+                if self.plateaued(val_loss):
+                    self.stop_reason = (
+                        f"stopped after epoch {self.epoch}: the validation loss has not improved "
+                        f"for {cfg.patience} epochs (best {self.best_val:.4g} at epoch "
+                        f"{self.best_epoch}; at least {cfg.min_steps} steps done)"
+                    )
+                    break
                 if (
                     self.epoch < self.epochs
                     and time.monotonic() - last_save >= cfg.checkpoint_every_s
@@ -531,6 +545,15 @@ class _Trainer:
                 if dist.any_rank(stop.requested, self.device):
                     interrupted = True
                     break
+        if not interrupted and not self.stop_reason:
+            where = (
+                "still improving at the end"
+                if self.best_epoch == self.epoch
+                else f"best at epoch {self.best_epoch}"
+            )
+            self.stop_reason = (
+                f"trained all {self.epochs} epochs ({self.global_step} steps; {where})"
+            )
         ckpt = self.save(complete=not interrupted)
         self.net.load_state_dict(self.best_state)
         self.net.eval()
@@ -545,6 +568,17 @@ class _Trainer:
             train_seconds=self.train_seconds,
             trials_seen=self.trials_seen,
             checkpoint=ckpt,
+            stop_reason=self.stop_reason,
+        )
+
+    def plateaued(self, val_loss: float | None) -> bool:
+        """The stop rule: `patience` epochs without a better validation loss, after the floor."""
+        cfg = self.cfg
+        return (
+            cfg.patience > 0
+            and val_loss is not None
+            and self.global_step >= cfg.min_steps
+            and self.epoch - self.best_epoch >= cfg.patience
         )
 
     def _status(self, train_loss: float, val_loss: float | None, done: bool = False) -> str:
