@@ -270,3 +270,29 @@ def test_evaluate_reports_per_condition_and_the_report_plots_training(fitted):
     _ok([*args, "-q", "--report", str(report)])
     assert {"ae_training.csv", "diffusion_training.csv"} <= {p.name for p in models.iterdir()}
     assert len((report / "training.png").read_bytes()) > 5000
+
+
+def test_guidance_auto_resolves_to_the_measured_weight(fitted):
+    from ldns_cli.core.checkpoint import load_checkpoint
+    from ldns_cli.fit.checks import GUIDANCE_GRID
+
+    root, data, models = fitted
+    ckpt = load_checkpoint(models / "diffusion.safetensors", "diffusion")
+    record = ckpt.extra["guidance"]
+    assert record["weight"] in GUIDANCE_GRID and len(record["curve"]) == len(GUIDANCE_GRID)
+    checks = ckpt.extra["condition_checks"]
+    assert set(checks) == {"angle", "hand_vel"}
+    assert set(checks["angle"]["stages"]) == {"real", "autoencoder", "samples"}
+    args = ["sample", "-m", str(models), "--condition-from", str(data), "--trials", "test", "-q"]
+    _ok([*args, "-o", str(root / "auto.h5")])
+    assert read_spikes(root / "auto.h5").provenance["guidance"] == f"{record['weight']:g}"
+    _ok([*args, "--guidance", "2.5", "-o", str(root / "fixed.h5")])
+    assert read_spikes(root / "fixed.h5").provenance["guidance"] == "2.5"
+    _fails([*args, "--guidance", "strong", "-o", str(root / "x.h5")], "--guidance")
+    # the stored weight is what ldns.load(...).sample uses by default too
+    import ldns_cli as ldns
+
+    m = ldns.load(models, device="cpu")
+    src = read_spikes(data)
+    fake = m.sample(condition_from=src.select(src.split == "test"), steps=2)
+    assert fake.provenance["guidance"] == f"{record['weight']:g}"

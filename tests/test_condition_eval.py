@@ -179,3 +179,29 @@ def test_report_shows_conditions_verdicts_provenance_and_training_curves(reach, 
     assert "samples do not carry the condition" in html or "partly lost" in html
     assert "<td>seed</td><td>7</td>" in html  # the samples' provenance
     assert html.count("<tr class='worse'>") >= 1
+
+
+def test_stage_checks_read_chance_for_ignoring_samples_and_real_values_for_copies():
+    from ldns_cli.scoring.conditions import stage_checks
+
+    data = simulate_reach(300, 32, 80, seed=4)
+    train, val = data.select(np.arange(200)), data.select(np.arange(200, 300))
+    checks = stage_checks(
+        train,
+        {"real": val, "copies": val, "ignoring": _shuffled(val, 3)},
+        ["angle", "condition_id", "hand_vel"],
+    )
+    for name, c in checks.items():
+        stages = c["stages"]
+        assert stages["copies"] == stages["real"], name
+        # a set that ignores its condition decodes at chance (within sampling noise)
+        spread = abs(stages["real"] - c["chance"])
+        assert abs(stages["ignoring"] - c["chance"]) < 0.25 * spread, (name, stages, c["chance"])
+    assert checks["angle"]["stages"]["real"] < 15 and checks["angle"]["chance"] > 60
+
+
+def test_checkable_conditions_skip_event_times():
+    from ldns_cli.scoring.conditions import checkable_conditions
+
+    data = simulate_reach(40, 8, 20, seed=0)
+    assert checkable_conditions(data) == ["angle", "condition_id", "hand_vel"]  # no onset time

@@ -155,6 +155,26 @@ def test_min_steps_adds_epochs_for_small_datasets() -> None:
     assert res.epochs_done == 2 and res.steps_done == 10
 
 
+def test_stop_rule_ends_after_patience_epochs_past_the_floor() -> None:
+    scores = iter([3.0, 1.0, 2.0, 2.0, 2.0, 0.5, 2.0, 2.0, 2.0, 2.0])
+
+    def val(model: nn.Module, batch: dict, gen: torch.Generator) -> tuple:
+        return torch.tensor(next(scores)), {}
+
+    cfg = TrainConfig(epochs=10, batch_size=8, patience=2, min_steps=0, seed=0)
+    res = fit(TinyNet(), dataset(40, 0), dataset(6, 1), noisy_loss, cfg, val_loss_fn=val)
+    # best at epoch 2, then 2 epochs without a better loss: stop after epoch 4
+    assert res.epochs_done == 4 and res.best_epoch == 2
+    assert "not improved for 2 epochs" in res.stop_reason and "epoch 4" in res.stop_reason
+    # the step floor comes first: 5 steps per epoch, at least 30 steps = 6 epochs
+    scores = iter([3.0, 1.0, 2.0, 2.0, 2.0, 0.5, 2.0, 2.0, 2.0, 2.0])
+    cfg = TrainConfig(epochs=10, batch_size=8, patience=2, min_steps=30, seed=0)
+    res = fit(TinyNet(), dataset(40, 0), dataset(6, 1), noisy_loss, cfg, val_loss_fn=val)
+    assert res.epochs_done == 8 and res.best_epoch == 6  # a better loss at epoch 6 resets it
+    plain = fit(TinyNet(), dataset(40, 0), None, noisy_loss, TrainConfig(epochs=2, batch_size=8))
+    assert plain.stop_reason.startswith("trained all 2 epochs")
+
+
 _FAULTS_PER_STEP = """
 import resource, sys, torch
 if sys.argv[1] == "tuned":
