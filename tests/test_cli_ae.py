@@ -165,3 +165,29 @@ def test_help_has_an_example() -> None:
     for cmd in ("fit-ae", "encode"):
         res = CliRunner().invoke(app, [cmd, "--help"])
         assert res.exit_code == 0 and "Example:" in res.stdout
+
+
+def test_latent_dim_auto_recovers_a_three_dimensional_system(tmp_path: Path) -> None:
+    """Lorenz spikes come from a 3-D latent state: co-smoothing picks a size within ±2 of it
+    and stores its curve."""
+    data = tmp_path / "lorenz.h5"
+    write_spikes(simulate_lorenz(400, 48, 64, seed=2), data)
+    models = tmp_path / "m"
+    res = CliRunner().invoke(
+        app,
+        ["fit-ae", str(data), "-m", str(models), "--latent-dim", "auto", "--width", "32",
+         "--blocks", "1", "--epochs", "1", "--no-spike-history", "--device", "cpu"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    ckpt = load_checkpoint(models / "ae.safetensors", "ae")
+    search = ckpt.extra["latent_search"]
+    assert abs(search["chosen"] - 3) <= 2
+    assert ckpt.config["ae"]["latent_dim"] == search["chosen"]
+    sizes = [p["latent_dim"] for p in search["curve"]]
+    assert sizes == [2, 4, 6, 8, 12, 16, 24] and all(
+        np.isfinite(p["cobps"]) for p in search["curve"]
+    )
+    assert "latent size" in res.stderr and f"latent size {search['chosen']}:" in res.stderr
+    bad = CliRunner().invoke(app, ["fit-ae", str(data), "-m", str(tmp_path / "x"),
+                                   "--latent-dim", "many"])  # fmt: skip
+    assert bad.exit_code == 1 and "--latent-dim" in bad.stderr

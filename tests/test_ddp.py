@@ -90,7 +90,11 @@ def test_two_gloo_processes_fit_ae_like_one_process(tmp_path: Path) -> None:
     # only rank 0 writes checkpoints
     assert json.loads((tmp_path / "saves_rank0.json").read_text()) >= 1
     assert json.loads((tmp_path / "saves_rank1.json").read_text()) == 0
-    assert [p.name for p in (tmp_path / "ddp").iterdir()] == ["ae.safetensors"]
+    # the checkpoint and its training log, written once (by rank 0)
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
+        "ae.safetensors",
+        "ae_training.csv",
+    ]
     # the same command in one process on the full batches
     res = CliRunner().invoke(app, ["fit-ae", str(data), "-m", str(tmp_path / "one"), *flags, "-q"])
     assert res.exit_code == 0, res.stderr

@@ -106,7 +106,8 @@ def _digests(tmp_path: Path) -> dict[str, str]:
     models = tmp_path / "m"
     _run(["simulate", "lorenz", "--trials", "40", "--length", "64", "--neurons", "16",
           "--seed", "0", "-o", str(data), "-q"])  # fmt: skip
-    _run(["fit-ae", str(data), "-m", str(models), "--epochs", "2", "--seed", "0", *common])
+    _run(["fit-ae", str(data), "-m", str(models), "--epochs", "2", "--seed", "0",
+          "--latent-dim", "8", *common])  # fmt: skip
     _run(["fit-diffusion", str(data), "-m", str(models), "--epochs", "2", "--seed", "0",
           "--calibration-trials", "16", *common])  # fmt: skip
     out["fit_ae"] = _tensor_digest(models / "ae.safetensors")

@@ -39,12 +39,34 @@ from ldns_cli.core.errors import LdnsError
 from ldns_cli.io.formats import read_spikes
 
 
+def _latent_dim(value: str | None) -> int | str | None:
+    """--latent-dim as a number, "auto", or None (not given); other text is refused."""
+    if value is None or value.strip().lower() == "auto":
+        return None if value is None else "auto"
+    try:
+        z = int(value)
+    except ValueError:
+        raise LdnsError(
+            f"--latent-dim must be a whole number or auto, got {value!r}", "e.g. --latent-dim 8"
+        ) from None
+    if z < 1:
+        raise LdnsError(f"--latent-dim must be at least 1, got {z}", "e.g. --latent-dim 8")
+    return z
+
+
 @command("fit-ae")
 def fit_ae(
     data_path: DataArg,
     models: ModelsOpt = DEFAULT_MODELS,
     preset: PresetOpt = None,
-    latent_dim: Annotated[int | None, flag_opt("--latent-dim", "Latent channels Z.")] = None,
+    latent_dim: Annotated[
+        str | None,
+        flag_opt(
+            "--latent-dim",
+            "Latent channels Z, or auto: the smallest size that co-smooths held-out neurons as "
+            "well as any (the default unless --preset or --config is given).",
+        ),
+    ] = None,
     width: Annotated[int | None, flag_opt("--width", "Hidden channels of the encoder.")] = None,
     blocks: Annotated[int | None, flag_opt("--blocks", "Number of S4 encoder blocks.")] = None,
     bidirectional: Annotated[
@@ -118,7 +140,7 @@ def fit_ae(
         models,
         preset=preset,
         config=config,
-        latent_dim=latent_dim,
+        latent_dim=_latent_dim(latent_dim),
         width=width,
         blocks=blocks,
         bidirectional=bidirectional,

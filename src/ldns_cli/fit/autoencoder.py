@@ -37,6 +37,7 @@ from ldns_cli.core.data import SpikeData
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.core.runtime import resolve_device
 from ldns_cli.fit import distributed as dist
+from ldns_cli.fit.latent_size import candidate_sizes, choose_latent_dim, log_search
 from ldns_cli.fit.splits import split_train_val
 from ldns_cli.fit.trainer import CheckpointSpec, FitResult, TrainConfig, fit
 from ldns_cli.io.common import READ_OPTIONS_KEY
@@ -277,6 +278,7 @@ def mean_poisson_nll(rates: np.ndarray, counts: np.ndarray, mask: np.ndarray) ->
 
 # ---------------------------------------------------------------------------- the stage
 DEFAULT_PRESET = "small"
+AUTO = "auto"
 ARCHITECTURE_KEYS = ("latent_dim", "width", "blocks", "bidirectional")
 
 
@@ -377,7 +379,7 @@ def fit_autoencoder(
     *,
     preset: str | None = None,
     config: str | Path | None = None,
-    latent_dim: int | None = None,
+    latent_dim: int | str | None = None,
     width: int | None = None,
     blocks: int | None = None,
     bidirectional: bool | None = None,
@@ -400,7 +402,9 @@ def fit_autoencoder(
     """Fit the S4 autoencoder on `data` into `folder/ae.safetensors` (the `fit-ae` stage).
 
     Settings resolve as defaults < `preset` (default "small") < `config` (a JSON file) < the
-    keyword arguments; `resume` continues an interrupted fit with its saved settings. Training
+    keyword arguments; `resume` continues an interrupted fit with its saved settings.
+    `latent_dim="auto"` (the default when neither `preset` nor `config` is given) chooses the
+    latent size by co-smoothing on the validation trials (`fit.latent_size`). Training
     uses the data's train/val split (test trials never), else a seeded `val_frac` of the trials.
     After training the decoder intercepts are refit with no inputs dropped, the checkpoint gets
     a summary (validation Poisson NLL, bits/spike), and with `spike_history` the spike-history
@@ -410,10 +414,16 @@ def fit_autoencoder(
 
     folder = Path(folder)
     path = ae_path(folder)
+    auto_latent = latent_dim == AUTO or (latent_dim is None and preset is None and config is None)
+    if isinstance(latent_dim, str) and latent_dim != AUTO:
+        raise LdnsError(
+            f"--latent-dim must be a number or 'auto', got {latent_dim!r}", "e.g. --latent-dim 8"
+        )
+    fixed_latent = None if auto_latent else latent_dim
     dev = dist.init(resolve_device(device))
     try:
         overrides = {
-            "latent_dim": latent_dim, "width": width, "blocks": blocks,
+            "latent_dim": fixed_latent, "width": width, "blocks": blocks,
             "bidirectional": bidirectional, "dropout_p": dropout_p, "l2": l2, "smooth": smooth,
             "epochs": epochs, "batch_size": batch_size, "lr": lr, "amp": amp, "seed": seed,
         }  # fmt: skip
@@ -438,6 +448,23 @@ def fit_autoencoder(
             raise LdnsError(f"--val-frac must be in [0, 1), got {val_frac}", "e.g. --val-frac 0.1")
 
         train, val, split_desc = split_train_val(data, val_frac, train_cfg.seed)
+        search = None
+        if auto_latent and resume_ckpt is None:
+            if val is None:
+                warn(
+                    "no validation trials to choose the latent size on: using "
+                    f"{ae_cfg.latent_dim} (give --latent-dim, or keep some validation trials)"
+                )
+            else:
+                info(
+                    f"choosing the latent size by co-smoothing on {val.n_trials} validation "
+                    f"trials (sizes {', '.join(map(str, candidate_sizes(data.n_neurons)))})"
+                )
+                z, search = choose_latent_dim(
+                    ae_cfg, train_cfg, tensors_from_data(train), val, ae_loss, dev
+                )
+                log_search(search)
+                ae_cfg = dataclasses.replace(ae_cfg, latent_dim=z)
         info(
             f"fit-ae: {train.n_trials} training / {val.n_trials if val else 0} validation trials "
             f"({split_desc}), {data.n_neurons} neurons, {data.n_bins} bins of "
@@ -467,7 +494,8 @@ def fit_autoencoder(
                     "val_frac": val_frac,
                     "split": split_desc,
                     **_read_options(data),
-                }
+                },
+                **({"latent_search": search} if search is not None else {}),
             },
             # Poisson NLL of the held-out (coordinated-dropout) entries plus the latent penalty
             loss_name="objective_nats_per_neuron_bin",
