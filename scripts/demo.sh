@@ -24,7 +24,7 @@ step "4/5 sample new spike trains (DPM-Solver++, 20 steps)"
 ldns sample -m "$OUT/models" -n 200 --length 256 --seed "$SEED" -o "$OUT/samples.nwb" --force
 
 step "5/5 evaluate samples against held-out trials and write the report"
-ldns evaluate "$OUT/lorenz.nwb" "$OUT/samples.nwb" --reference-trials test \
+ldns evaluate "$OUT/lorenz.nwb" "$OUT/samples.nwb" -m "$OUT/models" --reference-trials test \
     --report "$OUT/report" --force
 
 total=$(( $(date +%s) - start ))
@@ -32,7 +32,8 @@ cat >&2 <<MSG
 
 Done in ${total} s.
   report:   $OUT/report/index.html
-  models:   $OUT/models/ (ae.safetensors, history.safetensors, diffusion.safetensors)
+  models:   $OUT/models/ (ae.safetensors, history.safetensors, diffusion.safetensors,
+            and the per-epoch training logs ae_training.csv, diffusion_training.csv)
   samples:  $OUT/samples.nwb
 Next:
   ldns sample -m $OUT/models -n 64 --length 4096 -o long.nwb      # 16x the training length
