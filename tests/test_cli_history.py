@@ -80,6 +80,12 @@ def test_fit_history_refits_alone(fitted):
                "--iterations", "20", "--json"])  # fmt: skip
     assert "free_running_rate_ratio" not in json.loads(res.stdout)
     assert load_history(models)[1].config["rate_match_rounds"] == 0
+    # the bound on self-excitation is a flag; it must be positive
+    _ok(["fit-history", str(data), "-m", str(models), "--max-excitation", "1.5",
+         "--iterations", "20", "-q"])  # fmt: skip
+    assert load_history(models)[0].max_excitation == 1.5
+    _fails(["fit-history", str(data), "-m", str(models), "--max-excitation", "0"],
+           "max_excitation")  # fmt: skip
 
 
 def test_fit_history_errors(fitted, tmp_path):

@@ -14,8 +14,9 @@ import pytest
 from ldns_cli.core.data import SpikeData, VariableInfo
 from ldns_cli.io.simulate import simulate_reach
 from ldns_cli.scoring.conditions import condition_groups, evaluate_conditions, psth_r2
-from ldns_cli.scoring.decoding import ALPHA_GRID, _loo_error, fit_decoder, fit_ridge
+from ldns_cli.scoring.decoding import fit_decoder
 from ldns_cli.scoring.metrics import isi_histogram
+from ldns_cli.scoring.ridge import RIDGE_ALPHAS, fit_ridge
 
 
 @pytest.fixture(scope="module")
@@ -105,25 +106,27 @@ def test_psth_r2_oracle():
     assert abs(psth_r2(means, target, valid)) < 1e-12  # each neuron's mean: R² = 0
 
 
-def test_ridge_leave_one_out_matches_refitting():
+def test_ridge_picks_the_penalty_with_the_smallest_refitted_leave_one_out_error():
+    """Oracle: refit without each trial for every penalty of the grid; the shared ridge's closed
+    form must pick the same penalty."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(25, 6))
-    y = x @ rng.normal(size=(6, 2)) + rng.normal(size=(25, 2))
+    y = x @ rng.normal(size=(6, 2)) + 2.0 * rng.normal(size=(25, 2))
     xs = (x - x.mean(0)) / x.std(0)
-    for alpha in (0.1, 3.0):
-        closed = _loo_error(xs, y - y.mean(0), alpha)
-        brute = 0.0
+    base = np.mean(np.linalg.eigvalsh(xs.T @ xs))
+    brute = []
+    for rel in RIDGE_ALPHAS:
+        err = 0.0
         for i in range(len(x)):
             keep = np.arange(len(x)) != i
             xk, yk = xs[keep], y[keep]
             xm, ym = xk.mean(0), yk.mean(0)
-            w = np.linalg.solve(
-                (xk - xm).T @ (xk - xm) + alpha * np.eye(6), (xk - xm).T @ (yk - ym)
-            )
-            brute += float(np.sum((y[i] - ((xs[i] - xm) @ w + ym)) ** 2))
-        assert closed == pytest.approx(brute / y.size, rel=1e-9)
+            gram = (xk - xm).T @ (xk - xm) + rel * base * np.eye(6)
+            w = np.linalg.solve(gram, (xk - xm).T @ (yk - ym))
+            err += float(np.sum((y[i] - ((xs[i] - xm) @ w + ym)) ** 2))
+        brute.append(err)
     model = fit_ridge(x, y)
-    assert model.alpha in ALPHA_GRID * np.mean(np.linalg.svd(xs, compute_uv=False) ** 2)
+    assert model.alpha == pytest.approx(RIDGE_ALPHAS[int(np.argmin(brute))] * base, rel=1e-9)
 
 
 def test_categorical_decoder_reads_labels_of_any_type():

@@ -38,9 +38,9 @@ from ldns_cli.auditing.verdict import verdict
 from ldns_cli.core.checkpoint import check_data_matches
 from ldns_cli.core.data import SpikeData
 from ldns_cli.core.errors import LdnsError
-from ldns_cli.core.runtime import check_seed
+from ldns_cli.core.runtime import check_seed, single_threaded_torch
 from ldns_cli.nn.autoencoder import infer
-from ldns_cli.scoring.evaluation import draw_naive, jsonable, single_threaded_torch
+from ldns_cli.scoring.evaluation import draw_naive, jsonable
 from ldns_cli.store import ModelSet
 
 MAX_MEMBER_TRIALS = 500  # trials per set scored by the membership attack (random subset)

@@ -67,6 +67,14 @@ def fit_history_cmd(
             "(default 4; 0 = the paper's plain fit).",
         ),
     ] = None,
+    max_excitation: Annotated[
+        float | None,
+        flag_opt(
+            "--max-excitation",
+            "Bound E on the excitatory history term (E·tanh(x/E), so past spikes raise a rate "
+            "at most about e^E-fold and free-running samples cannot run away; default 2.5).",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     trials: TrialsOpt = None,
     bin_ms: BinMsOpt = None,
@@ -108,6 +116,7 @@ def fit_history_cmd(
         lr=lr,
         coupling_rank=coupling_rank,
         rate_match_rounds=rate_match_rounds,
+        max_excitation=max_excitation,
         config=config,
         seed=seed,
         device=device,

@@ -15,6 +15,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 
 from ldns_cli.core.errors import LdnsError
@@ -82,3 +84,18 @@ def check_seed(seed: int | None, flag: str = "--seed") -> None:
             f"{flag} must be a whole number from 0 to {SEED_LIMIT - 1}, got {seed!r}",
             f"e.g. {flag} 0",
         )
+
+
+@contextmanager
+def single_threaded_torch() -> Iterator[None]:
+    """One torch thread inside the block (restored afterwards): for work run in parallel
+    threads (nested thread pools oversubscribe the cores) and for small linear algebra, where
+    BLAS threads mostly wait on each other on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -15,7 +15,7 @@ One decoder per condition kind, each fitted on real trials and applied to any se
 Trial-level features are Gaussian-smoothed counts (σ = `SMOOTH_S`) at `FEATURE_TIMES` evenly
 spaced bins of the first `n_bins` bins (the set's common length), flattened; features are
 standardised on the fitting trials. The ridge penalty is chosen by exact leave-one-out error
-(closed form through one SVD), so no setting has to be tuned per recording.
+(`scoring.ridge`), so no setting has to be tuned per recording.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from ldns_cli.scoring.metrics import smooth_rates, valid_mask
+from ldns_cli.scoring.ridge import Ridge, fit_ridge
 
 SMOOTH_S = 0.02  # Gaussian σ of the counts the decoders read (20 ms)
 FEATURE_TIMES = 20  # trial-level decoders read the smoothed counts at this many bins
 MAX_SERIES_ROWS = 200_000  # bins a time-series decoder is fitted on (evenly thinned beyond)
-ALPHA_GRID = np.logspace(-4, 2, 13)  # ridge penalties, relative to the mean squared singular value
 KINDS = ("circular", "categorical", "continuous", "timeseries")
 LOWER_IS_BETTER = {"circular": True, "categorical": False, "continuous": False, "timeseries": False}
 METRIC_OF_KIND = {
@@ -39,42 +39,6 @@ METRIC_OF_KIND = {
     "continuous": ("r2", "R² of the decoded value (pooled over columns)"),
     "timeseries": ("r2", "R² of the decoded series (pooled over bins and columns)"),
 }
-
-
-@dataclass
-class Ridge:
-    """A fitted ridge regression: y ≈ ((x − mean)/scale) @ weights + intercept."""
-
-    mean: np.ndarray  # [P]
-    scale: np.ndarray  # [P]
-    weights: np.ndarray  # [P, K]
-    intercept: np.ndarray  # [K]
-    alpha: float
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """`[n, P]` → `[n, K]`."""
-        return ((x - self.mean) / self.scale) @ self.weights + self.intercept
-
-
-def fit_ridge(x: np.ndarray, y: np.ndarray) -> Ridge:
-    """Ridge regression of `y` `[n, K]` on standardised `x` `[n, P]`, the penalty chosen from
-    `ALPHA_GRID` by exact leave-one-out error (h_ii from the SVD: e_i/(1 − h_ii))."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64).reshape(len(x), -1)
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    scale = np.where(scale > 1e-9, scale, 1.0)
-    xs = (x - mean) / scale
-    y_mean = y.mean(axis=0)
-    yc = y - y_mean
-    u, s, vt = np.linalg.svd(xs, full_matrices=False)  # [n, r], [r], [r, P]
-    uty = u.T @ yc  # [r, K]
-    s2 = s * s
-    ref = max(float(s2.mean()) if s2.size else 1.0, 1e-12)
-    errors = [_loo_error(xs, yc, rel * ref, (u, s)) for rel in ALPHA_GRID]
-    alpha = float(ALPHA_GRID[int(np.argmin(errors))] * ref)
-    weights = vt.T @ ((s / (s2 + alpha))[:, None] * uty)  # [P, K]
-    return Ridge(mean, scale, weights, y_mean, alpha)
 
 
 @dataclass
@@ -110,23 +74,6 @@ def fit_lda(x: np.ndarray, classes: np.ndarray, n_classes: int) -> DiagonalLDA:
     # variance floor: features constant within classes would otherwise get infinite weight
     var = resid.var(axis=0) + 1e-3
     return DiagonalLDA(mean, scale, centroids, 1.0 / var)
-
-
-def _loo_error(
-    xs: np.ndarray,
-    yc: np.ndarray,
-    alpha: float,
-    svd: tuple[np.ndarray, np.ndarray] | None = None,
-) -> float:
-    """Mean squared leave-one-out error of ridge(α) with an unpenalised intercept, exactly:
-    e_i/(1 − h_ii) with H = 11ᵀ/n + X(XᵀX + αI)⁻¹Xᵀ (X centred, `yc` centred `[n, K]`)."""
-    xc = xs - xs.mean(axis=0)
-    u, s = svd if svd is not None else np.linalg.svd(xc, full_matrices=False)[:2]
-    shrink = s * s / (s * s + alpha)  # [r]
-    fitted = u @ (shrink[:, None] * (u.T @ yc))  # [n, K]
-    hat = (u * u) @ shrink + 1.0 / len(xs)  # [n]
-    loo = (yc - fitted) / np.maximum(1.0 - hat, 1e-9)[:, None]
-    return float(np.mean(loo * loo))
 
 
 def trial_features(
@@ -246,10 +193,3 @@ def fit_decoder(
     else:
         y = values.astype(np.float64).reshape(len(values), -1)
     return Decoder(kind, fit_ridge(x, y), n_bins, bin_size_s)
-
-
-def chance_score(kind: str, pred: np.ndarray, true: np.ndarray, rng: np.random.Generator) -> float:
-    """The metric when predictions are paired with the wrong trials (targets permuted): what a
-    set of trials that ignores its condition scores."""
-    true = np.asarray(true)
-    return score_values(kind, pred, true[rng.permutation(len(true))])

@@ -34,9 +34,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +43,7 @@ import numpy as np
 
 from ldns_cli.core.data import SpikeData
 from ldns_cli.core.errors import LdnsError
-from ldns_cli.core.runtime import check_seed
+from ldns_cli.core.runtime import check_seed, single_threaded_torch
 from ldns_cli.core.version import __version__
 from ldns_cli.scoring.conditions import ConditionFigures, evaluate_conditions
 from ldns_cli.scoring.metrics import (
@@ -83,20 +82,6 @@ class Evaluation:
     isi_hist: dict[str, np.ndarray] = field(default_factory=dict)  # pooled ISI counts per set
     condition_figures: list[ConditionFigures] = field(default_factory=list)
     align_offset_s: float = 0.0  # start of bin 0 relative to the reference's alignment event
-
-
-@contextmanager
-def single_threaded_torch() -> Iterator[None]:
-    """One torch thread per calling thread while the sets are summarised in parallel threads
-    (nested thread pools oversubscribe the cores; restored afterwards)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def check_compatible(reference: SpikeData, generated: SpikeData) -> None:
