@@ -57,29 +57,31 @@ def _print_table(payload: dict) -> None:
         width=None if sys.stdout.isatty() else 110,
     )
     console.print(table)
-    rows = condition_rows(payload)
-    if rows:
-        per_condition = Table(
-            title="per condition: samples for condition c against reference trials with c",
-            caption="floor = held-out reference trials; chance = trials that ignore the "
-            "condition; score = (model − floor)/(chance − floor)",
-        )
-        for i, head in enumerate(CONDITION_HEADER):
-            per_condition.add_column(head, justify="left" if i == 0 else "right")
+    extra = (
+        (
+            "per condition: samples for condition c against reference trials with c",
+            "floor = held-out reference trials; chance = trials that ignore the condition; "
+            "score = (model − floor)/(chance − floor)",
+            CONDITION_HEADER,
+            condition_rows(payload),
+        ),
+        (
+            "condition checks stored with the models (decoders fitted on real training trials, "
+            "applied at each stage to the validation trials' conditions)",
+            None,
+            MODEL_CHECK_HEADER,
+            model_check_rows(payload),
+        ),
+    )
+    for title, caption, header, rows in extra:
+        if not rows:
+            continue
+        more = Table(title=title, caption=caption)
+        for i, head in enumerate(header):
+            more.add_column(head, justify="left" if i == 0 else "right")
         for row in rows:
-            per_condition.add_row(*row)
-        console.print(per_condition)
-    stored = model_check_rows(payload)
-    if stored:
-        stages = Table(
-            title="condition checks stored with the models (decoders fitted on real training "
-            "trials, applied at each stage to the validation trials' conditions)",
-        )
-        for i, head in enumerate(MODEL_CHECK_HEADER):
-            stages.add_column(head, justify="left" if i == 0 else "right")
-        for row in stored:
-            stages.add_row(*row)
-        console.print(stages)
+            more.add_row(*row)
+        console.print(more)
 
 
 @command("evaluate", rich_help_panel="Evaluation")

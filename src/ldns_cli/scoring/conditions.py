@@ -41,6 +41,7 @@ from ldns_cli.scoring.decoding import (
     score_values,
     targets,
 )
+from ldns_cli.scoring.metrics import fold_stats
 
 PSTH_SMOOTH_S = 0.02  # Gaussian σ of the PSTHs (20 ms)
 ANGLE_SECTORS = 8  # circular conditions: groups of 45°
@@ -268,16 +269,8 @@ def _decode_fold(
     }
 
 
-def _stats(values: list[float]) -> dict[str, float | None]:
-    arr = np.asarray(values, dtype=np.float64)
-    ok = arr[np.isfinite(arr)]
-    if ok.size == 0:
-        return {"mean": None, "sd": None}
-    return {"mean": float(ok.mean()), "sd": float(ok.std(ddof=1)) if ok.size > 1 else 0.0}
-
-
 def _summary(per_fold: dict[str, list[float]], description: str) -> dict[str, Any]:
-    model, floor, chance = (_stats(per_fold[k]) for k in ("model", "floor", "chance"))
+    model, floor, chance = (fold_stats(per_fold[k]) for k in ("model", "floor", "chance"))
     score = None
     if None not in (model["mean"], floor["mean"], chance["mean"]):
         gap = chance["mean"] - floor["mean"]

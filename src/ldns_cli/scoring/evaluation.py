@@ -56,6 +56,7 @@ from ldns_cli.scoring.metrics import (
     compare,
     finalise,
     fit_projection,
+    fold_stats,
     isi_histogram,
     isi_neurons_used,
     summarise,
@@ -175,14 +176,6 @@ def _summarise_set(
     )
 
 
-def _stats(values: list[float]) -> dict[str, float | None]:
-    arr = np.asarray(values, dtype=np.float64)
-    ok = arr[np.isfinite(arr)]
-    if ok.size == 0:
-        return {"mean": None, "sd": None}
-    return {"mean": float(ok.mean()), "sd": float(ok.std(ddof=1)) if ok.size > 1 else 0.0}
-
-
 def _finite(x: float) -> float | None:
     return float(x) if x is not None and np.isfinite(x) else None
 
@@ -289,7 +282,7 @@ def evaluate_full(
     all_values = compare(gen_all, ref_all, settings)
     metrics: dict[str, Any] = {}
     for name in METRIC_NAMES:
-        model, floor, naive = (_stats(per_fold[k][name]) for k in ("model", "floor", "naive"))
+        model, floor, naive = (fold_stats(per_fold[k][name]) for k in ("model", "floor", "naive"))
         score = None
         if None not in (model["mean"], floor["mean"], naive["mean"]):
             # a score needs naive clearly worse than the floor: gap > 3 standard errors of the
@@ -305,7 +298,7 @@ def evaluate_full(
             "naive": naive,
             "score": score,
             "model_all": _finite(all_values[name]),
-            "paper": _stats(per_fold["paper"][name]),
+            "paper": fold_stats(per_fold["paper"][name]),
         }
     used = isi_neurons_used(gen_all, ref_all, settings)
     payload = {
@@ -316,7 +309,7 @@ def evaluate_full(
             "folds": folds,
             "seed": seed,
             "trials_per_unit": g,
-            "matched_trials": {k: _stats(v)["mean"] for k, v in sizes.items()},
+            "matched_trials": {k: fold_stats(v)["mean"] for k, v in sizes.items()},
             "description": (
                 "per fold: a random part A of the reference (m trials) vs the rest B; m generated "
                 "and m naive-Poisson trials (without replacement) vs the same B; mean ± sd over "

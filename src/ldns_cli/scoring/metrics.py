@@ -309,6 +309,15 @@ def isi_histogram(counts: np.ndarray, lengths: np.ndarray, max_bins: int = 50) -
     return hist
 
 
+def fold_stats(values: list[float]) -> dict[str, float | None]:
+    """Mean and sample sd over folds of the finite values (None when there are none)."""
+    arr = np.asarray(values, dtype=np.float64)
+    ok = arr[np.isfinite(arr)]
+    if ok.size == 0:
+        return {"mean": None, "sd": None}
+    return {"mean": float(ok.mean()), "sd": float(ok.std(ddof=1)) if ok.size > 1 else 0.0}
+
+
 # ----------------------------------------------------------------------------- smoothing / PCA
 def smooth_rates(counts: np.ndarray, lengths: np.ndarray, sigma_bins: float) -> np.ndarray:
     """Gaussian-smoothed counts `[B, L, N]`, normalised by the smoothed valid mask at trial edges.

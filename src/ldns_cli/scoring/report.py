@@ -131,12 +131,12 @@ def verdicts(payload: dict[str, Any]) -> list[tuple[str, str, bool]]:
             continue
         worst = max(scores, key=lambda n: scores[n])
         w = scores[worst]
-        if w <= GOOD_SCORE:
-            text = f"close to the data (every score ≤ {GOOD_SCORE:g}; worst {worst} {w:.2f})"
-        elif w <= 1:
-            text = f"between the data and Poisson (worst {worst} {w:.2f})"
-        else:
-            text = f"worse than homogeneous Poisson on {worst} (score {w:.2f})"
+        text = _verdict(
+            w,
+            f"close to the data (every score ≤ {GOOD_SCORE:g}; worst {worst} {w:.2f})",
+            f"between the data and Poisson (worst {worst} {w:.2f})",
+            f"worse than homogeneous Poisson on {worst} (score {w:.2f})",
+        )
         lines.append((group, text, w > 1))
     for name, entry in payload.get("conditions", {}).items():
         scores = [entry[k]["score"] for k in ("decoding", "psth") if entry.get(k)]
@@ -144,14 +144,21 @@ def verdicts(payload: dict[str, Any]) -> list[tuple[str, str, bool]]:
         if not scores:
             continue
         w = max(scores)
-        if w <= GOOD_SCORE:
-            text = f"samples carry the condition (scores ≤ {GOOD_SCORE:g})"
-        elif w <= 1:
-            text = f"the condition is partly lost (worst score {w:.2f})"
-        else:
-            text = f"samples do not carry the condition (score {w:.2f})"
+        text = _verdict(
+            w,
+            f"samples carry the condition (scores ≤ {GOOD_SCORE:g})",
+            f"the condition is partly lost (worst score {w:.2f})",
+            f"samples do not carry the condition (score {w:.2f})",
+        )
         lines.append((f"condition {name}", text, w > 1))
     return lines
+
+
+def _verdict(worst: float, good: str, between: str, bad: str) -> str:
+    """The words for a worst score: ≤ GOOD_SCORE, ≤ 1 (between data and the reference), > 1."""
+    if worst <= GOOD_SCORE:
+        return good
+    return between if worst <= 1 else bad
 
 
 # ----------------------------------------------------------------------------- figures
