@@ -37,11 +37,12 @@ from ldns_cli.scoring.conditions import stage_checks
 from ldns_cli.scoring.evaluation import evaluate
 from ldns_cli.store import load_autoencoder
 
-BEDS = {
-    "reach400": ("reach", 400),
-    "reach600": ("reach", 600),
-    "reach1000": ("reach", 1000),
-    "network400": ("network", 400),
+BEDS = {  # name: (simulator, trials, --length)
+    "reach400": ("reach", 400, "140"),
+    "reach600": ("reach", 600, "140"),
+    "reach1000": ("reach", 1000, "140"),
+    "reachvar800": ("reach", 1000, "150:400"),  # ~800 training trials of 150-400 bins
+    "network400": ("network", 400, "120"),
 }
 
 
@@ -54,13 +55,13 @@ def ldns(*args: str) -> float:
 
 
 def run_bed(name: str, work: Path, seed: int) -> dict:
-    sim, trials = BEDS[name]
+    sim, trials, length = BEDS[name]
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     data_path, models, samples = folder / "data.h5", folder / "models", folder / "samples.h5"
     out: dict = {"simulator": sim, "trials": trials}
-    ldns("simulate", sim, "--trials", str(trials), "--seed", str(seed), "-o", str(data_path),
-         "--force", "-q")  # fmt: skip
+    ldns("simulate", sim, "--trials", str(trials), "--length", length, "--seed", str(seed),
+         "-o", str(data_path), "--force", "-q")  # fmt: skip
     out["fit_ae_s"] = ldns("fit-ae", str(data_path), "-m", str(models), "--force")
     out["fit_diffusion_s"] = ldns(
         "fit-diffusion", str(data_path), "-m", str(models), "--condition", "angle", "--force"

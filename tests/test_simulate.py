@@ -106,3 +106,28 @@ def test_bad_simulation_arguments():
         simulate_lorenz(n_trials=2, history="adapting")
     with pytest.raises(LdnsError, match="--trials"):
         simulate_reach(n_trials=0)
+
+
+def test_length_range_makes_variable_length_trials_with_their_truth_cut():
+    from ldns_cli.io.simulate import simulate
+
+    a = simulate("reach", trials=40, neurons=12, length="50:90", seed=3)
+    b = simulate("reach", trials=40, neurons=12, length=(50, 90), seed=3)
+    assert a.n_bins == 90 and a.lengths.min() >= 50 and a.lengths.max() <= 90
+    assert len(set(a.lengths.tolist())) > 5  # drawn, not fixed
+    np.testing.assert_array_equal(a.counts, b.counts)  # the same seed: the same trials
+    pad = np.arange(90)[None, :] >= a.lengths[:, None]  # [B, L]
+    assert a.counts[pad].sum() == 0 and np.abs(a.rates[pad]).sum() == 0
+    assert np.abs(a.behavior["hand_vel"][pad]).sum() == 0
+    full = simulate("reach", trials=40, neurons=12, length=90, seed=3)
+    inside = ~pad
+    np.testing.assert_array_equal(a.counts[inside], full.counts[inside])  # cut, not resimulated
+
+
+def test_bad_length_ranges_are_clean_errors():
+    from ldns_cli.core.errors import LdnsError
+    from ldns_cli.io.simulate import simulate
+
+    for bad in ("90:50", "0:10", "a:b", "1:2:3"):
+        with pytest.raises(LdnsError, match="--length"):
+            simulate("reach", trials=4, neurons=4, length=bad)

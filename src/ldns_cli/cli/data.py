@@ -52,8 +52,12 @@ def simulate(
         int | None, typer.Option("--neurons", help="Number of neurons (128; network 100).")
     ] = None,
     length: Annotated[
-        int | None,
-        typer.Option("--length", help="Bins per trial (lorenz 256, reach 140, network 120)."),
+        str | None,
+        typer.Option(
+            "--length",
+            help="Bins per trial (lorenz 256, reach 140, network 120), or a range 150:400 for "
+            "variable-length trials.",
+        ),
     ] = None,
     history: Annotated[
         History,
@@ -122,7 +126,7 @@ def simulate(
         "dataset": name,
         "trials": str(data.n_trials),
         "neurons": str(data.n_neurons),
-        "length": str(data.n_bins),
+        "length": length or str(data.n_bins),
         "history": history.value,
         "seed": str(seed),
     }
@@ -139,7 +143,7 @@ def simulate(
         save_rates=truth,
         source_script=(
             f"ldns simulate {name} -o {output} --trials {data.n_trials} --neurons {data.n_neurons} "
-            f"--length {data.n_bins} --history {history.value}{mix} --seed {seed}"
+            f"--length {length or data.n_bins} --history {history.value}{mix} --seed {seed}"
         ),
     )
     info(

@@ -33,6 +33,8 @@ The truth goes into the file as unit columns: `cell_type` [N] and `history_kerne
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ldns_cli.core.data import SpikeData, VariableInfo
@@ -563,13 +565,17 @@ def simulate(
     *,
     trials: int | None = None,
     neurons: int | None = None,
-    length: int | None = None,
+    length: int | str | tuple[int, int] | None = None,
     history: str = "none",
     cell_types: str | dict[str, float] | None = None,
     seed: int = 0,
 ) -> SpikeData:
     """A built-in dataset with known truth (`ldns simulate`): "lorenz", "reach" or "network",
     at its default size unless `trials`, `neurons` or `length` (bins) say otherwise.
+
+    A `length` range ("150:400" or (150, 400)) gives variable-length trials: each trial is
+    simulated at the longest length and ends after a length drawn uniformly from the range
+    (spikes, rates, latents and behaviour are cut there; the truth is unchanged before it).
 
     `history="mixed"` with `cell_types` ("bursting=0.2,refractory=0.5,..." or a dict; default
     DEFAULT_CELL_TYPES) makes a heterogeneous population on the latent datasets."""
@@ -578,11 +584,62 @@ def simulate(
     if cell_types is not None and history != "mixed" and name != "network":
         raise LdnsError("cell-type fractions apply to mixed populations", "add --history mixed")
     d_trials, d_neurons, d_length = DEFAULT_SIZES[name]
-    return SIMULATORS[name](
+    lo, hi = parse_length_range(length, d_length)
+    data = SIMULATORS[name](
         n_trials=d_trials if trials is None else trials,
         n_neurons=d_neurons if neurons is None else neurons,
-        n_bins=d_length if length is None else length,
+        n_bins=hi,
         seed=seed,
         history=history,
         cell_types=None if cell_types is None else parse_cell_types(cell_types),
+    )
+    if lo == hi:
+        return data
+    rng = np.random.default_rng([seed, _LENGTH_STREAM])
+    return cut_trials(data, rng.integers(lo, hi + 1, size=data.n_trials))
+
+
+_LENGTH_STREAM = 0x1E7
+
+
+def parse_length_range(length: int | str | tuple[int, int] | None, default: int) -> tuple[int, int]:
+    """(shortest, longest) bins from a length, "lo:hi" or (lo, hi); errors for bad values."""
+    if length is None:
+        return default, default
+    try:
+        if isinstance(length, str):
+            parts = [int(p) for p in length.split(":")]
+        elif isinstance(length, tuple | list):
+            parts = [int(p) for p in length]
+        else:
+            parts = [int(length)]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not 1 <= parts[0] <= parts[1]:
+        raise LdnsError(
+            f"--length must be a number of bins or a range lo:hi with 1 <= lo <= hi, got {length!r}",
+            "e.g. --length 140 or --length 150:400",
+        )
+    return parts[0], parts[1]
+
+
+def cut_trials(data: SpikeData, lengths: np.ndarray) -> SpikeData:
+    """`data` with trial b ending after `lengths[b]` bins: everything after is zeroed padding."""
+    lengths = np.minimum(np.asarray(lengths, dtype=np.int64), data.lengths)
+    keep = np.arange(data.n_bins)[None, :] < lengths[:, None]  # [B, L]
+
+    def cut(a: np.ndarray | None) -> np.ndarray | None:
+        if a is None or a.ndim < 2 or a.shape[1] != data.n_bins:
+            return a
+        return np.where(keep.reshape(keep.shape + (1,) * (a.ndim - 2)), a, 0).astype(a.dtype)
+
+    return dataclasses.replace(
+        data,
+        counts=cut(data.counts),
+        lengths=lengths,
+        rates=cut(data.rates),
+        latents=cut(data.latents),
+        behavior={k: cut(v) for k, v in data.behavior.items()},
     )
