@@ -461,7 +461,7 @@ def fit_autoencoder(
                     f"trials (sizes {', '.join(map(str, candidate_sizes(data.n_neurons)))})"
                 )
                 z, search = choose_latent_dim(
-                    ae_cfg, train_cfg, tensors_from_data(train), val, ae_loss, dev, train=train
+                    ae_cfg, train_cfg, tensors_from_data(train), val, ae_loss, dev
                 )
                 log_search(search)
                 ae_cfg = dataclasses.replace(ae_cfg, latent_dim=z)

@@ -47,7 +47,7 @@ FIDELITY_FOLDS = 3
 _DRAW_STREAM = 0xAE57
 
 
-def relative(check: dict[str, Any], stage: str, base: str) -> float | None:
+def _relative(check: dict[str, Any], stage: str, base: str) -> float | None:
     """How far `stage` is from `base` as a factor ≥ 1 = worse (errors: ratio; accuracies and
     R²: inverse ratio), or None when undefined."""
     v, b = check["stages"].get(stage), check["stages"].get(base)
@@ -90,7 +90,7 @@ def report_checks(checks: dict[str, Any]) -> None:
     for line in describe_checks(checks, STAGE_LABELS):
         info(line)
     for name, c in checks.items():
-        rel = relative(c, "autoencoder", "real")
+        rel = _relative(c, "autoencoder", "real")
         if rel is not None and rel > AE_TOLERANCE:
             warn(
                 f"the autoencoder loses part of condition {name}: {c['metric']} "

@@ -16,15 +16,6 @@ seeds). That spread is measured in every run because it depends on the data: fou
 size gave 0.5% of the score on simulated Lorenz data and 2.8% on simulated reach data
 (`python bench/quality_latent_size.py`), larger than the evaluation's standard errors.
 Larger latents that predict no better only give the denoiser more to learn.
-
-Co-smoothing alone can lose a condition carried by a few neurons (on a simulated E/I network
-whose stimulus tunes 40% of the excitatory cells it chose 2 latents, whose rates decoded the
-angle 3.6x worse than the real trials). So when the training trials carry conditions
-(`scoring.conditions.checkable_conditions`), each size's short fit also gets the autoencoder
-stage of the condition checks (`fit.checks.autoencoder_checks`), and the size kept is the
-smallest within the co-smoothing noise whose rates keep every condition within
-`fit.checks.AE_TOLERANCE` of the real trials' decoding; failing that, the smallest size that
-keeps them; failing that, the size that keeps them best.
 """
 
 from __future__ import annotations
@@ -38,10 +29,8 @@ import torch
 
 from ldns_cli.core.console import info, is_quiet, set_quiet
 from ldns_cli.core.data import SpikeData
-from ldns_cli.fit.checks import AE_TOLERANCE, autoencoder_checks, relative
 from ldns_cli.fit.trainer import LossFn, TrainConfig, fit
 from ldns_cli.nn.autoencoder import AEConfig, Autoencoder
-from ldns_cli.scoring.conditions import checkable_conditions
 
 LATENT_GRID = (2, 4, 6, 8, 12, 16, 24, 32)
 SEARCH_STEPS = 150
@@ -106,16 +95,12 @@ def choose_latent_dim(
     loss_fn: LossFn,
     device: str,
     steps: int = SEARCH_STEPS,
-    train: SpikeData | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """The latent size by co-smoothing and the conditions (module docstring) and its record:
-    the curve (size, bits per spike, standard error of the difference to the best, how the
-    conditions survive), the rule and the choice.
+    """The latent size by co-smoothing (module docstring) and its record: the curve (size,
+    bits per spike, standard error of the difference to the best), the rule and the choice.
 
     `train_t`: the training trials as the stage's tensors ({"counts", "mask"}); `loss_fn`: the
-    stage's training loss; `train`: the training trials, for the condition checks (none when
-    None)."""
-    names = checkable_conditions(train) if train is not None else []
+    stage's training loss."""
     sizes = candidate_sizes(int(train_t["counts"].shape[2]))
     search_cfg = dataclasses.replace(
         train_cfg, epochs=1, min_steps=steps, patience=0, checkpoint_every_s=math.inf
@@ -138,24 +123,12 @@ def choose_latent_dim(
         if result.interrupted:  # Ctrl-C during the search: stop the whole fit
             raise KeyboardInterrupt
         gain, spikes = cosmoothing_per_trial(result.model, val, null_rate, device)
-        if names and train is not None and seed == train_cfg.seed:
-            checks = autoencoder_checks(result.model, train, val, device, seed, names)
-            kept[z] = max(
-                (
-                    r
-                    for c in checks.values()
-                    if (r := relative(c, "autoencoder", "real")) is not None
-                ),
-                default=1.0,
-            )
         return gain / (math.log(2) * max(spikes, 1.0))  # per trial, in bits per spike
 
     gains: dict[int, np.ndarray] = {}
-    kept: dict[int, float] = {}  # worst condition: decoding from AE draws relative to real
     for z in sizes:
         gains[z] = short_fit(z, train_cfg.seed)
-        extra = f"; conditions {kept[z]:.2f}x the real trials' (worst)" if z in kept else ""
-        info(f"latent size {z}: {gains[z].sum():.4f} bits/spike{extra}")
+        info(f"latent size {z}: {gains[z].sum():.4f} bits/spike")
     score = {z: float(g.sum()) for z, g in gains.items()}
     best = max(score, key=lambda z: score[z])
     # the short fits' own spread: the best size again with other seeds
@@ -166,16 +139,16 @@ def choose_latent_dim(
     info(f"latent size {best} with {len(repeats)} seeds: sd {fit_sd:.4f} bits/spike")
     n_val = max(len(gains[best]), 2)
     curve = []
-    within: list[int] = []
+    chosen = None
     for z in sizes:
         diff = (gains[best] - gains[z]) * n_val  # per-trial contributions to the difference
         se = float(diff.std(ddof=1) / math.sqrt(n_val))
-        curve.append({"latent_dim": z, "cobps": score[z], "se_vs_best": se,
-                      "condition_ratio": kept.get(z)})  # fmt: skip
+        curve.append({"latent_dim": z, "cobps": score[z], "se_vs_best": se})
         # two fits differ by chance with sd √2·fit_sd, on top of the evaluation's noise
-        if score[best] - score[z] <= max(se, math.sqrt(2) * fit_sd):
-            within.append(z)
-    chosen, reason = _pick(sizes, within, kept)
+        tolerance = max(se, math.sqrt(2) * fit_sd)
+        if chosen is None and score[best] - score[z] <= tolerance:
+            chosen = z
+    chosen = chosen or best
     record = {
         "chosen": chosen,
         "curve": curve,
@@ -184,32 +157,10 @@ def choose_latent_dim(
         "best_repeats": repeats,
         "fit_sd": fit_sd,
         "rule": "the smallest latent size whose co-smoothing bits/spike on the validation "
-        "trials is within the noise of the best (one standard error of the evaluation, or the "
-        "spread of two short fits: √2 x the sd of the best size refitted with other seeds) and "
-        f"whose rates keep every condition within {AE_TOLERANCE:g}x the real trials' decoding",
-        "reason": reason,
+        "trials is within the noise of the best: one standard error of the evaluation, or the "
+        "spread of two short fits (√2 x the sd of the best size refitted with other seeds)",
     }
     return chosen, record
-
-
-def _pick(sizes: list[int], within: list[int], kept: dict[int, float]) -> tuple[int, str]:
-    """The size by the rule: co-smoothing first, then the conditions (see `choose_latent_dim`)."""
-    if not kept:
-        return within[0], "the smallest size within the noise of the best co-smoothing"
-    for z in within:
-        if kept[z] <= AE_TOLERANCE:
-            return z, (
-                "the smallest size within the noise of the best co-smoothing that keeps the "
-                "conditions"
-            )
-    for z in sizes:
-        if kept[z] <= AE_TOLERANCE:
-            return z, (
-                "no size within the noise of the best co-smoothing keeps the conditions: the "
-                "smallest size that does"
-            )
-    z = min(sizes, key=lambda k: (kept[k], k))
-    return z, "no size keeps the conditions: the one that keeps them best"
 
 
 def describe_search(record: dict[str, Any]) -> list[str]:
@@ -218,7 +169,7 @@ def describe_search(record: dict[str, Any]) -> list[str]:
     return [
         f"latent size by co-smoothing (bits/spike of held-out neurons, validation trials, "
         f"{record['steps_per_size']} steps per size): {points}",
-        f"latent size {record['chosen']}: {record.get('reason', record['rule'])}",
+        f"latent size {record['chosen']}: {record['rule']}",
     ]
 
 
