@@ -16,6 +16,13 @@ seeds). That spread is measured in every run because it depends on the data: fou
 size gave 0.5% of the score on simulated Lorenz data and 2.8% on simulated reach data
 (`python bench/quality_latent_size.py`), larger than the evaluation's standard errors.
 Larger latents that predict no better only give the denoiser more to learn.
+
+Not in the rule: the conditions. Scoring each size's short fit by the autoencoder stage of the
+condition checks as well (and keeping the smallest size that keeps them) was tried and measured
+worse: the short fits' condition ratios were noise (1.8-2.9x across sizes on 400 simulated reach
+trials, with no trend), so the rule chose 16 latents, whose full fit decoded the angle 2.19x
+worse than the real validation trials where co-smoothing alone chooses 4 (0.95x on 600 trials).
+The condition checks at the end of `fit-ae` report and warn instead.
 """
 
 from __future__ import annotations
