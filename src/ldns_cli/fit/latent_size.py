@@ -21,7 +21,7 @@ Not in the rule: the conditions. Scoring each size's short fit by the autoencode
 condition checks as well (and keeping the smallest size that keeps them) was tried and measured
 worse: the short fits' condition ratios were noise (1.8-2.9x across sizes on 400 simulated reach
 trials, with no trend), so the rule chose 16 latents, whose full fit decoded the angle 2.19x
-worse than the real validation trials where co-smoothing alone chooses 4 (0.95x on 600 trials).
+worse than the real validation trials, against 1.63x for the 4 latents co-smoothing chooses.
 The condition checks at the end of `fit-ae` report and warn instead.
 """
 
