@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ldns_cli.auditing.run import Audit
+from ldns_cli.scoring.report import pyplot
 
 TABLE_HEADER = ("check", "measure", "value", "95% CI", "reference")
 COLORS = {"samples": "#d95f02", "heldout": "#222222", "train": "#1b9e77", "naive": "#7570b3"}
@@ -84,27 +85,6 @@ def table_rows(payload: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
 
 
 # ----------------------------------------------------------------------------- figures
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update(
-        {
-            "figure.dpi": 100,
-            "axes.spines.top": False,
-            "axes.spines.right": False,
-            "axes.titlesize": 10,
-            "axes.labelsize": 9,
-            "legend.fontsize": 8,
-            "xtick.labelsize": 8,
-            "ytick.labelsize": 8,
-        }
-    )
-    return plt
-
-
 def _save(plt: Any, fig: Any, path: Path, rows: int = 1) -> None:
     """Fixed margins (tight_layout doubles the rendering time), in inches for any row count."""
     height = fig.get_figheight()
@@ -280,7 +260,7 @@ def write_report(audit: Audit, payload: dict[str, Any], directory: Path) -> list
 
     `payload`: the JSON-ready payload (`jsonable(audit.payload)`, with any paths added).
     """
-    plt = _pyplot()
+    plt = pyplot()
     figures = [
         ("distances.png", "Distances to the closest training trial: samples against held-out "
          "trials (left; dashed: the threshold), and each sample's nearest training vs nearest "

@@ -162,7 +162,8 @@ def _verdict(worst: float, good: str, between: str, bad: str) -> str:
 
 
 # ----------------------------------------------------------------------------- figures
-def _plt():
+def pyplot() -> Any:
+    """matplotlib.pyplot, headless (Agg), with the reports' shared style."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -650,7 +651,7 @@ def write_report(
     """Write the PNG figures and index.html into `directory` (which must exist); return paths.
 
     `training_logs`: the model folder's `*_training.csv` files, plotted as training curves."""
-    plt = _plt()
+    plt = pyplot()
     min_isi = int(ev.payload["settings"]["min_isi"])
     makers = {
         "psc.png": lambda p: _fig_psc(plt, ev, p),
