@@ -65,6 +65,7 @@ def fit_ae(
             "--latent-dim",
             "Latent channels Z, or auto: the smallest size that co-smooths held-out neurons as "
             "well as any (the default unless --preset or --config is given).",
+            metavar="Z|auto",
         ),
     ] = None,
     width: Annotated[int | None, flag_opt("--width", "Hidden channels of the encoder.")] = None,

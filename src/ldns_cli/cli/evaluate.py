@@ -119,6 +119,7 @@ def evaluate(
             help="Evaluate per value of this trial covariate or behaviour series (repeatable; "
             "default: the conditions the samples were generated with; 'none' for none).",
             show_default=False,
+            metavar="NAME",
         ),
     ] = None,
     report: Annotated[

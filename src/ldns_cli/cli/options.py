@@ -169,9 +169,9 @@ def read_recording(
 
 
 # ---------------------------------------------------------------------------- training options
-def flag_opt(flag: str, help_text: str, *aliases: str) -> Any:
+def flag_opt(flag: str, help_text: str, *aliases: str, metavar: str | None = None) -> Any:
     """A typer option without a shown default (None means: take it from preset/config)."""
-    return typer.Option(flag, *aliases, help=help_text, show_default=False)
+    return typer.Option(flag, *aliases, help=help_text, show_default=False, metavar=metavar)
 
 
 PresetOpt = Annotated[

@@ -70,6 +70,7 @@ def sample(
             "--guidance",
             help="Classifier-free guidance W (1 = plain conditional), or auto: the weight "
             "fit-diffusion measured for the model (1 when it has none).",
+            metavar="W|auto",
         ),
     ] = "auto",
     condition: Annotated[
