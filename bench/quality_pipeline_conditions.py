@@ -10,7 +10,7 @@ For each test bed, every default as a new user would run them:
 then decoders of the angle fitted on the real *training* trials are applied to the real test
 trials, to Poisson draws of the autoencoder's rates of them, and to the samples
 (`scoring.conditions.stage_checks`); the samples' unconditional fidelity is `ldns evaluate`'s
-score against the test trials. Bars (issue "conditions survive the pipeline"): samples ≤ 1.3×
+score against the test trials. Bars: samples ≤ 1.3×
 the real error (goal 1.1×), autoencoder stage ≤ 1.15×, every fidelity score ≤ 0.3.
 
     python bench/quality_pipeline_conditions.py [--beds reach400,reach600,reach1000,network400]
