@@ -146,7 +146,7 @@ def test_isi_histogram_oracle():
     assert hist.tolist() == [1, 1, 0, 1, 0, 1]  # 9 > 5: the last entry
 
 
-def test_declared_kind_wins_over_detection(reach):
+def test_a_declared_continuous_kind_does_not_hide_an_angle(reach):
     ref, gen = reach
     info = {"angle": VariableInfo(kind="continuous")}
     gen = dataclasses.replace(gen, variable_info=info)
@@ -208,3 +208,18 @@ def test_checkable_conditions_skip_event_times():
 
     data = simulate_reach(40, 8, 20, seed=0)
     assert checkable_conditions(data) == ["angle", "condition_id", "hand_vel"]  # no onset time
+
+
+def test_series_decoder_pairs_each_bin_with_its_own_value_when_the_series_is_shorter():
+    """A behaviour series covering fewer bins than the spikes: features and values must stay
+    paired bin by bin (a misaligned pairing decodes nothing)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    rng = np.random.default_rng(2)
+    counts = rng.poisson(0.5, (40, 30, 6))
+    lengths = rng.integers(20, 31, 40)
+    counts[np.arange(30)[None, :] >= lengths[:, None]] = 0
+    drive = gaussian_filter1d(counts[:, :, 0].astype(float), 2.0, axis=1)  # [B, L]
+    series = drive[:, :25, None]  # the series stops 5 bins early
+    decoder = fit_decoder("timeseries", counts, lengths, series, 0.01, 30)
+    assert decoder.score(counts, lengths, series) > 0.8

@@ -11,7 +11,6 @@ one section's draws never moves another's numbers.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +39,7 @@ from ldns_cli.core.data import SpikeData
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.core.runtime import check_seed, single_threaded_torch
 from ldns_cli.nn.autoencoder import infer
-from ldns_cli.scoring.evaluation import draw_naive, jsonable
+from ldns_cli.scoring.evaluation import check_same_units, draw_naive, jsonable
 from ldns_cli.store import ModelSet
 
 MAX_MEMBER_TRIALS = 500  # trials per set scored by the membership attack (random subset)
@@ -69,18 +68,13 @@ def _describe(data: SpikeData) -> dict[str, Any]:
 
 def _check_sets(train: SpikeData, heldout: SpikeData, samples: SpikeData) -> None:
     for name, d in (("held-out", heldout), ("sample", samples)):
-        if d.n_neurons != train.n_neurons:
-            raise LdnsError(
-                f"the training set has {train.n_neurons} neurons but the {name} set has "
-                f"{d.n_neurons}",
-                "audit samples against the recording their model was trained on",
-            )
-        if not math.isclose(d.bin_size_s, train.bin_size_s, rel_tol=1e-6):
-            raise LdnsError(
-                f"bin sizes differ: training {train.bin_size_s * 1e3:g} ms, {name} "
-                f"{d.bin_size_s * 1e3:g} ms",
-                "re-bin with --bin-ms so all three sets use the same bin size",
-            )
+        check_same_units(
+            train,
+            d,
+            ("training set", f"{name} set"),
+            "audit samples against the recording their model was trained on",
+            "re-bin with --bin-ms so all three sets use the same bin size",
+        )
     for name, d in (("training", train), ("held-out", heldout), ("sample", samples)):
         if d.n_trials < 2:
             raise LdnsError(f"the {name} set has {d.n_trials} trial", "the audit needs at least 2")

@@ -285,7 +285,8 @@ def resolve_guidance(model: DiffusionModel, value: float | str) -> float:
     model (`measured_guidance`), else 1 (plain conditional sampling)."""
     parsed = parse_guidance(value)
     if parsed is None:
-        return (model.measured_guidance or 1.0) if model.conditions else 1.0
+        measured = model.measured_guidance if model.conditions else None
+        return 1.0 if measured is None else measured
     return parsed
 
 

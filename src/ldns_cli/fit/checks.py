@@ -121,7 +121,9 @@ def _sample_for(models: Any, trials: SpikeData, guidance: float, seed: int, devi
 
 def _fidelity(reference: SpikeData, samples: SpikeData, seed: int) -> tuple[float, float]:
     """Mean `evaluate` score over the scored metrics and its fold spread (sd of the mean)."""
-    ev = evaluate_full(reference, samples, folds=FIDELITY_FOLDS, seed=seed, conditions=[])
+    ev = evaluate_full(
+        reference, samples, folds=FIDELITY_FOLDS, seed=seed, conditions=[], figures=False
+    )
     scores, spreads = [], []
     for m in ev.payload["metrics"].values():
         if m["score"] is None:

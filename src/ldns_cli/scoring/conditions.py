@@ -38,8 +38,6 @@ from ldns_cli.scoring.decoding import (
     LOWER_IS_BETTER,
     METRIC_OF_KIND,
     fit_decoder,
-    score_values,
-    targets,
 )
 from ldns_cli.scoring.metrics import fold_stats
 
@@ -58,8 +56,6 @@ class ConditionFigures:
     group_labels: list[str] = field(default_factory=list)
     psth_reference: np.ndarray | None = None  # [G, L, N] spikes/s
     psth_generated: np.ndarray | None = None  # [G, L, N] spikes/s
-    n_reference: np.ndarray | None = None  # [G] trials
-    n_generated: np.ndarray | None = None  # [G] trials
     # one example trial per group (None where a group has none): counts [L, N] and length
     example_reference: list[tuple[np.ndarray, int] | None] = field(default_factory=list)
     example_generated: list[tuple[np.ndarray, int] | None] = field(default_factory=list)
@@ -260,11 +256,10 @@ def _decode_fold(
     decoder = fit_decoder(
         kind, ref.counts[b], ref.lengths[b], ref_values[b], ref.bin_size_s, n_bins
     )
-    pred_a = decoder.predict(ref.counts[a], ref.lengths[a])
     shuffled = ref_values[a][rng.permutation(len(a))]
     return {
-        "floor": score_values(kind, pred_a, targets(kind, ref_values[a], ref.lengths[a])),
-        "chance": score_values(kind, pred_a, targets(kind, shuffled, ref.lengths[a])),
+        "floor": decoder.score(ref.counts[a], ref.lengths[a], ref_values[a]),
+        "chance": decoder.score(ref.counts[a], ref.lengths[a], shuffled),
         "model": decoder.score(gen.counts, gen.lengths, gen_values),
     }
 
@@ -296,11 +291,12 @@ def evaluate_conditions(
     *,
     folds: int = 5,
     seed: int = 0,
+    with_figures: bool = True,
 ) -> tuple[dict[str, Any], list[ConditionFigures]]:
     """Per-condition PSTH R² and decoding of `generated` against `reference` (module docstring).
 
     Returns the JSON-ready payload `{"conditions": {name: ...}, "notes": [...]}` and the figure
-    data of each condition."""
+    data of each condition (left empty with `with_figures=False`)."""
     names, notes = evaluated_conditions(reference, generated, names)
     rng = np.random.default_rng([seed, 0xC0D])
     results: dict[str, Any] = {}
@@ -309,12 +305,10 @@ def evaluate_conditions(
         kind = condition_kind(reference, generated, name)
         ref_values, gen_values = _values(reference, name), _values(generated, name)
         ref_ok, gen_ok = _known(ref_values), _known(gen_values)
-        ref, gen = reference.select(ref_ok) if ref_ok.any() else None, None
-        if gen_ok.any():
-            gen = generated.select(gen_ok)
-        if ref is None or gen is None or ref.n_trials < 4:
+        if ref_ok.sum() < 4 or not gen_ok.any():
             notes.append(f"condition '{name}': too few trials with a known value")
             continue
+        ref, gen = reference.select(ref_ok), generated.select(gen_ok)
         ref_values, gen_values = ref_values[ref_ok], gen_values[gen_ok]
         n_bins = int(min(ref.lengths.min(), gen.lengths.min()))  # the common prefix
         entry: dict[str, Any] = {"kind": kind, "trials": [ref.n_trials, gen.n_trials]}
@@ -364,7 +358,8 @@ def evaluate_conditions(
                     "condition group against the reference's",
                 ),
             }
-            _fill_figures(fig, ref, gen, ref_groups, gen_groups, labels, psth_bins, sigma_bins)
+            if with_figures:
+                _fill_figures(fig, ref, gen, ref_groups, gen_groups, labels, psth_bins, sigma_bins)
         results[name] = entry
         figures.append(fig)
     return {"conditions": results, "notes": notes, "protocol": _PROTOCOL}, figures
@@ -406,8 +401,6 @@ def _fill_figures(
     fig.psth_generated = (_smoothed_mean(g_sum, g_n, sigma_bins) * hz).astype(np.float32)
     fig.psth_reference[r_n < 1] = np.nan
     fig.psth_generated[g_n < 1] = np.nan
-    fig.n_reference = np.bincount(ref_groups[ref_groups >= 0], minlength=n_groups)
-    fig.n_generated = np.bincount(gen_groups[gen_groups >= 0], minlength=n_groups)
     fig.example_reference = _examples(ref, ref_groups, n_groups)
     fig.example_generated = _examples(gen, gen_groups, n_groups)
 

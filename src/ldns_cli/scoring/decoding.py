@@ -87,14 +87,24 @@ def trial_features(
     return rates[:, times.astype(np.int64)].reshape(len(counts), -1).astype(np.float64)
 
 
-def series_features(
-    counts: np.ndarray, lengths: np.ndarray, bin_size_s: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Smoothed counts of every valid bin `[V, N]` and the flat valid-bin mask `[B·L]`."""
+def series_features(counts: np.ndarray, lengths: np.ndarray, bin_size_s: float) -> np.ndarray:
+    """Smoothed counts of every valid bin `[V, N]` (trials in order, bins in order)."""
     sigma = max(SMOOTH_S / bin_size_s, 0.5)
     rates = smooth_rates(counts, lengths, sigma)  # [B, L, N]
-    mask = valid_mask(lengths, counts.shape[1])
-    return rates[mask].astype(np.float64), mask
+    return rates[valid_mask(lengths, counts.shape[1])].astype(np.float64)
+
+
+def series_pairs(
+    counts: np.ndarray, lengths: np.ndarray, values: np.ndarray, bin_size_s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(features `[V, N]`, series values `[V, K]`) over the bins both the spikes and the series
+    `[B, L', K]` cover: t < min(length, L')."""
+    series = np.asarray(values).reshape(len(values), values.shape[1], -1)  # [B, L', K]
+    n_bins = min(series.shape[1], counts.shape[1])
+    cut = np.minimum(lengths, n_bins)
+    x = series_features(counts[:, :n_bins], cut, bin_size_s)
+    y = series[:, :n_bins][valid_mask(cut, n_bins)].astype(np.float64)
+    return x, y
 
 
 def circular_error_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -125,8 +135,7 @@ class Decoder:
     def predict(self, counts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Decoded values: angles `[B]`, labels `[B]`, values `[B, K]` or series `[V, K]`."""
         if self.kind == "timeseries":
-            x, _ = series_features(counts, lengths, self.bin_size_s)
-            return self.model.predict(x)
+            return self.model.predict(series_features(counts, lengths, self.bin_size_s))
         out = self.model.predict(trial_features(counts, lengths, self.bin_size_s, self.n_bins))
         if self.kind == "circular":
             return np.arctan2(out[:, 1], out[:, 0])
@@ -137,18 +146,10 @@ class Decoder:
 
     def score(self, counts: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> float:
         """The kind's metric (see `METRIC_OF_KIND`) of the decoded against the true values."""
-        pred = self.predict(counts, lengths)
-        return score_values(self.kind, pred, targets(self.kind, values, lengths))
-
-
-def targets(kind: str, values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """What a decoder's output is compared with: series flattened to their valid bins `[V, K]`."""
-    values = np.asarray(values)
-    if kind == "timeseries":
-        series = values.reshape(values.shape[0], values.shape[1], -1)  # [B, L', K]
-        mask = valid_mask(np.minimum(lengths, series.shape[1]), series.shape[1])
-        return series[mask].astype(np.float64)
-    return values
+        if self.kind == "timeseries":
+            x, y = series_pairs(counts, lengths, np.asarray(values), self.bin_size_s)
+            return score_values(self.kind, self.model.predict(x), y)
+        return score_values(self.kind, self.predict(counts, lengths), values)
 
 
 def score_values(kind: str, pred: np.ndarray, true: np.ndarray) -> float:
@@ -176,11 +177,9 @@ def fit_decoder(
         raise ValueError(f"unknown condition kind {kind!r}")
     values = np.asarray(values)
     if kind == "timeseries":
-        x, _ = series_features(counts, lengths, bin_size_s)
-        y = targets(kind, values, lengths)
-        n = min(len(x), len(y))
-        step = max(1, n // MAX_SERIES_ROWS)
-        return Decoder(kind, fit_ridge(x[:n:step], y[:n:step]), n_bins, bin_size_s)
+        x, y = series_pairs(counts, lengths, values, bin_size_s)
+        step = max(1, len(x) // MAX_SERIES_ROWS)
+        return Decoder(kind, fit_ridge(x[::step], y[::step]), n_bins, bin_size_s)
     x = trial_features(counts, lengths, bin_size_s, n_bins)
     if kind == "categorical":
         keys = np.asarray([str(v) for v in values.reshape(len(values), -1)[:, 0]])

@@ -85,20 +85,34 @@ class Evaluation:
     align_offset_s: float = 0.0  # start of bin 0 relative to the reference's alignment event
 
 
+def check_same_units(
+    first: SpikeData, second: SpikeData, names: tuple[str, str], hint: str, rebin_hint: str
+) -> None:
+    """Raise `LdnsError` unless two sets have the same number of neurons and bin size; `names`
+    say what they are in the message ("reference", "generated set")."""
+    if first.n_neurons != second.n_neurons:
+        raise LdnsError(
+            f"the {names[0]} has {first.n_neurons} neurons but the {names[1]} has "
+            f"{second.n_neurons}",
+            hint,
+        )
+    if not math.isclose(first.bin_size_s, second.bin_size_s, rel_tol=1e-6):
+        raise LdnsError(
+            f"bin sizes differ: {names[0]} {first.bin_size_s * 1e3:g} ms, {names[1]} "
+            f"{second.bin_size_s * 1e3:g} ms",
+            rebin_hint,
+        )
+
+
 def check_compatible(reference: SpikeData, generated: SpikeData) -> None:
     """Raise `LdnsError` unless the two sets have the same neurons and bin size."""
-    if reference.n_neurons != generated.n_neurons:
-        raise LdnsError(
-            f"the reference has {reference.n_neurons} neurons but the generated set has "
-            f"{generated.n_neurons}",
-            "compare samples with the recording their model was trained on",
-        )
-    if not math.isclose(reference.bin_size_s, generated.bin_size_s, rel_tol=1e-6):
-        raise LdnsError(
-            f"bin sizes differ: reference {reference.bin_size_s * 1e3:g} ms, generated "
-            f"{generated.bin_size_s * 1e3:g} ms",
-            "re-bin one of them with --bin-ms (NWB input) so both use the same bin size",
-        )
+    check_same_units(
+        reference,
+        generated,
+        ("reference", "generated set"),
+        "compare samples with the recording their model was trained on",
+        "re-bin one of them with --bin-ms (NWB input) so both use the same bin size",
+    )
     if reference.n_trials < 2:
         raise LdnsError(
             f"the reference has {reference.n_trials} trial; the floor needs at least 2",
@@ -189,11 +203,13 @@ def evaluate_full(
     settings: MetricSettings | None = None,
     log: Callable[[str], None] | None = None,
     conditions: list[str] | None = None,
+    figures: bool = True,
 ) -> Evaluation:
     """Compare `generated` with `reference`; see the module docstring for the protocol.
 
     `conditions`: the conditions to evaluate per value (`scoring.conditions`); None = those the
-    generated file says it was sampled with, [] = none."""
+    generated file says it was sampled with, [] = none. `figures=False` skips what only the
+    report draws (ISI histograms, condition PSTHs)."""
     settings = settings or MetricSettings()
     log = log or (lambda _msg: None)
     check_compatible(reference, generated)
@@ -337,21 +353,22 @@ def evaluate_full(
         },
     }
     cond_payload, cond_figures = evaluate_conditions(
-        reference, generated, conditions, folds=folds, seed=seed
+        reference, generated, conditions, folds=folds, seed=seed, with_figures=figures
     )
     if cond_payload["conditions"]:
         log(f"evaluated per condition: {', '.join(cond_payload['conditions'])}")
     payload["conditions"] = cond_payload["conditions"]
     payload["protocol"]["conditions"] = cond_payload["protocol"]
     payload["notes"]["conditions"] = cond_payload["notes"]
-    isi_hist = {
-        name: isi_histogram(counts[:ISI_HIST_TRIALS], lengths[:ISI_HIST_TRIALS])
-        for name, counts, lengths in (
+    isi_hist = {}
+    if figures:
+        sets = (
             ("data", reference.counts, reference.lengths),
             ("samples", generated.counts, generated.lengths),
             ("naive", naive_counts, gen_len),
         )
-    }
+        for name, counts, lengths in sets:
+            isi_hist[name] = isi_histogram(counts[:ISI_HIST_TRIALS], lengths[:ISI_HIST_TRIALS])
     examples = {
         "reference": (reference.counts[:N_EXAMPLES], reference.lengths[:N_EXAMPLES]),
         "generated": (generated.counts[:N_EXAMPLES], generated.lengths[:N_EXAMPLES]),
@@ -382,7 +399,13 @@ def evaluate(
     """The JSON-ready payload of `evaluate_full` (metrics with floor, naive and score, and the
     per-condition evaluation)."""
     ev = evaluate_full(
-        reference, generated, folds=folds, seed=seed, settings=settings, conditions=conditions
+        reference,
+        generated,
+        folds=folds,
+        seed=seed,
+        settings=settings,
+        conditions=conditions,
+        figures=False,
     )
     return jsonable(ev.payload)
 
