@@ -17,7 +17,16 @@ from ldns_cli.io.simulate import (
     simulate,
 )
 from ldns_cli.nn.observation import HistoryConfig, SpikeHistoryObservation, softplus_inverse
-from ldns_cli.scoring.neurons import neuron_range, neuron_stats, out_of_range
+from ldns_cli.scoring.metrics import draw_naive
+from ldns_cli.scoring.neurons import (
+    SCALED_STATS,
+    discrepancy,
+    errors,
+    naive_scales,
+    neuron_range,
+    neuron_stats,
+    out_of_range,
+)
 from ldns_cli.store import load_observation
 
 
@@ -141,6 +150,25 @@ def test_selection_keeps_history_for_refractory_and_poisson_for_a_runaway_fit():
     d_h, d_p = figures["discrepancy_history"], figures["discrepancy_poisson"]
     assert d_h[0] < d_p[0] and d_p[1] < d_h[1]
     assert figures["stats_history"]["rate_hz"][1] > 3 * figures["stats_data"]["rate_hz"][1]
+
+
+def test_naive_scales_make_the_naive_model_score_one_per_statistic():
+    """The scales are the naive model's RMSE over neurons: the same homogeneous Poisson draw,
+    scored against the data, has mean squared error exactly 1 for every scaled statistic, and
+    the data itself has discrepancy 0."""
+    data = simulate("reach", trials=80, neurons=30, length=100, history="mixed", seed=4)
+    d = neuron_stats(data.counts, data.lengths, data.bin_size_s)
+    scales = naive_scales(d, data.lengths, data.n_bins, data.bin_size_s, seed=9)
+    rng = np.random.default_rng([9, 7])  # the draw naive_scales makes
+    naive_counts = draw_naive(d.rate_hz * data.bin_size_s, data.lengths, data.n_bins, rng)
+    naive = neuron_stats(naive_counts, data.lengths, data.bin_size_s)
+    errs = errors(naive, d, scales)
+    for k in SCALED_STATS:
+        defined = np.isfinite(getattr(naive, k) if k != "autocorr" else naive.autocorr[0])
+        assert np.mean(errs[k][defined] ** 2) == pytest.approx(1.0, rel=1e-6), k
+    # bursting units make the data far from Poisson in Fano factor: a large scale
+    assert scales["fano"] > 0.1
+    assert np.all(discrepancy(d, d, scales) == 0)
 
 
 def test_auto_follows_the_stored_choice(tmp_path):

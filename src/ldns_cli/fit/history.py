@@ -71,14 +71,20 @@ from ldns_cli.nn.observation import (
     poisson_log_sf,
     softplus_inverse,
 )
-from ldns_cli.scoring.neurons import NeuronStats, discrepancy, neuron_range, neuron_stats
+from ldns_cli.scoring.neurons import (
+    NeuronStats,
+    discrepancy,
+    naive_scales,
+    neuron_range,
+    neuron_stats,
+)
 from ldns_cli.store import history_path
 
 # per-neuron scale factors of the excitatory kernel tried by the dispersion matching (1 = the
 # likelihood fit, 0 = no self-excitation; the refractory, negative part is kept throughout)
 DISPERSION_SCALES = (1.0, 0.6, 0.3, 0.0)
 # statistics the dispersion matching compares (rates are matched separately, through b)
-DISPERSION_STATS = ("log_fano", "autocorr")
+DISPERSION_STATS = ("fano", "autocorr")
 # free-running sets are repeated up to this many trials, so the model side adds little noise
 # (the dispersion matching runs on the whole training set, which needs fewer repeats)
 MIN_SAMPLED_TRIALS = 512
@@ -469,9 +475,12 @@ def match_free_running_dispersion(
     # Fano factor and autocorrelation do not depend on the bin width
     data_stats = neuron_stats(d[..., :N], d_len, 1.0)
     sampled = neuron_stats(s, s_len, 1.0)
+    scales = naive_scales(data_stats, d_len, d.shape[1], 1.0, seed)
     score = np.stack(
         [
-            discrepancy(_neuron_slice(sampled, j * N, (j + 1) * N), data_stats, DISPERSION_STATS)
+            discrepancy(
+                _neuron_slice(sampled, j * N, (j + 1) * N), data_stats, scales, DISPERSION_STATS
+            )
             for j in range(S)
         ]
     )  # [S, N]
@@ -518,8 +527,8 @@ def select_neurons(
     repeated up to MIN_SAMPLED_TRIALS times); the Poisson candidate carries the history model's
     per-neuron count cap, as `--observation auto` applies it. Each neuron's rate, Fano factor,
     ISI mean and std, autocorrelation (lags 1..10) and maximum count are compared with the
-    held-out trials' (`scoring.neurons.discrepancy`: squared errors in units of their
-    tolerances, summed); ties go to Poisson, the simpler model.
+    held-out trials' (`scoring.neurons.discrepancy`: squared errors summed, each statistic on the
+    scale `ldns evaluate` scores it, `naive_scales`); ties go to Poisson, the simpler model.
     Returns use_history [N] bool and the figures (per-neuron statistics of data and both
     candidates, their discrepancies) for the checkpoint.
     """
@@ -550,8 +559,9 @@ def select_neurons(
             )
             stats[name] = neuron_stats(s, s_len, bin_size_s)
             stats["data"] = neuron_stats(d, d_len, bin_size_s)
-    d_hist = discrepancy(stats["history"], stats["data"])
-    d_pois = discrepancy(stats["poisson"], stats["data"])
+    scales = naive_scales(stats["data"], d_len, d.shape[1], bin_size_s, seed)
+    d_hist = discrepancy(stats["history"], stats["data"], scales)
+    d_pois = discrepancy(stats["poisson"], stats["data"], scales)
     use_history = d_hist < d_pois
     figures: dict[str, Any] = {
         "trials": n,
@@ -559,6 +569,7 @@ def select_neurons(
         "use_history": [bool(x) for x in use_history],
         "discrepancy_history": [round(float(x), 4) for x in d_hist],
         "discrepancy_poisson": [round(float(x), 4) for x in d_pois],
+        "scales": {k: round(v, 6) for k, v in scales.items()},
         **{f"stats_{k}": v.as_dict() for k, v in stats.items()},
     }
     return use_history, figures

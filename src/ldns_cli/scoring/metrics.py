@@ -752,3 +752,32 @@ def compare_counts(
     s_m = summarise(counts_model, lengths_model, bin_size_s, settings, proj, segment_bins=seg)
     s_d = summarise(counts_data, lengths_data, bin_size_s, settings, proj, segment_bins=seg)
     return compare(finalise(s_m), finalise(s_d), settings)
+
+
+def draw_naive(
+    rate_per_bin: np.ndarray,
+    lengths: np.ndarray,
+    n_bins: int,
+    rng: np.random.Generator,
+    chunk_trials: int = 256,
+) -> np.ndarray:
+    """Homogeneous Poisson counts `[B, L, N]`: neuron n fires at `rate_per_bin[n]` in valid bins.
+
+    Drawn exactly but cheaply through the Poisson process's conditional structure: per chunk of
+    trials, neuron n's total T_n ~ Poisson(λ_n·V) over the chunk's V valid bins, and its spikes
+    fall in bins chosen uniformly at random (so bin counts are iid Poisson(λ_n)).
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n_trials, n_neurons = len(lengths), len(rate_per_bin)
+    dtype = np.int16 if float(np.max(rate_per_bin, initial=0)) < 1000 else np.int32
+    out = np.zeros((n_trials, n_bins, n_neurons), dtype=dtype)
+    mask = np.arange(n_bins)[None, :] < lengths[:, None]  # [B, L]
+    for b0 in range(0, n_trials, chunk_trials):
+        b1 = min(b0 + chunk_trials, n_trials)
+        pos = np.flatnonzero(mask[b0:b1])  # valid (trial, bin) positions, flat b*L + t
+        totals = rng.poisson(np.asarray(rate_per_bin, dtype=np.float64) * pos.size)  # [N]
+        where = pos[rng.integers(0, pos.size, size=int(totals.sum()))]
+        flat = where * n_neurons + np.repeat(np.arange(n_neurons), totals)
+        chunk = np.bincount(flat, minlength=(b1 - b0) * n_bins * n_neurons)
+        out[b0:b1] = chunk.reshape(b1 - b0, n_bins, n_neurons)
+    return out
