@@ -2,8 +2,8 @@
 
 For each test bed (`ldns simulate` heterogeneous populations, the E/I network, and the uniform
 refractory/bursting ones) the autoencoder and its history model are fitted with all defaults
-(`ldns_cli.fit_autoencoder`, small preset, `--epochs` epochs), then the held-out test trials'
-AE rates are sampled free-running with each observation model (`auto` = the default, the per-unit
+(`ldns_cli.fit_autoencoder`; `--epochs` overrides the stage's budget), then the held-out test
+trials' AE rates are sampled free-running with each observation model (`auto` = the default, the per-unit
 choice; `history`; `poisson`) and scored with `ldns.evaluate` against the test trials (5 folds).
 Using the test trials' AE rates (rather than diffusion samples) isolates the observation model,
 which is what differs between the three. Per cell type (truth stored in the file), the RMSE
@@ -88,7 +88,7 @@ def per_type(test: SpikeData, gen: SpikeData) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_bed(name: str, epochs: int, seed: int, work: Path) -> dict:
+def run_bed(name: str, epochs: int | None, seed: int, work: Path) -> dict:
     dataset, history, trials, neurons, length = BEDS[name]
     data = ldns.simulate(
         dataset, trials=trials, neurons=neurons, length=length, history=history, seed=seed
@@ -130,16 +130,19 @@ def run_bed(name: str, epochs: int, seed: int, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--beds", nargs="+", default=list(BEDS), choices=list(BEDS))
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the stage's own budget")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = {"environment": environment(), "epochs": args.epochs, "beds": {}}
+    # one results file per set of beds, so that beds can run as parallel processes
+    tag = "quality_realism" + ("" if args.beds == list(BEDS) else "_" + "_".join(args.beds))
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.beds:
             out["beds"][name] = run_bed(name, args.epochs, args.seed, Path(tmp))
+            write_results(tag, out)
     print(json.dumps(out["beds"], indent=1, default=str))
-    write_results("quality_realism", out)
 
 
 if __name__ == "__main__":
