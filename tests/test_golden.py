@@ -33,9 +33,9 @@ GOLDEN = {
     "sample_reach": "72bf544d90891704027e9e907a506e2ccc3cf8bf938dfccefa5bd8d54000ce6d",
     "sample_lorenz": "a11f9345899e10af602d7cea3e300922ef1df67c28054d690d3288ce7611c997",
     "fit_ae": "c84d0365b53f0e862fdd59d4ecf323811884284df5e377df0350069cd342a240",
-    "fit_history": "e1c89fec8f55317eadbd7b7702414bfabd6caa09dd7cb30fc7e140e86f6bd38d",
+    "fit_history": "1467b44ea82ab77991ea15541b50e0e82c99d997ddc432c493d8584a83eac795",
     "fit_diffusion": "58ebb7b75e884baef0b1390d937c9110835e4af36aeedebf9933f3f885697391",
-    "evaluate_json": "2faa9de0dac6c2ea4cf4ebb7a408632cf619d237d257164ec0fa02cbcb134fbe",
+    "evaluate_json": "0363ea87e66fc993ec9443a55c43ed60dea60237d8aad4c798e384045066c2a5",
 }
 
 
