@@ -3,6 +3,8 @@ away, the free-running per-neuron choice of observation model, out-of-range warn
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -19,13 +21,16 @@ from ldns_cli.io.simulate import (
 from ldns_cli.nn.observation import HistoryConfig, SpikeHistoryObservation, softplus_inverse
 from ldns_cli.scoring.metrics import draw_naive
 from ldns_cli.scoring.neurons import (
+    SCALE_FLOORS,
     SCALED_STATS,
+    NeuronStats,
+    ScoreScales,
+    choose_per_neuron,
     discrepancy,
-    errors,
-    naive_scales,
     neuron_range,
     neuron_stats,
     out_of_range,
+    score_scales,
 )
 from ldns_cli.store import load_observation
 
@@ -152,23 +157,72 @@ def test_selection_keeps_history_for_refractory_and_poisson_for_a_runaway_fit():
     assert figures["stats_history"]["rate_hz"][1] > 3 * figures["stats_data"]["rate_hz"][1]
 
 
-def test_naive_scales_make_the_naive_model_score_one_per_statistic():
-    """The scales are the naive model's RMSE over neurons: the same homogeneous Poisson draw,
-    scored against the data, has mean squared error exactly 1 for every scaled statistic, and
-    the data itself has discrepancy 0."""
-    data = simulate("reach", trials=80, neurons=30, length=100, history="mixed", seed=4)
+def test_score_scales_measure_the_naive_error_and_the_data_noise():
+    """naive is the RMSE of the same homogeneous Poisson draw against the data, so its
+    discrepancy summed over neurons is N·Σ_k naive²/unit² with unit² = naive² − noise²; the
+    noise shrinks as 1/sqrt(trials); the data scored against itself has discrepancy 0."""
+    data = simulate("reach", trials=160, neurons=30, length=100, history="mixed", seed=4)
     d = neuron_stats(data.counts, data.lengths, data.bin_size_s)
-    scales = naive_scales(d, data.lengths, data.n_bins, data.bin_size_s, seed=9)
-    rng = np.random.default_rng([9, 7])  # the draw naive_scales makes
+    scales = score_scales(data.counts, data.lengths, data.bin_size_s, d, seed=9)
+    rng = np.random.default_rng([9, 7])  # the naive draw score_scales makes first
     naive_counts = draw_naive(d.rate_hz * data.bin_size_s, data.lengths, data.n_bins, rng)
     naive = neuron_stats(naive_counts, data.lengths, data.bin_size_s)
-    errs = errors(naive, d, scales)
+    n = d.rate_hz.size
     for k in SCALED_STATS:
-        defined = np.isfinite(getattr(naive, k) if k != "autocorr" else naive.autocorr[0])
-        assert np.mean(errs[k][defined] ** 2) == pytest.approx(1.0, rel=1e-6), k
-    # bursting units make the data far from Poisson in Fano factor: a large scale
-    assert scales["fano"] > 0.1
+        total = discrepancy(naive, d, scales, (k,)).sum()
+        # undefined neurons count 0 in the discrepancy but are left out of the RMSE
+        defined = np.isfinite(getattr(naive, k) - getattr(d, k)) if k != "autocorr" else (
+            np.isfinite(naive.autocorr - d.autocorr).any(axis=0)
+        )  # fmt: skip
+        expected = defined.sum() * scales.naive[k] ** 2 / scales.unit(k) ** 2
+        assert total == pytest.approx(expected, rel=1e-6), k
+        if scales.unit(k) > SCALE_FLOORS[k]:
+            net = scales.naive[k] ** 2 - scales.noise[k] ** 2
+            assert scales.unit(k) == pytest.approx(np.sqrt(net))
+    assert n == 30
+    # bursting units put the data far from Poisson in Fano factor
+    assert scales.naive["fano"] > 5 * scales.noise["fano"]
+    quarter = data.select(np.arange(data.n_trials) < 40)
+    small = score_scales(quarter.counts, quarter.lengths, quarter.bin_size_s, seed=9)
+    for k in ("fano", "autocorr"):  # a quarter of the trials: about twice the noise
+        assert 1.4 < small.noise[k] / scales.noise[k] < 2.8, k
     assert np.all(discrepancy(d, d, scales) == 0)
+
+
+def _stats(n: int, fano: float = 1.0, ac: float = 0.0) -> NeuronStats:
+    return NeuronStats(
+        rate_hz=np.full(n, 10.0), fano=np.full(n, fano), isi_mean_s=np.full(n, 0.1),
+        isi_std_s=np.full(n, 0.1), autocorr=np.full((3, n), ac), max_count=np.full(n, 3),
+    )  # fmt: skip
+
+
+def test_neurons_leave_the_population_choice_only_on_clear_evidence():
+    n = 40
+    data = _stats(n)
+    se = {"fano": np.full((1, n), 0.01), "isi_mean_s": np.full((1, n), 0.01),
+          "isi_std_s": np.full((1, n), 0.01), "autocorr": np.full((3, n), 0.01)}  # fmt: skip
+    scales = ScoreScales(
+        naive=dict(zip(SCALED_STATS, (0.5, 0.05, 0.05, 0.04), strict=True)),
+        noise=dict(zip(SCALED_STATS, (0.05, 0.01, 0.01, 0.01), strict=True)),
+        neuron_se=se,
+    )
+    # candidate 1 is 0.1 off in Fano factor everywhere, candidate 0 is 0.02 off in
+    # autocorrelation: 0.1²/0.2475 = 0.04 score points against 0.02²/0.0015 = 0.27
+    fano_off = _stats(n, fano=1.1)
+    ac_off = _stats(n, ac=0.02)
+    assert np.all(choose_per_neuron([ac_off, fano_off], data, scales) == 1)
+    # neuron 3 of candidate 0 fits exactly: a gain of 0.04 against a standard error of 0.008;
+    # neuron 5 is slightly better than the default (0.0075²/0.0015 = 0.0375 points against
+    # 0.0404) but within the noise: only neuron 3 leaves the default
+    ac = ac_off.autocorr.copy()
+    ac[:, 3] = 0.0
+    ac[:, 5] = 0.0075
+    mixed = dataclasses.replace(ac_off, autocorr=ac)
+    choice = choose_per_neuron([mixed, fano_off], data, scales)
+    assert choice[3] == 0 and choice[5] == 1
+    assert np.sum(choice == 0) == 1
+    # identical candidates: every neuron keeps the first (the simpler model in `select_neurons`)
+    assert np.all(choose_per_neuron([data, data], data, scales) == 0)
 
 
 def test_auto_follows_the_stored_choice(tmp_path):

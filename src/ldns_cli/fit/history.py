@@ -73,10 +73,11 @@ from ldns_cli.nn.observation import (
 )
 from ldns_cli.scoring.neurons import (
     NeuronStats,
+    choose_per_neuron,
     discrepancy,
-    naive_scales,
     neuron_range,
     neuron_stats,
+    score_scales,
 )
 from ldns_cli.store import history_path
 
@@ -447,8 +448,9 @@ def match_free_running_dispersion(
     recordings bursting units came out at Fano 1.96 against the data's 1.14. For every factor of
     DISPERSION_SCALES the positive part of w is scaled and the intercepts matched to the data's
     rates (`match_free_running_rates`; all factors side by side in one model, `_stacked`), then
-    the matching set is sampled free-running; each neuron keeps the factor whose Fano factor and
-    autocorrelation (DISPERSION_STATS) are closest to the data's. Neurons without excitation
+    the matching set is sampled free-running; each neuron keeps the factor that brings the
+    population's Fano factors and autocorrelations (DISPERSION_STATS) closest to the data's, as
+    `ldns evaluate` scores them (`scoring.neurons.choose_per_neuron`). Neurons without excitation
     are unaffected. Needs `coupling_rank` 0 (coupled neurons are not independent).
     Modifies `model` in place; returns the chosen factor per neuron [N] and the sampled/data
     spike ratio before and after the rate matching (over all factors).
@@ -475,16 +477,14 @@ def match_free_running_dispersion(
     # Fano factor and autocorrelation do not depend on the bin width
     data_stats = neuron_stats(d[..., :N], d_len, 1.0)
     sampled = neuron_stats(s, s_len, 1.0)
-    scales = naive_scales(data_stats, d_len, d.shape[1], 1.0, seed)
-    score = np.stack(
-        [
-            discrepancy(
-                _neuron_slice(sampled, j * N, (j + 1) * N), data_stats, scales, DISPERSION_STATS
-            )
-            for j in range(S)
-        ]
-    )  # [S, N]
-    best = np.argmin(score, axis=0)  # ties: the first, i.e. the larger factor
+    scales = score_scales(d[..., :N], d_len, 1.0, data_stats, seed)
+    # ties: the first, i.e. the larger factor
+    best = choose_per_neuron(
+        [_neuron_slice(sampled, j * N, (j + 1) * N) for j in range(S)],
+        data_stats,
+        scales,
+        DISPERSION_STATS,
+    )  # [N]
     idx = torch.as_tensor(best * N + np.arange(N), device=w.device)
     model.history.copy_(wide.history[idx])
     model.bias.copy_(wide.bias[idx])
@@ -527,8 +527,10 @@ def select_neurons(
     repeated up to MIN_SAMPLED_TRIALS times); the Poisson candidate carries the history model's
     per-neuron count cap, as `--observation auto` applies it. Each neuron's rate, Fano factor,
     ISI mean and std, autocorrelation (lags 1..10) and maximum count are compared with the
-    held-out trials' (`scoring.neurons.discrepancy`: squared errors summed, each statistic on the
-    scale `ldns evaluate` scores it, `naive_scales`); ties go to Poisson, the simpler model.
+    held-out trials', choosing for the population as `ldns evaluate` will score it
+    (`scoring.neurons.choose_per_neuron`: the squared scores summed over statistics, each RMSE
+    over the neurons on the scale between the data's noise and a homogeneous Poisson process);
+    ties go to Poisson, the simpler model. `discrepancy_*` record how far each neuron lands.
     Returns use_history [N] bool and the figures (per-neuron statistics of data and both
     candidates, their discrepancies) for the checkpoint.
     """
@@ -559,17 +561,20 @@ def select_neurons(
             )
             stats[name] = neuron_stats(s, s_len, bin_size_s)
             stats["data"] = neuron_stats(d, d_len, bin_size_s)
-    scales = naive_scales(stats["data"], d_len, d.shape[1], bin_size_s, seed)
+    scales = score_scales(d, d_len, bin_size_s, stats["data"], seed)
+    # Poisson first: ties keep the simpler model
+    use_history = (
+        choose_per_neuron([stats["poisson"], stats["history"]], stats["data"], scales) == 1
+    )
     d_hist = discrepancy(stats["history"], stats["data"], scales)
     d_pois = discrepancy(stats["poisson"], stats["data"], scales)
-    use_history = d_hist < d_pois
     figures: dict[str, Any] = {
         "trials": n,
         "sampled_trials": int(n * max(1, math.ceil(MIN_SAMPLED_TRIALS / max(n, 1)))),
         "use_history": [bool(x) for x in use_history],
         "discrepancy_history": [round(float(x), 4) for x in d_hist],
         "discrepancy_poisson": [round(float(x), 4) for x in d_pois],
-        "scales": {k: round(v, 6) for k, v in scales.items()},
+        "scales": scales.as_dict(),
         **{f"stats_{k}": v.as_dict() for k, v in stats.items()},
     }
     return use_history, figures
