@@ -296,3 +296,33 @@ def test_guidance_auto_resolves_to_the_measured_weight(fitted):
     src = read_spikes(data)
     fake = m.sample(condition_from=src.select(src.split == "test"), steps=2)
     assert fake.provenance["guidance"] == f"{record['weight']:g}"
+
+
+def _guidance_curve(decoding: dict[float, float], fidelity: dict[float, float]):
+    curve = [
+        {"guidance": w, "fidelity_score": fidelity[w], "fidelity_spread": 0.05,
+         "worst_decoding_score": d / 90.0, "decoding": {"angle": d}}
+        for w, d in decoding.items()
+    ]  # fmt: skip
+    by_weight = {
+        w: {"angle": {"lower_is_better": True, "stages": {"real": 2.4, "samples": d}}}
+        for w, d in decoding.items()
+    }
+    return curve, by_weight
+
+
+def test_guidance_targets_the_better_of_the_ceiling_and_the_best_weight():
+    from ldns_cli.fit.checks import _choose
+
+    ae = {"angle": {"stages": {"real": 2.4, "autoencoder": 3.9}}}
+    fid = {1.0: 0.01, 1.5: 0.02, 2.0: 0.5, 3.0: 0.9}
+    # W = 1 is within 1.1x of the (noisy) ceiling, but W = 1.5 decodes far better at the same
+    # fidelity: 1.5 is kept; W = 2 decodes best but loses fidelity beyond the spread
+    curve, by_weight = _guidance_curve({1.0: 4.1, 1.5: 3.1, 2.0: 2.5, 3.0: 2.4}, fid)
+    assert _choose(curve, ae, by_weight)[0] == 1.5
+    # no weight beats the ceiling: the smallest within 1.1x of it
+    curve, by_weight = _guidance_curve({1.0: 5.0, 1.5: 4.2, 2.0: 4.0, 3.0: 3.95}, fid)
+    assert _choose(curve, ae, by_weight)[0] == 1.5
+    # every weight decodes alike: W = 1
+    curve, by_weight = _guidance_curve({1.0: 3.0, 1.5: 3.0, 2.0: 3.0, 3.0: 3.0}, fid)
+    assert _choose(curve, ae, by_weight)[0] == 1.0

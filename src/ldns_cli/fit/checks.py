@@ -9,11 +9,17 @@ stage_checks`) and applied to
 - "samples": trials generated for the validation trials' conditions (with the guidance weight).
 
 Guidance by measurement (`choose_guidance`): samples are drawn at each weight of
-`GUIDANCE_GRID` for the validation conditions; the weight kept is the smallest whose decoding
-reaches the autoencoder's ceiling within `GUIDANCE_TOLERANCE` for every condition, among those
-whose unconditional fidelity (the mean `evaluate` score against the real validation trials) is no
-worse than plain conditional sampling's (W = 1) beyond its fold spread; when none reaches the
-ceiling, the best-decoding weight among those. `sample --guidance auto` uses it.
+`GUIDANCE_GRID` for the validation conditions; among the weights whose unconditional fidelity
+(the mean `evaluate` score against the real validation trials) is no worse than plain
+conditional sampling's (W = 1) beyond its fold spread, the weight kept is the smallest whose
+decoding comes within `GUIDANCE_TOLERANCE` of the target for every condition; when none does,
+the best-decoding one. The target is the autoencoder's ceiling, or the best decoding any of
+those weights reaches when that is better: the ceiling is measured on a few dozen validation
+trials, and guidance can sharpen samples past it. On 1000 simulated reach trials the ceiling
+measured 3.93° (1.63x the validation trials' 2.42°) and W = 1.5 decoded 3.13°; against the
+ceiling alone W = 1 (4.15°) counted as enough, and its samples decoded the test trials' angle
+1.55x worse than the real trials (`python bench/quality_pipeline_conditions.py --beds
+reach1000`). `sample --guidance auto` uses the weight.
 """
 
 from __future__ import annotations
@@ -185,16 +191,25 @@ def _choose(
         <= base["fidelity_score"] + 2 * max(base["fidelity_spread"], row["fidelity_spread"])
     ]
 
+    def target(name: str, lower_is_better: bool) -> float:
+        # the autoencoder's ceiling, or the best an allowed weight decodes when that is better
+        values = [by_weight[row["guidance"]][name]["stages"]["samples"] for row in allowed]
+        ceiling = ae_checks.get(name, {}).get("stages", {}).get("autoencoder")
+        if ceiling is None:
+            ceiling = by_weight[curve[0]["guidance"]][name]["stages"]["real"]
+        finite = [v for v in values if np.isfinite(v)]
+        if not finite:
+            return ceiling
+        return min(ceiling, *finite) if lower_is_better else max(ceiling, *finite)
+
     def target_met(row: dict[str, Any]) -> bool:
         for name, c in by_weight[row["guidance"]].items():
-            ceiling = ae_checks.get(name, {}).get("stages", {}).get("autoencoder")
+            goal = target(name, c["lower_is_better"])
             value = c["stages"]["samples"]
-            if ceiling is None:
-                ceiling = c["stages"]["real"]
             if c["lower_is_better"]:
-                if value > GUIDANCE_TOLERANCE * ceiling:
+                if value > GUIDANCE_TOLERANCE * goal:
                     return False
-            elif value < (ceiling / GUIDANCE_TOLERANCE if ceiling > 0 else ceiling):
+            elif value < (goal / GUIDANCE_TOLERANCE if goal > 0 else goal):
                 return False
         return True
 
@@ -202,7 +217,8 @@ def _choose(
         if target_met(row):
             return row["guidance"], (
                 f"the smallest weight whose samples decode within {GUIDANCE_TOLERANCE:g}x the "
-                "autoencoder's ceiling, fidelity within its spread of W = 1"
+                "autoencoder's ceiling or the best weight's decoding, fidelity within its spread "
+                "of W = 1"
             )
     best = min(
         allowed,
