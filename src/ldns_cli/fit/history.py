@@ -36,10 +36,11 @@ step is judged on free-running samples:
    DISPERSION_SCALES whose free-running Fano factor and autocorrelation come closest to the
    training data's (`match_dispersion`);
 4. `select_neurons` samples the validation trials free-running with the history model and with
-   Poisson and keeps, per neuron, the one whose rate, Fano factor, ISI mean/std,
-   autocorrelation and maximum count land closer to the held-out trials
-   (`scoring.neurons.discrepancy`); the choice and its figures are stored with the model and
-   `--observation auto` follows it.
+   Poisson and compares rate, Fano factor, ISI mean/std, autocorrelation and maximum count with
+   the held-out trials' as `ldns evaluate` scores them: the model that does better over the
+   population is every neuron's default, and a neuron leaves it only on clear evidence
+   (`scoring.neurons.choose_per_neuron`); the choice and its figures are stored with the model
+   and `--observation auto` follows it.
 
 Stored as checkpoint kind "history" at `<models>/history.safetensors`; `store.load_observation`
 loads it back.

@@ -35,9 +35,9 @@ from ldns_cli.scoring.metrics import (
 TOLERANCES = {"log_rate": 0.1, "max_count_excess": 1.0}
 # The statistics `ldns evaluate` scores are compared as it scores them: in its units (Fano factor,
 # ISI mean and std in seconds, autocorrelation at lags 1..K), on the scale of a homogeneous Poisson
-# process's error net of the data's own noise (`ScoreScales`). Fixed
-# per-neuron tolerances weighed a 10% Fano error like an autocorrelation off by 0.05, while the
-# data's own autocorrelation was 0.02-0.04 and its noise floor close to that: on a simulated E/I
+# process's error net of the data's own noise (`ScoreScales`). Fixed per-neuron tolerances weighed
+# a 10% Fano error like an autocorrelation off by 0.05, while the data's own autocorrelation was
+# 0.02-0.04 and its noise floor close to that: on a simulated E/I
 # network the choice kept Poisson for 65 of 100 neurons and scored autocorrelation 1.28 against
 # 0.17 for the history model alone (`python bench/quality_realism.py --beds network`).
 SCALED_STATS = ("fano", "isi_mean_s", "isi_std_s", "autocorr")
@@ -186,7 +186,8 @@ def score_scales(
     """
     counts = np.asarray(counts)
     lengths = np.asarray(lengths, dtype=np.int64)
-    data = data or neuron_stats(counts, lengths, bin_size_s, settings)
+    if data is None:
+        data = neuron_stats(counts, lengths, bin_size_s, settings)
     rng = np.random.default_rng([int(seed), 7])
     rate_per_bin = np.nan_to_num(data.rate_hz) * bin_size_s
     naive_counts = draw_naive(rate_per_bin, lengths, counts.shape[1], rng)
@@ -257,7 +258,9 @@ def choose_per_neuron(
     the history model for all (autocorrelation 0.6 against 0.17, `bench/quality_realism.py`).
     The standard error of a gain comes from the data's per-neuron standard errors
     (`ScoreScales.neuron_se`): for candidates a and b and a statistic's row l, the gain moves
-    by 2·(a_l − b_l)·δd_l when the data move by δd_l.
+    by 2·(a_l − b_l)·δd_l when the data move by δd_l. Rate and maximum-count gains count as
+    exact: the rates are matched for every candidate, and a count above the data's maximum is
+    no accident of noise.
     """
     names = [k for k in stats if k in SCALED_STATS]
     d = np.stack([discrepancy(c, data, scales, stats) for c in candidates])  # [C, N]
