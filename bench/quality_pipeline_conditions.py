@@ -7,13 +7,15 @@ For each test bed, every default as a new user would run them:
     ldns fit-diffusion data.h5 -m M --condition angle   (step floor, stop rule, measured guidance)
     ldns sample -m M --condition-from data.h5 --trials test   (--guidance auto)
 
-then decoders of the angle fitted on the real *training* trials are applied to the real test
-trials, to Poisson draws of the autoencoder's rates of them, and to the samples
-(`scoring.conditions.stage_checks`); the samples' unconditional fidelity is `ldns evaluate`'s
-score against the test trials. Bars: samples ≤ 1.3×
-the real error (goal 1.1×), autoencoder stage ≤ 1.15×, every fidelity score ≤ 0.3.
+then decoders of the condition (`--condition`, default the angle) fitted on the real *training*
+trials are applied to the real test trials, to Poisson draws of the autoencoder's rates of them,
+and to the samples (`scoring.conditions.stage_checks`); the samples' unconditional fidelity is
+`ldns evaluate`'s score against the test trials. Bars: angle error of the samples ≤ 1.3x the
+real error (goal 1.1x), autoencoder stage ≤ 1.15x; hand-velocity R² and condition accuracy of the
+samples ≥ 0.9x the real; every fidelity score ≤ 0.3.
 
     python bench/quality_pipeline_conditions.py [--beds reach400,reach600,reach1000,network400]
+        [--condition angle|hand_vel|condition_id]
 """
 
 from __future__ import annotations
@@ -54,9 +56,9 @@ def ldns(*args: str) -> float:
     return time.perf_counter() - t0
 
 
-def run_bed(name: str, work: Path, seed: int) -> dict:
+def run_bed(name: str, work: Path, seed: int, condition: str = "angle") -> dict:
     sim, trials, length = BEDS[name]
-    folder = work / name
+    folder = work / (name if condition == "angle" else f"{name}_{condition}")
     folder.mkdir(parents=True, exist_ok=True)
     data_path, models, samples = folder / "data.h5", folder / "models", folder / "samples.h5"
     out: dict = {"simulator": sim, "trials": trials}
@@ -64,7 +66,7 @@ def run_bed(name: str, work: Path, seed: int) -> dict:
          "-o", str(data_path), "--force", "-q")  # fmt: skip
     out["fit_ae_s"] = ldns("fit-ae", str(data_path), "-m", str(models), "--force")
     out["fit_diffusion_s"] = ldns(
-        "fit-diffusion", str(data_path), "-m", str(models), "--condition", "angle", "--force"
+        "fit-diffusion", str(data_path), "-m", str(models), "--condition", condition, "--force"
     )
     out["sample_s"] = ldns("sample", "-m", str(models), "--condition-from", str(data_path),
                            "--trials", "test", "-o", str(samples), "--force", "-q")  # fmt: skip
@@ -75,9 +77,12 @@ def run_bed(name: str, work: Path, seed: int) -> dict:
     _, rates = infer(ae, test)
     rng = np.random.default_rng([seed, 1])
     drawn = dataclasses.replace(test, counts=rng.poisson(rates.astype(np.float64)).astype(np.int32))
-    checks = stage_checks(train, {"real": test, "autoencoder": drawn, "samples": gen}, ["angle"])
-    angle = checks["angle"]["stages"]
-    out["angle_error_deg"] = {**angle, "chance": checks["angle"]["chance"]}
+    checks = stage_checks(train, {"real": test, "autoencoder": drawn, "samples": gen}, [condition])
+    angle = checks[condition]["stages"]
+    out["condition"] = condition
+    out["metric"] = checks[condition]["metric"]
+    out["stages"] = {**angle, "chance": checks[condition]["chance"]}
+    # error (angle) or score (R², accuracy) of each stage over the real test trials'
     out["ratio_autoencoder"] = angle["autoencoder"] / angle["real"]
     out["ratio_samples"] = angle["samples"] / angle["real"]
     payload = evaluate(test, gen, conditions=[])
@@ -90,9 +95,9 @@ def run_bed(name: str, work: Path, seed: int) -> dict:
     out["stored_checks"] = diff.get("model_checks")
     out["per_condition"] = diff.get("conditions")
     log(
-        f"{name}: Z={out['latent_dim']}, angle error real {angle['real']:.2f}°, autoencoder "
-        f"{angle['autoencoder']:.2f}° ({out['ratio_autoencoder']:.2f}x), samples "
-        f"{angle['samples']:.2f}° ({out['ratio_samples']:.2f}x); worst fidelity score "
+        f"{name}: Z={out['latent_dim']}, {condition} {out['metric']} real {angle['real']:.3g}, "
+        f"autoencoder {angle['autoencoder']:.3g} ({out['ratio_autoencoder']:.2f}x), samples "
+        f"{angle['samples']:.3g} ({out['ratio_samples']:.2f}x); worst fidelity score "
         f"{max(v for v in out['fidelity_scores'].values() if v is not None):.2f}"
     )
     return out
@@ -103,14 +108,16 @@ def main() -> None:
     ap.add_argument("--beds", default=",".join(BEDS))
     ap.add_argument("--work", type=Path, default=Path("bench/results/pipeline_conditions_work"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--condition", default="angle", help="angle, hand_vel (series), condition_id")
     args = ap.parse_args()
     results = {}
     beds = args.beds.split(",")
     # one results file per set of beds, so that beds can run as parallel processes
     tag = "quality_pipeline_conditions" + ("" if beds == list(BEDS) else "_" + "_".join(beds))
+    tag += "" if args.condition == "angle" else "_" + args.condition
     for name in beds:
         t0 = time.perf_counter()
-        results[name] = run_bed(name, args.work, args.seed)
+        results[name] = run_bed(name, args.work, args.seed, args.condition)
         results[name]["total_s"] = time.perf_counter() - t0
         write_results(tag, results)
     print(json.dumps({k: {kk: v[kk] for kk in ("latent_dim", "ratio_autoencoder",
