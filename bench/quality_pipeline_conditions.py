@@ -4,7 +4,7 @@ For each test bed, every default as a new user would run them:
 
     ldns simulate NAME --trials T -o data.h5
     ldns fit-ae data.h5 -m M                      (latent size by co-smoothing)
-    ldns fit-diffusion data.h5 -m M --condition angle   (step floor, stop rule, measured guidance)
+    ldns fit-diffusion data.h5 -m M --condition C   (step floor, stop rule, measured guidance)
     ldns sample -m M --condition-from data.h5 --trials test   (--guidance auto)
 
 then decoders of the condition (`--condition`, default the angle) fitted on the real *training*
@@ -78,13 +78,13 @@ def run_bed(name: str, work: Path, seed: int, condition: str = "angle") -> dict:
     rng = np.random.default_rng([seed, 1])
     drawn = dataclasses.replace(test, counts=rng.poisson(rates.astype(np.float64)).astype(np.int32))
     checks = stage_checks(train, {"real": test, "autoencoder": drawn, "samples": gen}, [condition])
-    angle = checks[condition]["stages"]
+    stages = checks[condition]["stages"]
     out["condition"] = condition
     out["metric"] = checks[condition]["metric"]
-    out["stages"] = {**angle, "chance": checks[condition]["chance"]}
+    out["stages"] = {**stages, "chance": checks[condition]["chance"]}
     # error (angle) or score (R², accuracy) of each stage over the real test trials'
-    out["ratio_autoencoder"] = angle["autoencoder"] / angle["real"]
-    out["ratio_samples"] = angle["samples"] / angle["real"]
+    out["ratio_autoencoder"] = stages["autoencoder"] / stages["real"]
+    out["ratio_samples"] = stages["samples"] / stages["real"]
     payload = evaluate(test, gen, conditions=[])
     out["fidelity_scores"] = {k: v["score"] for k, v in payload["metrics"].items()}
     out["latent_dim"] = ckpt.config["ae"]["latent_dim"]
@@ -95,9 +95,9 @@ def run_bed(name: str, work: Path, seed: int, condition: str = "angle") -> dict:
     out["stored_checks"] = diff.get("model_checks")
     out["per_condition"] = diff.get("conditions")
     log(
-        f"{name}: Z={out['latent_dim']}, {condition} {out['metric']} real {angle['real']:.3g}, "
-        f"autoencoder {angle['autoencoder']:.3g} ({out['ratio_autoencoder']:.2f}x), samples "
-        f"{angle['samples']:.3g} ({out['ratio_samples']:.2f}x); worst fidelity score "
+        f"{name}: Z={out['latent_dim']}, {condition} {out['metric']} real {stages['real']:.3g}, "
+        f"autoencoder {stages['autoencoder']:.3g} ({out['ratio_autoencoder']:.2f}x), samples "
+        f"{stages['samples']:.3g} ({out['ratio_samples']:.2f}x); worst fidelity score "
         f"{max(v for v in out['fidelity_scores'].values() if v is not None):.2f}"
     )
     return out

@@ -167,7 +167,6 @@ def test_score_scales_measure_the_naive_error_and_the_data_noise():
     rng = np.random.default_rng([9, 7])  # the naive draw score_scales makes first
     naive_counts = draw_naive(d.rate_hz * data.bin_size_s, data.lengths, data.n_bins, rng)
     naive = neuron_stats(naive_counts, data.lengths, data.bin_size_s)
-    n = d.rate_hz.size
     for k in SCALED_STATS:
         total = discrepancy(naive, d, scales, (k,)).sum()
         # undefined neurons count 0 in the discrepancy but are left out of the RMSE
@@ -179,7 +178,6 @@ def test_score_scales_measure_the_naive_error_and_the_data_noise():
         if scales.unit(k) > SCALE_FLOORS[k]:
             net = scales.naive[k] ** 2 - scales.noise[k] ** 2
             assert scales.unit(k) == pytest.approx(np.sqrt(net))
-    assert n == 30
     # bursting units put the data far from Poisson in Fano factor
     assert scales.naive["fano"] > 5 * scales.noise["fano"]
     quarter = data.select(np.arange(data.n_trials) < 40)
