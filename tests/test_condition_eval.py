@@ -203,6 +203,29 @@ def test_stage_checks_read_chance_for_ignoring_samples_and_real_values_for_copie
     assert checks["angle"]["stages"]["real"] < 15 and checks["angle"]["chance"] > 60
 
 
+def test_autoencoder_check_averages_several_draws_and_reads_chance_for_a_flat_model():
+    import torch
+
+    from ldns_cli.fit.checks import AE_DRAWS, autoencoder_checks
+    from ldns_cli.nn.autoencoder import AEConfig, Autoencoder
+
+    data = simulate_reach(300, 32, 80, seed=4)
+    train, val = data.select(np.arange(200)), data.select(np.arange(200, 300))
+    model = Autoencoder(AEConfig(n_neurons=32, latent_dim=2, width=8, blocks=1))
+    with torch.no_grad():  # rates that ignore the spikes: each neuron's mean rate
+        model.decoder_out.weight.zero_()
+    model.init_rate_bias(torch.from_numpy(train.counts.mean(axis=(0, 1))))
+    checks = autoencoder_checks(model, train, val, "cpu", seed=0, names=["angle"])
+    c = checks["angle"]
+    draws = c["autoencoder_draws"]
+    assert len(draws) == AE_DRAWS and len(set(draws)) == AE_DRAWS  # independent draws
+    assert c["stages"]["autoencoder"] == pytest.approx(np.mean(draws))
+    assert set(c["stages"]) == {"real", "autoencoder"}
+    # flat rates carry no angle: every draw decodes near chance, far from the real trials
+    spread = c["chance"] - c["stages"]["real"]
+    assert all(abs(d - c["chance"]) < 0.3 * spread for d in draws), (draws, c)
+
+
 def test_checkable_conditions_skip_event_times():
     from ldns_cli.scoring.conditions import checkable_conditions
 
