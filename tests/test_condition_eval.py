@@ -226,6 +226,36 @@ def test_autoencoder_check_averages_several_draws_and_reads_chance_for_a_flat_mo
     assert all(abs(d - c["chance"]) < 0.3 * spread for d in draws), (draws, c)
 
 
+def test_explained_bits_per_spike_measures_what_the_condition_adds_to_the_mean_time_course():
+    from ldns_cli.scoring.conditions import explained_bits_per_spike
+
+    data = simulate_reach(300, 32, 80, seed=4)
+    train, val = data.select(np.arange(200)), data.select(np.arange(200, 300))
+    known = explained_bits_per_spike(train, val, "angle", val.rates)
+    # the angle shapes the reach rates: its PSTHs explain much, and no more than the true rates
+    assert 0.05 < known["condition"] < known["rates"], known
+    # a label unrelated to the spikes explains nothing beyond the mean time course (its PSTHs
+    # only add noise), while the same rates still explain as much
+    shuffled = explained_bits_per_spike(_shuffled(train, 1), val, "angle", val.rates)
+    assert shuffled["condition"] < 0.01 < known["condition"], shuffled
+    assert shuffled["rates"] == pytest.approx(known["rates"])
+    alone = explained_bits_per_spike(train, val, "angle")  # without rates: the condition only
+    assert alone == {"condition": known["condition"]}
+    assert explained_bits_per_spike(train, val, "hand_vel") is None  # time series: no groups
+
+
+def test_a_lost_condition_is_explained_as_weak_or_as_needing_a_larger_autoencoder():
+    from ldns_cli.fit.checks import _loss_hint
+
+    weak = _loss_hint({"condition": -0.03, "rates": 0.36})
+    assert "no more of the validation spikes than their mean time course" in weak
+    assert "rarely kept" in weak
+    assert "0.021" in _loss_hint({"condition": 0.021, "rates": 0.36})  # weak, but measurable
+    strong = _loss_hint({"condition": 0.15, "rates": 0.17})
+    assert "larger autoencoder" in strong and "rarely" not in strong
+    assert "larger autoencoder" in _loss_hint(None)  # time series: nothing measured
+
+
 def test_checkable_conditions_skip_event_times():
     from ldns_cli.scoring.conditions import checkable_conditions
 

@@ -35,7 +35,12 @@ from ldns_cli.core.data import SpikeData
 from ldns_cli.diffusion.sampling import SampleSettings
 from ldns_cli.generate import generate, plan_trials
 from ldns_cli.nn.autoencoder import Autoencoder, infer
-from ldns_cli.scoring.conditions import checkable_conditions, describe_checks, stage_checks
+from ldns_cli.scoring.conditions import (
+    checkable_conditions,
+    describe_checks,
+    explained_bits_per_spike,
+    stage_checks,
+)
 from ldns_cli.scoring.evaluation import evaluate_full
 
 # Poisson draws of the autoencoder's rates per check, averaged: on the 40 test trials of
@@ -49,6 +54,11 @@ STAGE_LABELS = {
     "samples": "samples",
 }
 AE_TOLERANCE = 1.15  # the autoencoder loses a condition when its error is beyond 1.15x real
+# a lost condition is "weak" when its PSTHs explain less than this share of what the
+# autoencoder's rates explain (beyond the mean time course): on `ldns simulate network` the
+# angle's PSTHs explain -0.03 bits/spike on the validation trials and the rates 0.36, and no
+# latent size (2-32), step count (600-3000) or smoothness weight tried kept the angle
+WEAK_CONDITION_SHARE = 0.1
 GUIDANCE_GRID = (1.0, 1.5, 2.0, 3.0)
 GUIDANCE_TOLERANCE = 1.1  # guidance is enough when samples decode within 1.1x the AE's ceiling
 SAMPLES_PER_TRIAL = 2  # samples drawn per validation trial for a check
@@ -90,7 +100,10 @@ def autoencoder_checks(
     """Stages "real" and "autoencoder" for `names` (default: every checkable condition).
 
     The autoencoder stage is the mean over `draws` Poisson draws of its rates of `val`; each
-    condition's record also lists the single draws (`"autoencoder_draws"`)."""
+    condition's record also lists the single draws (`"autoencoder_draws"`) and, for trial-level
+    conditions, how much of the validation spikes the condition's PSTHs and the autoencoder's
+    rates explain beyond the mean time course (`"explained_bits_per_spike"`,
+    `scoring.conditions.explained_bits_per_spike`)."""
     names = checkable_conditions(train) if names is None else names
     if not names:
         return {}
@@ -101,10 +114,13 @@ def autoencoder_checks(
         counts = rng.poisson(rates.astype(np.float64)).astype(np.int32)
         stages[f"autoencoder{k}"] = dataclasses.replace(val, counts=counts)
     checks = stage_checks(train, stages, names, seed)
-    for c in checks.values():
+    for name, c in checks.items():
         values = [c["stages"].pop(f"autoencoder{k}") for k in range(draws)]
         c["stages"]["autoencoder"] = float(np.mean(values))
         c["autoencoder_draws"] = [float(v) for v in values]
+        explained = explained_bits_per_spike(train, val, name, rates)
+        if explained is not None:
+            c["explained_bits_per_spike"] = explained
     return checks
 
 
@@ -119,8 +135,29 @@ def report_checks(checks: dict[str, Any]) -> None:
                 f"the autoencoder loses part of condition {name}: {c['metric']} "
                 f"{c['stages']['autoencoder']:.3g} decoded from its rates against "
                 f"{c['stages']['real']:.3g} from real trials; samples cannot carry more "
-                "(a larger autoencoder, --latent-dim/--width/--blocks, or more epochs may keep it)"
+                f"({_loss_hint(c.get('explained_bits_per_spike'))})"
             )
+
+
+def _loss_hint(explained: dict[str, float] | None) -> str:
+    """Why a condition may be lost, from how much of the spikes it explains (see
+    `autoencoder_checks`), and what may keep it."""
+    larger = "a larger autoencoder, --latent-dim/--width/--blocks, or more epochs may keep it"
+    if explained is None or "rates" not in explained:
+        return larger
+    cond, rates = explained["condition"], explained["rates"]
+    if rates > 0 and cond < WEAK_CONDITION_SHARE * rates:
+        said = (
+            "no more of the validation spikes than their mean time course does"
+            if cond <= 0
+            else f"{cond:.3g} bits/spike of the validation spikes beyond their mean time course"
+        )
+        return (
+            f"its per-group PSTHs explain {said}, the autoencoder's rates {rates:.3g}: the "
+            "latents follow the activity that explains the most, and a condition this weak in "
+            "the spikes is rarely kept by more latents or epochs"
+        )
+    return f"its per-group PSTHs explain {cond:.3g} bits/spike, the rates {rates:.3g}; {larger}"
 
 
 def _sample_for(models: Any, trials: SpikeData, guidance: float, seed: int, device: str):

@@ -490,6 +490,53 @@ def stage_checks(
     return out
 
 
+def _poisson_ll(rates: np.ndarray, counts: np.ndarray, valid: np.ndarray) -> float:
+    """Σ (s·log r − r) over the valid bins (the log s! term cancels in every comparison)."""
+    r = np.maximum(rates, 1e-9)
+    return float(((counts * np.log(r) - r) * valid[..., None]).sum())
+
+
+def explained_bits_per_spike(
+    train: SpikeData, val: SpikeData, name: str, rates: np.ndarray | None = None
+) -> dict[str, float] | None:
+    """How much of the validation spikes a trial condition explains, next to a model's rates.
+
+    The condition's rate model is the smoothed (σ = `PSTH_SMOOTH_S`) PSTH of the training trials
+    of its group (`condition_groups`: 45° sectors, quintiles, categories); the null is the PSTH of
+    all training trials, i.e. the mean time course. Returns the Poisson log-likelihood gain over
+    that null on `val`, in bits per validation spike: `{"condition": ...}`, and with `rates`
+    (`[B, L, N]` spikes per bin for `val`, e.g. the autoencoder's) `{"rates": ...}` too. Bins
+    past the longest training trial are left out. None for conditions without groups (time
+    series, vectors) or when `val` has no spikes.
+    """
+    if not all(name in d.covariates for d in (train, val)):
+        return None
+    kind = condition_kind(train, val, name)
+    grouped = condition_groups(kind, _values(train, name), _values(val, name))
+    if grouped is None:
+        return None
+    train_groups, val_groups, labels = grouped
+    n_bins = int(min(train.lengths.max(), val.n_bins))
+    sigma_bins = max(PSTH_SMOOTH_S / train.bin_size_s, 0.5)
+    sums, n = _group_psth(train.counts, train.lengths, train_groups, len(labels), n_bins)
+    pooled = _smoothed_mean(sums.sum(0, keepdims=True), n.sum(0, keepdims=True), sigma_bins)[0]
+    by_group = _smoothed_mean(sums, n, sigma_bins)  # [G, L, N]
+    counts = val.counts[:, :n_bins].astype(np.float64)  # [B, L, N]
+    valid = val.mask()[:, :n_bins]  # [B, L]
+    # trials of an unknown or empty group get the pooled PSTH: no information claimed for them
+    has_group = (val_groups >= 0) & (n.sum(axis=1)[np.maximum(val_groups, 0)] > 0)
+    cond = np.where(has_group[:, None, None], by_group[np.maximum(val_groups, 0)], pooled)
+    null_ll = _poisson_ll(np.broadcast_to(pooled, counts.shape), counts, valid)
+    spikes = float((counts * valid[..., None]).sum())
+    if spikes <= 0:
+        return None
+    scale = math.log(2) * spikes
+    out = {"condition": (_poisson_ll(cond, counts, valid) - null_ll) / scale}
+    if rates is not None:
+        out["rates"] = (_poisson_ll(rates[:, :n_bins], counts, valid) - null_ll) / scale
+    return out
+
+
 def describe_checks(checks: dict[str, Any], labels: dict[str, str]) -> list[str]:
     """One line per condition: each stage's value (and its ratio to the first stage's)."""
     lines = []
