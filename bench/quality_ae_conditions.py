@@ -11,10 +11,12 @@ setting of `SETTINGS` and reports, on the test trials:
 - a ridge read-out of the angle from the latents (6 time-averaged chunks per trial), fitted on
   the training trials: whether the latents carry the angle at all;
 - how much of the spikes the condition's PSTHs and the rates explain beyond the mean time course
-  (`scoring.conditions.explained_bits_per_spike`), the figures `fit-ae`'s warning quotes.
+  (`scoring.conditions.explained_bits_per_spike`), the figures `fit-ae`'s warning quotes;
+- the rates' RMS error against the simulator's true rates (relative to the mean true rate; for
+  the network these are the input rates, before coupling and self-history).
 
     python bench/quality_ae_conditions.py [--bed network|reach] [--trials 400]
-        [--settings default,z8,z32,smooth1,z8_long]
+        [--settings default,z8,z32,smooth1,z8_long,z4,z4_cd04,z4_cd04_long]
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from common import log, write_results
 from ldns_cli.fit.autoencoder import fit_autoencoder
 from ldns_cli.fit.checks import autoencoder_checks
 from ldns_cli.io.simulate import SIMULATORS
-from ldns_cli.nn.autoencoder import infer_latents
+from ldns_cli.nn.autoencoder import infer, infer_latents
 from ldns_cli.store import load_autoencoder
 
 SETTINGS: dict[str, dict[str, Any]] = {  # fit_autoencoder keyword arguments
@@ -43,6 +45,9 @@ SETTINGS: dict[str, dict[str, Any]] = {  # fit_autoencoder keyword arguments
     "z32": {"latent_dim": 32},
     "smooth1": {"latent_dim": 8, "smooth": 1.0},  # 100x the latent smoothness weight
     "z8_long": {"latent_dim": 8, "epochs": 600},  # 3000 steps (stops early on validation)
+    "z4": {"latent_dim": 4},
+    "z4_cd04": {"latent_dim": 4, "dropout_p": 0.4},  # twice the coordinated dropout
+    "z4_cd04_long": {"latent_dim": 4, "dropout_p": 0.4, "epochs": 600},
 }
 LENGTHS = {"network": 120, "reach": 140}
 READOUT_CHUNKS = 6
@@ -65,6 +70,16 @@ def latent_readout_deg(train_latents: np.ndarray, train_angle: np.ndarray,
     pred = ((x_test - mu) / sd) @ w + y.mean(0)
     diff = np.angle(np.exp(1j * (np.arctan2(pred[:, 1], pred[:, 0]) - test_angle)))
     return float(np.degrees(np.median(np.abs(diff))))
+
+
+def rate_error(model: Any, data: Any) -> float:
+    """RMS error of the autoencoder's rates of `data` against the simulator's true rates, over
+    the mean true rate (valid bins)."""
+    _, rates = infer(model, data)
+    valid = data.mask()[..., None]
+    sq = ((rates - data.rates) ** 2 * valid).sum() / (valid.sum() * rates.shape[2])
+    mean = (data.rates * valid).sum() / (valid.sum() * rates.shape[2])
+    return float(np.sqrt(sq) / mean)
 
 
 def main() -> None:
@@ -105,13 +120,15 @@ def main() -> None:
                 test.covariates["angle"],
             ),
             "explained_bits_per_spike": check.get("explained_bits_per_spike"),
+            "rate_rmse_rel": rate_error(model, test),
         }
         results[name] = row
         log(
             f"{args.bed}{args.trials} {name}: Z={row['latent_dim']}, autoencoder stage "
             f"{row['ratio_autoencoder']:.2f}x real ({min(row['ratio_draws']):.2f}-"
             f"{max(row['ratio_draws']):.2f}), latent read-out {row['latent_readout_deg']:.1f}° "
-            f"(real {real:.1f}°), explained {row['explained_bits_per_spike']}; {fit_s:.0f} s"
+            f"(real {real:.1f}°), explained {row['explained_bits_per_spike']}, rates' RMS error "
+            f"{row['rate_rmse_rel']:.3f} of the mean true rate; {fit_s:.0f} s"
         )
         write_results(tag, results)
 
