@@ -11,7 +11,9 @@ then decoders of the condition (`--condition`, default the angle) fitted on the 
 trials are applied to the real test trials, to Poisson draws of the autoencoder's rates of them,
 and to the samples (`scoring.conditions.stage_checks`); the samples' unconditional fidelity is
 `ldns evaluate`'s score against the test trials. Each stage is the mean over AE_DRAWS Poisson
-draws (autoencoder) or SAMPLE_SEEDS sampling seeds (samples), reported with its range. Bars:
+draws (autoencoder) or SAMPLE_SEEDS sampling seeds (samples), reported with its range; Poisson
+draws of the simulator's true rates of the test trials are the reference a perfect model would
+reach. `--reuse` scores what an earlier run left in `--work` without refitting. Bars:
 angle error of the samples ≤ 1.3x the real error (goal 1.1x), autoencoder stage ≤ 1.15x;
 hand-velocity R² and condition accuracy of the samples ≥ 0.9x the real; every fidelity score
 ≤ 0.3.
@@ -61,27 +63,30 @@ def ldns(*args: str) -> float:
     return time.perf_counter() - t0
 
 
-def run_bed(name: str, work: Path, seed: int, condition: str = "angle") -> dict:
+def run_bed(
+    name: str, work: Path, seed: int, condition: str = "angle", reuse: bool = False
+) -> dict:
     sim, trials, length = BEDS[name]
     folder = work / (name if condition == "angle" else f"{name}_{condition}")
     folder.mkdir(parents=True, exist_ok=True)
     data_path, models = folder / "data.h5", folder / "models"
     out: dict = {"simulator": sim, "trials": trials}
-    ldns("simulate", sim, "--trials", str(trials), "--length", length, "--seed", str(seed),
-         "-o", str(data_path), "--force", "-q")  # fmt: skip
-    out["fit_ae_s"] = ldns("fit-ae", str(data_path), "-m", str(models), "--force")
-    out["fit_diffusion_s"] = ldns(
-        "fit-diffusion", str(data_path), "-m", str(models), "--condition", condition, "--force"
-    )
-    # both stages are random draws and the test sets are small (40-100 trials): one Poisson draw
-    # of the same rates moved reach400's ratio between 1.01x and 1.38x, so each stage is the
-    # mean over several draws, reported with its range
     sample_paths = [folder / f"samples_seed{k}.h5" for k in range(SAMPLE_SEEDS)]
-    out["sample_s"] = 0.0
-    for k, path in enumerate(sample_paths):
-        out["sample_s"] += ldns("sample", "-m", str(models), "--condition-from", str(data_path),
-                                "--trials", "test", "--seed", str(k), "-o", str(path),
-                                "--force", "-q")  # fmt: skip
+    if not (reuse and all(p.exists() for p in (data_path, models, *sample_paths))):
+        ldns("simulate", sim, "--trials", str(trials), "--length", length, "--seed", str(seed),
+             "-o", str(data_path), "--force", "-q")  # fmt: skip
+        out["fit_ae_s"] = ldns("fit-ae", str(data_path), "-m", str(models), "--force")
+        out["fit_diffusion_s"] = ldns(
+            "fit-diffusion", str(data_path), "-m", str(models), "--condition", condition, "--force"
+        )
+        # both stages are random draws and the test sets are small (40-100 trials): one Poisson
+        # draw of the same rates moved reach400's ratio between 1.07x and 1.59x, so each stage
+        # is the mean over several draws, reported with its range
+        out["sample_s"] = 0.0
+        for k, path in enumerate(sample_paths):
+            out["sample_s"] += ldns("sample", "-m", str(models), "--condition-from",
+                                    str(data_path), "--trials", "test", "--seed", str(k),
+                                    "-o", str(path), "--force", "-q")  # fmt: skip
     data = read_spikes(data_path)
     train, test = data.select(data.split == "train"), data.select(data.split == "test")
     gens = [read_spikes(path) for path in sample_paths]
@@ -94,6 +99,9 @@ def run_bed(name: str, work: Path, seed: int, condition: str = "angle") -> dict:
         if k < AE_DRAWS:
             counts = rng.poisson(rates.astype(np.float64)).astype(np.int32)
             sets["autoencoder"] = dataclasses.replace(test, counts=counts)
+            if test.rates is not None:  # the simulator's rates: what a perfect model draws
+                counts = rng.poisson(test.rates.astype(np.float64)).astype(np.int32)
+                sets["true_rates"] = dataclasses.replace(test, counts=counts)
         if k < SAMPLE_SEEDS:
             sets["samples"] = gens[k]
         checks = stage_checks(train, sets, [condition])
@@ -106,7 +114,7 @@ def run_bed(name: str, work: Path, seed: int, condition: str = "angle") -> dict:
     out["stages"]["chance"] = checks[condition]["chance"]
     out["stage_draws"] = stages
     # error (angle) or score (R², accuracy) of each stage over the real test trials'
-    for key in ("autoencoder", "samples"):
+    for key in [k for k in ("true_rates", "autoencoder", "samples") if k in stages]:
         ratios = np.array(stages[key]) / real
         out[f"ratio_{key}"] = float(ratios.mean())
         out[f"ratio_{key}_range"] = [float(ratios.min()), float(ratios.max())]
@@ -124,14 +132,15 @@ def run_bed(name: str, work: Path, seed: int, condition: str = "angle") -> dict:
     diff = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     out["stored_checks"] = diff.get("model_checks")
     out["per_condition"] = diff.get("conditions")
+    truth = f"true rates {out['ratio_true_rates']:.2f}x, " if "ratio_true_rates" in out else ""
+    ae_lo, ae_hi = out["ratio_autoencoder_range"]
+    s_lo, s_hi = out["ratio_samples_range"]
     log(
-        f"{name}: Z={out['latent_dim']}, {condition} {out['metric']} real {real:.3g}, "
+        f"{name}: Z={out['latent_dim']}, {condition} {out['metric']} real {real:.3g}, {truth}"
         f"autoencoder {out['stages']['autoencoder']:.3g} ({out['ratio_autoencoder']:.2f}x, "
-        f"{AE_DRAWS} draws {out['ratio_autoencoder_range'][0]:.2f}-"
-        f"{out['ratio_autoencoder_range'][1]:.2f}), samples {out['stages']['samples']:.3g} "
-        f"({out['ratio_samples']:.2f}x, {SAMPLE_SEEDS} seeds {out['ratio_samples_range'][0]:.2f}-"
-        f"{out['ratio_samples_range'][1]:.2f}); worst fidelity score "
-        f"{max(out['fidelity_scores'].values()):.2f} (mean over the seeds)"
+        f"{AE_DRAWS} draws {ae_lo:.2f}-{ae_hi:.2f}), samples {out['stages']['samples']:.3g} "
+        f"({out['ratio_samples']:.2f}x, {SAMPLE_SEEDS} seeds {s_lo:.2f}-{s_hi:.2f}); worst "
+        f"fidelity score {max(out['fidelity_scores'].values()):.2f} (mean over the seeds)"
     )
     return out
 
@@ -142,6 +151,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("bench/results/pipeline_conditions_work"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--condition", default="angle", help="angle, hand_vel (series), condition_id")
+    ap.add_argument("--reuse", action="store_true",
+                    help="score the data, models and samples already in --work, refit nothing")  # fmt: skip
     args = ap.parse_args()
     results = {}
     beds = args.beds.split(",")
@@ -150,7 +161,7 @@ def main() -> None:
     tag += "" if args.condition == "angle" else "_" + args.condition
     for name in beds:
         t0 = time.perf_counter()
-        results[name] = run_bed(name, args.work, args.seed, args.condition)
+        results[name] = run_bed(name, args.work, args.seed, args.condition, args.reuse)
         results[name]["total_s"] = time.perf_counter() - t0
         write_results(tag, results)
     print(json.dumps({k: {kk: v[kk] for kk in ("latent_dim", "ratio_autoencoder",
