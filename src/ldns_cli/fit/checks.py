@@ -4,8 +4,12 @@
 Decoders of each condition are fitted on the real training trials (`scoring.conditions.
 stage_checks`) and applied to
 - "real": the real validation trials (what a perfect pipeline achieves);
-- "autoencoder": Poisson draws from the autoencoder's rates of those trials (what any sample can
-  carry at best, whatever the denoiser), the mean over `AE_DRAWS` draws;
+- "autoencoder": Poisson draws from the autoencoder's rates of those trials, the mean over
+  `AE_DRAWS` draws: what its single-trial reconstructions keep. Samples drawn from the latent
+  distribution of a condition can decode better (on simulated reach they decoded the angle
+  1.04-1.18x the real error against the reconstructions' 1.27-1.40x, `python
+  bench/quality_pipeline_conditions.py`), but not much better: a condition the latents do not
+  carry cannot be sampled;
 - "samples": trials generated for the validation trials' conditions (with the guidance weight).
 
 Guidance by measurement (`choose_guidance`): samples are drawn at each weight of
@@ -56,8 +60,9 @@ STAGE_LABELS = {
 AE_TOLERANCE = 1.15  # the autoencoder loses a condition when its error is beyond 1.15x real
 # a lost condition is "weak" when its PSTHs explain less than this share of what the
 # autoencoder's rates explain (beyond the mean time course): on `ldns simulate network` the
-# angle's PSTHs explain -0.03 bits/spike on the validation trials and the rates 0.36, and no
-# latent size (2-32), step count (600-3000) or smoothness weight tried kept the angle
+# angle's PSTHs explain -0.036 bits/spike of the test trials and the rates 0.34-0.43, and no
+# latent size (2-32), 3000 steps or 100x the smoothness weight kept the angle
+# (python bench/quality_ae_conditions.py)
 WEAK_CONDITION_SHARE = 0.1
 GUIDANCE_GRID = (1.0, 1.5, 2.0, 3.0)
 GUIDANCE_TOLERANCE = 1.1  # guidance is enough when samples decode within 1.1x the AE's ceiling
@@ -134,7 +139,7 @@ def report_checks(checks: dict[str, Any]) -> None:
             warn(
                 f"the autoencoder loses part of condition {name}: {c['metric']} "
                 f"{c['stages']['autoencoder']:.3g} decoded from its rates against "
-                f"{c['stages']['real']:.3g} from real trials; samples cannot carry more "
+                f"{c['stages']['real']:.3g} from real trials; samples seldom carry much more "
                 f"({_loss_hint(c.get('explained_bits_per_spike'))})"
             )
 
