@@ -407,3 +407,43 @@ def test_rate_matching_makes_free_running_samples_fire_at_the_data_rate():
     # only the intercepts move: the kernels are the teacher-forced fit's
     torch.testing.assert_close(matched.history, plain.history)
     torch.testing.assert_close(matched.rate_gain, plain.rate_gain)
+
+
+def test_dispersion_matching_weakens_inhibition_that_makes_samples_too_regular():
+    # Poisson data (Fano 1, no autocorrelation) and a model whose fit put a strong refractory
+    # kernel on every neuron: its free-running samples are too regular, and of the kernel pairs
+    # tried the weakest inhibition brings them closest; a model that matches the data keeps its
+    # kernel
+    from ldns_cli.fit.history import (
+        DISPERSION_SCALES,
+        match_free_running_dispersion,
+        tensor_batches,
+    )
+
+    N, B, L = 6, 64, 80
+    rates = torch.full((B, L, N), 0.15)
+    counts = torch.from_numpy(np.random.default_rng(31).poisson(0.15, (B, L, N))).float()
+    mask = torch.ones(B, L, dtype=torch.bool)
+    lag = torch.arange(10, dtype=torch.float32)
+
+    def model_with(kernel: torch.Tensor) -> SpikeHistoryObservation:
+        m = SpikeHistoryObservation(N, 10, 5, max_excitation=2.5)
+        with torch.no_grad():
+            m.history.copy_(kernel.expand(N, 10))
+        return m
+
+    refractory = -4.0 * torch.exp(-lag / 1.5)
+    model = model_with(refractory)
+    batches = tensor_batches(counts, rates, mask)
+    scales, _, after = match_free_running_dispersion(model, batches, B, 2, seed=0)
+    weakest = min(inh for _, inh in DISPERSION_SCALES)
+    assert scales.shape == (N, 2)
+    assert (scales[:, 1] == weakest).all(), scales
+    torch.testing.assert_close(model.history, weakest * refractory.expand(N, 10))
+    assert abs(after - 1) < 0.1  # the intercepts still match the data's rates
+    # data drawn from the refractory model itself: its full inhibition is kept
+    own = model_with(refractory).sample(rates, [gen(100 + i) for i in range(B)])
+    model = model_with(refractory)
+    own_batches = tensor_batches(own.float(), rates, mask)
+    scales, _, _ = match_free_running_dispersion(model, own_batches, B, 2, seed=0)
+    assert (scales[:, 1] == 1.0).sum() >= N - 1, scales
