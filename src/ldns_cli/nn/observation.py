@@ -461,8 +461,9 @@ class HistoryConfig:
     # data's Fano factor and autocorrelation. Off by default: it samples the whole training set
     # once per pair and round. On the demo-sized set (1000 x 256 x 128 Lorenz) `ldns fit-history`
     # with it was still running after 5 minutes (stopped), against 61 s without it. On the
-    # 400-trial E/I network bed it took the free-running Fano score from 0.45 to 0.28 and the
-    # autocorrelation score from 0.25 to 0.17 (bench/quality_realism.py --beds network)
+    # 400-trial E/I network bed it took the free-running Fano score from 0.45 to 0.29 and the
+    # autocorrelation score from 0.25 to 0.19, and the history refit took 51 s on 2 threads
+    # (python bench/quality_realism.py --beds network --match-dispersion)
     match_dispersion: bool = False
     # clamp each neuron's samples at the most spikes the training data shows in one of its bins
     cap_from_data: bool = True
