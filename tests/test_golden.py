@@ -33,9 +33,9 @@ GOLDEN = {
     "sample_reach": "72bf544d90891704027e9e907a506e2ccc3cf8bf938dfccefa5bd8d54000ce6d",
     "sample_lorenz": "a11f9345899e10af602d7cea3e300922ef1df67c28054d690d3288ce7611c997",
     "fit_ae": "c84d0365b53f0e862fdd59d4ecf323811884284df5e377df0350069cd342a240",
-    "fit_history": "04052ed280391d9565448c94de6b9d6391dc30c5ea9df47d071e2a31b42abbe5",
+    "fit_history": "3011229d88786dd5c7a7c2797791cae3a5d27152f3794943068560244c311071",
     "fit_diffusion": "58ebb7b75e884baef0b1390d937c9110835e4af36aeedebf9933f3f885697391",
-    "evaluate_json": "dc9fadabc5fab77240e6583ae5de1bc5123f153c2e4469e13a22c33506a03fa8",
+    "evaluate_json": "c6c1f60fad9c433d01ab2ad7add583bacfb9c3fe65f1c25fb4a835f5878807f2",
 }
 
 

@@ -447,3 +447,15 @@ def test_dispersion_matching_weakens_inhibition_that_makes_samples_too_regular()
     own_batches = tensor_batches(own.float(), rates, mask)
     scales, _, _ = match_free_running_dispersion(model, own_batches, B, 2, seed=0)
     assert (scales[:, 1] == 1.0).sum() >= N - 1, scales
+
+
+def test_dispersion_matching_is_on_by_default_only_for_sets_it_can_sample_quickly():
+    from ldns_cli.fit.history import DISPERSION_AUTO_ELEMENTS, dispersion_on
+
+    auto = HistoryConfig()
+    assert auto.match_dispersion is None
+    assert dispersion_on(auto, DISPERSION_AUTO_ELEMENTS)
+    assert not dispersion_on(auto, DISPERSION_AUTO_ELEMENTS + 1)
+    assert dispersion_on(HistoryConfig(match_dispersion=True), 10 * DISPERSION_AUTO_ELEMENTS)
+    assert not dispersion_on(HistoryConfig(match_dispersion=False), 1)
+    assert not dispersion_on(HistoryConfig(coupling_rank=2), 1)  # coupled units: never

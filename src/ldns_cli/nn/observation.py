@@ -458,13 +458,13 @@ class HistoryConfig:
     max_excitation: float | None = 2.5
     # after the fit, per neuron, scale the excitatory and inhibitory parts of the kernel by the
     # pair in fit.history.DISPERSION_SCALES whose free-running samples best match the training
-    # data's Fano factor and autocorrelation. Off by default: it samples the whole training set
-    # once per pair and round. On the demo-sized set (1000 x 256 x 128 Lorenz) `ldns fit-history`
-    # with it was still running after 5 minutes (stopped), against 61 s without it. On the
-    # 400-trial E/I network bed it took the free-running Fano score from 0.45 to 0.29 and the
-    # autocorrelation score from 0.25 to 0.19, and the history refit took 51 s on 2 threads
-    # (python bench/quality_realism.py --beds network --match-dispersion)
-    match_dispersion: bool = False
+    # data's Fano factor and autocorrelation. True/False: always/never; None: on for training
+    # sets up to fit.history.DISPERSION_AUTO_ELEMENTS neuron-bins, since it samples the set once
+    # per pair and round (+71 s on the 1000 x 256 x 128 demo set, +19 s on 600 reach trials).
+    # On the 400-trial E/I network bed it took the free-running Fano score from 0.45 to 0.29 and
+    # the autocorrelation score from 0.25 to 0.19 (python bench/quality_realism.py --beds network
+    # --match-dispersion)
+    match_dispersion: bool | None = None
     # clamp each neuron's samples at the most spikes the training data shows in one of its bins
     cap_from_data: bool = True
     # keep, per neuron, whichever of history and Poisson generates statistics closer to the
