@@ -34,7 +34,8 @@ step is judged on free-running samples:
 3. the intercepts are shifted until free-running samples fire at the data's rates
    (`match_free_running_rates`), and the excitatory and inhibitory parts of the kernel are
    scaled, per neuron, by the pair of DISPERSION_SCALES whose free-running Fano factor and
-   autocorrelation come closest to the training data's (`match_dispersion`);
+   autocorrelation come closest to the training data's (`match_dispersion`; by default on
+   training sets of at most DISPERSION_AUTO_ELEMENTS unit-bins, `dispersion_on`);
 4. `select_neurons` samples the validation trials free-running with the history model and with
    Poisson and compares rate, Fano factor, ISI mean/std, autocorrelation and maximum count with
    the held-out trials' as `ldns evaluate` scores them: the model that does better over the
