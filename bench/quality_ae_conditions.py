@@ -37,6 +37,8 @@ from ldns_cli.fit.autoencoder import fit_autoencoder
 from ldns_cli.fit.checks import autoencoder_checks
 from ldns_cli.io.simulate import SIMULATORS
 from ldns_cli.nn.autoencoder import infer, infer_latents
+from ldns_cli.scoring.decoding import circular_error_deg
+from ldns_cli.scoring.ridge import fit_ridge
 from ldns_cli.store import load_autoencoder
 
 SETTINGS: dict[str, dict[str, Any]] = {  # fit_autoencoder keyword arguments
@@ -55,21 +57,17 @@ READOUT_CHUNKS = 6
 
 def latent_readout_deg(train_latents: np.ndarray, train_angle: np.ndarray,
                        test_latents: np.ndarray, test_angle: np.ndarray) -> float:  # fmt: skip
-    """Median angle error (degrees) of a ridge read-out of (cos, sin) from chunk-averaged latents."""
+    """Median angle error (degrees) of a ridge read-out of (cos, sin) from chunk-averaged latents
+    (`scoring.ridge.fit_ridge`, the penalty by leave-one-out error)."""
 
     def features(z: np.ndarray) -> np.ndarray:  # [B, L, Z] -> [B, chunks·Z]
         b, n_bins, n_z = z.shape
         c = n_bins // READOUT_CHUNKS
         return z[:, : c * READOUT_CHUNKS].reshape(b, READOUT_CHUNKS, c, n_z).mean(2).reshape(b, -1)
 
-    x_train, x_test = features(train_latents), features(test_latents)
-    y = np.c_[np.cos(train_angle), np.sin(train_angle)]
-    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
-    a = (x_train - mu) / sd
-    w = np.linalg.solve(a.T @ a + np.eye(a.shape[1]), a.T @ (y - y.mean(0)))
-    pred = ((x_test - mu) / sd) @ w + y.mean(0)
-    diff = np.angle(np.exp(1j * (np.arctan2(pred[:, 1], pred[:, 0]) - test_angle)))
-    return float(np.degrees(np.median(np.abs(diff))))
+    ridge = fit_ridge(features(train_latents), np.c_[np.cos(train_angle), np.sin(train_angle)])
+    pred = ridge.predict(features(test_latents))  # [B, 2]
+    return float(np.median(circular_error_deg(np.arctan2(pred[:, 1], pred[:, 0]), test_angle)))
 
 
 def rate_error(model: Any, data: Any) -> float:

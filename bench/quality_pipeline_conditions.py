@@ -92,21 +92,21 @@ def run_bed(
     gens = [read_spikes(path) for path in sample_paths]
     ae, ckpt = load_autoencoder(models)
     _, rates = infer(ae, test)
-    stages: dict[str, list[float]] = {}
-    for k in range(max(AE_DRAWS, SAMPLE_SEEDS)):
+    # every draw and sample set in one call: the decoder is fitted once on the training trials
+    sets: dict = {"real": test}
+    for k in range(AE_DRAWS):
         rng = np.random.default_rng([seed, 1, k])
-        sets = {"real": test}
-        if k < AE_DRAWS:
-            counts = rng.poisson(rates.astype(np.float64)).astype(np.int32)
-            sets["autoencoder"] = dataclasses.replace(test, counts=counts)
-            if test.rates is not None:  # the simulator's rates: what a perfect model draws
-                counts = rng.poisson(test.rates.astype(np.float64)).astype(np.int32)
-                sets["true_rates"] = dataclasses.replace(test, counts=counts)
-        if k < SAMPLE_SEEDS:
-            sets["samples"] = gens[k]
-        checks = stage_checks(train, sets, [condition])
-        for key, value in checks[condition]["stages"].items():
-            stages.setdefault(key, []).append(value)
+        counts = rng.poisson(rates.astype(np.float64)).astype(np.int32)
+        sets[f"autoencoder/{k}"] = dataclasses.replace(test, counts=counts)
+        if test.rates is not None:  # the simulator's rates: what a perfect model draws
+            counts = rng.poisson(test.rates.astype(np.float64)).astype(np.int32)
+            sets[f"true_rates/{k}"] = dataclasses.replace(test, counts=counts)
+    for k, gen in enumerate(gens):
+        sets[f"samples/{k}"] = gen
+    checks = stage_checks(train, sets, [condition])
+    stages: dict[str, list[float]] = {}
+    for key, value in checks[condition]["stages"].items():
+        stages.setdefault(key.split("/")[0], []).append(value)
     real = stages["real"][0]
     out["condition"] = condition
     out["metric"] = checks[condition]["metric"]

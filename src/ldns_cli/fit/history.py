@@ -89,8 +89,8 @@ from ldns_cli.store import history_path
 # inhibition gives back the variability the fit's refractoriness takes when the decoder's rates
 # are smoother than the data's: on `ldns simulate network` (E/I cells, refractory kernels,
 # fluctuations from the coupling) most neurons keep (1, 0.7), and the free-running test trials'
-# Fano score is 0.29 against 0.44 with the excitation scales alone (python
-# bench/quality_realism.py --beds network --match-dispersion)
+# Fano score is 0.29 (python bench/quality_realism.py --beds network --match-dispersion); with
+# the excitation scales alone it was 0.44, and without the matching 0.45
 DISPERSION_SCALES = ((1.0, 1.0), (0.6, 1.0), (0.3, 1.0), (0.0, 1.0), (1.0, 0.7), (1.0, 0.4))
 # statistics the dispersion matching compares (rates are matched separately, through b)
 DISPERSION_STATS = ("fano", "autocorr")
@@ -101,7 +101,7 @@ MIN_DISPERSION_TRIALS = 256
 # `match_dispersion` None (the default) turns the matching on for matching sets of at most this
 # many neuron-bins: it samples the set once per candidate and round, which `ldns fit-history`
 # measured at +19 s on 420 reach trials x 140 bins x 128 units (7.5M; 22.5 s -> 41.5 s) and +71 s
-# on the 900 x 256 x 128 demo set (29.5M; 30.5 s -> 101.7 s), 2 threads
+# on the demo's 700 training trials x 256 bins x 128 units (22.9M; 30.5 s -> 101.7 s), 2 threads
 DISPERSION_AUTO_ELEMENTS = 10_000_000
 
 
@@ -474,11 +474,11 @@ def match_free_running_dispersion(
     to the data's rates (`match_free_running_rates`; all pairs side by side in one model,
     `_stacked`), then the matching set is sampled free-running; each neuron keeps the pair that
     brings the population's Fano factors and autocorrelations (DISPERSION_STATS) closest to the
-    data's, as `ldns evaluate` scores them (`scoring.neurons.choose_per_neuron`). Neurons without excitation
-    are unaffected by the excitation factor. Weakened inhibition serves the opposite misfit: the
-    fit's refractory kernel also absorbs the variability of fast fluctuations the decoder's rates
-    smooth away, and free-running samples come out under-dispersed. Needs `coupling_rank` 0
-    (coupled neurons are not independent). Modifies `model` in place; returns the chosen
+    data's, as `ldns evaluate` scores them (`scoring.neurons.choose_per_neuron`). Neurons
+    without excitation are unaffected by the excitation factor. Weakened inhibition serves the
+    opposite misfit: the fit's refractory kernel also absorbs the variability of fast
+    fluctuations the decoder's rates smooth away, and free-running samples come out
+    under-dispersed. Needs `coupling_rank` 0 (coupled neurons are not independent). Modifies `model` in place; returns the chosen
     (excitation, inhibition) factors per neuron `[N, 2]` and the sampled/data spike ratio before
     and after the rate matching (over all factors).
     """
