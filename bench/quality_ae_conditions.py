@@ -16,7 +16,7 @@ setting of `SETTINGS` and reports, on the test trials:
   the network these are the input rates, before coupling and self-history).
 
     python bench/quality_ae_conditions.py [--bed network|reach] [--trials 400]
-        [--settings default,z8,z32,smooth1,z8_long,z4,z4_cd04,z4_cd04_long]
+        [--settings default,z6,z6_smooth01,z6_smooth1,z8,z32,smooth1,z8_long,z4,z4_cd04,z4_cd04_long]
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ from ldns_cli.store import load_autoencoder
 
 SETTINGS: dict[str, dict[str, Any]] = {  # fit_autoencoder keyword arguments
     "default": {},  # latent size by co-smoothing, 600 steps
+    "z6": {"latent_dim": 6},  # the reach simulator's true latent size
+    "z6_smooth01": {"latent_dim": 6, "smooth": 0.1},  # 10x the latent smoothness weight
+    "z6_smooth1": {"latent_dim": 6, "smooth": 1.0},
     "z8": {"latent_dim": 8},
     "z32": {"latent_dim": 32},
     "smooth1": {"latent_dim": 8, "smooth": 1.0},  # 100x the latent smoothness weight

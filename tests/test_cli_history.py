@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -101,3 +102,30 @@ def test_fit_history_errors(fitted, tmp_path):
 def test_fit_history_help_has_example():
     res = runner.invoke(app, ["fit-history", "--help"])
     assert res.exit_code == 0 and "Example: ldns fit-history" in res.stdout
+
+
+def test_condition_checks_draw_through_the_fitted_observation_model(tmp_path):
+    from ldns_cli.core.checkpoint import load_checkpoint
+    from ldns_cli.io.simulate import simulate_reach
+
+    data = tmp_path / "reach.h5"
+    write_spikes(simulate_reach(n_trials=60, n_neurons=8, n_bins=24, seed=0, history="refractory"),
+                 data)  # fmt: skip
+
+    def stored(models):
+        summary = load_checkpoint(models / "ae.safetensors", "ae").extra["summary"]
+        return summary["condition_checks"]["angle"]
+
+    plain, spiking = tmp_path / "plain", tmp_path / "spiking"
+    _ok(["fit-ae", str(data), "-m", str(plain), "--device", "cpu", "-q", *TINY_AE,
+         "--no-spike-history"])  # fmt: skip
+    assert stored(plain)["autoencoder_observation"] == "poisson"
+    _ok(["fit-ae", str(data), "-m", str(spiking), "--device", "cpu", "-q", *TINY_AE])
+    assert stored(spiking)["autoencoder_observation"] == "history"
+    # a history model fitted later replaces the stored checks with draws through it
+    _ok(["fit-history", str(data), "-m", str(plain), "--iterations", "20", "-q"])
+    check = stored(plain)
+    assert check["autoencoder_observation"] == "history"
+    assert check["stages"]["autoencoder"] == pytest.approx(
+        float(np.mean(check["autoencoder_draws"]))
+    )

@@ -221,9 +221,43 @@ def test_autoencoder_check_averages_several_draws_and_reads_chance_for_a_flat_mo
     assert len(draws) == AE_DRAWS and len(set(draws)) == AE_DRAWS  # independent draws
     assert c["stages"]["autoencoder"] == pytest.approx(np.mean(draws))
     assert set(c["stages"]) == {"real", "autoencoder"}
+    assert c["autoencoder_observation"] == "poisson"  # no observation model given
     # flat rates carry no angle: every draw decodes near chance, far from the real trials
     spread = c["chance"] - c["stages"]["real"]
     assert all(abs(d - c["chance"]) < 0.3 * spread for d in draws), (draws, c)
+
+
+def test_check_draws_through_the_observation_model_judge_refractory_spikes_like_real_ones():
+    import torch
+
+    from ldns_cli.fit.checks import observation_draws
+    from ldns_cli.io.simulate import history_kernel
+    from ldns_cli.nn.observation import SpikeHistoryObservation
+    from ldns_cli.scoring.conditions import stage_checks
+
+    data = simulate_reach(300, 32, 80, seed=4, history="refractory")
+    train, val = data.select(np.arange(200)), data.select(np.arange(200, 300))
+    kernel = torch.as_tensor(history_kernel("refractory"), dtype=torch.float32)
+    observation = SpikeHistoryObservation(32, history_bins=len(kernel), max_count=3)
+    with torch.no_grad():  # the simulator's own refractory kernel
+        observation.history.copy_(kernel.expand(32, -1))
+    sets = {"real": val}
+    for k in range(3):  # draws of the true rates: what a perfect autoencoder would give
+        for kind, obs in (("poisson", None), ("history", observation)):
+            counts = observation_draws(val.rates, val.lengths, obs, seed=0, draw=k)
+            sets[f"{kind}/{k}"] = dataclasses.replace(val, counts=counts)
+    r2 = stage_checks(train, sets, ["hand_vel"])["hand_vel"]["stages"]
+    real = r2["real"]
+    poisson = [r2[f"poisson/{k}"] for k in range(3)]
+    history = [r2[f"history/{k}"] for k in range(3)]
+    # plain Poisson draws of the very rates that made the real trials decode far worse (the
+    # real spikes are more regular); draws through the spiking model decode like the real ones
+    assert max(poisson) < 0.6 * real, (poisson, real)
+    assert all(abs(h - real) < 0.15 * real for h in history), (history, real)
+    # the same seed and draw give the same counts; another draw gives others
+    again = observation_draws(val.rates, val.lengths, observation, seed=0, draw=0)
+    np.testing.assert_array_equal(again, sets["history/0"].counts)
+    assert not np.array_equal(again, sets["history/1"].counts)
 
 
 def test_explained_bits_per_spike_measures_what_the_condition_adds_to_the_mean_time_course():

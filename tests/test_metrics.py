@@ -141,6 +141,17 @@ def test_isi_of_a_hand_built_spike_train():
     assert paper.isi_std_s[0] == pytest.approx(isis_p.std())
 
 
+def test_isi_of_spike_trains_with_at_most_one_spike_per_bin():
+    # no bin holds several spikes (refractory cells, fine bins): only ISIs between bins
+    counts = np.zeros((2, 8, 2), dtype=np.int32)
+    counts[0, [1, 4, 6], 0] = 1  # ISIs 3 and 2 bins
+    counts[1, [0, 7], 1] = 1  # ISI 7 bins
+    s = M.summary_of(counts, np.array([8, 8]), 0.01)
+    np.testing.assert_array_equal(s.isi_n, [2, 1])
+    np.testing.assert_allclose(s.isi_mean_s, [0.025, 0.07])
+    np.testing.assert_allclose(s.isi_std_s, [0.005, 0.0], atol=1e-12)
+
+
 @pytest.mark.parametrize("placement", ["centred", "paper"])
 def test_isi_statistics_match_loop(placement):
     counts, lengths = random_counts(5, b=5, length=30, n=3, rate=0.9)

@@ -25,6 +25,7 @@ from ldns_cli.nn.observation import (
     Observation,
     PoissonObservation,
     SpikeHistoryObservation,
+    auto_selected,
 )
 
 AE_FILE = "ae.safetensors"
@@ -235,10 +236,7 @@ def load_observation(
     model, ckpt = load_history(models_dir, device)
     if fingerprint is not None:
         check_data_matches(ckpt.fingerprint, fingerprint, "spike-history model")
-    choice = getattr(model, "neuron_choice", None)
-    if kind == "auto" and choice is not None:
-        model.set_selection(choice, None)
-    return model
+    return auto_selected(model) if kind == "auto" else model
 
 
 @dataclass

@@ -539,6 +539,7 @@ def _finish(
     """Rank 0 after training: intercept refit, summary, final checkpoint, spike history."""
     from ldns_cli.fit.checks import autoencoder_checks, report_checks
     from ldns_cli.fit.history import fit_history_for_ae
+    from ldns_cli.nn.observation import auto_selected
 
     ckpt = result.checkpoint
     assert ckpt is not None
@@ -564,9 +565,8 @@ def _finish(
         }
     )
     which = "validation" if val is not None else "training"
-    if val is not None:  # do the rates keep what a decoder of real spikes reads?
-        summary["condition_checks"] = autoencoder_checks(model, train, val, dev, seed)
     ckpt.extra["summary"] = summary
+    # saved before the history fit, so that an interrupted one leaves a usable autoencoder
     save_checkpoint(path, ckpt)
     info(
         f"saved {path} (best epoch {result.best_epoch}/{result.epochs_done}); "
@@ -576,7 +576,7 @@ def _finish(
     )
     if math.isfinite(summary["bits_per_spike"]) and summary["bits_per_spike"] <= 0:
         warn("the autoencoder does no better than a constant rate: train longer")
-    report_checks(summary.get("condition_checks", {}))
+    observation = None
     if spike_history:
         history = fit_history_for_ae(model, train, val, folder, dev, seed, quiet)
         # judged free-running on held-out trials (history vs Poisson vs the per-neuron choice)
@@ -584,4 +584,12 @@ def _finish(
         if selection is not None:
             summary["observation_free_running_rmse"] = selection["rmse"]
             summary["history_neurons"] = int(sum(selection["use_history"]))
+        observation = auto_selected(history)
+    if val is not None:  # do spikes drawn from the rates keep what a decoder of real spikes reads?
+        summary["condition_checks"] = autoencoder_checks(
+            model, train, val, dev, seed, observation=observation
+        )
+        ckpt.extra["summary"] = summary
+        save_checkpoint(path, ckpt)
+    report_checks(summary.get("condition_checks", {}))
     return summary

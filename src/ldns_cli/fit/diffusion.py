@@ -633,7 +633,9 @@ def _condition_checks(
         f"checking the conditions on {val.n_trials} validation trials and choosing the guidance "
         "weight (sampling at each weight)"
     )
-    ae_checks = autoencoder_checks(models.ae, train, val, device, seed, names)
+    ae_checks = autoencoder_checks(
+        models.ae, train, val, device, seed, names, observation=models.observation
+    )
     checks, guidance = diffusion_checks(models, train, val, ae_checks, device, seed)
     if not guidance:
         return

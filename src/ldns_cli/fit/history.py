@@ -70,6 +70,7 @@ from ldns_cli.nn.observation import (
     Observation,
     PoissonObservation,
     SpikeHistoryObservation,
+    auto_selected,
     poisson_log_sf,
     softplus_inverse,
 )
@@ -886,8 +887,9 @@ def refit_history(
     from ldns_cli.core.config import resolve_config
     from ldns_cli.core.errors import LdnsError
     from ldns_cli.core.runtime import resolve_device
+    from ldns_cli.fit.checks import autoencoder_checks, report_checks
     from ldns_cli.fit.splits import split_train_val
-    from ldns_cli.store import load_autoencoder
+    from ldns_cli.store import ae_path, load_autoencoder
 
     device = resolve_device(device)
     ae, ckpt = load_autoencoder(folder, device)
@@ -913,6 +915,16 @@ def refit_history(
     ae_seed = int(ckpt.config.get("train", {}).get("seed", 0))
     val_frac = float(ckpt.extra.get("data", {}).get("val_frac", 0.1))
     train, val, _ = split_train_val(data, val_frac, ae_seed)
-    return fit_history_for_ae(
+    model = fit_history_for_ae(
         ae, train, val, Path(folder), device, ae_seed if seed is None else seed, quiet, cfg=cfg
     )
+    summary = ckpt.extra.get("summary")
+    if val is not None and isinstance(summary, dict) and "condition_checks" in summary:
+        # the autoencoder's stored condition checks draw through the observation model
+        summary["condition_checks"] = autoencoder_checks(
+            ae, train, val, device, ae_seed, observation=auto_selected(model)
+        )
+        save_checkpoint(ae_path(folder), ckpt)
+        if not quiet:
+            report_checks(summary["condition_checks"])
+    return model

@@ -62,6 +62,7 @@ Interface (all tensors on one device; legend B trials, L bins, N neurons):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -433,6 +434,18 @@ class SpikeHistoryObservation(nn.Module):
             f"max_count={self.max_count}, coupling_rank={self.coupling_rank}, "
             f"max_excitation={self.max_excitation}"
         )
+
+
+def auto_selected(model: SpikeHistoryObservation) -> SpikeHistoryObservation:
+    """What `--observation auto` samples with: a copy of `model` in which each neuron its fit
+    judged to generate better as plain Poisson (`neuron_choice`, [N] bool, attached by the fit
+    or the loader) is Poisson; `model` itself when no choice was made."""
+    choice = getattr(model, "neuron_choice", None)
+    if choice is None:
+        return model
+    chosen = copy.deepcopy(model)
+    chosen.set_selection(torch.as_tensor(choice, dtype=torch.bool), None)
+    return chosen
 
 
 @dataclass(frozen=True)

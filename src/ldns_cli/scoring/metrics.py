@@ -282,11 +282,15 @@ def _isi_sums(
     size = n_groups * n_neurons
     multi = c >= 2  # only bins with several spikes hold ISIs inside them (rare at ms bins)
     g_multi, c_multi, step_s = g_in[multi], c[multi], step[multi] * bin_size_s
-    s1 = np.bincount(g_multi, weights=(c_multi - 1.0) * step_s, minlength=size)
+    # float64 throughout: bincount of an empty array returns int64 even with weights, and
+    # recordings with no bin of several spikes (refractory cells, 1 ms bins) have no g_multi
+    s1 = np.bincount(g_multi, weights=(c_multi - 1.0) * step_s, minlength=size).astype(np.float64)
     s1 += np.bincount(g_gap, weights=gap, minlength=size)
-    s2 = np.bincount(g_multi, weights=(c_multi - 1.0) * step_s**2, minlength=size)
+    s2 = np.bincount(g_multi, weights=(c_multi - 1.0) * step_s**2, minlength=size).astype(
+        np.float64
+    )
     s2 += np.bincount(g_gap, weights=gap * gap, minlength=size)
-    n = np.bincount(g_multi, weights=c_multi - 1.0, minlength=size)
+    n = np.bincount(g_multi, weights=c_multi - 1.0, minlength=size).astype(np.float64)
     n += np.bincount(g_gap, minlength=size)
     shape = (n_groups, n_neurons)
     return s1.reshape(shape), s2.reshape(shape), n.reshape(shape)
