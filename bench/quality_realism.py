@@ -94,7 +94,12 @@ def per_type(test: SpikeData, gen: SpikeData) -> dict[str, dict[str, float]]:
 
 
 def run_bed(
-    name: str, epochs: int | None, seed: int, work: Path, match_dispersion: bool = False
+    name: str,
+    epochs: int | None,
+    seed: int,
+    work: Path,
+    match_dispersion: bool = False,
+    latent_dim: int | None = None,
 ) -> dict:
     dataset, history, trials, neurons, length = BEDS[name]
     data = ldns.simulate(
@@ -102,10 +107,16 @@ def run_bed(
     )
     folder = work / name
     t0 = time.perf_counter()
-    ldns.fit_autoencoder(data, folder, epochs=epochs, seed=seed, device="cpu", quiet=True)
+    ldns.fit_autoencoder(
+        data, folder, epochs=epochs, seed=seed, device="cpu", quiet=True, latent_dim=latent_dim
+    )
     fit_s = time.perf_counter() - t0
     test = data.select(data.split == "test")
-    result: dict = {"fit_ae_seconds": round(fit_s, 1), "observations": {}}
+    result: dict = {
+        "fit_ae_seconds": round(fit_s, 1),
+        "latent_dim": load_autoencoder(folder, "cpu")[1].config["ae"]["latent_dim"],
+        "observations": {},
+    }
     if match_dispersion:  # the history model again, with the opt-in dispersion matching
         config = work / f"{name}_history.json"
         config.write_text(json.dumps({"match_dispersion": True}))
@@ -150,6 +161,8 @@ def main() -> None:
     parser.add_argument("--beds", nargs="+", default=list(BEDS), choices=list(BEDS))
     parser.add_argument("--epochs", type=int, default=None, help="default: the stage's own budget")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latent-dim", type=int, default=None,
+                        help="default: chosen by co-smoothing (fit-ae --latent-dim auto)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--match-dispersion", action="store_true",
                         help="refit the history model with match_dispersion forced on")  # fmt: skip
@@ -159,11 +172,13 @@ def main() -> None:
     # one results file per set of beds, so that beds can run as parallel processes
     tag = "quality_realism" + ("" if args.beds == list(BEDS) else "_" + "_".join(args.beds))
     tag += "_dispersion" if args.match_dispersion else ""
+    tag += "" if args.latent_dim is None else f"_z{args.latent_dim}"
     out["match_dispersion"] = args.match_dispersion
+    out["latent_dim"] = args.latent_dim
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.beds:
             out["beds"][name] = run_bed(
-                name, args.epochs, args.seed, Path(tmp), args.match_dispersion
+                name, args.epochs, args.seed, Path(tmp), args.match_dispersion, args.latent_dim
             )
             write_results(tag, out)
     print(json.dumps(out["beds"], indent=1, default=str))
