@@ -21,12 +21,14 @@ Short fits do not always decide. When the best size's short fits spread more tha
 `SPREAD_LIMIT` of its score, the sizes within that noise are refitted with `LONG_FIT_FACTOR` x
 the steps (one seed each, and one more seed of the best for the spread) and the rule is applied
 to those fits. On 600 simulated reach trials whose 64 units are all refractory (6 true latents),
-three 150-step fits of 6 latents scored 0.026-0.058 bits/spike and of 2 latents 0.037-0.060, so
-the rule kept 2; with 600 steps they scored 0.068-0.073 and 0.039-0.042. The autoencoder with 6
-latents brought every `evaluate` score of the free-running reconstructions of the test trials
-to 0.13 or less (the spectral score from 0.54 with 2): `python bench/quality_realism.py --beds
-reach-refractory [--latent-dim 6]`. On Poisson data the short fits agree (spread 0.5-2.8% of the
-score) and nothing is refitted.
+three 150-step fits of 6 latents scored 0.026-0.058 bits/spike and of 2 latents 0.037-0.060: the
+short fits alone keep 2; with 600 steps they scored 0.068-0.073 and 0.039-0.042, and the rule
+keeps 4 there (0.070 at 600 steps, within the noise of 6's 0.073). Every `evaluate` score of the
+free-running reconstructions of the test trials came to 0.15 or less, against up to 0.54 (the
+spectral score) with 2 latents: `python bench/quality_realism.py --beds reach-refractory`
+(`--latent-dim 6`: 0.13 or less). The refits cost 4 fits of 600 steps and one more seed; there
+`fit-ae` took 790 s against 454 s (separate runs, 1 thread, shared machine). On Poisson data
+the short fits agree (spread 0.5-2.8% of the score) and nothing is refitted.
 
 Not in the rule: the conditions. Scoring each size's short fit by the autoencoder stage of the
 condition checks as well (and keeping the smallest size that keeps them) was tried and measured
