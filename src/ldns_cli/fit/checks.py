@@ -7,17 +7,16 @@ stage_checks`) and applied to
 - "autoencoder": spikes drawn from the autoencoder's rates of those trials through the fitted
   observation model, as `ldns sample` draws them (the spike-history model with its per-neuron
   choice; plain Poisson without one), the mean over `AE_DRAWS` draws: what its single-trial
-  reconstructions keep. Plain Poisson draws misjudge recordings whose spiking is not Poisson:
-  on simulated reach, Poisson draws of the true rates decoded hand velocity at R² 0.02 against
-  the real trials' 0.73 with refractory units (0.61 against 0.78 with bursting ones), draws
-  through the simulator's own spiking 0.72 (0.77) (`python
-  bench/quality_check_observation.py`). No reconstruction from one trial reaches
-  the real trials' error either: rates carry the condition no better than the trial they are
-  inferred from, and a new draw adds its own noise; the best reconstruction the simulator's
-  own model makes of each simulated reach trial decoded the angle 1.22x worse than draws of the
-  true rates (`python bench/quality_ae_floor.py`). Samples drawn from the latent
-  distribution of a condition can decode better (on simulated reach they decoded the angle
-  1.04-1.18x the real error against the reconstructions' 1.27-1.40x, `python
+  reconstructions keep. Plain Poisson draws misjudge recordings whose spiking is not Poisson: on
+  simulated reach, Poisson draws of the true rates decoded hand velocity at R² 0.02 against the
+  real trials' 0.73 with refractory units (0.61 against 0.78 with bursting ones), draws through
+  the simulator's own spiking 0.72 (0.77) (`python bench/quality_check_observation.py`). No
+  reconstruction from one trial reaches the real trials' error either: rates carry the condition
+  no better than the trial they are inferred from, and a new draw adds its own noise; the best
+  reconstruction the simulator's own model makes of each simulated reach trial decoded the angle
+  1.19-1.27x worse than draws of the true rates (`python bench/quality_ae_floor.py`). Samples
+  drawn from the latent distribution of a condition can decode better (on simulated reach they
+  decoded the angle 1.04-1.18x the real error against the reconstructions' 1.27-1.40x, `python
   bench/quality_pipeline_conditions.py`), but not much better: a condition the latents do not
   carry cannot be sampled;
 - "samples": trials generated for the validation trials' conditions (with the guidance weight).
