@@ -118,13 +118,15 @@ def run_bed(
         ratios = np.array(stages[key]) / real
         out[f"ratio_{key}"] = float(ratios.mean())
         out[f"ratio_{key}_range"] = [float(ratios.min()), float(ratios.max())]
-    scores = [
-        {k: v["score"] for k, v in evaluate(test, gen, conditions=[])["metrics"].items()}
-        for gen in gens
-    ]
+    evaluated = [evaluate(test, gen, conditions=[])["metrics"] for gen in gens]
+    scores = [{k: v["score"] for k, v in m.items()} for m in evaluated]
     scored = [k for k, v in scores[0].items() if v is not None]
     out["fidelity_scores"] = {k: float(np.mean([s[k] for s in scores])) for k in scored}
     out["fidelity_scores_max"] = {k: float(np.max([s[k] for s in scores])) for k in scored}
+    # how far sampling alone moves each score (`evaluate`'s score_noise), mean over the seeds
+    out["fidelity_score_noise"] = {
+        k: float(np.mean([m[k]["score_noise"] for m in evaluated])) for k in scored
+    }
     out["latent_dim"] = ckpt.config["ae"]["latent_dim"]
     out["latent_search"] = ckpt.extra.get("latent_search", {}).get("curve")
     cmd = [sys.executable, "-m", "ldns_cli", "evaluate", str(data_path), str(sample_paths[0]),

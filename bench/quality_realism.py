@@ -127,7 +127,12 @@ def run_bed(
         gen = generate(folder, kind, test, seed + 1)
         ev = ldns.evaluate(test, gen, folds=5, seed=seed)
         scores = {
-            k: {"score": v["score"], "model": v["model"]["mean"], "sd": v["model"]["sd"]}
+            k: {
+                "score": v["score"],
+                "noise": v["score_noise"],
+                "model": v["model"]["mean"],
+                "sd": v["model"]["sd"],
+            }
             for k, v in ev["metrics"].items()
         }
         result["observations"][kind] = {"scores": scores, "per_type": per_type(test, gen)}

@@ -64,6 +64,28 @@ def test_independent_sample_scores_near_zero(truth):
     assert s["mean_isi_rmse_s"] is None or abs(s["mean_isi_rmse_s"]) < 1.0
 
 
+def test_score_noise_says_how_far_sampling_alone_moves_a_score():
+    """Samples of the very process score 0 up to sampling noise: within 3x `score_noise` on
+    every metric (6 seeds measured: at most 2.6x), and the noise is large exactly where the
+    naive model is barely worse than the floor (mean ISI, whose score reached 0.74 for seed 1)."""
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        readout = rng.standard_normal((3, 40)) * 0.6
+        lengths = np.full(300, 100)
+        ref = SpikeData(rng.poisson(smooth_rates(rng, 300, 100, readout)), lengths, BIN_S)
+        same = SpikeData(rng.poisson(smooth_rates(rng, 300, 100, readout)), lengths, BIN_S)
+        metrics = evaluate(ref, same, folds=5, seed=0)["metrics"]
+        for name, m in metrics.items():
+            if m["score"] is None:
+                assert m["score_noise"] is None
+                continue
+            assert abs(m["score"]) <= 3 * m["score_noise"] + 0.01, (seed, name, m)
+        assert metrics["mean_isi_rmse_s"]["score_noise"] > 0.2
+        assert metrics["psd_log_mse"]["score_noise"] < 0.05
+        rows = {row[0]: row[4] for row in table_rows({"metrics": metrics})}
+        assert rows["mean_isi_rmse_s"].startswith(f"{metrics['mean_isi_rmse_s']['score']:.2f} ±")
+
+
 def test_naive_sample_scores_near_one(truth):
     s = scores(evaluate(truth["ref"], truth["naive"], folds=5, seed=0))
     for name in METRIC_NAMES:
@@ -100,7 +122,7 @@ def test_payload_is_deterministic_and_json_clean(truth):
     assert text != json.dumps(c, allow_nan=False)
     for name in METRIC_NAMES:
         m = a["metrics"][name]
-        assert {"model", "floor", "naive", "score", "model_all", "paper"} <= set(m)
+        assert {"model", "floor", "naive", "score", "score_noise", "model_all", "paper"} <= set(m)
     assert len(table_rows(a)) == len(METRIC_NAMES)
 
 

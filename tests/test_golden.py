@@ -35,7 +35,7 @@ GOLDEN = {
     "fit_ae": "c84d0365b53f0e862fdd59d4ecf323811884284df5e377df0350069cd342a240",
     "fit_history": "3011229d88786dd5c7a7c2797791cae3a5d27152f3794943068560244c311071",
     "fit_diffusion": "58ebb7b75e884baef0b1390d937c9110835e4af36aeedebf9933f3f885697391",
-    "evaluate_json": "c6c1f60fad9c433d01ab2ad7add583bacfb9c3fe65f1c25fb4a835f5878807f2",
+    "evaluate_json": "9dcaa8764a834bb65ab434ee89068df4b74ca619a9c6a5de6166bd2c8492c6cb",
 }
 
 

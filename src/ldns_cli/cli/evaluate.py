@@ -44,7 +44,8 @@ def _print_table(payload: dict) -> None:
         title=f"generated ({gen['trials']} trials) vs reference ({ref['trials']} trials), "
         f"{payload['protocol']['folds']} folds",
         caption="lower is better; score = (model − floor)/(naive − floor): "
-        "0 = like the data, 1 = like Poisson; ! = worse than Poisson",
+        "0 = like the data, 1 = like Poisson; ±noise = how far sampling alone moves it; "
+        "! = worse than Poisson",
     )
     for i, head in enumerate(TABLE_HEADER):
         table.add_column(head, justify="left" if i == 0 else "right")

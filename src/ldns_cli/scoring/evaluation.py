@@ -7,7 +7,11 @@ reported next to two reference points computed by the *same* procedure at the *s
   what a perfect model scores, given finite data;
 - naive: a homogeneous Poisson model, each neuron firing at its mean reference rate, with the
   generated set's trial count and lengths (drawn with an explicit generator);
-- score = (model − floor) / (naive − floor): 0 is as good as the data itself, 1 no better than naive.
+- score = (model − floor) / (naive − floor): 0 is as good as the data itself, 1 no better than naive;
+  `score_noise` = √2·sd(floor)/(naive − floor), how far sampling alone moves a score (the floor's
+  fold sd is the metric's noise at this sample size, and a model's value carries as much). A
+  sample of the very process scored 0.74 on mean ISI with a noise of 0.38, and within 0.11 on the
+  metrics whose noise is below 0.1 (`tests/test_evaluation.py`).
 
 Protocol (per fold, K folds): the reference is split at random into A (m trials) and B (the rest,
 at least half); m generated trials and m naive trials are drawn without replacement; model = metric
@@ -271,7 +275,7 @@ def evaluate_full(
     metrics: dict[str, Any] = {}
     for name in METRIC_NAMES:
         model, floor, naive = (fold_stats(per_fold[k][name]) for k in ("model", "floor", "naive"))
-        score = None
+        score = score_noise = None
         if None not in (model["mean"], floor["mean"], naive["mean"]):
             # a score needs naive clearly worse than the floor: gap > 3 standard errors of the
             # fold means, else the denominator is noise (e.g. rates: naive matches them exactly)
@@ -279,12 +283,16 @@ def evaluate_full(
             se = math.sqrt((floor["sd"] ** 2 + naive["sd"] ** 2) / folds)
             if gap > max(3.0 * se, 1e-12 * abs(naive["mean"])):
                 score = (model["mean"] - floor["mean"]) / gap
+                # the floor's fold sd is the metric's sampling noise at this size; a model's
+                # value carries as much, so a score moves by about √2 of it over the gap
+                score_noise = math.sqrt(2.0) * floor["sd"] / gap
         metrics[name] = {
             "description": METRIC_DESCRIPTIONS[name],
             "model": model,
             "floor": floor,
             "naive": naive,
             "score": score,
+            "score_noise": score_noise,
             "model_all": _finite(all_values[name]),
             "paper": fold_stats(per_fold["paper"][name]),
         }

@@ -16,7 +16,7 @@ import numpy as np
 from ldns_cli.scoring.evaluation import Evaluation
 from ldns_cli.scoring.metrics import kde_on_grid
 
-TABLE_HEADER = ("metric", "model (mean ± sd)", "floor", "naive", "score")
+TABLE_HEADER = ("metric", "model (mean ± sd)", "floor", "naive", "score ±noise")
 CONDITION_HEADER = ("condition", "measure", "model (mean ± sd)", "floor", "chance", "score")
 # the metric groups a verdict line speaks for
 METRIC_GROUPS = (
@@ -72,6 +72,8 @@ def table_rows(payload: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     for name, m in payload["metrics"].items():
         model = f"{_fmt(m['model']['mean'])} ± {_fmt(m['model']['sd'])}"
         score = "–" if m["score"] is None else f"{m['score']:.2f}"
+        if m.get("score_noise") is not None:
+            score += f" ±{m['score_noise']:.2f}"
         if m["score"] is not None and m["score"] > 1:
             score += " !"  # worse than the naive Poisson reference
         rows.append((name, model, _fmt(m["floor"]["mean"]), _fmt(m["naive"]["mean"]), score))
