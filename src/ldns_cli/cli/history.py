@@ -94,7 +94,8 @@ def fit_history_cmd(
     Per neuron: rate_t = softplus(sum_k w_k s_(t-k) + a * softplus^-1(r_t) + b), counts capped,
     fitted on the training trials with their true past spikes (teacher forcing). `ldns fit-ae`
     already does this by default; use this command to refit with other settings. Writes
-    MODELS/history.safetensors and reports the validation NLL against plain Poisson.
+    MODELS/history.safetensors and reports the validation NLL against plain Poisson; the
+    autoencoder's stored condition checks are measured again with draws through the new model.
 
     Example: ldns fit-history lorenz.nwb -m models/ --history-ms 100
     """

@@ -879,6 +879,8 @@ def refit_history(
 ) -> SpikeHistoryObservation:
     """Fit the spike-history model alone on the autoencoder in `folder` (the `fit-history`
     stage), on the training trials the autoencoder used; writes `folder/history.safetensors`.
+    The autoencoder's stored condition checks draw their spikes through the observation model,
+    so when it has any they are measured again with the new one and saved with it.
 
     Settings: defaults < `config` (a JSON file) < keyword arguments; `max_count=0` means no cap.
     `seed` defaults to the autoencoder's. The fit summary is the model's `fit_summary`.
