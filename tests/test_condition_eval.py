@@ -287,6 +287,7 @@ def test_a_lost_condition_is_explained_as_weak_or_as_needing_a_larger_autoencode
     assert "0.021" in _loss_hint({"condition": 0.021, "rates": 0.36})  # weak, but measurable
     strong = _loss_hint({"condition": 0.15, "rates": 0.17})
     assert "larger autoencoder" in strong and "rarely" not in strong
+    assert "expected of any reconstruction of single trials" in strong  # the measured floor
     assert "larger autoencoder" in _loss_hint(None)  # time series: nothing measured
 
 
