@@ -86,6 +86,26 @@ def test_score_noise_says_how_far_sampling_alone_moves_a_score():
         assert rows["mean_isi_rmse_s"].startswith(f"{metrics['mean_isi_rmse_s']['score']:.2f} ±")
 
 
+def test_verdicts_show_the_worst_score_with_its_noise():
+    from ldns_cli.scoring.report import verdicts
+
+    def metric(score, noise):
+        return {"score": score, "score_noise": noise}
+
+    payload = {
+        "metrics": {
+            "fano_rmse": metric(0.1, 0.05),
+            "mean_isi_rmse_s": metric(0.66, 0.65),  # above 0.3, but by less than its noise
+            "autocorr_rmse": metric(0.45, 0.02),  # above 0.3 beyond its noise
+            "psd_log_mse": metric(0.01, 0.01),
+        }
+    }
+    lines = {group: text for group, text, _ in verdicts(payload)}
+    assert "mean_isi_rmse_s 0.66 ±0.65, within its sampling noise of 0.3" in lines["single neurons"]
+    assert "autocorr_rmse 0.45 ±0.02)" in lines["temporal structure"]
+    assert "within" not in lines["temporal structure"]
+
+
 def test_naive_sample_scores_near_one(truth):
     s = scores(evaluate(truth["ref"], truth["naive"], folds=5, seed=0))
     for name in METRIC_NAMES:

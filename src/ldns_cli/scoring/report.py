@@ -133,11 +133,15 @@ def verdicts(payload: dict[str, Any]) -> list[tuple[str, str, bool]]:
             continue
         worst = max(scores, key=lambda n: scores[n])
         w = scores[worst]
+        noise = payload["metrics"][worst].get("score_noise")
+        shown = f"{w:.2f}" if noise is None else f"{w:.2f} ±{noise:.2f}"
+        if noise is not None and GOOD_SCORE < w <= GOOD_SCORE + noise:
+            shown += f", within its sampling noise of {GOOD_SCORE:g}"
         text = _verdict(
             w,
-            f"close to the data (every score ≤ {GOOD_SCORE:g}; worst {worst} {w:.2f})",
-            f"between the data and Poisson (worst {worst} {w:.2f})",
-            f"worse than homogeneous Poisson on {worst} (score {w:.2f})",
+            f"close to the data (every score ≤ {GOOD_SCORE:g}; worst {worst} {shown})",
+            f"between the data and Poisson (worst {worst} {shown})",
+            f"worse than homogeneous Poisson on {worst} (score {shown})",
         )
         lines.append((group, text, w > 1))
     for name, entry in payload.get("conditions", {}).items():
