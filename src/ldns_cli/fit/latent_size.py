@@ -195,7 +195,7 @@ def search_latent_dim(
 
 def _choose(
     gains: dict[int, np.ndarray],
-    refit: Any,
+    refit: Callable[[int, int], np.ndarray],
     steps: int,
     repeats: int = SPREAD_REPEATS,
 ) -> tuple[int, dict[str, Any]]:
