@@ -45,7 +45,7 @@ import torch
 
 from ldns_cli.core.console import info, warn
 from ldns_cli.core.data import SpikeData
-from ldns_cli.diffusion.sampling import SampleSettings
+from ldns_cli.diffusion.sampling import SampleSettings, trial_generator
 from ldns_cli.generate import generate, plan_trials
 from ldns_cli.nn.autoencoder import Autoencoder, infer
 from ldns_cli.nn.observation import Observation
@@ -122,12 +122,8 @@ def observation_draws(
     for lo in range(0, rates.shape[0], batch_size):
         hi = min(lo + batch_size, rates.shape[0])
         r = torch.as_tensor(rates[lo:hi], dtype=torch.float32, device=device)  # [b, L, N]
-        gens = [
-            torch.Generator(device=r.device).manual_seed(
-                int(np.random.SeedSequence([seed, _DRAW_STREAM, draw, i]).generate_state(1)[0])
-            )
-            for i in range(lo, hi)
-        ]
+        # one generator per trial and draw, as `sample` seeds its trials
+        gens = [trial_generator(seed, _DRAW_STREAM + draw, i, r.device) for i in range(lo, hi)]
         with torch.no_grad():
             s = observation.sample(r, gens, torch.as_tensor(lengths[lo:hi], device=r.device))
         out[lo:hi] = s.round().to(torch.int32).cpu().numpy()
