@@ -479,9 +479,9 @@ def match_free_running_dispersion(
     without excitation are unaffected by the excitation factor. Weakened inhibition serves the
     opposite misfit: the fit's refractory kernel also absorbs the variability of fast
     fluctuations the decoder's rates smooth away, and free-running samples come out
-    under-dispersed. Needs `coupling_rank` 0 (coupled neurons are not independent). Modifies `model` in place; returns the chosen
-    (excitation, inhibition) factors per neuron `[N, 2]` and the sampled/data spike ratio before
-    and after the rate matching (over all factors).
+    under-dispersed. Needs `coupling_rank` 0 (coupled neurons are not independent). Modifies
+    `model` in place; returns the chosen (excitation, inhibition) factors per neuron `[N, 2]` and
+    the sampled/data spike ratio before and after the rate matching (over all factors).
     """
     N, S = model.n_neurons, len(DISPERSION_SCALES)
     w = model.history.detach()

@@ -7,10 +7,10 @@ reported next to two reference points computed by the *same* procedure at the *s
   what a perfect model scores, given finite data;
 - naive: a homogeneous Poisson model, each neuron firing at its mean reference rate, with the
   generated set's trial count and lengths (drawn with an explicit generator);
-- score = (model − floor) / (naive − floor): 0 is as good as the data itself, 1 no better than naive;
-  `score_noise` = √2·sd(floor)/(naive − floor), how far sampling alone moves a score (the floor's
-  fold sd is the metric's noise at this sample size, and a model's value carries as much). A
-  sample of the very process scored 0.74 on mean ISI with a noise of 0.38, and within 0.11 on the
+- score = (model − floor) / (naive − floor): 0 is as good as the data itself, 1 no better than
+  naive; `score_noise` = √2·sd(floor)/(naive − floor), how far sampling alone moves a score (the
+  floor's fold sd is the metric's noise at this sample size, and a model's value carries as much).
+  A sample of the very process scored 0.74 on mean ISI with a noise of 0.39, and within 0.1 on the
   metrics whose noise is below 0.1 (`tests/test_evaluation.py`).
 
 Protocol (per fold, K folds): the reference is split at random into A (m trials) and B (the rest,
