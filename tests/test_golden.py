@@ -33,9 +33,9 @@ GOLDEN = {
     "sample_reach": "72bf544d90891704027e9e907a506e2ccc3cf8bf938dfccefa5bd8d54000ce6d",
     "sample_lorenz": "a11f9345899e10af602d7cea3e300922ef1df67c28054d690d3288ce7611c997",
     "fit_ae": "c84d0365b53f0e862fdd59d4ecf323811884284df5e377df0350069cd342a240",
-    "fit_history": "3011229d88786dd5c7a7c2797791cae3a5d27152f3794943068560244c311071",
+    "fit_history": "40c5f45bf8d9d9b1700d2cce08f0e30f79e7a82187023c2f38ae24fb183cfed8",
     "fit_diffusion": "58ebb7b75e884baef0b1390d937c9110835e4af36aeedebf9933f3f885697391",
-    "evaluate_json": "9dcaa8764a834bb65ab434ee89068df4b74ca619a9c6a5de6166bd2c8492c6cb",
+    "evaluate_json": "cce9197be80aca06138f9471e6277e35d313c9068c7aa90bfadbd67423bab19a",
 }
 
 

@@ -436,8 +436,8 @@ def test_dispersion_matching_weakens_inhibition_that_makes_samples_too_regular()
     model = model_with(refractory)
     batches = tensor_batches(counts, rates, mask)
     scales, _, after = match_free_running_dispersion(model, batches, B, 2, seed=0)
-    weakest = min(inh for _, inh in DISPERSION_SCALES)
-    assert scales.shape == (N, 2)
+    weakest = min(inh for _, inh, _ in DISPERSION_SCALES)
+    assert scales.shape == (N, 3)
     assert (scales[:, 1] == weakest).all(), scales
     torch.testing.assert_close(model.history, weakest * refractory.expand(N, 10))
     assert abs(after - 1) < 0.1  # the intercepts still match the data's rates
@@ -447,6 +447,70 @@ def test_dispersion_matching_weakens_inhibition_that_makes_samples_too_regular()
     own_batches = tensor_batches(own.float(), rates, mask)
     scales, _, _ = match_free_running_dispersion(model, own_batches, B, 2, seed=0)
     assert (scales[:, 1] == 1.0).sum() >= N - 1, scales
+
+
+def test_dispersion_matching_raises_the_bound_of_units_whose_bursts_it_cuts_short():
+    # data from strongly self-exciting units with room for long bursts (bound 4E); the same
+    # kernel under the default bound E bursts too little, and the matching gives those units the
+    # raised bound back. Data drawn under the default bound keep it.
+    from ldns_cli.fit.history import match_free_running_dispersion, tensor_batches
+    from ldns_cli.scoring.metrics import summary_of
+
+    N, B, L, E = 6, 64, 120, 2.5
+    rates = torch.full((B, L, N), 0.04)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    kernel = 1.6 * torch.exp(-torch.arange(10.0) / 4.0)  # Σ w⁺ ≈ 7 > E
+
+    def model_with(bound: float) -> SpikeHistoryObservation:
+        m = SpikeHistoryObservation(N, 10, 5, max_excitation=E)
+        with torch.no_grad():
+            m.history.copy_(kernel.expand(N, 10))
+        m.set_excitation_bound(torch.full((N,), bound))
+        return m
+
+    def fano(counts: torch.Tensor) -> float:
+        c = counts.numpy().astype(np.int32)
+        return float(np.nanmean(summary_of(c, np.full(B, L), 0.005).fano))
+
+    data = model_with(4 * E).sample(rates, [gen(200 + i) for i in range(B)])
+    model = model_with(E)
+    low = fano(model.sample(rates, [gen(900 + i) for i in range(B)]))
+    scales, _, _ = match_free_running_dispersion(model, tensor_batches(data, rates, mask), B, 2)
+    assert scales.shape == (N, 3)
+    assert (scales[:, 2] > 1).sum() >= N - 1, scales
+    torch.testing.assert_close(model.excitation_bound, E * torch.as_tensor(scales[:, 2]).float())
+    high = fano(model.sample(rates, [gen(900 + i) for i in range(B)]))
+    assert abs(high - fano(data)) < abs(low - fano(data)), (low, high, fano(data))
+    # data drawn under the default bound: the default bound is kept
+    own = model_with(E).sample(rates, [gen(300 + i) for i in range(B)])
+    model = model_with(E)
+    scales, _, _ = match_free_running_dispersion(model, tensor_batches(own, rates, mask), B, 2)
+    assert (scales[:, 2] == 1).sum() >= N - 1, scales
+
+
+def test_per_neuron_excitation_bound_survives_a_save_and_load(tmp_path):
+    m = SpikeHistoryObservation(3, 4, 5, max_excitation=2.5)
+    with torch.no_grad():
+        m.history.fill_(3.0)
+    m.set_excitation_bound(torch.tensor([2.5, 5.0, 10.0]))
+    save_history(m, HistoryConfig(history_bins=4), {"n_neurons": 3}, tmp_path)
+    back, _ = load_history(tmp_path)
+    torch.testing.assert_close(back.excitation_bound, m.excitation_bound)
+    rates = torch.full((2, 50, 3), 0.1)
+    counts = torch.poisson(rates, generator=gen(1))
+    torch.testing.assert_close(back.intensity(counts, rates), m.intensity(counts, rates))
+    # each neuron saturates at its own bound: the intensity after a long burst
+    burst = torch.full((1, 50, 3), 5.0)
+    lam = m.intensity(burst, torch.full((1, 50, 3), 1e-3))[0, -1]  # [N]
+    bound = torch.tensor([2.5, 5.0, 10.0])
+    excitation = 3.0 * 4 * 5  # w · H bins · 5 spikes
+    expected = F.softplus(
+        softplus_inverse(torch.tensor(1e-3)) + bound * torch.tanh(excitation / bound)
+    )
+    torch.testing.assert_close(lam, expected)
+    assert lam[0] < lam[1] < lam[2]
+    with pytest.raises(ValueError, match="one finite value"):
+        m.set_excitation_bound(torch.tensor([1.0, float("nan"), 1.0]))
 
 
 def test_dispersion_matching_is_on_by_default_only_for_sets_it_can_sample_quickly():

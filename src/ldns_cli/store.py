@@ -179,7 +179,8 @@ def load_history(
 ) -> tuple[SpikeHistoryObservation, Checkpoint]:
     """Load the fitted spike-history model; a clean `LdnsError` if there is none.
 
-    The per-neuron ceiling (`selection.count_cap`) is applied when stored; the per-neuron choice
+    The per-neuron ceiling (`selection.count_cap`) and excitation bound
+    (`selection.excitation_bound`) are applied when stored; the per-neuron choice
     (`selection.use_history`, [N] bool) is attached as `neuron_choice` but not applied (see
     `load_observation`). A checkpoint whose settings predate `max_excitation` has no bound.
     """
@@ -199,10 +200,12 @@ def load_history(
         selection = ckpt.subset("selection")
         cap = selection.get("count_cap")
         choice = selection.get("use_history")
-        for t in (cap, choice):
+        per_neuron_bound = selection.get("excitation_bound")
+        for t in (cap, choice, per_neuron_bound):
             if t is not None and t.shape != (n_neurons,):
                 raise ValueError(f"selection tensor of shape {tuple(t.shape)}")
         model.set_selection(None, cap)
+        model.set_excitation_bound(per_neuron_bound)
         model.neuron_choice = None if choice is None else choice.bool()  # type: ignore[attr-defined]
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         raise LdnsError(

@@ -32,10 +32,11 @@ step is judged on free-running samples:
 2. each neuron's samples are capped at the most spikes the training data shows in one bin
    (`cap_from_data`);
 3. the intercepts are shifted until free-running samples fire at the data's rates
-   (`match_free_running_rates`), and the excitatory and inhibitory parts of the kernel are
-   scaled, per neuron, by the pair of DISPERSION_SCALES whose free-running Fano factor and
-   autocorrelation come closest to the training data's (`match_dispersion`; by default on
-   training sets of at most DISPERSION_AUTO_ELEMENTS unit-bins, `dispersion_on`);
+   (`match_free_running_rates`), and the excitatory and inhibitory parts of the kernel and the
+   excitation bound are scaled, per neuron, by the factors of DISPERSION_SCALES whose
+   free-running Fano factor and autocorrelation come closest to the training data's
+   (`match_dispersion`; by default on training sets of at most DISPERSION_AUTO_ELEMENTS
+   unit-bins, `dispersion_on`);
 4. `select_neurons` samples the validation trials free-running with the history model and with
    Poisson and compares rate, Fano factor, ISI mean/std, autocorrelation and maximum count with
    the held-out trials' as `ldns evaluate` scores them: the model that does better over the
@@ -84,15 +85,29 @@ from ldns_cli.scoring.neurons import (
 )
 from ldns_cli.store import history_path
 
-# per-neuron (excitation, inhibition) scale factors of the history kernel's positive and
-# negative parts tried by the dispersion matching; (1, 1) is the likelihood fit. Weaker
-# excitation tames bursts that compound when the model feeds on its own spikes; weaker
-# inhibition gives back the variability the fit's refractoriness takes when the decoder's rates
-# are smoother than the data's: on `ldns simulate network` (E/I cells, refractory kernels,
-# fluctuations from the coupling) most neurons keep (1, 0.7), and the free-running test trials'
-# Fano score is 0.29 (python bench/quality_realism.py --beds network --match-dispersion); with
-# the excitation scales alone it was 0.44, and without the matching 0.45
-DISPERSION_SCALES = ((1.0, 1.0), (0.6, 1.0), (0.3, 1.0), (0.0, 1.0), (1.0, 0.7), (1.0, 0.4))
+# per-neuron (excitation, inhibition, bound) factors tried by the dispersion matching: the
+# history kernel's positive and negative parts are scaled by the first two, the excitation bound
+# E (`max_excitation`) by the third; (1, 1, 1) is the likelihood fit. Weaker excitation tames
+# bursts that compound when the model feeds on its own spikes; weaker inhibition gives back the
+# variability the fit's refractoriness takes when the decoder's rates are smoother than the
+# data's: on `ldns simulate network` (E/I cells, refractory kernels, fluctuations from the
+# coupling) most neurons keep (1, 0.7, 1), and the free-running test trials' Fano score is 0.29
+# (python bench/quality_realism.py --beds network --match-dispersion); with the excitation
+# scales alone it was 0.44, and without the matching 0.45. A raised bound serves strongly
+# bursting units, whose bursts the default E cuts short: given the true rates of
+# `ldns simulate reach --history bursting`, free-running samples reach a Fano factor of 3.14 at
+# E = 2.5, 3.81 at 6 and 4.62 unbounded, against the data's 4.81
+# (python bench/quality_history_bound.py)
+DISPERSION_SCALES = (
+    (1.0, 1.0, 1.0),
+    (0.6, 1.0, 1.0),
+    (0.3, 1.0, 1.0),
+    (0.0, 1.0, 1.0),
+    (1.0, 0.7, 1.0),
+    (1.0, 0.4, 1.0),
+    (1.0, 1.0, 2.0),
+    (1.0, 1.0, 4.0),
+)
 # statistics the dispersion matching compares (rates are matched separately, through b)
 DISPERSION_STATS = ("fano", "autocorr")
 # free-running sets are repeated up to this many trials, so the model side adds little noise
@@ -159,14 +174,14 @@ class _Design:
     def nll(self, model: SpikeHistoryObservation) -> Tensor:
         """Mean negative log-likelihood in nats per neuron-bin (the full log pmf)."""
         w = model.history.unsqueeze(-1)  # [N, H, 1]
-        if model.max_excitation is None:
+        if not model.bounded:
             h = torch.bmm(self.X, w).squeeze(-1)  # [N, M]
         else:  # the excitation saturates (nn.observation: stability)
             # two matrix-vector products: 36 against 85 ms per forward + backward with one
             # two-column product on [6, 10000, 20] regressors (CPU, 2 threads)
             inhibition = torch.bmm(self.X, w.clamp_max(0.0)).squeeze(-1)  # [N, M]
             excitation = torch.bmm(self.X, w.clamp_min(0.0)).squeeze(-1)  # [N, M]
-            h = model.combine(inhibition, excitation)
+            h = model.combine(inhibition, excitation, neuron_axis=0)
         if model.coupling_rank > 0:
             # c = U · (V^T (κ ⋆ past)): project the kernel-filtered past of every neuron
             filt = torch.einsum("nmh,rh->rnm", self.X, model.coupling_kernel)  # [R, N, M]
@@ -270,6 +285,8 @@ def fit_history(
         )
         summary["dispersion_scale"] = [round(float(x), 3) for x in scales[:, 0]]
         summary["inhibition_scale"] = [round(float(x), 3) for x in scales[:, 1]]
+        if model.excitation_bound is not None:
+            summary["excitation_bound"] = [round(float(x), 3) for x in model.excitation_bound]
     elif cfg.rate_match_rounds > 0:
         before, after = match_free_running_rates(
             model, match_set[0], match_set[1], cfg.rate_match_rounds, match_seed
@@ -444,6 +461,8 @@ def _stacked(models: list[SpikeHistoryObservation]) -> SpikeHistoryObservation:
     caps = [m.count_cap for m in models]
     if all(c is not None for c in caps):
         wide.set_selection(None, torch.cat(caps))  # type: ignore[arg-type]
+    if any(m.excitation_bound is not None for m in models):
+        wide.set_excitation_bound(torch.cat([m.bounds() for m in models]))  # type: ignore[misc]
     return wide
 
 
@@ -470,23 +489,30 @@ def match_free_running_dispersion(
     Why: the teacher-forced fit explains a burst's later spikes by its earlier *observed* spikes;
     sampling, the model re-excites itself from its own spikes and, where the fit is misspecified
     (the decoder's rates already carry part of the burst), the bursts compound: on held-back
-    recordings bursting units came out at Fano 1.96 against the data's 1.14. For every pair of
-    DISPERSION_SCALES the positive and negative parts of w are scaled and the intercepts matched
-    to the data's rates (`match_free_running_rates`; all pairs side by side in one model,
-    `_stacked`), then the matching set is sampled free-running; each neuron keeps the pair that
+    recordings bursting units came out at Fano 1.96 against the data's 1.14. For every triple of
+    DISPERSION_SCALES the positive and negative parts of w and the excitation bound are scaled
+    and the intercepts matched to the data's rates (`match_free_running_rates`; all candidates
+    side by side in one model, `_stacked`), then the matching set is sampled free-running; each
+    neuron keeps the candidate that
     brings the population's Fano factors and autocorrelations (DISPERSION_STATS) closest to the
     data's, as `ldns evaluate` scores them (`scoring.neurons.choose_per_neuron`). Neurons
     without excitation are unaffected by the excitation factor. Weakened inhibition serves the
     opposite misfit: the fit's refractory kernel also absorbs the variability of fast
     fluctuations the decoder's rates smooth away, and free-running samples come out
-    under-dispersed. Needs `coupling_rank` 0 (coupled neurons are not independent). Modifies
-    `model` in place; returns the chosen (excitation, inhibition) factors per neuron `[N, 2]` and
-    the sampled/data spike ratio before and after the rate matching (over all factors).
+    under-dispersed. A raised bound serves strongly bursting units whose bursts the default bound
+    cuts short; an unbounded model (`max_excitation` None) has no bound to raise. Needs
+    `coupling_rank` 0 (coupled neurons are not independent). Modifies `model` in place (its
+    `excitation_bound` set per neuron when bounded); returns the chosen (excitation, inhibition,
+    bound) factors per neuron `[N, 3]` and the sampled/data spike ratio before and after the rate
+    matching (over all candidates).
     """
-    N, S = model.n_neurons, len(DISPERSION_SCALES)
+    bounds = model.bounds()  # [N] or None
+    # an unbounded model has no bound to raise
+    candidates = [c for c in DISPERSION_SCALES if bounds is not None or c[2] == 1.0]
+    N, S = model.n_neurons, len(candidates)
     w = model.history.detach()
     variants = []
-    for excitation, inhibition in DISPERSION_SCALES:
+    for excitation, inhibition, bound in candidates:
         v = SpikeHistoryObservation(
             N, model.history_bins, model.max_count, max_excitation=model.max_excitation
         ).to(w.device)
@@ -494,6 +520,8 @@ def match_free_running_dispersion(
         v.rate_gain.copy_(model.rate_gain)
         v.bias.copy_(model.bias)
         v.count_cap = model.count_cap
+        if bounds is not None:
+            v.set_excitation_bound(bound * bounds)
         variants.append(v)
     wide = _stacked(variants)
     wide_batches = _repeated(batches, S)
@@ -516,7 +544,9 @@ def match_free_running_dispersion(
     idx = torch.as_tensor(best * N + np.arange(N), device=w.device)
     model.history.copy_(wide.history[idx])
     model.bias.copy_(wide.bias[idx])
-    return np.asarray(DISPERSION_SCALES)[best], before, after  # [N, 2]
+    if bounds is not None:
+        model.set_excitation_bound(wide.bounds()[idx])  # type: ignore[index]
+    return np.asarray(candidates)[best], before, after  # [N, 3]
 
 
 def batches_for_data(batches: MatchBatches, wide: MatchBatches) -> MatchBatches:
@@ -721,6 +751,8 @@ def save_history(
         tensors["selection.use_history"] = torch.as_tensor(choice, dtype=torch.uint8).cpu()
     if model.count_cap is not None:
         tensors["selection.count_cap"] = model.count_cap.detach().float().cpu()
+    if model.excitation_bound is not None:
+        tensors["selection.excitation_bound"] = model.excitation_bound.detach().float().cpu()
     summary = dict(getattr(model, "fit_summary", {}))
     summary.update(extra or {})
     save_checkpoint(
@@ -798,6 +830,17 @@ def fit_history_for_ae(
         counts, rates, mask, cfg, gen, progress=not quiet,
         match_set=(match_batches, all_train.n_trials),
     )  # fmt: skip
+
+    summary = model.fit_summary  # type: ignore[attr-defined]
+    if summary.get("match_dispersion") and not quiet:
+        exc = np.asarray(summary["dispersion_scale"])
+        inh = np.asarray(summary["inhibition_scale"])
+        raised = np.asarray(summary.get("excitation_bound", [])) > (cfg.max_excitation or 0.0)
+        console.info(
+            f"spike history: dispersion matched on free-running samples; of {exc.size} units, "
+            f"{int((exc < 1).sum())} with weaker excitation, {int((inh < 1).sum())} with weaker "
+            f"inhibition, {int(raised.sum())} with a raised excitation bound"
+        )
 
     # validation on at most the same budget of trials
     ref = val if val is not None else train

@@ -22,8 +22,11 @@ Stability. With `max_excitation` E set, the excitatory part of the history enter
   is bounded by a fixed function of the input, so its mean is too), and small excitation is
   unchanged (tanh(x) ≈ x). A bound on the branching ratio Σ_k w⁺_k < 1 (softplus is
   1-Lipschitz) gives the same guarantee but clips real kernels: a refractory dip followed by a
-  rebound, or a 5 ms burst kernel of 1.2 at lag 1, already sum above 1. Checkpoints written
-  before the bound existed have none (`max_excitation` None): only `max_count` stops a runaway.
+  rebound, or a 5 ms burst kernel of 1.2 at lag 1, already sum above 1. The bound may differ per
+  neuron (`set_excitation_bound`, E_n [N], chosen by `fit.history`'s dispersion matching from a
+  few multiples of E): strongly bursting units need more room than the default gives, and the
+  guarantee holds for any finite E_n. Checkpoints written before the bound existed have none
+  (`max_excitation` None): only `max_count` stops a runaway.
 
 Per-neuron choice. `set_selection(use_history, count_cap)` makes the neurons with
 use_history = False plain Poisson(r) (w = 0, a = 1, b = 0) and clamps every neuron's samples at
@@ -245,6 +248,9 @@ class SpikeHistoryObservation(nn.Module):
         if max_excitation is not None and not max_excitation > 0:
             raise ValueError("max_excitation must be > 0 or None (unbounded)")
         self.max_excitation = None if max_excitation is None else float(max_excitation)
+        # per-neuron bound E_n [N] on the excitation (None = max_excitation for every neuron);
+        # not a weight: see set_excitation_bound
+        self.excitation_bound: Tensor | None = None
         # per-neuron sample ceiling [N] (None = only max_count); not a weight: see set_selection
         self.count_cap: Tensor | None = None
         self.use_history: Tensor | None = None  # [N] bool, None = every neuron
@@ -266,13 +272,42 @@ class SpikeHistoryObservation(nn.Module):
             self.coupling_kernel = nn.Parameter(torch.ones(R, history_bins) / history_bins)
 
     # ------------------------------------------------------------------ pieces
-    def combine(self, inhibition: Tensor, excitation: Tensor) -> Tensor:
-        """History term from Σ w⁻ s̃ and Σ w⁺ s̃ (any shape): the excitation saturated at
-        max_excitation (E·tanh(x/E)), or the plain sum without a bound."""
+    @property
+    def bounded(self) -> bool:
+        """Whether the excitatory part of the history saturates (see the module docstring)."""
+        return self.max_excitation is not None or self.excitation_bound is not None
+
+    def bounds(self) -> Tensor | None:
+        """Each neuron's excitation bound E_n [N], or None when unbounded."""
+        if self.excitation_bound is not None:
+            return self.excitation_bound
         if self.max_excitation is None:
-            return inhibition + excitation
-        E = self.max_excitation
+            return None
+        return torch.full_like(self.bias.detach(), self.max_excitation)
+
+    def combine(self, inhibition: Tensor, excitation: Tensor, neuron_axis: int = -1) -> Tensor:
+        """History term from Σ w⁻ s̃ and Σ w⁺ s̃ (any shape, neurons along `neuron_axis`): the
+        excitation saturated at each neuron's bound (E_n·tanh(x/E_n)), or the plain sum without
+        a bound."""
+        if self.excitation_bound is None:
+            if self.max_excitation is None:
+                return inhibition + excitation
+            E: Tensor | float = self.max_excitation
+        else:
+            trailing = -1 - neuron_axis if neuron_axis < 0 else excitation.dim() - 1 - neuron_axis
+            E = self.excitation_bound.to(excitation).reshape(-1, *([1] * trailing))
         return inhibition + E * torch.tanh(excitation / E)
+
+    @torch.no_grad()
+    def set_excitation_bound(self, bound: Tensor | None) -> None:
+        """Give each neuron its own excitation bound E_n [N] (> 0; None: `max_excitation`)."""
+        if bound is None:
+            self.excitation_bound = None
+            return
+        bound = bound.to(device=self.history.device, dtype=self.history.dtype)
+        if bound.shape != (self.n_neurons,) or not bool(((bound > 0) & bound.isfinite()).all()):
+            raise ValueError("the excitation bound needs one finite value > 0 per neuron")
+        self.excitation_bound = bound
 
     @torch.no_grad()
     def set_selection(self, use_history: Tensor | None, count_cap: Tensor | None) -> None:
@@ -305,14 +340,14 @@ class SpikeHistoryObservation(nn.Module):
         H = self.history_bins
         s = self._cap(counts.to(self.history.dtype)).transpose(1, 2)  # [B, N, L]
         s = F.pad(s, (H, 0))  # [B, N, H+L]; output t sees s[t-H .. t-1]
-        if self.max_excitation is None:
+        if not self.bounded:
             kernel = self.history.flip(-1).unsqueeze(1)  # [N, 1, H]
             h = F.conv1d(s, kernel, groups=N)[..., :L]  # [B, N, L]
         else:
             w = self.history.flip(-1).unsqueeze(1)  # [N, 1, H]
             neg = F.conv1d(s, w.clamp_max(0.0), groups=N)[..., :L]  # [B, N, L]
             pos = F.conv1d(s, w.clamp_min(0.0), groups=N)[..., :L]
-            h = self.combine(neg, pos)
+            h = self.combine(neg, pos, neuron_axis=1)
         if self.coupling_rank > 0:
             proj = torch.einsum("bnl,nr->brl", s, self.coupling_in)  # [B, R, H+L]
             ck = self.coupling_kernel.flip(-1).unsqueeze(1)  # [R, 1, H]
@@ -401,7 +436,7 @@ class SpikeHistoryObservation(nn.Module):
             chunk = rates[:, t0 : t0 + 1024].to(dtype)
             drive[W + t0 : W + t0 + chunk.shape[1]] = self.drive(chunk).transpose(0, 1)
         w = self.history.detach().t().unsqueeze(1)  # [H, 1, N]; row k-1 = lag k
-        bounded = self.max_excitation is not None
+        bounded = self.bounded
         if bounded:
             # excitation in its own buffer: it is saturated before it meets the rest
             excite = torch.zeros_like(drive)  # [W+L+H, B, N]
@@ -432,7 +467,8 @@ class SpikeHistoryObservation(nn.Module):
         return (
             f"n_neurons={self.n_neurons}, history_bins={self.history_bins}, "
             f"max_count={self.max_count}, coupling_rank={self.coupling_rank}, "
-            f"max_excitation={self.max_excitation}"
+            f"max_excitation={self.max_excitation}, "
+            f"per_neuron_bound={self.excitation_bound is not None}"
         )
 
 
@@ -469,11 +505,11 @@ class HistoryConfig:
     # the intensity to at most softplus(drive + max_excitation), ≈ e^2.5 ≈ 12x the history-free
     # rate at low rates, so free-running samples cannot run away; None = unbounded (the paper)
     max_excitation: float | None = 2.5
-    # after the fit, per neuron, scale the excitatory and inhibitory parts of the kernel by the
-    # pair in fit.history.DISPERSION_SCALES whose free-running samples best match the training
-    # data's Fano factor and autocorrelation. True/False: always/never; None: on for training
-    # sets up to fit.history.DISPERSION_AUTO_ELEMENTS neuron-bins, since it samples the set once
-    # per pair and round (+71 s on the demo's 700 x 256 x 128 training set, +19 s on 600 reach trials).
+    # after the fit, per neuron, scale the excitatory and inhibitory parts of the kernel and the
+    # excitation bound by the factors in fit.history.DISPERSION_SCALES whose free-running samples
+    # best match the training data's Fano factor and autocorrelation. True/False: always/never;
+    # None: on for training sets up to fit.history.DISPERSION_AUTO_ELEMENTS neuron-bins, since it
+    # samples the set once per candidate and round (+71 s on the demo's 700 x 256 x 128 training set, +19 s on 600 reach trials).
     # On the 400-trial E/I network bed it took the free-running Fano score from 0.45 to 0.29 and
     # the autocorrelation score from 0.25 to 0.19 (python bench/quality_realism.py --beds network
     # --match-dispersion)
