@@ -449,6 +449,36 @@ def test_dispersion_matching_weakens_inhibition_that_makes_samples_too_regular()
     assert (scales[:, 1] == 1.0).sum() >= N - 1, scales
 
 
+def test_dispersion_matching_runs_candidates_in_turn_for_coupled_neurons():
+    # the refractory-model-on-Poisson-data case with a weak coupling between the neurons: they
+    # are no longer independent, so each candidate runs as its own model; the choice is the same
+    from ldns_cli.fit.history import (
+        DISPERSION_SCALES,
+        match_free_running_dispersion,
+        tensor_batches,
+    )
+
+    N, B, L = 6, 64, 80
+    rates = torch.full((B, L, N), 0.15)
+    counts = torch.from_numpy(np.random.default_rng(32).poisson(0.15, (B, L, N))).float()
+    mask = torch.ones(B, L, dtype=torch.bool)
+    refractory = -4.0 * torch.exp(-torch.arange(10.0) / 1.5)
+    model = SpikeHistoryObservation(N, 10, 5, coupling_rank=1, generator=gen(3), max_excitation=2.5)
+    with torch.no_grad():
+        model.history.copy_(refractory.expand(N, 10))
+        model.coupling_out.fill_(0.05)
+    coupling = [p.detach().clone() for p in (model.coupling_in, model.coupling_out)]
+    scales, _, after = match_free_running_dispersion(
+        model, tensor_batches(counts, rates, mask), B, 2, seed=0
+    )
+    weakest = min(inh for _, inh, _ in DISPERSION_SCALES)
+    assert (scales[:, 1] == weakest).all(), scales
+    torch.testing.assert_close(model.history, weakest * refractory.expand(N, 10))
+    assert abs(after - 1) < 0.1  # the mixture still fires at the data's rates
+    torch.testing.assert_close(model.coupling_in, coupling[0])  # the coupling is left as fitted
+    torch.testing.assert_close(model.coupling_out, coupling[1])
+
+
 def test_dispersion_matching_raises_the_bound_of_units_whose_bursts_it_cuts_short():
     # data from strongly self-exciting units with room for long bursts (bound 4E); the same
     # kernel under the default bound E bursts too little, and the matching gives those units the
@@ -522,4 +552,4 @@ def test_dispersion_matching_is_on_by_default_only_for_sets_it_can_sample_quickl
     assert not dispersion_on(auto, DISPERSION_AUTO_ELEMENTS + 1)
     assert dispersion_on(HistoryConfig(match_dispersion=True), 10 * DISPERSION_AUTO_ELEMENTS)
     assert not dispersion_on(HistoryConfig(match_dispersion=False), 1)
-    assert not dispersion_on(HistoryConfig(coupling_rank=2), 1)  # coupled units: never
+    assert dispersion_on(HistoryConfig(coupling_rank=2), 1)  # coupled: candidates in turn

@@ -50,6 +50,7 @@ loads it back.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -123,11 +124,11 @@ DISPERSION_AUTO_ELEMENTS = 10_000_000
 
 def dispersion_on(cfg: HistoryConfig, elements: int) -> bool:
     """Whether the fit matches dispersion: `cfg.match_dispersion`, or when None (auto) whether
-    the matching set has at most DISPERSION_AUTO_ELEMENTS neuron-bins; never with coupling."""
+    the matching set has at most DISPERSION_AUTO_ELEMENTS neuron-bins."""
     wanted = cfg.match_dispersion
     if wanted is None:
         wanted = elements <= DISPERSION_AUTO_ELEMENTS
-    return bool(wanted) and cfg.coupling_rank == 0
+    return bool(wanted)
 
 
 # ---------------------------------------------------------------------------- fitting
@@ -500,11 +501,13 @@ def match_free_running_dispersion(
     opposite misfit: the fit's refractory kernel also absorbs the variability of fast
     fluctuations the decoder's rates smooth away, and free-running samples come out
     under-dispersed. A raised bound serves strongly bursting units whose bursts the default bound
-    cuts short; an unbounded model (`max_excitation` None) has no bound to raise. Needs
-    `coupling_rank` 0 (coupled neurons are not independent). Modifies `model` in place (its
-    `excitation_bound` set per neuron when bounded); returns the chosen (excitation, inhibition,
-    bound) factors per neuron `[N, 3]` and the sampled/data spike ratio before and after the rate
-    matching (over all candidates).
+    cuts short; an unbounded model (`max_excitation` None) has no bound to raise. With coupling
+    (`coupling_rank` > 0) the neurons are not independent, so the candidates run one after
+    another, each with the same factors for every neuron; the per-neuron mixture is then matched
+    to the data's rates once more. Modifies `model` in place (its `excitation_bound` set per
+    neuron when bounded); returns the chosen (excitation, inhibition, bound) factors per neuron
+    `[N, 3]` and the sampled/data spike ratio before and after the rate matching (over all
+    candidates; of the mixture with coupling).
     """
     bounds = model.bounds()  # [N] or None
     # an unbounded model has no bound to raise
@@ -513,39 +516,43 @@ def match_free_running_dispersion(
     w = model.history.detach()
     variants = []
     for excitation, inhibition, bound in candidates:
-        v = SpikeHistoryObservation(
-            N, model.history_bins, model.max_count, max_excitation=model.max_excitation
-        ).to(w.device)
+        v = copy.deepcopy(model)  # rate gain, intercepts, cap, coupling
         v.history.copy_(inhibition * w.clamp_max(0.0) + excitation * w.clamp_min(0.0))
-        v.rate_gain.copy_(model.rate_gain)
-        v.bias.copy_(model.bias)
-        v.count_cap = model.count_cap
         if bounds is not None:
             v.set_excitation_bound(bound * bounds)
         variants.append(v)
-    wide = _stacked(variants)
-    wide_batches = _repeated(batches, S)
-    before, after = match_free_running_rates(
-        wide, wide_batches, n_trials, rate_rounds, seed, MIN_DISPERSION_TRIALS
-    )
-    s, s_len, d, d_len = sample_free_running(wide, batches_for_data(batches, wide_batches),
-                                             n_trials, seed, MIN_DISPERSION_TRIALS)  # fmt: skip
-    # Fano factor and autocorrelation do not depend on the bin width
+    if model.coupling_rank == 0:  # all candidates in one sampling loop
+        wide = _stacked(variants)
+        wide_batches = _repeated(batches, S)
+        before, after = match_free_running_rates(
+            wide, wide_batches, n_trials, rate_rounds, seed, MIN_DISPERSION_TRIALS
+        )
+        s, s_len, d, d_len = sample_free_running(wide, batches_for_data(batches, wide_batches),
+                                                 n_trials, seed, MIN_DISPERSION_TRIALS)  # fmt: skip
+        sampled = neuron_stats(s, s_len, 1.0)  # Fano and autocorrelation: any bin width
+        per_candidate = [_neuron_slice(sampled, j * N, (j + 1) * N) for j in range(S)]
+    else:
+        per_candidate = []
+        for v in variants:
+            match_free_running_rates(v, batches, n_trials, rate_rounds, seed, MIN_DISPERSION_TRIALS)
+            s, s_len, d, d_len = sample_free_running(
+                v, batches, n_trials, seed, MIN_DISPERSION_TRIALS
+            )
+            per_candidate.append(neuron_stats(s, s_len, 1.0))
     data_stats = neuron_stats(d[..., :N], d_len, 1.0)
-    sampled = neuron_stats(s, s_len, 1.0)
     scales = score_scales(d[..., :N], d_len, 1.0, data_stats, seed)
-    # ties: the first, i.e. the larger factor
-    best = choose_per_neuron(
-        [_neuron_slice(sampled, j * N, (j + 1) * N) for j in range(S)],
-        data_stats,
-        scales,
-        DISPERSION_STATS,
-    )  # [N]
-    idx = torch.as_tensor(best * N + np.arange(N), device=w.device)
-    model.history.copy_(wide.history[idx])
-    model.bias.copy_(wide.bias[idx])
+    # ties: the first, i.e. the likelihood fit's kernel
+    best = choose_per_neuron(per_candidate, data_stats, scales, DISPERSION_STATS)  # [N]
+    rows = torch.as_tensor(np.arange(N), device=w.device)
+    pick = torch.as_tensor(best, device=w.device)
+    model.history.copy_(torch.stack([v.history.detach() for v in variants])[pick, rows])
+    model.bias.copy_(torch.stack([v.bias.detach() for v in variants])[pick, rows])
     if bounds is not None:
-        model.set_excitation_bound(wide.bounds()[idx])  # type: ignore[index]
+        model.set_excitation_bound(torch.stack([v.bounds() for v in variants])[pick, rows])  # type: ignore[misc]
+    if model.coupling_rank > 0:  # the mixture's neurons drive one another: match it as a whole
+        before, after = match_free_running_rates(
+            model, batches, n_trials, rate_rounds, seed, MIN_DISPERSION_TRIALS
+        )
     return np.asarray(candidates)[best], before, after  # [N, 3]
 
 
