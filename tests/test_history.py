@@ -441,6 +441,9 @@ def test_dispersion_matching_weakens_inhibition_that_makes_samples_too_regular()
     assert (scales[:, 1] == weakest).all(), scales
     torch.testing.assert_close(model.history, weakest * refractory.expand(N, 10))
     assert abs(after - 1) < 0.1  # the intercepts still match the data's rates
+    # no excitation: a raised bound would change nothing, so none is reported or kept
+    assert (scales[:, 2] == 1).all()
+    torch.testing.assert_close(model.excitation_bound, torch.full((N,), 2.5))
     # data drawn from the refractory model itself: its full inhibition is kept
     own = model_with(refractory).sample(rates, [gen(100 + i) for i in range(B)])
     model = model_with(refractory)
