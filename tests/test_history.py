@@ -409,6 +409,32 @@ def test_rate_matching_makes_free_running_samples_fire_at_the_data_rate():
     torch.testing.assert_close(matched.rate_gain, plain.rate_gain)
 
 
+def test_rate_matching_converges_for_units_whose_self_excitation_amplifies_the_intercept():
+    # strongly self-exciting units (the history raises their rate 8-fold) started 0.6 above the
+    # intercept that generated the data: their free-running rate moves several times faster
+    # than the intercept, so plain log-ratio steps overshoot and oscillate (they end at 0.6,
+    # firing 6-8x too much); secant steps recover the true intercept in 4 rounds
+    from ldns_cli.fit.history import match_free_running_rates, tensor_batches
+
+    N, B, L = 4, 128, 100
+    rates = torch.full((B, L, N), 0.05)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    kernel = 1.2 * torch.exp(-torch.arange(10.0) / 3.0)
+
+    def model_with(bias: float) -> SpikeHistoryObservation:
+        m = SpikeHistoryObservation(N, 10, 5, max_excitation=10.0)
+        with torch.no_grad():
+            m.history.copy_(kernel.expand(N, 10))
+            m.bias.fill_(bias)
+        return m
+
+    data = model_with(0.0).sample(rates, [gen(400 + i) for i in range(B)])
+    assert data.mean() > 5 * 0.05  # the self-excitation dominates
+    model = model_with(0.6)
+    match_free_running_rates(model, tensor_batches(data, rates, mask), B, 4, seed=5)
+    assert model.bias.abs().max() < 0.2, model.bias
+
+
 def test_dispersion_matching_weakens_inhibition_that_makes_samples_too_regular():
     # Poisson data (Fano 1, no autocorrelation) and a model whose fit put a strong refractory
     # kernel on every neuron: its free-running samples are too regular, and of the kernel pairs
