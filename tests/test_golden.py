@@ -33,9 +33,9 @@ GOLDEN = {
     "sample_reach": "72bf544d90891704027e9e907a506e2ccc3cf8bf938dfccefa5bd8d54000ce6d",
     "sample_lorenz": "a11f9345899e10af602d7cea3e300922ef1df67c28054d690d3288ce7611c997",
     "fit_ae": "c84d0365b53f0e862fdd59d4ecf323811884284df5e377df0350069cd342a240",
-    "fit_history": "40c5f45bf8d9d9b1700d2cce08f0e30f79e7a82187023c2f38ae24fb183cfed8",
+    "fit_history": "2e95ccd04d77ab8bfa68fc440f6031a5045d3ff7d925a212a61eab83b884f1f0",
     "fit_diffusion": "58ebb7b75e884baef0b1390d937c9110835e4af36aeedebf9933f3f885697391",
-    "evaluate_json": "cce9197be80aca06138f9471e6277e35d313c9068c7aa90bfadbd67423bab19a",
+    "evaluate_json": "75298c7b17e3cd6d920319aabc1fbc07632c2f79311d511e50da2576676ac100",
 }
 
 
