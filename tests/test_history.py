@@ -467,6 +467,9 @@ def test_dispersion_matching_weakens_inhibition_that_makes_samples_too_regular()
     assert (scales[:, 1] == weakest).all(), scales
     torch.testing.assert_close(model.history, weakest * refractory.expand(N, 10))
     assert abs(after - 1) < 0.1  # the intercepts still match the data's rates
+    # ... and the model the matching leaves behind carries them
+    final = model.sample(rates, [gen(500 + i) for i in range(B)]).sum()
+    assert abs(float(final / counts.sum()) - 1) < 0.1
     # no excitation: a raised bound would change nothing, so none is reported or kept
     assert (scales[:, 2] == 1).all()
     torch.testing.assert_close(model.excitation_bound, torch.full((N,), 2.5))

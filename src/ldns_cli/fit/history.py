@@ -547,6 +547,8 @@ def match_free_running_dispersion(
                                                  n_trials, seed, MIN_DISPERSION_TRIALS)  # fmt: skip
         sampled = neuron_stats(s, s_len, 1.0)  # Fano and autocorrelation: any bin width
         per_candidate = [_neuron_slice(sampled, j * N, (j + 1) * N) for j in range(S)]
+        for j, v in enumerate(variants):  # the matched intercepts
+            v.bias.copy_(wide.bias.detach()[j * N : (j + 1) * N])
     else:
         per_candidate = []
         for v in variants:
