@@ -95,10 +95,11 @@ from ldns_cli.store import history_path
 # coupling) most neurons keep (1, 0.7, 1), and the free-running test trials' Fano score is 0.29
 # (python bench/quality_realism.py --beds network --match-dispersion); with the excitation
 # scales alone it was 0.44, and without the matching 0.45. A raised bound serves strongly
-# bursting units, whose bursts the default E cuts short: given the true rates of
-# `ldns simulate reach --history bursting`, free-running samples reach a Fano factor of 3.14 at
-# E = 2.5, 3.76 at 5 (2E), 4.24 at 10 (4E) and 4.62 unbounded, against the data's 4.81
-# (python bench/quality_history_bound.py)
+# bursting units, whose bursts the default E cuts short: with the likelihood fit's kernel on the
+# true rates of `ldns simulate reach --history bursting`, free-running samples reach a Fano
+# factor of 2.80 at E = 2.5, 3.35 at 5 (2E), 3.80 at 10 (4E) and 4.00 unbounded, against the
+# data's 4.81 (python bench/quality_history_bound.py); the matching from E = 2.5 raises the bound
+# of 56 of 64 units and reaches 4.02 (--bounds 2.5 --match-dispersion)
 DISPERSION_SCALES = (
     (1.0, 1.0, 1.0),
     (0.6, 1.0, 1.0),
