@@ -119,7 +119,9 @@ MIN_DISPERSION_TRIALS = 256
 # `match_dispersion` None (the default) turns the matching on for matching sets of at most this
 # many neuron-bins: it samples the set once per candidate and round, which `ldns fit-history`
 # measured at +19 s on 420 reach trials x 140 bins x 128 units (7.5M; 22.5 s -> 41.5 s) and +71 s
-# on the demo's 700 training trials x 256 bins x 128 units (22.9M; 30.5 s -> 101.7 s), 2 threads
+# on the demo's 700 training trials x 256 bins x 128 units (22.9M; 30.5 s -> 101.7 s), 2 threads,
+# with the six candidates that leave the bound alone; the two raised bounds add about 12 s on the
+# reach set (whole fit-history 94 s -> 106 s, median of 2)
 DISPERSION_AUTO_ELEMENTS = 10_000_000
 
 

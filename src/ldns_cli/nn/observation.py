@@ -509,7 +509,7 @@ class HistoryConfig:
     # excitation bound by the factors in fit.history.DISPERSION_SCALES whose free-running samples
     # best match the training data's Fano factor and autocorrelation. True/False: always/never;
     # None: on for training sets up to fit.history.DISPERSION_AUTO_ELEMENTS neuron-bins, since it
-    # samples the set once per candidate and round (+71 s on the demo's 700 x 256 x 128 training set, +19 s on 600 reach trials).
+    # samples the set once per candidate and round (see fit.history.DISPERSION_AUTO_ELEMENTS).
     # On the 400-trial E/I network bed it took the free-running Fano score from 0.45 to 0.29 and
     # the autocorrelation score from 0.25 to 0.19 (python bench/quality_realism.py --beds network
     # --match-dispersion)
