@@ -435,6 +435,16 @@ def test_rate_matching_converges_for_units_whose_self_excitation_amplifies_the_i
     assert model.bias.abs().max() < 0.2, model.bias
 
 
+def poisson_data_and_refractory_kernel(seed: int):
+    """6 units of Poisson data (64 trials x 80 bins at 0.15 spikes per bin) and a strongly
+    refractory 10-bin kernel: N, B, rates, counts, mask, kernel."""
+    N, B, L = 6, 64, 80
+    rates = torch.full((B, L, N), 0.15)
+    counts = torch.from_numpy(np.random.default_rng(seed).poisson(0.15, (B, L, N))).float()
+    mask = torch.ones(B, L, dtype=torch.bool)
+    return N, B, rates, counts, mask, -4.0 * torch.exp(-torch.arange(10.0) / 1.5)
+
+
 def test_dispersion_matching_weakens_inhibition_that_makes_samples_too_regular():
     # Poisson data (Fano 1, no autocorrelation) and a model whose fit put a strong refractory
     # kernel on every neuron: its free-running samples are too regular, and of the kernel pairs
@@ -446,11 +456,7 @@ def test_dispersion_matching_weakens_inhibition_that_makes_samples_too_regular()
         tensor_batches,
     )
 
-    N, B, L = 6, 64, 80
-    rates = torch.full((B, L, N), 0.15)
-    counts = torch.from_numpy(np.random.default_rng(31).poisson(0.15, (B, L, N))).float()
-    mask = torch.ones(B, L, dtype=torch.bool)
-    lag = torch.arange(10, dtype=torch.float32)
+    N, B, rates, counts, mask, refractory = poisson_data_and_refractory_kernel(31)
 
     def model_with(kernel: torch.Tensor) -> SpikeHistoryObservation:
         m = SpikeHistoryObservation(N, 10, 5, max_excitation=2.5)
@@ -458,7 +464,6 @@ def test_dispersion_matching_weakens_inhibition_that_makes_samples_too_regular()
             m.history.copy_(kernel.expand(N, 10))
         return m
 
-    refractory = -4.0 * torch.exp(-lag / 1.5)
     model = model_with(refractory)
     batches = tensor_batches(counts, rates, mask)
     scales, _, after = match_free_running_dispersion(model, batches, B, 2, seed=0)
@@ -490,11 +495,7 @@ def test_dispersion_matching_runs_candidates_in_turn_for_coupled_neurons():
         tensor_batches,
     )
 
-    N, B, L = 6, 64, 80
-    rates = torch.full((B, L, N), 0.15)
-    counts = torch.from_numpy(np.random.default_rng(32).poisson(0.15, (B, L, N))).float()
-    mask = torch.ones(B, L, dtype=torch.bool)
-    refractory = -4.0 * torch.exp(-torch.arange(10.0) / 1.5)
+    N, B, rates, counts, mask, refractory = poisson_data_and_refractory_kernel(32)
     model = SpikeHistoryObservation(N, 10, 5, coupling_rank=1, generator=gen(3), max_excitation=2.5)
     with torch.no_grad():
         model.history.copy_(refractory.expand(N, 10))
