@@ -72,7 +72,9 @@ def fit_history_cmd(
         flag_opt(
             "--max-excitation",
             "Bound E on the excitatory history term (E·tanh(x/E), so past spikes raise a rate "
-            "at most about e^E-fold and free-running samples cannot run away; default 2.5).",
+            "at most about e^E-fold and free-running samples cannot run away; default 2.5). "
+            "The dispersion matching may raise it 2- or 4-fold for units whose bursts it "
+            "cuts short.",
         ),
     ] = None,
     config: ConfigOpt = None,
