@@ -17,6 +17,9 @@ worse than the better of history and Poisson beyond the fold spread.
 `fit.history.DISPERSION_AUTO_ELEMENTS` unit-bins, which covers every bed here, so the flag matters
 for larger beds and for timing the refit.
 
+`--coupling-rank R` refits the history model with a rank-R coupling between units (and the
+dispersion matching as by default) before sampling.
+
 `--work DIR` keeps each bed's model folder in DIR/<bed>; run again with `--reuse`, a bed whose
 autoencoder is already there is not refitted: only its history model is (with the current
 defaults), which is how changes to the observation model are measured in minutes.
@@ -105,6 +108,7 @@ def run_bed(
     match_dispersion: bool = False,
     latent_dim: int | None = None,
     reuse: bool = False,
+    coupling_rank: int = 0,
 ) -> dict:
     dataset, history, trials, neurons, length = BEDS[name]
     data = ldns.simulate(
@@ -113,8 +117,11 @@ def run_bed(
     folder = work / name
     t0 = time.perf_counter()
     reused = reuse and (folder / "ae.safetensors").exists()
+    settings = {"coupling_rank": coupling_rank} if coupling_rank else {}
+    config = work / f"{name}_history.json"
+    config.write_text(json.dumps(settings))
     if reused:  # the stored autoencoder; the history model refitted with the current code
-        ldns.fit_history(data, folder, seed=seed, device="cpu", quiet=True)
+        ldns.fit_history(data, folder, config=config, seed=seed, device="cpu", quiet=True)
     else:
         ldns.fit_autoencoder(
             data, folder, epochs=epochs, seed=seed, device="cpu", quiet=True, latent_dim=latent_dim
@@ -127,9 +134,12 @@ def run_bed(
         "latent_dim": load_autoencoder(folder, "cpu")[1].config["ae"]["latent_dim"],
         "observations": {},
     }
+    if coupling_rank and not reused:  # the history model again, coupled
+        t0 = time.perf_counter()
+        ldns.fit_history(data, folder, config=config, seed=seed, device="cpu", quiet=True)
+        result["refit_history_seconds"] = round(time.perf_counter() - t0, 1)
     if match_dispersion:  # the history model again, with the opt-in dispersion matching
-        config = work / f"{name}_history.json"
-        config.write_text(json.dumps({"match_dispersion": True}))
+        config.write_text(json.dumps({**settings, "match_dispersion": True}))
         t0 = time.perf_counter()
         ldns.fit_history(data, folder, config=config, seed=seed, device="cpu", quiet=True)
         result["refit_history_seconds"] = round(time.perf_counter() - t0, 1)
@@ -181,6 +191,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--match-dispersion", action="store_true",
                         help="refit the history model with match_dispersion forced on")  # fmt: skip
+    parser.add_argument("--coupling-rank", type=int, default=0,
+                        help="refit the history model with this rank of coupling between units")  # fmt: skip
     parser.add_argument("--work", type=Path, default=None,
                         help="keep the model folders here (default: a temporary folder)")  # fmt: skip
     parser.add_argument("--reuse", action="store_true",
@@ -191,15 +203,17 @@ def main() -> None:
     # one results file per set of beds, so that beds can run as parallel processes
     tag = "quality_realism" + ("" if args.beds == list(BEDS) else "_" + "_".join(args.beds))
     tag += "_dispersion" if args.match_dispersion else ""
+    tag += f"_coupled{args.coupling_rank}" if args.coupling_rank else ""
     tag += "" if args.latent_dim is None else f"_z{args.latent_dim}"
     out["match_dispersion"] = args.match_dispersion
     out["latent_dim"] = args.latent_dim
+    out["coupling_rank"] = args.coupling_rank
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) if args.work is None else args.work
         for name in args.beds:
             out["beds"][name] = run_bed(
                 name, args.epochs, args.seed, work, args.match_dispersion, args.latent_dim,
-                args.reuse,
+                args.reuse, args.coupling_rank,
             )  # fmt: skip
             write_results(tag, out)
     print(json.dumps(out["beds"], indent=1, default=str))
