@@ -395,10 +395,10 @@ def match_free_running_rates(
         error = torch.log(target + 0.5) - log_sampled  # [N]
         bias = model.bias.detach().clone()
         # secant steps: the free-running rate's gain d log(rate)/db is 1 for an exp link without
-        # history, but self-excitation amplifies it (a unit of reach-mixed's bursting population
-        # at gain 1.8 was left 31% above its rate by 4 plain log-ratio steps, which overshoot
-        # and oscillate), and softplus at high rates damps it; common random numbers make the
-        # rounds' secants smooth
+        # history, but self-excitation amplifies it (units whose history raises their rate 8-fold
+        # stayed at 6-8x the data's rate after 4 plain log-ratio steps, which overshoot and
+        # oscillate; tests/test_history.py), and softplus at high rates damps it; common random
+        # numbers make the rounds' secants smooth
         gain = torch.ones_like(error)
         if last is not None:
             moved = bias - last[0]
@@ -575,14 +575,15 @@ def match_free_running_dispersion(
         # noise, and the unit keeps the default
         most = _largest_excitation(model, batches)  # [N]
         inert = bounds * torch.tanh(most / bounds) >= 0.95 * most
-        chosen = torch.where(inert, bounds, chosen)
-        best = np.where(inert.cpu().numpy(), _same_but_bound(candidates, best), best)
-        model.set_excitation_bound(chosen)
+        model.set_excitation_bound(torch.where(inert, bounds, chosen))
     if model.coupling_rank > 0:  # the mixture's neurons drive one another: match it as a whole
         before, after = match_free_running_rates(
             model, batches, n_trials, rate_rounds, seed, MIN_DISPERSION_TRIALS
         )
-    return np.asarray(candidates)[best], before, after  # [N, 3]
+    factors = np.asarray(candidates)[best]  # [N, 3]
+    if bounds is not None:
+        factors[inert.cpu().numpy(), 2] = 1.0
+    return factors, before, after
 
 
 @torch.no_grad()
@@ -596,17 +597,6 @@ def _largest_excitation(model: SpikeHistoryObservation, batches: MatchBatches) -
         x = plain.history_term(counts * mask[..., None].to(counts.dtype))  # [b, L, N]
         most = torch.maximum(most, x.amax((0, 1)))
     return most
-
-
-def _same_but_bound(candidates: list[tuple[float, float, float]], best: np.ndarray) -> np.ndarray:
-    """For each chosen candidate index, the candidate with the same kernel factors and the
-    default bound (factor 1; the index itself when there is none)."""
-    out = best.copy()
-    for j, (exc, inh, _) in enumerate(candidates):
-        same = [i for i, c in enumerate(candidates) if c == (exc, inh, 1.0)]
-        if same:
-            out[best == j] = same[0]
-    return out
 
 
 def batches_for_data(batches: MatchBatches, wide: MatchBatches) -> MatchBatches:

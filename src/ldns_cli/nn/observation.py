@@ -294,8 +294,9 @@ class SpikeHistoryObservation(nn.Module):
                 return inhibition + excitation
             E: Tensor | float = self.max_excitation
         else:
-            trailing = -1 - neuron_axis if neuron_axis < 0 else excitation.dim() - 1 - neuron_axis
-            E = self.excitation_bound.to(excitation).reshape(-1, *([1] * trailing))
+            shape = [1] * excitation.dim()
+            shape[neuron_axis] = -1
+            E = self.excitation_bound.to(excitation).reshape(shape)
         return inhibition + E * torch.tanh(excitation / E)
 
     @torch.no_grad()
