@@ -67,6 +67,8 @@ from ldns_cli.core.checkpoint import Checkpoint, save_checkpoint
 from ldns_cli.core.config import config_to_dict
 from ldns_cli.core.data import SpikeData
 from ldns_cli.nn.observation import (
+    AUTO,
+    AUTO_COUPLING_RANK,
     MIN_RATE,
     HistoryConfig,
     Observation,
@@ -84,6 +86,7 @@ from ldns_cli.scoring.neurons import (
     neuron_stats,
     score_scales,
 )
+from ldns_cli.scoring.population import population_scores
 from ldns_cli.store import history_path
 
 # per-neuron (excitation, inhibition, bound) factors tried by the dispersion matching: the
@@ -233,7 +236,8 @@ def fit_history(
         counts: observed spike counts [B, L, N] (any numeric dtype).
         rates: rates for the same bins [B, L, N] (spikes per bin, e.g. AE-inferred).
         mask: valid bins [B, L] (None = all valid); padding never enters the loss.
-        cfg: settings; `cfg.history_ms` must already be resolved to bins (`cfg.resolve`).
+        cfg: settings; `cfg.history_ms` must already be resolved to bins (`cfg.resolve`);
+            `coupling_rank` "auto" fits without coupling (`fit_history_for_ae` chooses).
         generator: CPU generator for the trial subsample, mini-batch order and coupling init.
         progress: show a progress bar on stderr.
         match_set: (batches, number of trials) for the free-running rate matching; None = all
@@ -263,7 +267,7 @@ def fit_history(
         N,
         H,
         cfg.max_count,
-        cfg.coupling_rank,
+        0 if cfg.coupling_rank == AUTO else int(cfg.coupling_rank),
         generator=generator,
         max_excitation=cfg.max_excitation,
     ).to(device)
@@ -842,7 +846,9 @@ def fit_history_for_ae(
     Reports on stderr the validation NLL (nats per neuron-bin, teacher-forced) of history vs
     Poisson on the AE's rates for `val` (or `train` when there is no validation split) and, with
     `select_per_neuron`, the free-running comparison that decides, per neuron, which of the two
-    `--observation auto` samples with (`select_neurons`).
+    `--observation auto` samples with (`select_neurons`). With `coupling_rank` "auto" the model
+    is fitted without coupling and, where its free-running validation samples miss the
+    population's shared structure, again with a coupling; `choose_coupling` keeps one.
     """
     from ldns_cli.nn.autoencoder import infer, infer_latents
 
@@ -871,85 +877,237 @@ def fit_history_for_ae(
                 rates = ae.decode(all_latents[i : i + chunk].to(device)) * mask[..., None]
             yield counts, rates, mask
 
+    auto_coupling = cfg.coupling_rank == AUTO
+    fit_cfg = dataclasses.replace(cfg, coupling_rank=0) if auto_coupling else cfg
     # pick the fit trials first, so the AE only runs on trials that are used
     keep = fit_trials(torch.as_tensor(train.lengths), train.n_neurons, cfg, gen)
     train = train if keep is None else train.select(keep.numpy())
     _, train_rates = infer(ae, train, batch_size, device)
     counts, rates, mask = _tensors(train, train_rates, device)
-    model = fit_history(
-        counts, rates, mask, cfg, gen, progress=not quiet,
-        match_set=(match_batches, all_train.n_trials),
-    )  # fmt: skip
 
-    summary = model.fit_summary  # type: ignore[attr-defined]
-    if summary.get("match_dispersion") and not quiet:
-        exc = np.asarray(summary["dispersion_scale"])
-        inh = np.asarray(summary["inhibition_scale"])
-        raised = np.asarray(summary.get("excitation_bound", [])) > (cfg.max_excitation or 0.0)
-        console.info(
-            f"spike history: dispersion matched on free-running samples; of {exc.size} units, "
-            f"{int((exc < 1).sum())} with weaker excitation, {int((inh < 1).sum())} with weaker "
-            f"inhibition, {int(raised.sum())} with a raised excitation bound"
-        )
+    def fit(c: HistoryConfig, g: torch.Generator) -> SpikeHistoryObservation:
+        m = fit_history(
+            counts, rates, mask, c, g, progress=not quiet,
+            match_set=(match_batches, all_train.n_trials),
+        )  # fmt: skip
+        if not quiet:
+            _report_matching(m, c)
+        return m
 
+    model = fit(fit_cfg, gen)
     # validation on at most the same budget of trials
     ref = val if val is not None else train
     keep = fit_trials(torch.as_tensor(ref.lengths), ref.n_neurons, cfg, gen)
     ref = ref if keep is None else ref.select(keep.numpy())
     ref_rates = train_rates if val is None else infer(ae, ref, batch_size, device)[1]
     vc, vr, vm = _tensors(ref, ref_rates, device)
-    nll_h = validation_nll(model, vc, vr, vm)
-    nll_p = validation_nll(PoissonObservation(), vc, vr, vm)
-    n_spikes = float(vc.sum())
-    gain_bits = (nll_p - nll_h) * float(vm.sum()) * vc.shape[-1] / max(n_spikes, 1.0) / math.log(2)
     split = "validation" if val is not None else "training"
-    if not quiet:
-        console.info(
-            f"spike history: {split} NLL {nll_h:.5f} vs Poisson {nll_p:.5f} nats/bin/neuron "
-            f"({gain_bits:+.4f} bits/spike)"
+    sel_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+    select = cfg.select_per_neuron
+    _validate(model, select, vc, vr, vm, ref.bin_size_s, split, sel_seed, quiet)
+    if auto_coupling:
+        coupling_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        model = choose_coupling(
+            model,
+            lambda rank: fit(
+                dataclasses.replace(cfg, coupling_rank=rank),
+                torch.Generator().manual_seed(coupling_seed),
+            ),
+            lambda m: _validate(m, select, vc, vr, vm, ref.bin_size_s, split, sel_seed, quiet),
+            (vc, vr, vm),
+            all_train,
+            None if val is None else split,
+            coupling_seed,
+            quiet,
         )
-    if cfg.select_per_neuron:
-        sel_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-        use_history, figures = select_neurons(model, vc, vr, vm, ref.bin_size_s, sel_seed)
-        model.neuron_choice = use_history  # type: ignore[attr-defined]
-        rmse = free_running_rmse(figures)
-        figures["rmse"] = rmse
-        model.fit_summary["selection"] = figures  # type: ignore[attr-defined]
-        if not quiet:
-            console.info(
-                f"spike history, free-running on {figures['trials']} {split} trials: history "
-                f"kept for {int(use_history.sum())}/{use_history.size} neurons, Poisson for the "
-                "rest (`--observation auto`)"
-            )
-            for stat, label in (
-                ("rate_hz", "rate (Hz)"),
-                ("fano", "Fano factor"),
-                ("isi_mean_s", "ISI mean (s)"),
-                ("autocorr_lag1", "lag-1 autocorrelation"),
-            ):
-                r = rmse[stat]
-                console.info(
-                    f"  {label} RMSE over neurons vs held-out: history {r['history']:.3g}, "
-                    f"Poisson {r['poisson']:.3g}, chosen {r['chosen']:.3g}"
-                )
+    saved_cfg = dataclasses.replace(cfg, coupling_rank=model.coupling_rank)
     # the training data's per-neuron range, for `sample`'s out-of-range warnings
     model.fit_summary["data_range"] = neuron_range(  # type: ignore[attr-defined]
         all_train.counts, all_train.lengths, all_train.bin_size_s
     ).as_dict()
     model.fit_summary.update(  # type: ignore[attr-defined]
-        {
-            "nll_split": split,
-            "nll_history": nll_h,
-            "nll_poisson": nll_p,
-            "gain_bits_per_spike": gain_bits,
-            "history_bins": cfg.history_bins,
-            "seed": int(seed),
-        }
+        {"nll_split": split, "history_bins": cfg.history_bins, "seed": int(seed)}
     )
-    path = save_history(model, cfg, fingerprint, models_dir)
+    path = save_history(model, saved_cfg, fingerprint, models_dir)
     if not quiet:
         console.info(f"spike history: wrote {path}")
     return model
+
+
+def _report_matching(model: SpikeHistoryObservation, cfg: HistoryConfig) -> None:
+    """One line on what the dispersion matching changed (when it ran)."""
+    summary = model.fit_summary  # type: ignore[attr-defined]
+    if not summary.get("match_dispersion"):
+        return
+    exc = np.asarray(summary["dispersion_scale"])
+    inh = np.asarray(summary["inhibition_scale"])
+    raised = np.asarray(summary.get("excitation_bound", [])) > (cfg.max_excitation or 0.0)
+    console.info(
+        f"spike history: dispersion matched on free-running samples; of {exc.size} units, "
+        f"{int((exc < 1).sum())} with weaker excitation, {int((inh < 1).sum())} with weaker "
+        f"inhibition, {int(raised.sum())} with a raised excitation bound"
+    )
+
+
+def _validate(
+    model: SpikeHistoryObservation,
+    select: bool,
+    vc: Tensor,
+    vr: Tensor,
+    vm: Tensor,
+    bin_size_s: float,
+    split: str,
+    sel_seed: int,
+    quiet: bool,
+) -> None:
+    """Teacher-forced NLL against Poisson and, with `select` (`select_per_neuron`), the
+    free-running per-neuron choice on the held-out tensors; reported and added to `fit_summary`."""
+    nll_h = validation_nll(model, vc, vr, vm)
+    nll_p = validation_nll(PoissonObservation(), vc, vr, vm)
+    n_spikes = float(vc.sum())
+    gain_bits = (nll_p - nll_h) * float(vm.sum()) * vc.shape[-1] / max(n_spikes, 1.0) / math.log(2)
+    summary = model.fit_summary  # type: ignore[attr-defined]
+    summary.update({"nll_history": nll_h, "nll_poisson": nll_p, "gain_bits_per_spike": gain_bits})
+    if not quiet:
+        console.info(
+            f"spike history: {split} NLL {nll_h:.5f} vs Poisson {nll_p:.5f} nats/bin/neuron "
+            f"({gain_bits:+.4f} bits/spike)"
+        )
+    if not select:
+        return
+    use_history, figures = select_neurons(model, vc, vr, vm, bin_size_s, sel_seed)
+    model.neuron_choice = use_history  # type: ignore[attr-defined]
+    rmse = free_running_rmse(figures)
+    figures["rmse"] = rmse
+    summary["selection"] = figures
+    if quiet:
+        return
+    console.info(
+        f"spike history, free-running on {figures['trials']} {split} trials: history "
+        f"kept for {int(use_history.sum())}/{use_history.size} neurons, Poisson for the "
+        "rest (`--observation auto`)"
+    )
+    for stat, label in (
+        ("rate_hz", "rate (Hz)"),
+        ("fano", "Fano factor"),
+        ("isi_mean_s", "ISI mean (s)"),
+        ("autocorr_lag1", "lag-1 autocorrelation"),
+    ):
+        r = rmse[stat]
+        console.info(
+            f"  {label} RMSE over neurons vs held-out: history {r['history']:.3g}, "
+            f"Poisson {r['poisson']:.3g}, chosen {r['chosen']:.3g}"
+        )
+
+
+# the coupling choice ("auto"): a coupling is tried when the uncoupled model's free-running
+# validation samples score above COUPLING_TRIGGER (the goal of `ldns evaluate`'s scores) on the
+# spectrum of the population PCs or on pairwise correlations, the shared structure independent
+# units cannot produce; it is kept when the squared scores of COUPLING_METRICS, summed, fall below
+# COUPLING_KEEP of the uncoupled model's. Measured on the validation trials of the realism beds
+# (python bench/quality_realism.py): the E/I network's uncoupled PSD score 0.29 triggers it, and
+# rank 1 lowers the sum from 0.43 to 0.31; on reach-bursting, whose shared structure comes from
+# the latents, rank 1 would raise the correlation score from 0.04 to 0.18.
+COUPLING_TRIGGER = 0.1
+COUPLING_TRIGGER_METRICS = ("psd_log_mse", "corr_rmse")
+COUPLING_METRICS = ("psc_w1", "corr_rmse", "psd_log_mse", "fano_rmse", "autocorr_rmse")
+COUPLING_KEEP = 0.8
+
+
+def population_check(
+    model: SpikeHistoryObservation,
+    held_out: tuple[Tensor, Tensor, Tensor],
+    other: SpikeData,
+    seed: int,
+) -> dict[str, Any]:
+    """`scoring.population.population_scores` of `--observation auto`'s free-running samples of
+    the held-out trials (each repeated up to MIN_SAMPLED_TRIALS times), with `other` trials of the
+    recording as the floor; plus `cost`, the sum of the squared positive scores of
+    COUPLING_METRICS (a metric without a score adds nothing)."""
+    counts, rates, mask = held_out
+    n = int(counts.shape[0])
+    s, s_len, d, d_len = sample_free_running(
+        auto_selected(model), tensor_batches(counts, rates, mask), n, seed, MIN_SAMPLED_TRIALS
+    )
+    scores = population_scores(
+        s, s_len, d, d_len, other.counts, other.lengths, other.bin_size_s, seed
+    )
+    cost = sum(max(scores[m]["score"] or 0.0, 0.0) ** 2 for m in COUPLING_METRICS)
+    return {"scores": scores, "cost": float(cost)}
+
+
+def choose_coupling(
+    uncoupled: SpikeHistoryObservation,
+    fit_coupled: Callable[[int], SpikeHistoryObservation],
+    validate: Callable[[SpikeHistoryObservation], None],
+    held_out: tuple[Tensor, Tensor, Tensor],
+    other: SpikeData,
+    split: str | None,
+    seed: int,
+    quiet: bool = False,
+) -> SpikeHistoryObservation:
+    """`coupling_rank` "auto": the uncoupled model, or one with a rank-AUTO_COUPLING_RANK
+    coupling where that generates the held-out trials' population statistics clearly better.
+
+    `fit_coupled(rank)` fits the coupled candidate, `validate(model)` runs its held-out
+    selection; `held_out` are the (counts, rates, mask) both are judged on, free-running, and
+    `other` the trials whose scores against them are the floor (the training trials). `split`
+    None (no held-out trials) keeps the uncoupled model: the training trials cannot judge a
+    model fitted on them. The figures go to the kept model's `fit_summary["coupling"]`.
+    """
+    summary: dict[str, Any] = {"rank": 0}
+    if split is None:
+        summary["reason"] = "no validation trials to judge a coupling on"
+        uncoupled.fit_summary["coupling"] = summary  # type: ignore[attr-defined]
+        return uncoupled
+    before = population_check(uncoupled, held_out, other, seed)
+    summary["uncoupled"] = before
+    missed = {
+        m: before["scores"][m]["score"]
+        for m in COUPLING_TRIGGER_METRICS
+        if (before["scores"][m]["score"] or 0.0) > COUPLING_TRIGGER
+    }
+    if not missed:
+        summary["reason"] = (
+            f"free-running {split} samples score ≤ {COUPLING_TRIGGER} on population spectrum "
+            "and correlations"
+        )
+        uncoupled.fit_summary["coupling"] = summary  # type: ignore[attr-defined]
+        if not quiet:
+            console.info(f"spike history: no coupling between units: {summary['reason']}")
+        return uncoupled
+    names = ", ".join(f"{_POPULATION_LABELS[m]} {v:.2f}" for m, v in missed.items())
+    if not quiet:
+        console.info(
+            f"spike history: free-running {split} samples score above {COUPLING_TRIGGER} on "
+            f"{names}: fitting a rank-{AUTO_COUPLING_RANK} coupling between units"
+        )
+    coupled = fit_coupled(AUTO_COUPLING_RANK)
+    validate(coupled)
+    after = population_check(coupled, held_out, other, seed)
+    summary["coupled"] = after
+    keep = after["cost"] < COUPLING_KEEP * before["cost"]
+    detail = (
+        f"population score² sum {after['cost']:.3f} coupled vs {before['cost']:.3f} uncoupled on "
+        f"{split} trials (kept below {COUPLING_KEEP:g}x)"
+    )
+    summary["reason"] = detail
+    summary["rank"] = AUTO_COUPLING_RANK if keep else 0
+    chosen = coupled if keep else uncoupled
+    chosen.fit_summary["coupling"] = summary  # type: ignore[attr-defined]
+    if not quiet:
+        verdict = f"rank-{AUTO_COUPLING_RANK} coupling kept" if keep else "coupling not kept"
+        console.info(f"spike history: {verdict}: {detail}")
+    return chosen
+
+
+_POPULATION_LABELS = {
+    "psc_w1": "population count",
+    "corr_rmse": "correlations",
+    "psd_log_mse": "population spectrum",
+    "fano_rmse": "Fano factor",
+    "autocorr_rmse": "autocorrelation",
+}
 
 
 def refit_history(

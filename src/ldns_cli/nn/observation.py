@@ -80,6 +80,13 @@ from ldns_cli.core.errors import LdnsError
 
 # rates are clamped here before softplus⁻¹ (log 0 = -inf would poison gradients and sums)
 MIN_RATE = 1e-8
+# `HistoryConfig.coupling_rank` "auto", and the rank it tries: rank 1 took the E/I network bed's
+# free-running PSD score from 0.26 to 0.17 (Poisson 0.19) with the other scores within their
+# noise; rank 2 gave 0.18, and rank 4 0.09 at the cost of the Fano score (0.41) and the
+# population-count W1 (0.13 against 0.05) (python bench/quality_realism.py --beds network
+# --coupling-rank R)
+AUTO = "auto"
+AUTO_COUPLING_RANK = 1
 
 
 def softplus_inverse(rates: Tensor) -> Tensor:
@@ -492,7 +499,11 @@ class HistoryConfig:
     history_bins: int = 20  # H, past bins per neuron (20 × 5 ms = 100 ms in the paper)
     history_ms: float | None = None  # if set, H = round(history_ms / bin size), overrides bins
     max_count: int | None = 5  # cap on counts in regressors, likelihood and samples; None = none
-    coupling_rank: int = 0  # rank of the optional neuron-to-neuron coupling (0 = paper's model)
+    # rank of a neuron-to-neuron coupling (0 = the paper's model), or "auto": fit without, and
+    # with rank AUTO_COUPLING_RANK only when the uncoupled model's free-running validation
+    # samples miss the population's shared structure; keep whichever generates closer to the
+    # validation trials (fit.history.choose_coupling). A saved model stores the resolved rank.
+    coupling_rank: int | str = AUTO
     lr: float = 0.1  # AdamW peak learning rate (the authors' value)
     weight_decay: float = 0.01  # AdamW decoupled weight decay (the authors' value)
     iterations: int = 500  # optimiser steps (L-BFGS stops earlier; the authors ran AdamW 3000)
@@ -532,8 +543,14 @@ class HistoryConfig:
             )
         if self.iterations < 0 or self.lr <= 0 or self.weight_decay < 0:
             raise LdnsError("iterations, lr and weight_decay must be ≥ 0 (lr > 0)", "e.g. lr 0.1")
-        if self.batch_bins < 0 or self.max_fit_elements < 1 or self.coupling_rank < 0:
-            raise LdnsError("batch_bins, coupling_rank ≥ 0 and max_fit_elements ≥ 1", "")
+        if self.batch_bins < 0 or self.max_fit_elements < 1:
+            raise LdnsError("batch_bins ≥ 0 and max_fit_elements ≥ 1", "")
+        rank = self.coupling_rank
+        if rank != AUTO and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
+            raise LdnsError(
+                f"coupling_rank must be a whole number ≥ 0 or 'auto', got {rank!r}",
+                "e.g. 1; 0 = no coupling; auto = only where validation samples need it",
+            )
         if self.rate_match_rounds < 0:
             raise LdnsError("rate_match_rounds must be ≥ 0", "e.g. 4; 0 turns it off")
         if self.optimizer not in ("adamw", "lbfgs"):
