@@ -87,6 +87,22 @@ def test_fit_history_refits_alone(fitted):
     assert load_history(models)[0].max_excitation == 1.5
     _fails(["fit-history", str(data), "-m", str(models), "--max-excitation", "0"],
            "max_excitation")  # fmt: skip
+    # the coupling between units: a rank, or auto (the default), whose choice is stored
+    res = _ok(["fit-history", str(data), "-m", str(models), "--coupling-rank", "2",
+               "--iterations", "20", "--json"])  # fmt: skip
+    assert "coupling" not in json.loads(res.stdout)  # a given rank is not a choice
+    model, ckpt = load_history(models)
+    assert model.coupling_rank == 2 and ckpt.config["coupling_rank"] == 2
+    res = _ok(["fit-history", str(data), "-m", str(models), "--coupling-rank", "auto",
+               "--iterations", "20", "--json"])  # fmt: skip
+    choice = json.loads(res.stdout)["coupling"]
+    model, ckpt = load_history(models)
+    # the saved settings hold the rank the choice resolved to, so the model loads as fitted
+    assert model.coupling_rank == choice["rank"] == ckpt.config["coupling_rank"]
+    assert choice["reason"] and "spike history" in res.stderr
+    for bad in ("-1", "two", "1.5"):
+        _fails(["fit-history", str(data), "-m", str(models), "--coupling-rank", bad],
+               "--coupling-rank")  # fmt: skip
 
 
 def test_fit_history_errors(fitted, tmp_path):

@@ -275,7 +275,7 @@ def test_fit_with_coupling_improves_likelihood():
     truth = known_model(N, H=5)
     rates = smooth_rates(20, 100, N, seed=17)
     counts = truth.sample(rates, gen(18))
-    cfg = HistoryConfig(history_bins=5, coupling_rank=1, iterations=100)
+    cfg = HistoryConfig(history_bins=5, coupling_rank=1, iterations=100, match_dispersion=False)
     m = fit_history(counts, rates, None, cfg, gen(19))
     assert m.coupling_rank == 1
     assert m.fit_summary["train_nll"] < m.fit_summary["train_nll_start"] - 0.01
@@ -586,3 +586,79 @@ def test_dispersion_matching_is_on_by_default_only_for_sets_it_can_sample_quickl
     assert dispersion_on(HistoryConfig(match_dispersion=True), 10 * DISPERSION_AUTO_ELEMENTS)
     assert not dispersion_on(HistoryConfig(match_dispersion=False), 1)
     assert dispersion_on(HistoryConfig(coupling_rank=2), 1)  # coupled: candidates in turn
+
+
+# ---------------------------------------------------------------- coupling between units ("auto")
+def population(dataset: str, trials: int = 240, **kw):
+    """`ldns simulate` counts [B, L, N] with the rates the simulator drove them with [B, L, N]:
+    for the network, the input-driven rates, without the fluctuations the units' coupling adds
+    (like an autoencoder's smooth rates); elsewhere the units are independent given the rates."""
+    from ldns_cli.io.simulate import simulate
+
+    d = simulate(dataset, trials=trials, neurons=40, length=100, seed=3, **kw)
+    counts = torch.as_tensor(d.counts, dtype=torch.float32)
+    return counts, torch.as_tensor(d.rates, dtype=torch.float32), d
+
+
+def test_population_scores_put_other_real_trials_near_0_and_homogeneous_poisson_near_1():
+    from ldns_cli.scoring.population import SCORED_METRICS, population_scores
+
+    _, _, d = population("network", trials=480)
+    c, lengths = d.counts, d.lengths
+    data, floor, same = c[:120], c[120:300], c[300:]  # three sets of one recording
+    naive = np.random.default_rng(0).poisson(data.mean(axis=(0, 1)), same.shape)
+    args = (data, lengths[:120], floor, lengths[120:300], d.bin_size_s)
+    like = population_scores(same, lengths[300:], *args, seed=1)
+    flat = population_scores(naive, lengths[300:], *args, seed=1)
+    assert set(like) == set(SCORED_METRICS)
+    for metric in SCORED_METRICS:
+        assert abs(like[metric]["score"]) < 0.2, (metric, like[metric])
+        assert 0.8 < flat[metric]["score"] < 1.2, (metric, flat[metric])
+
+
+@pytest.mark.parametrize("dataset", ["network", "reach"])
+def test_auto_coupling_is_fitted_and_kept_only_where_samples_miss_shared_structure(dataset):
+    from ldns_cli.core.data import SpikeData
+    from ldns_cli.fit.history import choose_coupling
+
+    kw = {"history": "refractory"} if dataset == "reach" else {}
+    counts, rates, d = population(dataset, **kw)
+    train, held = slice(0, 180), slice(180, None)
+    cfg = HistoryConfig(history_bins=10, max_count=3, match_dispersion=False, iterations=60)
+    mask = torch.ones(counts.shape[:2], dtype=torch.bool)
+    uncoupled = fit_history(counts[train], rates[train], mask[train], cfg, gen(33))
+    fitted = []
+
+    def fit_coupled(rank: int) -> SpikeHistoryObservation:
+        fitted.append(rank)
+        c = dataclasses.replace(cfg, coupling_rank=rank)
+        return fit_history(counts[train], rates[train], mask[train], c, gen(34))
+
+    other = SpikeData(counts=d.counts[train], lengths=d.lengths[train], bin_size_s=d.bin_size_s)
+    held_out = (counts[held], rates[held], mask[held])
+    kept = choose_coupling(
+        uncoupled, fit_coupled, lambda m: None, held_out, other, "validation", seed=5, quiet=True
+    )
+    figures = kept.fit_summary["coupling"]
+    before = figures["uncoupled"]["scores"]
+    if dataset == "network":  # independent units miss the network's shared fluctuations
+        assert before["corr_rmse"]["score"] > 0.5 and before["psd_log_mse"]["score"] > 0.5
+        assert fitted == [1]
+        assert kept.coupling_rank == 1 and figures["rank"] == 1
+        assert figures["coupled"]["cost"] < 0.5 * figures["uncoupled"]["cost"]
+    else:  # nothing shared beyond the rates: the uncoupled model, and no coupled fit at all
+        assert before["psd_log_mse"]["score"] < 0.1
+        assert fitted == []
+        assert kept is uncoupled and figures["rank"] == 0
+        assert "coupled" not in figures
+    # without held-out trials nothing can judge a coupling
+    none = choose_coupling(uncoupled, fit_coupled, lambda m: None, held_out, other, None, 5, True)
+    assert none is uncoupled and none.fit_summary["coupling"]["rank"] == 0
+
+
+def test_coupling_rank_setting_takes_auto_or_a_whole_number():
+    assert HistoryConfig().coupling_rank == "auto"
+    assert HistoryConfig(coupling_rank=2).coupling_rank == 2
+    for bad in (-1, "two", 1.5, True):
+        with pytest.raises(LdnsError, match="coupling_rank"):
+            HistoryConfig(coupling_rank=bad)

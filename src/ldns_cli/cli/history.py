@@ -28,7 +28,24 @@ from ldns_cli.cli.options import (
     flag_opt,
     model_read_options,
 )
+from ldns_cli.core.errors import LdnsError
 from ldns_cli.io.formats import read_spikes
+
+
+def _coupling_rank(value: str | None) -> int | str | None:
+    """--coupling-rank as a whole number ≥ 0, "auto", or None (not given)."""
+    if value is None or value.strip().lower() == "auto":
+        return None if value is None else "auto"
+    try:
+        rank = int(value)
+    except ValueError:
+        rank = -1
+    if rank < 0:
+        raise LdnsError(
+            f"--coupling-rank must be a whole number ≥ 0 or auto, got {value!r}",
+            "e.g. --coupling-rank 1; 0 = no coupling",
+        )
+    return rank
 
 
 @command("fit-history")
@@ -54,9 +71,13 @@ def fit_history_cmd(
     ] = None,
     lr: Annotated[float | None, flag_opt("--lr", "AdamW learning rate (default 0.1).")] = None,
     coupling_rank: Annotated[
-        int | None,
+        str | None,
         flag_opt(
-            "--coupling-rank", "Rank of a low-rank coupling between neurons (default 0: none)."
+            "--coupling-rank",
+            "Rank of a low-rank coupling between neurons (0: none), or auto (the default): "
+            "rank 1 where free-running validation samples miss the population's spectrum or "
+            "correlations and the coupled model generates them clearly better.",
+            metavar="R|auto",
         ),
     ] = None,
     rate_match_rounds: Annotated[
@@ -117,7 +138,7 @@ def fit_history_cmd(
         iterations=iterations,
         optimizer=optimizer,
         lr=lr,
-        coupling_rank=coupling_rank,
+        coupling_rank=_coupling_rank(coupling_rank),
         rate_match_rounds=rate_match_rounds,
         max_excitation=max_excitation,
         config=config,
