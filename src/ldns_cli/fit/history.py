@@ -822,8 +822,10 @@ def save_history(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write `<models>/history.safetensors` (weights, resolved config, data fingerprint, and the
-    per-neuron choice `selection.use_history` / ceiling `selection.count_cap` when made)."""
+    per-neuron choice `selection.use_history` / ceiling `selection.count_cap` when made). The
+    config is saved with the model's own coupling rank, which "auto" resolved to."""
     path = history_path(models_dir)
+    cfg = dataclasses.replace(cfg, coupling_rank=model.coupling_rank)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     choice = getattr(model, "neuron_choice", None)
     if choice is not None:
@@ -945,7 +947,6 @@ def fit_history_for_ae(
             coupling_seed,
             quiet,
         )
-    saved_cfg = dataclasses.replace(cfg, coupling_rank=model.coupling_rank)
     # the training data's per-neuron range, for `sample`'s out-of-range warnings
     model.fit_summary["data_range"] = neuron_range(  # type: ignore[attr-defined]
         all_train.counts, all_train.lengths, all_train.bin_size_s
@@ -953,7 +954,7 @@ def fit_history_for_ae(
     model.fit_summary.update(  # type: ignore[attr-defined]
         {"nll_split": split, "history_bins": cfg.history_bins, "seed": int(seed)}
     )
-    path = save_history(model, saved_cfg, fingerprint, models_dir)
+    path = save_history(model, cfg, fingerprint, models_dir)
     if not quiet:
         console.info(f"spike history: wrote {path}")
     return model
