@@ -88,8 +88,10 @@ def test_fit_history_refits_alone(fitted):
     _fails(["fit-history", str(data), "-m", str(models), "--max-excitation", "0"],
            "max_excitation")  # fmt: skip
     # the coupling between units: a rank, or auto (the default), whose choice is stored
+    quick = models.parent / "no_matching.json"  # the coupled candidates run one by one: slow
+    quick.write_text(json.dumps({"match_dispersion": False}))
     res = _ok(["fit-history", str(data), "-m", str(models), "--coupling-rank", "2",
-               "--iterations", "20", "--json"])  # fmt: skip
+               "--iterations", "20", "--config", str(quick), "--json"])  # fmt: skip
     assert "coupling" not in json.loads(res.stdout)  # a given rank is not a choice
     model, ckpt = load_history(models)
     assert model.coupling_rank == 2 and ckpt.config["coupling_rank"] == 2

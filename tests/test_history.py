@@ -651,9 +651,15 @@ def test_auto_coupling_is_fitted_and_kept_only_where_samples_miss_shared_structu
         assert fitted == []
         assert kept is uncoupled and figures["rank"] == 0
         assert "coupled" not in figures
-    # without held-out trials nothing can judge a coupling
+    # without held-out trials, or with too few, nothing can judge a coupling
     none = choose_coupling(uncoupled, fit_coupled, lambda m: None, held_out, other, None, 5, True)
     assert none is uncoupled and none.fit_summary["coupling"]["rank"] == 0
+    few = tuple(t[:10] for t in held_out)
+    none = choose_coupling(
+        uncoupled, fit_coupled, lambda m: None, few, other, "validation", 5, True
+    )
+    assert none is uncoupled and "too few" in none.fit_summary["coupling"]["reason"]
+    assert len(fitted) == (1 if dataset == "network" else 0)
 
 
 def test_coupling_rank_setting_takes_auto_or_a_whole_number():

@@ -1038,6 +1038,9 @@ COUPLING_TRIGGER = 0.1
 COUPLING_TRIGGER_METRICS = ("psd_log_mse", "corr_rmse")
 COUPLING_METRICS = ("psc_w1", "corr_rmse", "psd_log_mse", "fano_rmse", "autocorr_rmse")
 COUPLING_KEEP = 0.8
+# fewer held-out trials than this cannot judge a coupling: their population scores are noise
+# (the spectrum's Welch segments and the pairwise correlations come from a few thousand bins)
+MIN_COUPLING_TRIALS = 20
 
 
 def population_check(
@@ -1078,13 +1081,21 @@ def choose_coupling(
     `fit_coupled(rank)` fits the coupled candidate, `validate(model)` runs its held-out
     selection; `held_out` are the (counts, rates, mask) both are judged on, free-running, and
     `other` the trials whose scores against them are the floor (the training trials). `split`
-    None (no held-out trials) keeps the uncoupled model: the training trials cannot judge a
-    model fitted on them. The figures go to the kept model's `fit_summary["coupling"]`.
+    None (no held-out trials) keeps the uncoupled model, since the training trials cannot judge
+    a model fitted on them, and so do fewer than MIN_COUPLING_TRIALS held-out trials. The figures go to the kept model's `fit_summary["coupling"]`.
     """
     summary: dict[str, Any] = {"rank": 0}
-    if split is None:
-        summary["reason"] = "no validation trials to judge a coupling on"
+    n_held = int(held_out[0].shape[0])
+    if split is None or n_held < MIN_COUPLING_TRIALS:
+        summary["reason"] = (
+            "no validation trials to judge a coupling on"
+            if split is None
+            else f"{n_held} {split} trials are too few to judge a coupling on "
+            f"(at least {MIN_COUPLING_TRIALS})"
+        )
         uncoupled.fit_summary["coupling"] = summary  # type: ignore[attr-defined]
+        if not quiet:
+            console.info(f"spike history: no coupling between units: {summary['reason']}")
         return uncoupled
     before = population_check(uncoupled, held_out, other, seed)
     summary["uncoupled"] = before
