@@ -668,3 +668,22 @@ def test_coupling_rank_setting_takes_auto_or_a_whole_number():
     for bad in (-1, "two", 1.5, True):
         with pytest.raises(LdnsError, match="coupling_rank"):
             HistoryConfig(coupling_rank=bad)
+
+
+def test_given_dispersion_factors_are_applied_instead_of_searched():
+    N, B, rates, counts, mask, _ = poisson_data_and_refractory_kernel(37)
+    cfg = HistoryConfig(history_bins=10, iterations=40, match_dispersion=True)
+    plain = fit_history(counts, rates, mask, cfg, gen(5))
+    factors = np.tile([0.6, 0.4, 2.0], (N, 1))
+    factors[0] = (1.0, 1.0, 1.0)
+    given = fit_history(counts, rates, mask, cfg, gen(5), dispersion_factors=factors)
+    s = given.fit_summary
+    assert s["dispersion_factors_given"] and s["dispersion_scale"][1:] == [0.6] * (N - 1)
+    assert s["inhibition_scale"] == [1.0] + [0.4] * (N - 1)
+    torch.testing.assert_close(
+        given.excitation_bound, torch.tensor([2.5] + [5.0] * (N - 1)), check_dtype=False
+    )
+    assert "dispersion_factors_given" not in plain.fit_summary
+    # the rates are still matched after the factors change the kernel
+    sampled = given.sample(rates, [gen(900 + i) for i in range(B)]).sum()
+    assert abs(float(sampled / counts.sum()) - 1) < 0.1

@@ -236,6 +236,7 @@ def fit_history(
     generator: torch.Generator,
     progress: bool = False,
     match_set: tuple[MatchBatches, int] | None = None,
+    dispersion_factors: np.ndarray | None = None,
 ) -> SpikeHistoryObservation:
     """Fit a spike-history model by teacher forcing: targets `counts`, regressors their past.
 
@@ -249,6 +250,9 @@ def fit_history(
         progress: show a progress bar on stderr.
         match_set: (batches, number of trials) for the free-running rate matching; None = all
             of `counts`/`rates` (the fit itself may use a subsample of them).
+        dispersion_factors: per-neuron (excitation, inhibition, bound) factors [N, 3] to apply
+            where the dispersion matching would run, instead of searching them (e.g. those
+            matched for an uncoupled fit of the same data); the rates are matched after.
     Returns the fitted model (on the device of `rates`), with `fit_summary` set as an attribute.
     """
     device = rates.device
@@ -296,10 +300,18 @@ def fit_history(
     match_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     dispersion = dispersion_on(cfg, match_set[1] * L * N)
     summary["match_dispersion"] = dispersion
-    if dispersion:
+    if dispersion and dispersion_factors is not None:  # matched before, for this data
+        scales = np.asarray(dispersion_factors, dtype=np.float64)
+        apply_dispersion_factors(model, scales)
+        before, after = match_free_running_rates(
+            model, match_set[0], match_set[1], cfg.rate_match_rounds, match_seed
+        )
+        summary["dispersion_factors_given"] = True
+    elif dispersion:
         scales, before, after = match_free_running_dispersion(
             model, match_set[0], match_set[1], cfg.rate_match_rounds, match_seed
         )
+    if dispersion:
         summary["dispersion_scale"] = [round(float(x), 3) for x in scales[:, 0]]
         summary["inhibition_scale"] = [round(float(x), 3) for x in scales[:, 1]]
         if model.excitation_bound is not None:
@@ -455,15 +467,16 @@ def data_max_counts(batches: MatchBatches, n_trials: int) -> Tensor:
 @torch.no_grad()
 def sample_free_running(
     model: Observation, batches: MatchBatches, n_trials: int, seed: int, min_trials: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Free-running samples of every trial of `batches`, each repeated up to `min_trials`.
 
     Trial i, repeat k draws from the generator seeded seed + i·repeats + k (the streams of
     `match_free_running_rates`). Returns sampled counts [R·B, L, N] and lengths [R·B] (uint8/int
-    numpy), and the data's counts [B, L, N] and lengths [B].
+    numpy), the data's counts [B, L, N] and lengths [B], and for each sampled trial the index of
+    the data trial it was drawn for [R·B].
     """
     repeats = max(1, math.ceil(min_trials / max(n_trials, 1)))
-    sampled, s_len, data, d_len = [], [], [], []
+    sampled, s_len, data, d_len, source = [], [], [], [], []
     first = 0
     for counts, rates, mask in batches():
         lengths = mask.sum(1)
@@ -475,12 +488,14 @@ def sample_free_running(
                     for i in range(first, first + rates.shape[0])]  # fmt: skip
             sampled.append(_as_counts(model.sample(rates, gens, lengths) * valid))
             s_len.append(lengths.cpu().numpy())
+            source.append(np.arange(first, first + rates.shape[0]))
         first += rates.shape[0]
     return (
         np.concatenate(sampled),
         np.concatenate(s_len),
         np.concatenate(data),
         np.concatenate(d_len),
+        np.concatenate(source),
     )
 
 
@@ -575,7 +590,7 @@ def match_free_running_dispersion(
         before, after = match_free_running_rates(
             wide, wide_batches, n_trials, rate_rounds, seed, MIN_DISPERSION_TRIALS
         )
-        s, s_len, d, d_len = sample_free_running(wide, batches_for_data(batches, wide_batches),
+        s, s_len, d, d_len, _ = sample_free_running(wide, batches_for_data(batches, wide_batches),
                                                  n_trials, seed, MIN_DISPERSION_TRIALS)  # fmt: skip
         sampled = neuron_stats(s, s_len, 1.0)  # Fano and autocorrelation: any bin width
         per_candidate = [_neuron_slice(sampled, j * N, (j + 1) * N) for j in range(S)]
@@ -585,7 +600,7 @@ def match_free_running_dispersion(
         per_candidate = []
         for v in variants:
             match_free_running_rates(v, batches, n_trials, rate_rounds, seed, MIN_DISPERSION_TRIALS)
-            s, s_len, d, d_len = sample_free_running(
+            s, s_len, d, d_len, _ = sample_free_running(
                 v, batches, n_trials, seed, MIN_DISPERSION_TRIALS
             )
             per_candidate.append(neuron_stats(s, s_len, 1.0))
@@ -613,6 +628,18 @@ def match_free_running_dispersion(
     if bounds is not None:
         factors[inert.cpu().numpy(), 2] = 1.0
     return factors, before, after
+
+
+@torch.no_grad()
+def apply_dispersion_factors(model: SpikeHistoryObservation, factors: np.ndarray) -> None:
+    """Scale each neuron's excitatory and inhibitory kernel parts and its excitation bound by
+    its row of `factors` [N, 3] (`match_free_running_dispersion`'s result), in place."""
+    f = torch.as_tensor(factors, dtype=model.history.dtype, device=model.history.device)
+    w = model.history.detach()
+    model.history.copy_(f[:, 1:2] * w.clamp_max(0.0) + f[:, 0:1] * w.clamp_min(0.0))
+    bounds = model.bounds()
+    if bounds is not None:
+        model.set_excitation_bound(f[:, 2] * bounds)
 
 
 @torch.no_grad()
@@ -681,7 +708,7 @@ def select_neurons(
     candidates = [model, poisson]
     if model.coupling_rank == 0:  # both candidates in one sampling loop
         wide = _stacked(candidates)
-        s, s_len, d, d_len = sample_free_running(
+        s, s_len, d, d_len, _ = sample_free_running(
             wide, batches_for_data(batches, _repeated(batches, 2)), n, seed, MIN_SAMPLED_TRIALS
         )
         sampled = neuron_stats(s, s_len, bin_size_s)
@@ -693,7 +720,7 @@ def select_neurons(
     else:
         stats = {}
         for name, candidate in zip(("history", "poisson"), candidates, strict=True):
-            s, s_len, d, d_len = sample_free_running(
+            s, s_len, d, d_len, _ = sample_free_running(
                 candidate, batches, n, seed, MIN_SAMPLED_TRIALS
             )
             stats[name] = neuron_stats(s, s_len, bin_size_s)
@@ -912,10 +939,12 @@ def fit_history_for_ae(
     _, train_rates = infer(ae, train, batch_size, device)
     counts, rates, mask = _tensors(train, train_rates, device)
 
-    def fit(c: HistoryConfig, g: torch.Generator) -> SpikeHistoryObservation:
+    def fit(
+        c: HistoryConfig, g: torch.Generator, factors: np.ndarray | None = None
+    ) -> SpikeHistoryObservation:
         m = fit_history(
             counts, rates, mask, c, g, progress=not quiet,
-            match_set=(match_batches, all_train.n_trials),
+            match_set=(match_batches, all_train.n_trials), dispersion_factors=factors,
         )  # fmt: skip
         if not quiet:
             _report_matching(m, c)
@@ -936,9 +965,13 @@ def fit_history_for_ae(
         coupling_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         model = choose_coupling(
             model,
+            # the uncoupled fit's dispersion factors: searching them again for a coupled model
+            # samples the training set once per candidate in turn, the costliest step of a
+            # coupled fit
             lambda rank: fit(
                 dataclasses.replace(cfg, coupling_rank=rank),
                 torch.Generator().manual_seed(coupling_seed),
+                _matched_factors(model, cfg),
             ),
             lambda m: _validate(m, select, vc, vr, vm, ref.bin_size_s, split, sel_seed, quiet),
             (vc, vr, vm),
@@ -960,10 +993,27 @@ def fit_history_for_ae(
     return model
 
 
+def _matched_factors(model: SpikeHistoryObservation, cfg: HistoryConfig) -> np.ndarray | None:
+    """The (excitation, inhibition, bound) factors [N, 3] the dispersion matching chose for
+    `model`, from its summary; None where it did not run."""
+    summary = model.fit_summary  # type: ignore[attr-defined]
+    if not summary.get("match_dispersion") or "dispersion_scale" not in summary:
+        return None
+    exc = np.asarray(summary["dispersion_scale"], dtype=np.float64)
+    inh = np.asarray(summary["inhibition_scale"], dtype=np.float64)
+    bound = np.ones_like(exc)
+    if "excitation_bound" in summary and cfg.max_excitation:
+        bound = np.asarray(summary["excitation_bound"], dtype=np.float64) / cfg.max_excitation
+    return np.stack([exc, inh, bound], axis=1)
+
+
 def _report_matching(model: SpikeHistoryObservation, cfg: HistoryConfig) -> None:
     """One line on what the dispersion matching changed (when it ran)."""
     summary = model.fit_summary  # type: ignore[attr-defined]
     if not summary.get("match_dispersion"):
+        return
+    if summary.get("dispersion_factors_given"):
+        console.info("spike history: the uncoupled fit's dispersion factors applied")
         return
     exc = np.asarray(summary["dispersion_scale"])
     inh = np.asarray(summary["inhibition_scale"])
@@ -1029,15 +1079,19 @@ def _validate(
 # the coupling choice ("auto"): a coupling is tried when the uncoupled model's free-running
 # validation samples score above COUPLING_TRIGGER (the goal of `ldns evaluate`'s scores) on the
 # spectrum of the population PCs or on pairwise correlations, the shared structure independent
-# units cannot produce; it is kept when the squared scores of COUPLING_METRICS, summed, fall below
-# COUPLING_KEEP of the uncoupled model's. Measured on the validation trials of the realism beds
-# (python bench/quality_realism.py): the E/I network's uncoupled PSD score 0.29 triggers it, and
-# rank 1 lowers the sum from 0.43 to 0.31; on reach-bursting, whose shared structure comes from
-# the latents, rank 1 would raise the correlation score from 0.04 to 0.18.
+# units cannot produce; it is kept when the squared scores of COUPLING_METRICS, summed, fall
+# clearly below the uncoupled model's. Measured on the validation trials of the realism beds
+# (python bench/quality_realism.py): the E/I network's uncoupled PSD score 0.28 triggers it;
+# on reach-bursting, whose shared structure comes from the latents, rank 1 would raise the
+# correlation score from 0.04 to 0.18, and the other beds' spectrum and correlation scores stay
+# below 0.1.
 COUPLING_TRIGGER = 0.1
 COUPLING_TRIGGER_METRICS = ("psd_log_mse", "corr_rmse")
 COUPLING_METRICS = ("psc_w1", "corr_rmse", "psd_log_mse", "fano_rmse", "autocorr_rmse")
-COUPLING_KEEP = 0.8
+# the coupled model is kept when its cost is lower by more than COUPLING_Z standard errors of
+# the difference, from COUPLING_BOOTSTRAP paired resamples of the validation trials
+COUPLING_Z = 2.0
+COUPLING_BOOTSTRAP = 16
 # fewer held-out trials than this cannot judge a coupling: their population scores are noise
 # (the spectrum's Welch segments and the pairwise correlations come from a few thousand bins)
 MIN_COUPLING_TRIALS = 20
@@ -1052,17 +1106,49 @@ def population_check(
     """`scoring.population.population_scores` of `--observation auto`'s free-running samples of
     the held-out trials (each repeated up to MIN_SAMPLED_TRIALS times), with `other` trials of the
     recording as the floor; plus `cost`, the sum of the squared positive scores of
-    COUPLING_METRICS (a metric without a score adds nothing)."""
+    COUPLING_METRICS (a metric without a score adds nothing). The samples are kept under
+    "_sets" for `_cost_difference_se` (not for the checkpoint)."""
     counts, rates, mask = held_out
     n = int(counts.shape[0])
-    s, s_len, d, d_len = sample_free_running(
+    sets = sample_free_running(
         auto_selected(model), tensor_batches(counts, rates, mask), n, seed, MIN_SAMPLED_TRIALS
     )
+    scores, cost = _population_cost(sets, None, other, seed)
+    return {"scores": scores, "cost": cost, "_sets": sets}
+
+
+def _population_cost(
+    sets: tuple[np.ndarray, ...], trials: np.ndarray | None, other: SpikeData, seed: int
+) -> tuple[dict[str, dict[str, float | None]], float]:
+    """Scores and cost of `sample_free_running`'s output, on the held-out `trials` (indices,
+    repeats allowed; None = all) and the samples drawn for them."""
+    s, s_len, d, d_len, src = sets
+    if trials is not None:
+        by_trial = [np.flatnonzero(src == i) for i in range(d.shape[0])]
+        rows = np.concatenate([by_trial[i] for i in trials])
+        s, s_len, d, d_len = s[rows], s_len[rows], d[trials], d_len[trials]
     scores = population_scores(
         s, s_len, d, d_len, other.counts, other.lengths, other.bin_size_s, seed
     )
     cost = sum(max(scores[m]["score"] or 0.0, 0.0) ** 2 for m in COUPLING_METRICS)
-    return {"scores": scores, "cost": float(cost)}
+    return scores, float(cost)
+
+
+def _cost_difference_se(
+    first: dict[str, Any], second: dict[str, Any], other: SpikeData, seed: int
+) -> float:
+    """Standard error of cost(second) − cost(first) over the held-out trials: the spread of the
+    paired difference over COUPLING_BOOTSTRAP resamples of the trials (each with the samples
+    drawn for it, for both models alike)."""
+    rng = np.random.default_rng([int(seed), 11])
+    n = first["_sets"][2].shape[0]
+    diffs = []
+    for _ in range(COUPLING_BOOTSTRAP):
+        trials = rng.integers(0, n, n)
+        a = _population_cost(first["_sets"], trials, other, seed)[1]
+        b = _population_cost(second["_sets"], trials, other, seed)[1]
+        diffs.append(b - a)
+    return float(np.std(diffs, ddof=1))
 
 
 def choose_coupling(
@@ -1098,7 +1184,7 @@ def choose_coupling(
             console.info(f"spike history: no coupling between units: {summary['reason']}")
         return uncoupled
     before = population_check(uncoupled, held_out, other, seed)
-    summary["uncoupled"] = before
+    summary["uncoupled"] = {k: v for k, v in before.items() if k != "_sets"}
     missed = {
         m: before["scores"][m]["score"]
         for m in COUPLING_TRIGGER_METRICS
@@ -1122,11 +1208,14 @@ def choose_coupling(
     coupled = fit_coupled(AUTO_COUPLING_RANK)
     validate(coupled)
     after = population_check(coupled, held_out, other, seed)
-    summary["coupled"] = after
-    keep = after["cost"] < COUPLING_KEEP * before["cost"]
+    summary["coupled"] = {k: v for k, v in after.items() if k != "_sets"}
+    se = _cost_difference_se(before, after, other, seed)
+    summary["cost_difference_se"] = se
+    keep = before["cost"] - after["cost"] > COUPLING_Z * se
     detail = (
         f"population score² sum {after['cost']:.3f} coupled vs {before['cost']:.3f} uncoupled on "
-        f"{split} trials (kept below {COUPLING_KEEP:g}x)"
+        f"{split} trials (kept when lower by more than {COUPLING_Z:g} standard errors, "
+        f"{COUPLING_Z * se:.3f})"
     )
     summary["reason"] = detail
     summary["rank"] = AUTO_COUPLING_RANK if keep else 0
