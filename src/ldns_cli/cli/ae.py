@@ -31,27 +31,13 @@ from ldns_cli.cli.options import (
     WindowOpt,
     flag_opt,
     model_read_options,
+    number_or_auto,
     read_flags,
     read_options,
 )
 from ldns_cli.core.console import info
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.io.formats import read_spikes
-
-
-def _latent_dim(value: str | None) -> int | str | None:
-    """--latent-dim as a number, "auto", or None (not given); other text is refused."""
-    if value is None or value.strip().lower() == "auto":
-        return None if value is None else "auto"
-    try:
-        z = int(value)
-    except ValueError:
-        raise LdnsError(
-            f"--latent-dim must be a whole number or auto, got {value!r}", "e.g. --latent-dim 8"
-        ) from None
-    if z < 1:
-        raise LdnsError(f"--latent-dim must be at least 1, got {z}", "e.g. --latent-dim 8")
-    return z
 
 
 @command("fit-ae")
@@ -141,7 +127,7 @@ def fit_ae(
         models,
         preset=preset,
         config=config,
-        latent_dim=_latent_dim(latent_dim),
+        latent_dim=number_or_auto(latent_dim, "--latent-dim", 1, "e.g. --latent-dim 8"),
         width=width,
         blocks=blocks,
         bidirectional=bidirectional,

@@ -27,25 +27,9 @@ from ldns_cli.cli.options import (
     WindowOpt,
     flag_opt,
     model_read_options,
+    number_or_auto,
 )
-from ldns_cli.core.errors import LdnsError
 from ldns_cli.io.formats import read_spikes
-
-
-def _coupling_rank(value: str | None) -> int | str | None:
-    """--coupling-rank as a whole number ≥ 0, "auto", or None (not given)."""
-    if value is None or value.strip().lower() == "auto":
-        return None if value is None else "auto"
-    try:
-        rank = int(value)
-    except ValueError:
-        rank = -1
-    if rank < 0:
-        raise LdnsError(
-            f"--coupling-rank must be a whole number ≥ 0 or auto, got {value!r}",
-            "e.g. --coupling-rank 1; 0 = no coupling",
-        )
-    return rank
 
 
 @command("fit-history")
@@ -138,7 +122,9 @@ def fit_history_cmd(
         iterations=iterations,
         optimizer=optimizer,
         lr=lr,
-        coupling_rank=_coupling_rank(coupling_rank),
+        coupling_rank=number_or_auto(
+            coupling_rank, "--coupling-rank", 0, "e.g. --coupling-rank 1; 0 = no coupling"
+        ),
         rate_match_rounds=rate_match_rounds,
         max_excitation=max_excitation,
         config=config,

@@ -169,6 +169,22 @@ def read_recording(
 
 
 # ---------------------------------------------------------------------------- training options
+def number_or_auto(value: str | None, flag: str, minimum: int, example: str) -> int | str | None:
+    """A flag that takes a whole number ≥ `minimum` or "auto": the number, "auto", or None
+    (not given); anything else is refused with `example` as the hint."""
+    if value is None or value.strip().lower() == "auto":
+        return None if value is None else "auto"
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or number < minimum:
+        raise LdnsError(
+            f"{flag} must be a whole number ≥ {minimum} or auto, got {value!r}", example
+        )
+    return number
+
+
 def flag_opt(flag: str, help_text: str, *aliases: str, metavar: str | None = None) -> Any:
     """A typer option without a shown default (None means: take it from preset/config)."""
     return typer.Option(flag, *aliases, help=help_text, show_default=False, metavar=metavar)
