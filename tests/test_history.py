@@ -646,6 +646,8 @@ def test_auto_coupling_is_fitted_and_kept_only_where_samples_miss_shared_structu
         assert fitted == [1]
         assert kept.coupling_rank == 1 and figures["rank"] == 1
         assert figures["coupled"]["cost"] < 0.5 * figures["uncoupled"]["cost"]
+        gain = figures["uncoupled"]["cost"] - figures["coupled"]["cost"]
+        assert 0 < figures["cost_difference_se"] < gain / 2  # a gain well beyond its noise
     else:  # nothing shared beyond the rates: the uncoupled model, and no coupled fit at all
         assert before["psd_log_mse"]["score"] < 0.1
         assert fitted == []

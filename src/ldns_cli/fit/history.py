@@ -963,15 +963,16 @@ def fit_history_for_ae(
     _validate(model, select, vc, vr, vm, ref.bin_size_s, split, sel_seed, quiet)
     if auto_coupling:
         coupling_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        # the coupled candidate takes the uncoupled fit's dispersion factors: searching them
+        # again samples the training set once per candidate in turn, the costliest step of a
+        # coupled fit
+        factors = _matched_factors(model, cfg)
         model = choose_coupling(
             model,
-            # the uncoupled fit's dispersion factors: searching them again for a coupled model
-            # samples the training set once per candidate in turn, the costliest step of a
-            # coupled fit
             lambda rank: fit(
                 dataclasses.replace(cfg, coupling_rank=rank),
                 torch.Generator().manual_seed(coupling_seed),
-                _matched_factors(model, cfg),
+                factors,
             ),
             lambda m: _validate(m, select, vc, vr, vm, ref.bin_size_s, split, sel_seed, quiet),
             (vc, vr, vm),
@@ -1168,7 +1169,8 @@ def choose_coupling(
     selection; `held_out` are the (counts, rates, mask) both are judged on, free-running, and
     `other` the trials whose scores against them are the floor (the training trials). `split`
     None (no held-out trials) keeps the uncoupled model, since the training trials cannot judge
-    a model fitted on them, and so do fewer than MIN_COUPLING_TRIALS held-out trials. The figures go to the kept model's `fit_summary["coupling"]`.
+    a model fitted on them, and so do fewer than MIN_COUPLING_TRIALS held-out trials. The
+    figures go to the kept model's `fit_summary["coupling"]`.
     """
     summary: dict[str, Any] = {"rank": 0}
     n_held = int(held_out[0].shape[0])
