@@ -17,8 +17,8 @@ worse than the better of history and Poisson beyond the fold spread.
 `fit.history.DISPERSION_AUTO_ELEMENTS` unit-bins, which covers every bed here, so the flag matters
 for larger beds and for timing the refit.
 
-`--coupling-rank R` refits the history model with a rank-R coupling between units (and the
-dispersion matching as by default) before sampling.
+`--coupling-rank R|auto` refits the history model with that coupling between units (0: none; by
+default the fit's own default, auto) before sampling.
 
 `--work DIR` keeps each bed's model folder in DIR/<bed>; run again with `--reuse`, a bed whose
 autoencoder is already there is not refitted: only its history model is (with the current
@@ -108,7 +108,7 @@ def run_bed(
     match_dispersion: bool = False,
     latent_dim: int | None = None,
     reuse: bool = False,
-    coupling_rank: int = 0,
+    coupling_rank: str | None = None,
 ) -> dict:
     dataset, history, trials, neurons, length = BEDS[name]
     data = ldns.simulate(
@@ -117,7 +117,7 @@ def run_bed(
     folder = work / name
     t0 = time.perf_counter()
     reused = reuse and (folder / "ae.safetensors").exists()
-    settings = {"coupling_rank": coupling_rank} if coupling_rank else {}
+    settings = {} if coupling_rank is None else {"coupling_rank": coupling_rank}
     config = work / f"{name}_history.json"
     config.write_text(json.dumps(settings))
     if reused:  # the stored autoencoder; the history model refitted with the current code
@@ -134,7 +134,7 @@ def run_bed(
         "latent_dim": load_autoencoder(folder, "cpu")[1].config["ae"]["latent_dim"],
         "observations": {},
     }
-    if coupling_rank and not reused:  # the history model again, coupled
+    if settings and not reused:  # the history model again, with the given coupling
         t0 = time.perf_counter()
         ldns.fit_history(data, folder, config=config, seed=seed, device="cpu", quiet=True)
         result["refit_history_seconds"] = round(time.perf_counter() - t0, 1)
@@ -181,6 +181,10 @@ def run_bed(
     return result
 
 
+def _rank(value: str) -> int | str:
+    return "auto" if value == "auto" else int(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--beds", nargs="+", default=list(BEDS), choices=list(BEDS))
@@ -191,8 +195,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--match-dispersion", action="store_true",
                         help="refit the history model with match_dispersion forced on")  # fmt: skip
-    parser.add_argument("--coupling-rank", type=int, default=0,
-                        help="refit the history model with this rank of coupling between units")  # fmt: skip
+    parser.add_argument("--coupling-rank", type=_rank, default=None,
+                        help="refit the history model with this coupling between units: a rank "
+                             "(0 = none) or auto (default: the fit's own default)")  # fmt: skip
     parser.add_argument("--work", type=Path, default=None,
                         help="keep the model folders here (default: a temporary folder)")  # fmt: skip
     parser.add_argument("--reuse", action="store_true",
@@ -203,7 +208,7 @@ def main() -> None:
     # one results file per set of beds, so that beds can run as parallel processes
     tag = "quality_realism" + ("" if args.beds == list(BEDS) else "_" + "_".join(args.beds))
     tag += "_dispersion" if args.match_dispersion else ""
-    tag += f"_coupled{args.coupling_rank}" if args.coupling_rank else ""
+    tag += "" if args.coupling_rank is None else f"_coupling{args.coupling_rank}"
     tag += "" if args.latent_dim is None else f"_z{args.latent_dim}"
     out["match_dispersion"] = args.match_dispersion
     out["latent_dim"] = args.latent_dim

@@ -464,10 +464,15 @@ def data_max_counts(batches: MatchBatches, n_trials: int) -> Tensor:
     return top.clamp_min(1.0)  # a neuron silent in training may still spike once per bin
 
 
+# `sample_free_running`'s output: sampled counts and lengths, data counts and lengths, and the
+# data trial each sampled trial was drawn for
+FreeRunningSets = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
 @torch.no_grad()
 def sample_free_running(
     model: Observation, batches: MatchBatches, n_trials: int, seed: int, min_trials: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> FreeRunningSets:
     """Free-running samples of every trial of `batches`, each repeated up to `min_trials`.
 
     Trial i, repeat k draws from the generator seeded seed + i·repeats + k (the streams of
@@ -1103,30 +1108,32 @@ def population_check(
     held_out: tuple[Tensor, Tensor, Tensor],
     other: SpikeData,
     seed: int,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], FreeRunningSets]:
     """`scoring.population.population_scores` of `--observation auto`'s free-running samples of
     the held-out trials (each repeated up to MIN_SAMPLED_TRIALS times), with `other` trials of the
-    recording as the floor; plus `cost`, the sum of the squared positive scores of
-    COUPLING_METRICS (a metric without a score adds nothing). The samples are kept under
-    "_sets" for `_cost_difference_se` (not for the checkpoint)."""
+    recording as the floor, and `cost`: the sum of the squared positive scores of
+    COUPLING_METRICS (a metric without a score adds nothing). Returns those figures and the
+    samples (`sample_free_running`'s output), for `_cost_difference_se`."""
     counts, rates, mask = held_out
     n = int(counts.shape[0])
     sets = sample_free_running(
         auto_selected(model), tensor_batches(counts, rates, mask), n, seed, MIN_SAMPLED_TRIALS
     )
-    scores, cost = _population_cost(sets, None, other, seed)
-    return {"scores": scores, "cost": cost, "_sets": sets}
+    scores, cost = _population_cost(sets, other, seed)
+    return {"scores": scores, "cost": cost}, sets
 
 
 def _population_cost(
-    sets: tuple[np.ndarray, ...], trials: np.ndarray | None, other: SpikeData, seed: int
+    sets: FreeRunningSets,
+    other: SpikeData,
+    seed: int,
+    trials: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
 ) -> tuple[dict[str, dict[str, float | None]], float]:
-    """Scores and cost of `sample_free_running`'s output, on the held-out `trials` (indices,
-    repeats allowed; None = all) and the samples drawn for them."""
-    s, s_len, d, d_len, src = sets
+    """Scores and cost of free-running `sets`; with `trials` (held-out trial indices, repeats
+    allowed) and `rows` (the sampled trials drawn for them), of that resample only."""
+    s, s_len, d, d_len, _ = sets
     if trials is not None:
-        by_trial = [np.flatnonzero(src == i) for i in range(d.shape[0])]
-        rows = np.concatenate([by_trial[i] for i in trials])
         s, s_len, d, d_len = s[rows], s_len[rows], d[trials], d_len[trials]
     scores = population_scores(
         s, s_len, d, d_len, other.counts, other.lengths, other.bin_size_s, seed
@@ -1136,18 +1143,21 @@ def _population_cost(
 
 
 def _cost_difference_se(
-    first: dict[str, Any], second: dict[str, Any], other: SpikeData, seed: int
+    first: FreeRunningSets, second: FreeRunningSets, other: SpikeData, seed: int
 ) -> float:
     """Standard error of cost(second) − cost(first) over the held-out trials: the spread of the
     paired difference over COUPLING_BOOTSTRAP resamples of the trials (each with the samples
-    drawn for it, for both models alike)."""
+    drawn for it, for both models alike: both sample the same trials in the same order)."""
     rng = np.random.default_rng([int(seed), 11])
-    n = first["_sets"][2].shape[0]
+    source = first[4]
+    n = first[2].shape[0]
+    by_trial = [np.flatnonzero(source == i) for i in range(n)]
     diffs = []
     for _ in range(COUPLING_BOOTSTRAP):
         trials = rng.integers(0, n, n)
-        a = _population_cost(first["_sets"], trials, other, seed)[1]
-        b = _population_cost(second["_sets"], trials, other, seed)[1]
+        rows = np.concatenate([by_trial[i] for i in trials])
+        a = _population_cost(first, other, seed, trials, rows)[1]
+        b = _population_cost(second, other, seed, trials, rows)[1]
         diffs.append(b - a)
     return float(np.std(diffs, ddof=1))
 
@@ -1173,34 +1183,34 @@ def choose_coupling(
     figures go to the kept model's `fit_summary["coupling"]`.
     """
     summary: dict[str, Any] = {"rank": 0}
-    n_held = int(held_out[0].shape[0])
-    if split is None or n_held < MIN_COUPLING_TRIALS:
-        summary["reason"] = (
-            "no validation trials to judge a coupling on"
-            if split is None
-            else f"{n_held} {split} trials are too few to judge a coupling on "
-            f"(at least {MIN_COUPLING_TRIALS})"
-        )
+
+    def uncoupled_because(reason: str) -> SpikeHistoryObservation:
+        summary["reason"] = reason
         uncoupled.fit_summary["coupling"] = summary  # type: ignore[attr-defined]
         if not quiet:
-            console.info(f"spike history: no coupling between units: {summary['reason']}")
+            console.info(f"spike history: no coupling between units: {reason}")
         return uncoupled
-    before = population_check(uncoupled, held_out, other, seed)
-    summary["uncoupled"] = {k: v for k, v in before.items() if k != "_sets"}
+
+    n_held = int(held_out[0].shape[0])
+    if split is None:
+        return uncoupled_because("no validation trials to judge a coupling on")
+    if n_held < MIN_COUPLING_TRIALS:
+        return uncoupled_because(
+            f"{n_held} {split} trials are too few to judge a coupling on "
+            f"(at least {MIN_COUPLING_TRIALS})"
+        )
+    before, before_sets = population_check(uncoupled, held_out, other, seed)
+    summary["uncoupled"] = before
     missed = {
         m: before["scores"][m]["score"]
         for m in COUPLING_TRIGGER_METRICS
         if (before["scores"][m]["score"] or 0.0) > COUPLING_TRIGGER
     }
     if not missed:
-        summary["reason"] = (
+        return uncoupled_because(
             f"free-running {split} samples score ≤ {COUPLING_TRIGGER} on population spectrum "
             "and correlations"
         )
-        uncoupled.fit_summary["coupling"] = summary  # type: ignore[attr-defined]
-        if not quiet:
-            console.info(f"spike history: no coupling between units: {summary['reason']}")
-        return uncoupled
     names = ", ".join(f"{_POPULATION_LABELS[m]} {v:.2f}" for m, v in missed.items())
     if not quiet:
         console.info(
@@ -1209,9 +1219,9 @@ def choose_coupling(
         )
     coupled = fit_coupled(AUTO_COUPLING_RANK)
     validate(coupled)
-    after = population_check(coupled, held_out, other, seed)
-    summary["coupled"] = {k: v for k, v in after.items() if k != "_sets"}
-    se = _cost_difference_se(before, after, other, seed)
+    after, after_sets = population_check(coupled, held_out, other, seed)
+    summary["coupled"] = after
+    se = _cost_difference_se(before_sets, after_sets, other, seed)
     summary["cost_difference_se"] = se
     keep = before["cost"] - after["cost"] > COUPLING_Z * se
     detail = (

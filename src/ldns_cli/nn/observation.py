@@ -80,11 +80,11 @@ from ldns_cli.core.errors import LdnsError
 
 # rates are clamped here before softplus⁻¹ (log 0 = -inf would poison gradients and sums)
 MIN_RATE = 1e-8
-# `HistoryConfig.coupling_rank` "auto", and the rank it tries: rank 1 took the E/I network bed's
-# free-running PSD score from 0.26 to 0.17 (Poisson 0.19) with the other scores within their
-# noise; rank 2 gave 0.18, and rank 4 0.09 at the cost of the Fano score (0.41) and the
-# population-count W1 (0.13 against 0.05) (python bench/quality_realism.py --beds network
-# --coupling-rank R)
+# `HistoryConfig.coupling_rank` "auto", and the rank it tries. On the E/I network bed (uncoupled:
+# free-running test PSD score 0.26, Fano 0.26; Poisson PSD 0.19) rank 1 gave PSD 0.22-0.23 and
+# Fano 0.27-0.29 over two seeds; rank 2 gave PSD 0.12-0.19 but Fano 0.32-0.37, and rank 4 (from
+# a random start) PSD 0.09 with Fano 0.41 and population-count W1 0.13 against 0.05
+# (python bench/quality_realism.py --beds network --coupling-rank R)
 AUTO = "auto"
 AUTO_COUPLING_RANK = 1
 
