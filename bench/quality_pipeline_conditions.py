@@ -68,6 +68,7 @@ def run_bed(
 ) -> dict:
     sim, trials, length = BEDS[name]
     folder = work / (name if condition == "angle" else f"{name}_{condition}")
+    folder = folder if seed == 0 else folder.with_name(f"{folder.name}_seed{seed}")
     folder.mkdir(parents=True, exist_ok=True)
     data_path, models = folder / "data.h5", folder / "models"
     out: dict = {"simulator": sim, "trials": trials}
@@ -161,6 +162,7 @@ def main() -> None:
     # one results file per set of beds, so that beds can run as parallel processes
     tag = "quality_pipeline_conditions" + ("" if beds == list(BEDS) else "_" + "_".join(beds))
     tag += "" if args.condition == "angle" else "_" + args.condition
+    tag += "" if args.seed == 0 else f"_seed{args.seed}"  # another dataset of the same beds
     for name in beds:
         t0 = time.perf_counter()
         results[name] = run_bed(name, args.work, args.seed, args.condition, args.reuse)

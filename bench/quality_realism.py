@@ -114,7 +114,7 @@ def run_bed(
     data = ldns.simulate(
         dataset, trials=trials, neurons=neurons, length=length, history=history, seed=seed
     )
-    folder = work / name
+    folder = work / (name if seed == 0 else f"{name}_seed{seed}")
     t0 = time.perf_counter()
     reused = reuse and (folder / "ae.safetensors").exists()
     settings = {} if coupling_rank is None else {"coupling_rank": coupling_rank}
@@ -210,6 +210,7 @@ def main() -> None:
     tag += "_dispersion" if args.match_dispersion else ""
     tag += "" if args.coupling_rank is None else f"_coupling{args.coupling_rank}"
     tag += "" if args.latent_dim is None else f"_z{args.latent_dim}"
+    tag += "" if args.seed == 0 else f"_seed{args.seed}"  # another dataset of the same beds
     out["match_dispersion"] = args.match_dispersion
     out["latent_dim"] = args.latent_dim
     out["coupling_rank"] = args.coupling_rank
