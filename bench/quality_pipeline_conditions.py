@@ -16,7 +16,8 @@ draws of the simulator's true rates of the test trials are the reference a perfe
 reach. `--reuse` scores what an earlier run left in `--work` without refitting. Bars:
 angle error of the samples ≤ 1.3x the real error (goal 1.1x), autoencoder stage ≤ 1.15x;
 hand-velocity R² and condition accuracy of the samples ≥ 0.9x the real; every fidelity score
-≤ 0.3.
+≤ 0.3. The real validation trials are scored against the test trials too, as samples are: what
+real data reach on each fidelity score at these sizes.
 
     python bench/quality_pipeline_conditions.py [--beds reach400,reach600,reach1000,network400]
         [--condition angle|hand_vel|condition_id]
@@ -128,6 +129,12 @@ def run_bed(
     out["fidelity_score_noise"] = {
         k: float(np.mean([m[k]["score_noise"] for m in evaluated])) for k in scored
     }
+    # real trials scored the same way: the validation trials against the test trials, what
+    # the data themselves reach on each score (unscored metrics: None)
+    val = data.select(data.split == "val")
+    if val.n_trials:
+        by_real = evaluate(test, val, conditions=[])["metrics"]
+        out["fidelity_scores_real_validation"] = {k: by_real[k]["score"] for k in scored}
     out["latent_dim"] = ckpt.config["ae"]["latent_dim"]
     out["latent_search"] = ckpt.extra.get("latent_search", {}).get("curve")
     cmd = [sys.executable, "-m", "ldns_cli", "evaluate", str(data_path), str(sample_paths[0]),
