@@ -223,6 +223,34 @@ def test_neurons_leave_the_population_choice_only_on_clear_evidence():
     assert np.all(choose_per_neuron([data, data], data, scales) == 0)
 
 
+def test_statistics_the_held_out_set_cannot_score_do_not_decide_the_choice():
+    # an ISI mean whose homogeneous-Poisson error is no larger than two sets' noise
+    # (0.012² < 2·0.01²) tells models apart only by chance: on the 40 validation trials of a
+    # simulated E/I network such a statistic (the ISI spread) outweighed a fourfold
+    # autocorrelation error
+    n = 40
+    data = _stats(n)
+    se = {"fano": np.full((1, n), 0.01), "isi_mean_s": np.full((1, n), 0.01),
+          "isi_std_s": np.full((1, n), 0.01), "autocorr": np.full((3, n), 0.01)}  # fmt: skip
+    scales = ScoreScales(
+        naive=dict(zip(SCALED_STATS, (0.5, 0.012, 0.05, 0.04), strict=True)),
+        noise=dict(zip(SCALED_STATS, (0.05, 0.01, 0.01, 0.01), strict=True)),
+        neuron_se=se,
+    )
+    assert [scales.informative(k) for k in SCALED_STATS] == [True, False, True, True]
+    assert scales.as_dict()["informative"]["isi_mean_s"] is False
+    # candidate 1 is off in ISI mean by 3 score units of an informative ISI mean (below) for
+    # every neuron, candidate 0 off in autocorrelation by 0.02 (0.27 score points)
+    sharp = dataclasses.replace(scales, naive={**scales.naive, "isi_mean_s": 0.05})
+    late = 0.1 + 3 * sharp.unit("isi_mean_s")
+    isi_off = dataclasses.replace(_stats(n), isi_mean_s=np.full(n, late))
+    ac_off = _stats(n, ac=0.02)
+    assert np.all(discrepancy(isi_off, data, scales) == 0)
+    assert np.all(choose_per_neuron([ac_off, isi_off], data, scales) == 1)
+    # were the ISI mean informative, its 9 points per neuron would keep candidate 0
+    assert np.all(choose_per_neuron([ac_off, isi_off], data, sharp) == 0)
+
+
 def test_auto_follows_the_stored_choice(tmp_path):
     m = refractory_and_poisson_truth()
     with torch.no_grad():

@@ -156,11 +156,19 @@ class ScoreScales:
         net = max(self.naive[stat] ** 2 - self.noise[stat] ** 2, 0.0)
         return max(math.sqrt(net), SCALE_FLOORS[stat])
 
+    def informative(self, stat: str) -> bool:
+        """Whether this set of trials can tell models apart on `stat`: a homogeneous Poisson
+        draw lands farther from the data than two sets' sampling noise would put it
+        (naive² > 2·noise²; the draw carries as much noise as the data). Otherwise every
+        model's error on it is noise, as `ldns evaluate`, which then gives no score, says."""
+        return self.naive[stat] ** 2 > 2.0 * self.noise[stat] ** 2
+
     def as_dict(self) -> dict[str, dict[str, float]]:
         return {
             "naive": {k: round(v, 6) for k, v in self.naive.items()},
             "noise": {k: round(v, 6) for k, v in self.noise.items()},
             "unit": {k: round(self.unit(k), 6) for k in SCALED_STATS},
+            "informative": {k: self.informative(k) for k in SCALED_STATS},
         }
 
 
@@ -223,8 +231,9 @@ def discrepancy(
     SCALED_STATS in score points (`ScoreScales.unit`), the log rate and the maximum-count
     excess in units of their TOLERANCES. Summed over neurons and divided by N it is the squared
     scores a large held-out set would give, summed over statistics, up to the data's noise (the
-    same for every model), which makes it the criterion for choosing between models.
-    Undefined statistics (a neuron silent in either set, too few ISIs) count 0; a neuron silent
+    same for every model), which makes it the criterion for choosing between models. A statistic
+    the set cannot score (`ScoreScales.informative`) adds nothing: its errors are the data's
+    noise, and their differences between models would decide by chance. Undefined statistics (a neuron silent in either set, too few ISIs) count 0; a neuron silent
     in one set only shows up in its rate error (floored at 1e-3 Hz).
     """
     names = STATS if stats is None else stats
@@ -232,7 +241,8 @@ def discrepancy(
     total = np.zeros(data.rate_hz.size)
     for k in names:
         if k in SCALED_STATS:
-            total += np.nan_to_num(raw[k]) / scales.unit(k) ** 2
+            if scales.informative(k):
+                total += np.nan_to_num(raw[k]) / scales.unit(k) ** 2
         elif k == "log_rate":
             rate_m, rate_d = np.maximum(model.rate_hz, 1e-3), np.maximum(data.rate_hz, 1e-3)
             total += (_log_err(rate_m, rate_d) / TOLERANCES["log_rate"]) ** 2
@@ -262,7 +272,7 @@ def choose_per_neuron(
     exact: the rates are matched for every candidate, and a count above the data's maximum is
     no accident of noise.
     """
-    names = [k for k in stats if k in SCALED_STATS]
+    names = [k for k in stats if k in SCALED_STATS and scales.informative(k)]
     d = np.stack([discrepancy(c, data, scales, stats) for c in candidates])  # [C, N]
     default = int(np.argmin(d.sum(axis=1)))
     choice = np.full(d.shape[1], default, dtype=np.int64)
