@@ -20,6 +20,12 @@ for larger beds and for timing the refit.
 `--coupling-rank R|auto` refits the history model with that coupling between units (0: none; by
 default the fit's own default, auto) before sampling.
 
+`--history-input spikes|residuals` refits the history model with its kernels filtering the
+past counts or their deviations from the rates (`HistoryConfig.history_input`).
+
+`--seed S` simulates another dataset of each bed (the results file and model folders are named
+after it).
+
 `--work DIR` keeps each bed's model folder in DIR/<bed>; run again with `--reuse`, a bed whose
 autoencoder is already there is not refitted: only its history model is (with the current
 defaults), which is how changes to the observation model are measured in minutes.
@@ -109,6 +115,7 @@ def run_bed(
     latent_dim: int | None = None,
     reuse: bool = False,
     coupling_rank: str | None = None,
+    history_input: str | None = None,
 ) -> dict:
     dataset, history, trials, neurons, length = BEDS[name]
     data = ldns.simulate(
@@ -118,7 +125,8 @@ def run_bed(
     t0 = time.perf_counter()
     reused = reuse and (folder / "ae.safetensors").exists()
     settings = {} if coupling_rank is None else {"coupling_rank": coupling_rank}
-    config = work / f"{name}_history.json"
+    settings |= {} if history_input is None else {"history_input": history_input}
+    config = work / f"{folder.name}_history.json"
     config.write_text(json.dumps(settings))
     if reused:  # the stored autoencoder; the history model refitted with the current code
         ldns.fit_history(data, folder, config=config, seed=seed, device="cpu", quiet=True)
@@ -198,6 +206,9 @@ def main() -> None:
     parser.add_argument("--coupling-rank", type=_rank, default=None,
                         help="refit the history model with this coupling between units: a rank "
                              "(0 = none) or auto (default: the fit's own default)")  # fmt: skip
+    parser.add_argument("--history-input", choices=("spikes", "residuals"), default=None,
+                        help="refit the history model with this kernel input (default: the "
+                             "fit's own default)")  # fmt: skip
     parser.add_argument("--work", type=Path, default=None,
                         help="keep the model folders here (default: a temporary folder)")  # fmt: skip
     parser.add_argument("--reuse", action="store_true",
@@ -210,6 +221,7 @@ def main() -> None:
     tag += "_dispersion" if args.match_dispersion else ""
     tag += "" if args.coupling_rank is None else f"_coupling{args.coupling_rank}"
     tag += "" if args.latent_dim is None else f"_z{args.latent_dim}"
+    tag += "" if args.history_input is None else f"_{args.history_input}"
     tag += "" if args.seed == 0 else f"_seed{args.seed}"  # another dataset of the same beds
     out["match_dispersion"] = args.match_dispersion
     out["latent_dim"] = args.latent_dim
@@ -219,7 +231,7 @@ def main() -> None:
         for name in args.beds:
             out["beds"][name] = run_bed(
                 name, args.epochs, args.seed, work, args.match_dispersion, args.latent_dim,
-                args.reuse, args.coupling_rank,
+                args.reuse, args.coupling_rank, args.history_input,
             )  # fmt: skip
             write_results(tag, out)
     print(json.dumps(out["beds"], indent=1, default=str))

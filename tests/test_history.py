@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -111,23 +112,29 @@ def naive_run(m: SpikeHistoryObservation, rates: torch.Tensor, step) -> torch.Te
     B, L, N = rates.shape
     out = torch.zeros(B, L, N, dtype=m.history.dtype)
     base = m.drive(rates.to(m.history.dtype))
+    # what the kernels filter: the past counts, or their deviations from the rates
+    offset = rates.to(m.history.dtype) if m.history_input == "residuals" else 0.0 * rates
     for t in range(L):
         eta = base[:, t].clone()
         for k in range(1, m.history_bins + 1):
             if t - k >= 0:
-                eta += m.history[:, k - 1] * out[:, t - k]
+                x = out[:, t - k] - offset[:, t - k]  # [B, N]
+                eta += m.history[:, k - 1] * x
                 if m.coupling_rank:
-                    proj = out[:, t - k] @ m.coupling_in  # [B, R]
+                    proj = x @ m.coupling_in  # [B, R]
                     eta += (proj * m.coupling_kernel[:, k - 1]) @ m.coupling_out.t()
         out[:, t] = step(F.softplus(eta))
     return out
 
 
+@pytest.mark.parametrize("history_input", ["spikes", "residuals"])
 @pytest.mark.parametrize("rank", [0, 2])
-def test_sampler_recursion_matches_naive_loop_and_teacher_forcing(rank):
+def test_sampler_recursion_matches_naive_loop_and_teacher_forcing(rank, history_input):
     """With a deterministic 'draw' the fast loop, a naive loop and the conv1d path agree."""
     N, H = 6, 5
-    m = SpikeHistoryObservation(N, H, max_count=3, coupling_rank=rank, generator=gen(4)).double()
+    m = SpikeHistoryObservation(
+        N, H, max_count=3, coupling_rank=rank, generator=gen(4), history_input=history_input
+    ).double()
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.5 * torch.randn(p.shape, generator=gen(5), dtype=p.dtype))
@@ -152,6 +159,27 @@ def test_sampler_recursion_matches_naive_loop_and_teacher_forcing(rank):
         torch.testing.assert_close(
             m._run(rates, lambda lam, t: step(lam)), naive_run(m, rates, step)
         )
+
+
+def test_residual_history_keeps_the_free_running_mean_near_the_rates():
+    """Kernels that filter s̃ − r feed back only departures from the rates: a refractory and a
+    self-exciting unit, run free on slowly modulated rates with no intercept matching, fire
+    within 15% of the rates, where the same kernels on raw counts move the mean by over 20%
+    (the refractory one down, the self-exciting one up)."""
+    B, L, H = 256, 200, 10
+    t = torch.arange(L, dtype=torch.float32)
+    rates = (0.1 * (1 + 0.8 * torch.sin(2 * math.pi * t / 50)))[None, :, None].expand(B, L, 2)
+    k = torch.arange(1, H + 1, dtype=torch.float32)
+    ratio = {}
+    for history_input in ("spikes", "residuals"):
+        m = SpikeHistoryObservation(2, H, 5, max_excitation=2.5, history_input=history_input)
+        with torch.no_grad():
+            m.history[0] = -3.0 * torch.exp(-k / 2.0)
+            m.history[1] = 0.8 * torch.exp(-k / 3.0)
+        s = m.sample(rates.contiguous(), [gen(i) for i in range(B)])
+        ratio[history_input] = (s.mean((0, 1)) / rates.mean((0, 1))).tolist()
+    assert all(abs(r - 1.0) < 0.15 for r in ratio["residuals"]), ratio
+    assert ratio["spikes"][0] < 0.8 and ratio["spikes"][1] > 1.2, ratio
 
 
 def test_stationary_start_has_no_first_bin_transient():
@@ -219,14 +247,17 @@ def test_mean_modes():
 
 
 # ---------------------------------------------------------------- fitting
-def test_design_likelihood_matches_conv_path():
+@pytest.mark.parametrize("history_input", ["spikes", "residuals"])
+def test_design_likelihood_matches_conv_path(history_input):
     m = known_model(4, H=6, cap=2)
+    m.history_input = history_input
     rates = smooth_rates(3, 25, 4)
     counts = torch.poisson(rates * 3, generator=gen(10))  # some counts above the cap
     mask = torch.ones(3, 25, dtype=torch.bool)
     mask[1, 20:] = False
     counts = counts * mask[..., None]
-    d = _Design(counts, rates, mask, 6, 2)
+    rates = rates * mask[..., None]  # as the fit's rates: zero in padding
+    d = _Design(counts, rates, mask, 6, 2, history_input)
     ref = -m.log_prob(counts, rates, mask).sum() / (mask.sum() * 4)
     torch.testing.assert_close(d.nll(m), ref)
 
@@ -309,6 +340,26 @@ def test_save_load_round_trip_and_selection(tmp_path):
     assert isinstance(load_observation(tmp_path, "poisson"), PoissonObservation)
     with pytest.raises(LdnsError, match="neurons"):
         load_observation(tmp_path, "history", fingerprint={**FP, "n_neurons": 4})
+
+
+def test_history_input_survives_a_save_and_load_and_older_models_filter_spikes(tmp_path):
+    from ldns_cli.core.checkpoint import load_checkpoint, save_checkpoint
+
+    m = known_model(3, H=4, cap=4)
+    m.history_input = "residuals"
+    # the model's own input is stored, whatever the settings passed say
+    save_history(m, HistoryConfig(history_bins=4, max_count=4), FP, tmp_path)
+    loaded, ckpt = load_history(tmp_path)
+    assert ckpt.config["history_input"] == "residuals" and loaded.history_input == "residuals"
+    rates = smooth_rates(2, 30, 3)
+    torch.testing.assert_close(m.sample(rates, gen(1)), loaded.sample(rates, gen(1)))
+    # settings written before the choice existed: the kernels filtered the past counts
+    del ckpt.config["history_input"]
+    save_checkpoint(ckpt.path, ckpt)
+    assert load_history(tmp_path)[0].history_input == "spikes"
+    assert load_checkpoint(ckpt.path, "history").config.get("history_input") is None
+    with pytest.raises(LdnsError, match="history_input"):
+        HistoryConfig(history_input="rates")
 
 
 def test_load_observation_errors(tmp_path):

@@ -21,6 +21,7 @@ from ldns_cli.core.paths import check_model_target
 from ldns_cli.diffusion.model import DiffusionModel, diffusion_from_checkpoint, weights_id
 from ldns_cli.nn.autoencoder import AEConfig, Autoencoder
 from ldns_cli.nn.observation import (
+    SPIKES,
     HistoryConfig,
     Observation,
     PoissonObservation,
@@ -192,9 +193,12 @@ def load_history(
         cfg = config_from_dict(HistoryConfig, ckpt.config, source=str(path))
         n_neurons = int(ckpt.fingerprint["n_neurons"])
         bound = cfg.max_excitation if "max_excitation" in ckpt.config else None
+        # settings saved before the choice existed: the kernels filtered the past counts
+        history_input = cfg.history_input if "history_input" in ckpt.config else SPIKES
         model = SpikeHistoryObservation(
-            n_neurons, cfg.history_bins, cfg.max_count, cfg.coupling_rank, max_excitation=bound
-        )
+            n_neurons, cfg.history_bins, cfg.max_count, cfg.coupling_rank,
+            max_excitation=bound, history_input=history_input,
+        )  # fmt: skip
         model.load_state_dict(ckpt.subset("model"), strict=True)
         model = model.to(device).eval()
         selection = ckpt.subset("selection")

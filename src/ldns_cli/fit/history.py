@@ -77,6 +77,7 @@ from ldns_cli.nn.observation import (
     AUTO,
     AUTO_COUPLING_RANK,
     MIN_RATE,
+    SPIKES,
     HistoryConfig,
     Observation,
     PoissonObservation,
@@ -153,10 +154,21 @@ class _Design:
     step is one batched matmul instead of a convolution.
     """
 
-    def __init__(self, counts: Tensor, rates: Tensor, mask: Tensor, H: int, cap: int | None):
+    def __init__(
+        self,
+        counts: Tensor,
+        rates: Tensor,
+        mask: Tensor,
+        H: int,
+        cap: int | None,
+        history_input: str = SPIKES,
+    ):
         L = counts.shape[1]
         s = counts if cap is None else counts.clamp(max=float(cap))  # [B, L, N]
-        padded = torch.nn.functional.pad(s, (0, 0, H, 0))  # [B, H+L, N]
+        # the kernels' input: the capped counts, or their deviations from the rates (zero in
+        # padding, where both are zero)
+        x = s if history_input == SPIKES else s - rates * mask[..., None].to(rates.dtype)
+        padded = torch.nn.functional.pad(x, (0, 0, H, 0))  # [B, H+L, N]
         # window j of bin t covers s[t-H+j]; flip so that [..., k-1] is lag k
         windows = padded.unfold(1, H, 1)[:, :L].flip(-1)  # [B, L, N, H]
         self.X = windows[mask].permute(1, 0, 2).contiguous()  # [N, M, H]
@@ -272,7 +284,7 @@ def fit_history(
     if keep is not None:
         keep = keep.to(device)
         counts, rates, mask = counts[keep], rates[keep], mask[keep]
-    design = _Design(counts, rates, mask, H, cfg.max_count)
+    design = _Design(counts, rates, mask, H, cfg.max_count, cfg.history_input)
 
     model = SpikeHistoryObservation(
         N,
@@ -281,6 +293,7 @@ def fit_history(
         0 if cfg.coupling_rank == AUTO else int(cfg.coupling_rank),
         generator=generator,
         max_excitation=cfg.max_excitation,
+        history_input=cfg.history_input,
     ).to(device)
     if model.coupling_rank > 0:
         _init_coupling(model, design)
@@ -522,6 +535,7 @@ def _stacked(models: list[SpikeHistoryObservation]) -> SpikeHistoryObservation:
         first.history_bins,
         first.max_count,
         max_excitation=first.max_excitation,
+        history_input=first.history_input,
     ).to(first.history.device)
     with torch.no_grad():
         wide.history.copy_(torch.cat([m.history for m in models]))
@@ -650,12 +664,15 @@ def apply_dispersion_factors(model: SpikeHistoryObservation, factors: np.ndarray
 @torch.no_grad()
 def _largest_excitation(model: SpikeHistoryObservation, batches: MatchBatches) -> Tensor:
     """Per neuron, the largest Σ_k w⁺_k s̃_{t−k} over the observed histories of `batches` [N]."""
-    plain = SpikeHistoryObservation(model.n_neurons, model.history_bins, model.max_count)
+    plain = SpikeHistoryObservation(
+        model.n_neurons, model.history_bins, model.max_count, history_input=model.history_input
+    )
     plain = plain.to(model.history.device)
     plain.history.copy_(model.history.detach().clamp_min(0.0))
     most = torch.zeros(model.n_neurons, device=model.history.device)
-    for counts, _, mask in batches():
-        x = plain.history_term(counts * mask[..., None].to(counts.dtype))  # [b, L, N]
+    for counts, rates, mask in batches():
+        valid = mask[..., None].to(counts.dtype)
+        x = plain.history_term(counts * valid, rates * valid)  # [b, L, N]
         most = torch.maximum(most, x.amax((0, 1)))
     return most
 
@@ -855,9 +872,12 @@ def save_history(
 ) -> Path:
     """Write `<models>/history.safetensors` (weights, resolved config, data fingerprint, and the
     per-neuron choice `selection.use_history` / ceiling `selection.count_cap` when made). The
-    config is saved with the model's own coupling rank, which "auto" resolved to."""
+    config is saved with the model's own coupling rank, which "auto" resolved to, and its own
+    history input."""
     path = history_path(models_dir)
-    cfg = dataclasses.replace(cfg, coupling_rank=model.coupling_rank)
+    cfg = dataclasses.replace(
+        cfg, coupling_rank=model.coupling_rank, history_input=model.history_input
+    )
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     choice = getattr(model, "neuron_choice", None)
     if choice is not None:
