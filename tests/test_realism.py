@@ -194,16 +194,21 @@ def _stats(n: int, fano: float = 1.0, ac: float = 0.0) -> NeuronStats:
     )  # fmt: skip
 
 
-def test_neurons_leave_the_population_choice_only_on_clear_evidence():
-    n = 40
-    data = _stats(n)
+def _scales(n: int, naive_isi_mean_s: float = 0.05) -> ScoreScales:
+    """Scales of 40 trials: every statistic's noise 0.01 per neuron (Fano 0.05 overall)."""
     se = {"fano": np.full((1, n), 0.01), "isi_mean_s": np.full((1, n), 0.01),
           "isi_std_s": np.full((1, n), 0.01), "autocorr": np.full((3, n), 0.01)}  # fmt: skip
-    scales = ScoreScales(
-        naive=dict(zip(SCALED_STATS, (0.5, 0.05, 0.05, 0.04), strict=True)),
+    return ScoreScales(
+        naive=dict(zip(SCALED_STATS, (0.5, naive_isi_mean_s, 0.05, 0.04), strict=True)),
         noise=dict(zip(SCALED_STATS, (0.05, 0.01, 0.01, 0.01), strict=True)),
         neuron_se=se,
     )
+
+
+def test_neurons_leave_the_population_choice_only_on_clear_evidence():
+    n = 40
+    data = _stats(n)
+    scales = _scales(n)
     # candidate 1 is 0.1 off in Fano factor everywhere, candidate 0 is 0.02 off in
     # autocorrelation: 0.1²/0.2475 = 0.04 score points against 0.02²/0.0015 = 0.27
     fano_off = _stats(n, fano=1.1)
@@ -230,18 +235,12 @@ def test_statistics_the_held_out_set_cannot_score_do_not_decide_the_choice():
     # autocorrelation error
     n = 40
     data = _stats(n)
-    se = {"fano": np.full((1, n), 0.01), "isi_mean_s": np.full((1, n), 0.01),
-          "isi_std_s": np.full((1, n), 0.01), "autocorr": np.full((3, n), 0.01)}  # fmt: skip
-    scales = ScoreScales(
-        naive=dict(zip(SCALED_STATS, (0.5, 0.012, 0.05, 0.04), strict=True)),
-        noise=dict(zip(SCALED_STATS, (0.05, 0.01, 0.01, 0.01), strict=True)),
-        neuron_se=se,
-    )
+    scales = _scales(n, naive_isi_mean_s=0.012)
     assert [scales.informative(k) for k in SCALED_STATS] == [True, False, True, True]
     assert scales.as_dict()["informative"]["isi_mean_s"] is False
     # candidate 1 is off in ISI mean by 3 score units of an informative ISI mean (below) for
     # every neuron, candidate 0 off in autocorrelation by 0.02 (0.27 score points)
-    sharp = dataclasses.replace(scales, naive={**scales.naive, "isi_mean_s": 0.05})
+    sharp = _scales(n)
     late = 0.1 + 3 * sharp.unit("isi_mean_s")
     isi_off = dataclasses.replace(_stats(n), isi_mean_s=np.full(n, late))
     ac_off = _stats(n, ac=0.02)
