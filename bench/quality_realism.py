@@ -142,7 +142,7 @@ def run_bed(
         "latent_dim": load_autoencoder(folder, "cpu")[1].config["ae"]["latent_dim"],
         "observations": {},
     }
-    if settings and not reused:  # the history model again, with the given coupling
+    if settings and not reused:  # the history model again, with the given coupling or input
         t0 = time.perf_counter()
         ldns.fit_history(data, folder, config=config, seed=seed, device="cpu", quiet=True)
         result["refit_history_seconds"] = round(time.perf_counter() - t0, 1)

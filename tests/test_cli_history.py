@@ -105,6 +105,17 @@ def test_fit_history_refits_alone(fitted):
     for bad in ("-1", "two", "1.5"):
         _fails(["fit-history", str(data), "-m", str(models), "--coupling-rank", bad],
                "--coupling-rank")  # fmt: skip
+    # the kernels' input is a setting of the config file, stored with the model
+    residuals = models.parent / "residuals.json"
+    residuals.write_text(json.dumps({"match_dispersion": False, "history_input": "residuals"}))
+    res = _ok(["fit-history", str(data), "-m", str(models), "--coupling-rank", "0",
+               "--iterations", "20", "--config", str(residuals)])  # fmt: skip
+    assert "deviations from the rates" in res.stderr
+    model, ckpt = load_history(models)
+    assert model.history_input == ckpt.config["history_input"] == "residuals"
+    residuals.write_text(json.dumps({"history_input": "rates"}))
+    _fails(["fit-history", str(data), "-m", str(models), "--config", str(residuals)],
+           "history_input")  # fmt: skip
 
 
 def test_fit_history_errors(fitted, tmp_path):

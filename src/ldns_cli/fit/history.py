@@ -937,6 +937,11 @@ def fit_history_for_ae(
         console.info(
             f"spike history: {cfg.history_bins} bins ({cfg.history_bins * train.bin_size_s * 1e3:g}"
             f" ms), cap {cfg.max_count}, {cfg.iterations} iterations"
+            + (
+                ""
+                if cfg.history_input == SPIKES
+                else "; kernels on the counts' deviations from the rates"
+            )
         )
     fingerprint = train.fingerprint()  # of all training trials, before any subsampling
     # rate matching runs over every training trial: the encoder runs once (latents [B, L, Z]

@@ -233,8 +233,9 @@ def discrepancy(
     scores a large held-out set would give, summed over statistics, up to the data's noise (the
     same for every model), which makes it the criterion for choosing between models. A statistic
     the set cannot score (`ScoreScales.informative`) adds nothing: its errors are the data's
-    noise, and their differences between models would decide by chance. Undefined statistics (a neuron silent in either set, too few ISIs) count 0; a neuron silent
-    in one set only shows up in its rate error (floored at 1e-3 Hz).
+    noise, and their differences between models would decide by chance. Undefined statistics
+    (a neuron silent in either set, too few ISIs) count 0; a neuron silent in one set only shows
+    up in its rate error (floored at 1e-3 Hz).
     """
     names = STATS if stats is None else stats
     raw = _raw_sq_errors(model, data)
