@@ -543,8 +543,9 @@ class HistoryConfig:
     coupling_rank: int | str = AUTO
     # what the kernels filter: "spikes" (the paper: past counts s̃) or "residuals" (s̃ − r, see
     # the module docstring). Residuals generated the E/I network bed's spectrum better (test
-    # score 0.26 -> 0.16) but the heterogeneous reach and Lorenz beds' Fano factors worse (0.08
-    # -> 0.27 on Lorenz): python bench/quality_realism.py --history-input residuals
+    # score 0.26 -> 0.16; with --seed 1, 0.40 -> 0.38 and Fano 0.51 -> 0.60) but the
+    # heterogeneous reach and Lorenz beds' Fano factors worse (0.08 -> 0.27 on Lorenz):
+    # python bench/quality_realism.py --history-input residuals
     history_input: str = SPIKES
     lr: float = 0.1  # AdamW peak learning rate (the authors' value)
     weight_decay: float = 0.01  # AdamW decoupled weight decay (the authors' value)
