@@ -10,7 +10,8 @@ which is what differs between the three. Per cell type (truth stored in the file
 across units of rate, Fano factor and lag-1 autocorrelation against the test trials.
 
 Bars (issue): every evaluate score ≤ 0.3 (goal 0.1), and for every statistic the default is no
-worse than the better of history and Poisson beyond the fold spread.
+worse than the better of history and Poisson beyond the fold spread. The real validation trials
+are scored against the test trials too (`scores_real_validation`): what real data reach.
 
 `--match-dispersion` refits the history model with the dispersion matching forced on
 (`HistoryConfig.match_dispersion`) before sampling; by default it runs on training sets of up to
@@ -186,6 +187,12 @@ def run_bed(
             "score_le_0.3": None if a["score"] is None else a["score"] <= 0.3,
         }
     result["verdict"] = verdict
+    # real trials scored the same way: the validation trials against the test trials, what the
+    # data themselves reach on each score at this size
+    val = data.select(data.split == "val")
+    if val.n_trials:
+        real = ldns.evaluate(test, val, folds=5, seed=seed)["metrics"]
+        result["scores_real_validation"] = {k: v["score"] for k, v in real.items()}
     return result
 
 
