@@ -53,6 +53,9 @@ def test_fit_ae_fits_history_by_default(fitted):
     model, ckpt = load_history(models)
     assert model.history_bins == 20 and model.max_count == 5
     assert ckpt.extra["nll_split"] == "validation"
+    # the statistics the validation trials could not score are named as left out of the choice
+    flags = ckpt.extra["selection"]["scales"]["informative"]
+    assert ("left out of the choice" in res.stderr) == (not all(flags.values()))
 
 
 def test_fit_history_refits_alone(fitted):

@@ -284,3 +284,23 @@ def test_out_of_range_names_the_neurons_that_are_off():
     assert out_of_range(neuron_range(same, lengths, 0.005), ref) == []
     found = {(x.neuron, x.statistic) for x in out_of_range(neuron_range(off, lengths, 0.005), ref)}
     assert found == {(1, "rate"), (3, "max count")}
+
+
+def test_the_choice_names_the_statistics_it_leaves_out(capsys):
+    from ldns_cli.fit.history import _STAT_LABELS, _validate
+
+    # homogeneous Poisson data and a model that is Poisson too: a homogeneous Poisson draw lands
+    # as close to the data as their own noise does, so some statistics cannot be scored
+    B, L, N = 40, 100, 32
+    rates = torch.full((B, L, N), 0.1)
+    counts = torch.poisson(rates, generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(B, L, dtype=torch.bool)
+    model = SpikeHistoryObservation(N, history_bins=5, max_count=5)
+    model.fit_summary = {}
+    _validate(model, True, counts, rates, mask, 0.005, "validation", 7, quiet=False)
+    flags = model.fit_summary["selection"]["scales"]["informative"]
+    left = [k for k, informative in flags.items() if not informative]
+    assert left, flags
+    line = next(x for x in capsys.readouterr().err.splitlines() if "left out of the choice" in x)
+    assert all(_STAT_LABELS[k] in line for k in left)
+    assert not any(_STAT_LABELS[k] in line for k in flags if k not in left)

@@ -1056,6 +1056,14 @@ def _report_matching(model: SpikeHistoryObservation, cfg: HistoryConfig) -> None
     )
 
 
+_STAT_LABELS = {
+    "fano": "Fano factor",
+    "isi_mean_s": "ISI mean",
+    "isi_std_s": "ISI spread",
+    "autocorr": "autocorrelation",
+}
+
+
 def _validate(
     model: SpikeHistoryObservation,
     select: bool,
@@ -1094,6 +1102,13 @@ def _validate(
         f"kept for {int(use_history.sum())}/{use_history.size} neurons, Poisson for the "
         "rest (`--observation auto`)"
     )
+    ignored = [k for k, v in figures["scales"]["informative"].items() if not v]
+    if ignored:
+        names = ", ".join(_STAT_LABELS.get(k, k) for k in ignored)
+        console.info(
+            f"  left out of the choice, the {split} trials cannot score them (a homogeneous "
+            f"Poisson draw lands as close to them as noise): {names}"
+        )
     for stat, label in (
         ("rate_hz", "rate (Hz)"),
         ("fano", "Fano factor"),
