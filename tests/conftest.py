@@ -76,6 +76,15 @@ def make_tiny_data(
     )
 
 
+@pytest.fixture(autouse=True)
+def _console_as_a_fresh_process_has_it() -> None:
+    """Every test starts with info lines on: a CLI run with -q, or a library call with
+    quiet=True, silences the console for whatever runs after it in the same process."""
+    from ldns_cli.core import console
+
+    console.set_quiet(False)
+
+
 @pytest.fixture
 def tiny_data() -> Callable[..., SpikeData]:
     """Factory: `tiny_data(n_trials=4, n_bins=16, n_neurons=3, variable_lengths=..., ...)`."""

@@ -286,11 +286,8 @@ def test_out_of_range_names_the_neurons_that_are_off():
     assert found == {(1, "rate"), (3, "max count")}
 
 
-def test_the_choice_names_the_statistics_it_leaves_out(capsys, monkeypatch):
-    from ldns_cli.core import console
+def test_the_choice_names_the_statistics_it_leaves_out(capsys):
     from ldns_cli.fit.history import _STAT_LABELS, _validate
-
-    monkeypatch.setitem(console._state, "quiet", False)  # another test may have left it on
 
     # homogeneous Poisson data and a model that is Poisson too: a homogeneous Poisson draw lands
     # as close to the data as their own noise does, so some statistics cannot be scored
