@@ -235,6 +235,7 @@ def main() -> None:
     out["coupling_rank"] = args.coupling_rank
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) if args.work is None else args.work
+        work.mkdir(parents=True, exist_ok=True)
         for name in args.beds:
             out["beds"][name] = run_bed(
                 name, args.epochs, args.seed, work, args.match_dispersion, args.latent_dim,
