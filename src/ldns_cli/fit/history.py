@@ -83,6 +83,7 @@ from ldns_cli.nn.observation import (
     PoissonObservation,
     SpikeHistoryObservation,
     auto_selected,
+    kernel_input,
     poisson_log_sf,
     softplus_inverse,
 )
@@ -165,9 +166,8 @@ class _Design:
     ):
         L = counts.shape[1]
         s = counts if cap is None else counts.clamp(max=float(cap))  # [B, L, N]
-        # the kernels' input: the capped counts, or their deviations from the rates (zero in
-        # padding, where both are zero)
-        x = s if history_input == SPIKES else s - rates * mask[..., None].to(rates.dtype)
+        # zero in padding, where counts and rates are both zero
+        x = kernel_input(s, rates * mask[..., None].to(rates.dtype), history_input)
         padded = torch.nn.functional.pad(x, (0, 0, H, 0))  # [B, H+L, N]
         # window j of bin t covers s[t-H+j]; flip so that [..., k-1] is lag k
         windows = padded.unfold(1, H, 1)[:, :L].flip(-1)  # [B, L, N, H]
@@ -934,14 +934,10 @@ def fit_history_for_ae(
     cfg = (cfg or HistoryConfig()).resolve(train.bin_size_s)
     gen = torch.Generator().manual_seed(int(seed))
     if not quiet:
+        on = "" if cfg.history_input == SPIKES else "; kernels on the deviations from the rates"
         console.info(
             f"spike history: {cfg.history_bins} bins ({cfg.history_bins * train.bin_size_s * 1e3:g}"
-            f" ms), cap {cfg.max_count}, {cfg.iterations} iterations"
-            + (
-                ""
-                if cfg.history_input == SPIKES
-                else "; kernels on the counts' deviations from the rates"
-            )
+            f" ms), cap {cfg.max_count}, {cfg.iterations} iterations{on}"
         )
     fingerprint = train.fingerprint()  # of all training trials, before any subsampling
     # rate matching runs over every training trial: the encoder runs once (latents [B, L, Z]

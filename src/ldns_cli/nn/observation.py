@@ -108,6 +108,16 @@ SPIKES, RESIDUALS = "spikes", "residuals"
 HISTORY_INPUTS = (SPIKES, RESIDUALS)
 
 
+def kernel_input(capped: Tensor, rates: Tensor | None, history_input: str) -> Tensor:
+    """What the history kernels filter (any shape): the capped counts, or with `history_input`
+    "residuals" their deviations from the rates (which must then be given)."""
+    if history_input == SPIKES:
+        return capped
+    if rates is None:
+        raise ValueError("a history of residuals needs the rates")
+    return capped - rates.to(capped.dtype)
+
+
 def softplus_inverse(rates: Tensor) -> Tensor:
     """softplus⁻¹(r) = log(eʳ − 1), computed stably as r + log(1 − e⁻ʳ) (r clamped ≥ MIN_RATE)."""
     r = rates.clamp_min(MIN_RATE)
@@ -363,15 +373,6 @@ class SpikeHistoryObservation(nn.Module):
         """The history-free part a·softplus⁻¹(r) + b, [B, L, N]."""
         return self.rate_gain * softplus_inverse(rates) + self.bias
 
-    def history_input_of(self, counts: Tensor, rates: Tensor | None) -> Tensor:
-        """What the kernels filter, [B, L, N]: s̃, or s̃ − r with `history_input` "residuals"."""
-        s = self._cap(counts.to(self.history.dtype))
-        if self.history_input == SPIKES:
-            return s
-        if rates is None:
-            raise ValueError("a history of residuals needs the rates")
-        return s - rates.to(s.dtype)
-
     def history_term(self, counts: Tensor, rates: Tensor | None = None) -> Tensor:
         """Σ_k w_k x_{t−k} (+ coupling) from the observed past, zero before bin 0: [B, L, N],
         with x = s̃ (or s̃ − r, `history_input` "residuals", which needs `rates`).
@@ -380,7 +381,8 @@ class SpikeHistoryObservation(nn.Module):
         """
         L, N = counts.shape[1:]
         H = self.history_bins
-        s = self.history_input_of(counts, rates).transpose(1, 2)  # [B, N, L]
+        s = kernel_input(self._cap(counts.to(self.history.dtype)), rates, self.history_input)
+        s = s.transpose(1, 2)  # [B, N, L]
         s = F.pad(s, (H, 0))  # [B, N, H+L]; output t sees s[t-H .. t-1]
         if not self.bounded:
             kernel = self.history.flip(-1).unsqueeze(1)  # [N, 1, H]
@@ -472,7 +474,6 @@ class SpikeHistoryObservation(nn.Module):
         W = self.burn_in_bins
         dtype = self.history.dtype
         drive = torch.zeros(W + L + H, B, N, dtype=dtype, device=rates.device)  # [W+L+H, B, N]
-        residuals = self.history_input == RESIDUALS
         if W > 0:
             drive[:W] = self.drive(rates[:, :1].to(dtype)).transpose(0, 1)  # [1, B, N] broadcast
         for t0 in range(0, L, 1024):  # in time chunks: bounded temporaries at any length
@@ -498,7 +499,7 @@ class SpikeHistoryObservation(nn.Module):
             if t >= W:
                 out[:, t - W] = s
             # future bins t+1..t+H receive w_k · x_t, x = s̃_t (already capped) or s̃_t − r_t
-            x = s - rates[:, max(t - W, 0)].to(dtype) if residuals else s  # [B, N]
+            x = kernel_input(s, rates[:, max(t - W, 0)], self.history_input)  # [B, N]
             drive[t + 1 : t + 1 + H].addcmul_(w, x.unsqueeze(0))
             if bounded:
                 excite[t + 1 : t + 1 + H].addcmul_(w_pos, x.unsqueeze(0))
