@@ -180,8 +180,9 @@ def load_history(
 ) -> tuple[SpikeHistoryObservation, Checkpoint]:
     """Load the fitted spike-history model; a clean `LdnsError` if there is none.
 
-    The per-neuron ceiling (`selection.count_cap`) and excitation bound
-    (`selection.excitation_bound`) are applied when stored; the per-neuron choice
+    The per-neuron ceiling (`selection.count_cap`), excitation bound
+    (`selection.excitation_bound`) and count dispersion (`selection.count_dispersion`) are
+    applied when stored; the per-neuron choice
     (`selection.use_history`, [N] bool) is attached as `neuron_choice` but not applied (see
     `load_observation`). A checkpoint whose settings predate `max_excitation` has no bound.
     """
@@ -205,11 +206,13 @@ def load_history(
         cap = selection.get("count_cap")
         choice = selection.get("use_history")
         per_neuron_bound = selection.get("excitation_bound")
-        for t in (cap, choice, per_neuron_bound):
+        dispersion = selection.get("count_dispersion")
+        for t in (cap, choice, per_neuron_bound, dispersion):
             if t is not None and t.shape != (n_neurons,):
                 raise ValueError(f"selection tensor of shape {tuple(t.shape)}")
         model.set_selection(None, cap)
         model.set_excitation_bound(per_neuron_bound)
+        model.set_count_dispersion(dispersion)
         model.neuron_choice = None if choice is None else choice.bool()  # type: ignore[attr-defined]
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         raise LdnsError(

@@ -7,7 +7,7 @@ needs to know which one it holds (`kind` names it, for provenance and messages):
 - `SpikeHistoryObservation`: a per-neuron autoregressive GLM ("LDNS_sh", Kapoor et al. 2024)
 
       λ_{n,t} = softplus( Σ_{k=1..H} w_{n,k} s̃_{n,t−k} + a_n·softplus⁻¹(r_{n,t}) + b_n + c_{n,t} )
-      s_{n,t} ~ min(Poisson(λ_{n,t}), max_count)
+      s_{n,t} ~ min(Poisson(λ_{n,t}), max_count)   (or gamma-Poisson: over-dispersed counts)
 
   with s̃ the capped past counts (zero before bin 0) and c an optional low-rank coupling term
   between neurons (`coupling_rank` > 0; absent in the paper).
@@ -43,8 +43,19 @@ x = s̃ − r, so that only departures from the decoder's rate feed back:
   raw-count feedback makes up for part of it, and "spikes" generates closer to held-out trials;
   the bound above still holds (Σ w⁺ x ≤ Σ w⁺ s̃, and Σ |w⁻| r is bounded by the input).
 
+Over-dispersed counts. `set_count_dispersion(α)` draws neuron n's count in each bin from the
+gamma-Poisson (negative binomial) with mean λ_{n,t} and variance λ + α_n·λ² instead of Poisson(λ):
+a Poisson whose intensity is multiplied by a fresh mean-one gamma gain in every bin. It stands for
+input fluctuations faster than the history kernel and the decoder's smooth rates resolve: in a
+recurrent E/I network a unit's synaptic input changes from one 5 ms bin to the next, and its
+counts vary more within a bin than any smooth rate gives (bin-wise variance/mean 1.17–1.25 in
+`ldns simulate network` against 1.03–1.06 for Poisson or history draws from the decoder's rates).
+A gain that is new in every bin adds that variance without adding correlation between bins, which
+the kernels already match. α = 0 is Poisson; `fit.history` chooses α on free-running samples.
+The log-likelihood stays exact (the pmf has a closed form).
+
 Per-neuron choice. `set_selection(use_history, count_cap)` makes the neurons with
-use_history = False plain Poisson(r) (w = 0, a = 1, b = 0) and clamps every neuron's samples at
+use_history = False plain Poisson(r) (w = 0, a = 1, b = 0, α = 0) and clamps every neuron's samples at
 its `count_cap` (the most spikes the data ever shows in one of its bins); `fit.history` picks
 both by comparing free-running samples with held-out trials.
 
@@ -64,7 +75,7 @@ Interface (all tensors on one device; legend B trials, L bins, N neurons):
   probability in nats (the full log pmf, with the log s! term), 0 where `mask` is False. Sum it
   for a total. The history model scores under teacher forcing: each bin is conditioned on the
   observed past counts of the same trial. With a cap, counts ≥ cap are scored as the censored
-  event {X ≥ cap}, the exact pmf of min(Poisson(λ), cap).
+  event {X ≥ cap}, the exact pmf of min(Poisson(λ), cap) (or of the gamma-Poisson).
 - `mean(rates, counts=None) -> [B,L,N]`: expected counts. Poisson: `rates`. History: with
   `counts`, the exact conditional mean E[s_t | observed past] (teacher forcing); without, a
   deterministic mean-field approximation of the free-running mean (the recursion run with the
@@ -158,6 +169,74 @@ def capped_poisson_mean(lam: Tensor, max_count: int | None) -> Tensor:
     return torch.special.gammainc(j.expand(*lam.shape, max_count), lam.unsqueeze(-1)).sum(-1)
 
 
+# Over-dispersed counts. With a per-neuron count dispersion α ≥ 0 a bin's count is gamma-Poisson
+# (negative binomial) with mean λ and variance λ + αλ²: Poisson(λ·g), g ~ Gamma(1/α, 1/α) fresh in
+# every bin, so a bin holds more spikes than Poisson(λ) more often while its mean and every other
+# bin are unchanged. α = 0 is Poisson(λ). The pmf is written so that α → 0 is continuous:
+#   P(k) = λᵏ/k! · Π_{j<k}(1 + αj) · (1 + αλ)^−(k + 1/α),
+#   P(k)/P(k−1) = λ(1 + α(k−1)) / (k(1 + αλ)),   P(0) = exp(−λ·log1p(αλ)/(αλ)).
+
+
+def _log1p_over(x: Tensor) -> Tensor:
+    """log1p(x)/x, with its limit 1 − x/2 near x = 0 (x ≥ 0)."""
+    small = x < 1e-6
+    return torch.where(small, 1.0 - 0.5 * x, torch.log1p(x) / torch.where(small, 1.0, x))
+
+
+def gamma_poisson_log_pmf(counts: Tensor, lam: Tensor, alpha: Tensor) -> Tensor:
+    """log P(counts) of the gamma-Poisson with mean `lam` and variance lam + alpha·lam²,
+    elementwise (alpha broadcast, ≥ 0; alpha = 0 gives `poisson_log_pmf`)."""
+    lam = lam.clamp_min(MIN_RATE)
+    alpha = alpha.to(lam)
+    x = alpha * lam
+    lp = counts * (torch.log(lam) - torch.log1p(x)) - lam * _log1p_over(x)
+    lp = lp - torch.lgamma(counts + 1.0)
+    k_max = int(counts.max()) if counts.numel() else 0
+    for j in range(1, k_max):  # Π_{j<k} (1 + αj)
+        lp = lp + torch.log1p(alpha * j) * (counts > j)
+    return lp
+
+
+def _count_cdf(lam: Tensor, alpha: Tensor | None, k_max: int) -> Tensor:
+    """P(X ≤ k) for k = 0..k_max−1, float64, [..., k_max] (X Poisson or gamma-Poisson)."""
+    lam64 = lam.double().clamp_min(MIN_RATE)
+    a = None if alpha is None else alpha.double()
+    p = torch.exp(-lam64 if a is None else -lam64 * _log1p_over(a * lam64))
+    out = [p]
+    for k in range(1, k_max):
+        p = p * lam64 / k if a is None else p * lam64 * (1 + a * (k - 1)) / (k * (1 + a * lam64))
+        out.append(out[-1] + p)
+    return torch.stack(out, -1).clamp_max(1.0)
+
+
+def capped_count_log_prob(
+    counts: Tensor, lam: Tensor, max_count: int | None, alpha: Tensor | None
+) -> Tensor:
+    """log pmf of min(X, max_count) at `counts`, X ~ Poisson(lam) (`alpha` None) or the
+    gamma-Poisson with dispersion `alpha`."""
+    if alpha is None:
+        return capped_poisson_log_prob(counts, lam, max_count)
+    if not max_count:
+        return gamma_poisson_log_pmf(counts, lam, alpha)
+    c = counts.clamp(max=float(max_count))
+    at_cap = c >= max_count
+    below = gamma_poisson_log_pmf(torch.where(at_cap, torch.zeros_like(c), c), lam, alpha)
+    cdf = _count_cdf(lam, alpha.expand_as(lam), max_count)[..., -1]  # P(X ≤ cap − 1)
+    tail = torch.log1p(-cdf).clamp_min(-87.0).to(lam.dtype)
+    return torch.where(at_cap, tail, below)
+
+
+def capped_count_mean(lam: Tensor, max_count: int | None, alpha: Tensor | None) -> Tensor:
+    """E[min(X, cap)] = Σ_{j=1..cap} P(X ≥ j) (X as in `capped_count_log_prob`); lam without a
+    cap (the gamma mixing keeps the mean)."""
+    if alpha is None:
+        return capped_poisson_mean(lam, max_count)
+    if not max_count:
+        return lam
+    cdf = _count_cdf(lam, alpha.expand_as(lam), max_count)  # [..., cap]
+    return (1.0 - cdf).sum(-1).to(lam.dtype)
+
+
 def _valid(mask: Tensor | None, lengths: Tensor | None, shape: torch.Size, device) -> Tensor | None:
     """A bool [B, L, 1] validity mask from a [B, L] mask or [B] lengths (None if neither)."""
     if mask is not None:
@@ -208,19 +287,26 @@ def _check_generator(generator: Generators, rates: Tensor) -> None:
             )
 
 
-def inverse_cdf_poisson(u: Tensor, lam: Tensor, max_count: int | None) -> Tensor:
-    """min(Poisson(lam), cap) by inversion of uniforms `u` (exact in distribution).
+def inverse_cdf_poisson(
+    u: Tensor, lam: Tensor, max_count: int | None, alpha: Tensor | None = None
+) -> Tensor:
+    """min(Poisson(lam), cap) by inversion of uniforms `u` (exact in distribution); with
+    `alpha` (broadcast to `lam`), min(X, cap) for X gamma-Poisson with that dispersion.
 
-    s = #{k ≥ 0 : u > F(k)}, F the Poisson CDF, accumulated term by term in float64. With a cap
+    s = #{k ≥ 0 : u > F(k)}, F the CDF, accumulated term by term in float64. With a cap
     only F(0..cap-1) are needed; without one the loop runs until no entry can go higher.
     """
     lam64, u64 = lam.double(), u.double()
-    p = torch.exp(-lam64)  # P(X = 0)
+    a = None if alpha is None else alpha.double()
+    p = torch.exp(-lam64 if a is None else -lam64 * _log1p_over(a * lam64))  # P(X = 0)
     cdf = p.clone()
     s = (u64 > cdf).to(lam.dtype)
     k = 1
     while (max_count is None or k < max_count) and bool((u64 > cdf).any()):
-        p = p * lam64 / k
+        if a is None:
+            p = p * lam64 / k
+        else:
+            p = p * lam64 * (1 + a * (k - 1)) / (k * (1 + a * lam64))
         cdf = cdf + p
         s += u64 > cdf
         k += 1
@@ -294,6 +380,8 @@ class SpikeHistoryObservation(nn.Module):
         self.excitation_bound: Tensor | None = None
         # per-neuron sample ceiling [N] (None = only max_count); not a weight: see set_selection
         self.count_cap: Tensor | None = None
+        # per-neuron count dispersion α [N] (None = Poisson counts); see set_count_dispersion
+        self.count_dispersion: Tensor | None = None
         self.use_history: Tensor | None = None  # [N] bool, None = every neuron
         self.n_neurons = int(n_neurons)
         self.history_bins = int(history_bins)
@@ -352,14 +440,29 @@ class SpikeHistoryObservation(nn.Module):
         self.excitation_bound = bound
 
     @torch.no_grad()
+    def set_count_dispersion(self, alpha: Tensor | None) -> None:
+        """Draw each neuron's counts gamma-Poisson with variance λ + α_n·λ² (α [N] ≥ 0; None or
+        all zero: Poisson counts). Not a weight: the fit chooses it on free-running samples."""
+        if alpha is None:
+            self.count_dispersion = None
+            return
+        alpha = alpha.to(device=self.history.device, dtype=self.history.dtype)
+        if alpha.shape != (self.n_neurons,) or not bool(((alpha >= 0) & alpha.isfinite()).all()):
+            raise ValueError("the count dispersion needs one finite value ≥ 0 per neuron")
+        self.count_dispersion = alpha if bool((alpha > 0).any()) else None
+
+    @torch.no_grad()
     def set_selection(self, use_history: Tensor | None, count_cap: Tensor | None) -> None:
         """Make the neurons with `use_history` False plain Poisson (w = 0, a = 1, b = 0, no
-        coupling out) and cap each neuron's samples at `count_cap` [N] (None: leave as is)."""
+        coupling out, Poisson counts) and cap each neuron's samples at `count_cap` [N] (None:
+        leave as is)."""
         if use_history is not None:
             keep = use_history.to(device=self.history.device, dtype=torch.bool)  # [N]
             self.history[~keep] = 0.0
             self.rate_gain[~keep] = 1.0
             self.bias[~keep] = 0.0
+            if self.count_dispersion is not None:
+                self.set_count_dispersion(self.count_dispersion * keep)
             if self.coupling_rank > 0:
                 self.coupling_out[~keep] = 0.0
             self.use_history = keep
@@ -406,24 +509,32 @@ class SpikeHistoryObservation(nn.Module):
     # ------------------------------------------------------------------ interface
     def log_prob(self, counts: Tensor, rates: Tensor, mask: Tensor | None = None) -> Tensor:
         counts = counts.to(rates.dtype)
-        lp = capped_poisson_log_prob(counts, self.intensity(counts, rates), self.max_count)
+        lam = self.intensity(counts, rates)
+        lp = capped_count_log_prob(counts, lam, self.max_count, self.count_dispersion)
         valid = _valid(mask, None, rates.shape, rates.device)
         return lp if valid is None else lp * valid
 
     @torch.no_grad()
     def mean(self, rates: Tensor, counts: Tensor | None = None) -> Tensor:
+        alpha = self.count_dispersion
         if counts is not None:
-            return capped_poisson_mean(
-                self.intensity(counts.to(rates.dtype), rates), self.max_count
-            )
+            lam = self.intensity(counts.to(rates.dtype), rates)
+            return capped_count_mean(lam, self.max_count, alpha)
         # mean-field recursion: the sampler with E[count] in place of each draw
-        return self._run(rates, lambda lam, t: capped_poisson_mean(lam, self.max_count))
+        return self._run(rates, lambda lam, t: capped_count_mean(lam, self.max_count, alpha))
 
     @torch.no_grad()
     def sample(self, rates: Tensor, generator: Generators, lengths: Tensor | None = None) -> Tensor:
         _check_generator(generator, rates)
         cap = self.max_count
-        if isinstance(generator, torch.Generator):
+        alpha = self.count_dispersion  # [N] or None
+        if isinstance(generator, torch.Generator) and alpha is not None:
+
+            def draw(lam: Tensor, t: int) -> Tensor:
+                u = torch.rand(lam.shape, generator=generator, device=lam.device)
+                return inverse_cdf_poisson(u, lam, cap, alpha)
+
+        elif isinstance(generator, torch.Generator):
 
             def draw(lam: Tensor, t: int) -> Tensor:
                 s = torch.poisson(lam, generator=generator)
@@ -447,7 +558,7 @@ class SpikeHistoryObservation(nn.Module):
                         rows = min(rows, total - t)
                     u = [torch.rand(rows, N, generator=g, device=lam.device) for g in gens]
                     block[:] = [torch.stack(u, 1)]  # [block, B, N]
-                return inverse_cdf_poisson(block[0][j], lam, cap)
+                return inverse_cdf_poisson(block[0][j], lam, cap, alpha)
 
         s = self._run(rates, draw)
         valid = _valid(None, lengths, rates.shape, rates.device)
@@ -514,6 +625,7 @@ class SpikeHistoryObservation(nn.Module):
             f"max_count={self.max_count}, coupling_rank={self.coupling_rank}, "
             f"max_excitation={self.max_excitation}, "
             f"per_neuron_bound={self.excitation_bound is not None}, "
+            f"count_dispersion={self.count_dispersion is not None}, "
             f"history_input={self.history_input}"
         )
 
@@ -570,6 +682,10 @@ class HistoryConfig:
     # the autocorrelation score from 0.25 to 0.19 (python bench/quality_realism.py --beds network
     # --match-dispersion)
     match_dispersion: bool | None = None
+    # with the dispersion matching, also give each neuron the gamma-Poisson count dispersion α
+    # whose free-running samples match the data's Fano factor and autocorrelation best (α = 0:
+    # Poisson counts; fit.history.match_count_dispersion)
+    match_count_dispersion: bool = True
     # clamp each neuron's samples at the most spikes the training data shows in one of its bins
     cap_from_data: bool = True
     # keep, per neuron, whichever of history and Poisson generates statistics closer to the
