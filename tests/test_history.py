@@ -17,8 +17,12 @@ from ldns_cli.nn.observation import (
     HistoryConfig,
     PoissonObservation,
     SpikeHistoryObservation,
+    capped_count_log_prob,
+    capped_count_mean,
     capped_poisson_log_prob,
     capped_poisson_mean,
+    gamma_poisson_log_pmf,
+    poisson_log_pmf,
     softplus_inverse,
 )
 from ldns_cli.store import load_history, load_observation
@@ -248,9 +252,12 @@ def test_mean_modes():
 
 # ---------------------------------------------------------------- fitting
 @pytest.mark.parametrize("history_input", ["spikes", "residuals"])
-def test_design_likelihood_matches_conv_path(history_input):
+@pytest.mark.parametrize("dispersion", [False, True])
+def test_design_likelihood_matches_conv_path(history_input, dispersion):
     m = known_model(4, H=6, cap=2)
     m.history_input = history_input
+    if dispersion:  # gamma-Poisson counts for three of the four neurons
+        m.set_count_dispersion(torch.tensor([0.0, 0.5, 2.0, 1.0]))
     rates = smooth_rates(3, 25, 4)
     counts = torch.poisson(rates * 3, generator=gen(10))  # some counts above the cap
     mask = torch.ones(3, 25, dtype=torch.bool)
@@ -740,3 +747,109 @@ def test_given_dispersion_factors_are_applied_instead_of_searched():
     # the rates are still matched after the factors change the kernel
     sampled = given.sample(rates, [gen(900 + i) for i in range(B)]).sum()
     assert abs(float(sampled / counts.sum()) - 1) < 0.1
+
+
+# ---------------------------------------------------------------- over-dispersed counts
+def test_gamma_poisson_pmf_is_the_negative_binomial_and_zero_dispersion_is_poisson():
+    lam = torch.tensor([0.02, 0.3, 2.5], dtype=torch.float64)
+    alpha = torch.tensor([0.0, 1.5, 4.0], dtype=torch.float64)
+    k = torch.arange(0, 12, dtype=torch.float64)[:, None].expand(-1, 3)
+    lp = gamma_poisson_log_pmf(k, lam.expand(12, 3), alpha).numpy()
+    np.testing.assert_allclose(lp[:, 0], stats.poisson.logpmf(k[:, 0].numpy(), 0.02), rtol=1e-10)
+    size = 1.0 / alpha[1:].numpy()  # scipy: n = 1/α, p = n / (n + λ)
+    ref = stats.nbinom.logpmf(k[:, 1:].numpy(), size, size / (size + lam[1:].numpy()))
+    np.testing.assert_allclose(lp[:, 1:], ref, rtol=1e-9)
+    # continuous at α → 0
+    tiny = gamma_poisson_log_pmf(k, lam.expand(12, 3), torch.full((3,), 1e-12, dtype=torch.float64))
+    torch.testing.assert_close(tiny, poisson_log_pmf(k, lam.expand(12, 3)))
+    # capped: a distribution whose mean is the capped mean; no dispersion is the Poisson code
+    cap = 5
+    support = torch.arange(0, cap + 1, dtype=torch.float64)[:, None].expand(-1, 3)
+    probs = capped_count_log_prob(support, lam.expand(cap + 1, 3), cap, alpha).exp()
+    torch.testing.assert_close(probs.sum(0), torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(capped_count_mean(lam, cap, alpha), (support * probs).sum(0))
+    torch.testing.assert_close(capped_count_mean(lam, None, alpha), lam)
+    torch.testing.assert_close(
+        capped_count_log_prob(support, lam.expand(cap + 1, 3), cap, None),
+        capped_poisson_log_prob(support, lam.expand(cap + 1, 3), cap),
+    )
+
+
+@pytest.mark.parametrize("per_trial", [False, True])
+def test_over_dispersed_samples_have_the_gamma_poisson_moments(per_trial):
+    # no history, no cap: each neuron's counts are i.i.d. with mean λ and variance λ + αλ²
+    N, B, L, lam = 3, 400, 50, 0.4
+    m = SpikeHistoryObservation(N, 4, None)
+    alpha = torch.tensor([0.0, 1.0, 3.0])
+    m.set_count_dispersion(alpha)
+    rates = torch.full((B, L, N), lam)
+    g = [gen(i) for i in range(B)] if per_trial else gen(3)
+    s = m.sample(rates, g).reshape(-1, N).double()  # [B·L, N]
+    n = s.shape[0]
+    var = lam + alpha.double() * lam**2
+    assert ((s.mean(0) - lam).abs() < 4 * (var / n).sqrt()).all(), s.mean(0)
+    # the sample variance's standard error from the gamma-Poisson's fourth moment, bounded
+    # generously by 2·var·(1 + α)·sqrt(2/n)
+    assert ((s.var(0) - var).abs() < 4 * var * (1 + alpha.double()) * math.sqrt(2 / n)).all()
+    # a neuron with α = 0 draws exactly what the Poisson-count model draws from the same uniforms
+    if per_trial:
+        plain = SpikeHistoryObservation(N, 4, None).sample(rates, [gen(i) for i in range(B)])
+        torch.testing.assert_close(s[:, 0].float(), plain.reshape(-1, N)[:, 0])
+
+
+def test_count_dispersion_survives_a_save_and_load_and_poisson_neurons_drop_it(tmp_path):
+    m = known_model(3, H=4, cap=4)
+    m.set_count_dispersion(torch.tensor([0.0, 0.7, 2.0]))
+    cfg = HistoryConfig(history_bins=4, max_count=4, max_excitation=None)  # as `m`: unbounded
+    save_history(m, cfg, FP, tmp_path)
+    back, _ = load_history(tmp_path)
+    torch.testing.assert_close(back.count_dispersion, m.count_dispersion)
+    rates = smooth_rates(4, 40, 3)
+    torch.testing.assert_close(back.sample(rates, gen(2)), m.sample(rates, gen(2)))
+    counts = torch.poisson(rates, generator=gen(4))
+    torch.testing.assert_close(back.log_prob(counts, rates), m.log_prob(counts, rates))
+    # neurons made Poisson by the per-neuron choice draw Poisson counts too
+    m.set_selection(torch.tensor([True, False, True]), None)
+    torch.testing.assert_close(m.count_dispersion, torch.tensor([0.0, 0.0, 2.0]))
+    with pytest.raises(ValueError, match="one finite value"):
+        m.set_count_dispersion(torch.tensor([0.0, -1.0, 1.0]))
+    # a model saved without one has Poisson counts
+    save_history(known_model(3, H=4, cap=4), HistoryConfig(history_bins=4), FP, tmp_path)
+    assert load_history(tmp_path)[0].count_dispersion is None
+
+
+def test_count_dispersion_matching_finds_the_over_dispersed_units_and_leaves_poisson_ones():
+    # 4 units whose counts are gamma-Poisson (α = 2) and 4 Poisson units, all at their true
+    # rates, and a model without history: the matching gives dispersion to the first four and
+    # none (or next to none) to the others, and their free-running Fano factors come near the
+    # data's
+    from ldns_cli.fit.history import match_count_dispersion, tensor_batches
+    from ldns_cli.scoring.neurons import neuron_stats
+
+    N, B, L, lam = 8, 160, 80, 0.15
+    rng = np.random.default_rng(7)
+    alpha_true = np.array([2.0] * 4 + [0.0] * 4)
+    gain = np.where(
+        alpha_true > 0, rng.gamma(1 / np.maximum(alpha_true, 1e-9), alpha_true, (B, L, N)), 1.0
+    )
+    counts = torch.from_numpy(rng.poisson(lam * gain)).float()
+    rates = torch.full((B, L, N), lam)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    model = SpikeHistoryObservation(N, 10, 5, max_excitation=2.5)
+    alpha, estimate = match_count_dispersion(
+        model, tensor_batches(counts, rates, mask), B, 2, seed=0
+    )
+    assert (alpha[:4] >= 1.0).all() and (alpha[:4] <= 4.0).all(), alpha
+    assert (alpha[4:] <= 0.5).all(), alpha
+    assert (estimate[:4] > 1.0).all() and (estimate[4:] < 0.6).all(), estimate
+    torch.testing.assert_close(model.count_dispersion.numpy(), alpha.astype(np.float32))
+    lengths = np.full(B, L)
+    data = neuron_stats(counts.numpy(), lengths, 1.0)
+    sampled = model.sample(rates, [gen(700 + i) for i in range(B)])
+    free = neuron_stats(sampled.numpy(), lengths, 1.0)
+    poisson = neuron_stats(torch.poisson(rates, generator=gen(9)).numpy(), lengths, 1.0)
+    assert np.abs(free.fano[:4] - data.fano[:4]).mean() < 0.5 * np.abs(
+        poisson.fano[:4] - data.fano[:4]
+    ).mean()
+    # the intercepts keep the data's rates
+    assert abs(float(sampled.sum() / counts.sum()) - 1) < 0.05

@@ -383,6 +383,10 @@ class SpikeHistoryObservation(nn.Module):
         # per-neuron count dispersion α [N] (None = Poisson counts); see set_count_dispersion
         self.count_dispersion: Tensor | None = None
         self.use_history: Tensor | None = None  # [N] bool, None = every neuron
+        # the neurons form this many equal blocks that draw from the same uniforms (neuron n of
+        # every block sees the same random numbers): variants of one model side by side then
+        # differ by their parameters, not by their draws (common random numbers, see sample)
+        self.shared_draw_blocks = 1
         self.n_neurons = int(n_neurons)
         self.history_bins = int(history_bins)
         self.max_count = int(max_count) if max_count else None
@@ -528,10 +532,15 @@ class SpikeHistoryObservation(nn.Module):
         _check_generator(generator, rates)
         cap = self.max_count
         alpha = self.count_dispersion  # [N] or None
-        if isinstance(generator, torch.Generator) and alpha is not None:
+        blocks = self.shared_draw_blocks
+        N = rates.shape[-1]
+        if N % blocks:
+            raise ValueError(f"{N} neurons do not split into {blocks} blocks of shared draws")
+        if isinstance(generator, torch.Generator) and (alpha is not None or blocks > 1):
 
             def draw(lam: Tensor, t: int) -> Tensor:
-                u = torch.rand(lam.shape, generator=generator, device=lam.device)
+                shape = (lam.shape[0], N // blocks)
+                u = torch.rand(shape, generator=generator, device=lam.device).repeat(1, blocks)
                 return inverse_cdf_poisson(u, lam, cap, alpha)
 
         elif isinstance(generator, torch.Generator):
@@ -544,7 +553,6 @@ class SpikeHistoryObservation(nn.Module):
             # one generator per trial: uniforms drawn per trial in fixed blocks, then inverted
             # for all trials at once (the loop over trials is one rand call per block)
             gens = list(generator)
-            N = rates.shape[-1]
             block: list[Tensor] = []
             total = self.burn_in_bins + rates.shape[1]  # bins the loop runs
 
@@ -556,8 +564,9 @@ class SpikeHistoryObservation(nn.Module):
                     rows = UNIFORM_BLOCK_BINS
                     if lam.device.type == "cpu":
                         rows = min(rows, total - t)
-                    u = [torch.rand(rows, N, generator=g, device=lam.device) for g in gens]
-                    block[:] = [torch.stack(u, 1)]  # [block, B, N]
+                    width = N // blocks
+                    u = [torch.rand(rows, width, generator=g, device=lam.device) for g in gens]
+                    block[:] = [torch.stack(u, 1).repeat(1, 1, blocks)]  # [block, B, N]
                 return inverse_cdf_poisson(block[0][j], lam, cap, alpha)
 
         s = self._run(rates, draw)
