@@ -848,8 +848,9 @@ def test_count_dispersion_matching_finds_the_over_dispersed_units_and_leaves_poi
     sampled = model.sample(rates, [gen(700 + i) for i in range(B)])
     free = neuron_stats(sampled.numpy(), lengths, 1.0)
     poisson = neuron_stats(torch.poisson(rates, generator=gen(9)).numpy(), lengths, 1.0)
-    assert np.abs(free.fano[:4] - data.fano[:4]).mean() < 0.5 * np.abs(
-        poisson.fano[:4] - data.fano[:4]
-    ).mean()
+    assert (
+        np.abs(free.fano[:4] - data.fano[:4]).mean()
+        < 0.5 * np.abs(poisson.fano[:4] - data.fano[:4]).mean()
+    )
     # the intercepts keep the data's rates
     assert abs(float(sampled.sum() / counts.sum()) - 1) < 0.05
