@@ -33,9 +33,9 @@ GOLDEN = {
     "sample_reach": "72bf544d90891704027e9e907a506e2ccc3cf8bf938dfccefa5bd8d54000ce6d",
     "sample_lorenz": "a11f9345899e10af602d7cea3e300922ef1df67c28054d690d3288ce7611c997",
     "fit_ae": "c84d0365b53f0e862fdd59d4ecf323811884284df5e377df0350069cd342a240",
-    "fit_history": "864b6e555176913d21f774a6a630e01a2c67bc01c7d7badc17fdec9ff8f424fb",
+    "fit_history": "38850c565b0f488a90f21beb7e5463f7eeb318afbca98279508f01641072960b",
     "fit_diffusion": "58ebb7b75e884baef0b1390d937c9110835e4af36aeedebf9933f3f885697391",
-    "evaluate_json": "30b8d2ffb3cc7610c423f324bd316340bb36ab77c64767b25d5eec3dc002a6b9",
+    "evaluate_json": "4898c95ff10f0013bd7ffefaa729b7752bc53ce379650f2599a207b4a7a9229b",
 }
 
 

@@ -36,7 +36,9 @@ step is judged on free-running samples:
    excitation bound are scaled, per neuron, by the factors of DISPERSION_SCALES whose
    free-running Fano factor and autocorrelation come closest to the training data's
    (`match_dispersion`; by default on training sets of at most DISPERSION_AUTO_ELEMENTS
-   unit-bins, `dispersion_on`);
+   unit-bins, `dispersion_on`); with it, each neuron's counts become gamma-Poisson where that
+   brings the same statistics closer (`match_count_dispersion`: a unit whose input fluctuates
+   faster than the kernel and the rates resolve holds more spikes per bin than Poisson);
 4. `select_neurons` samples the validation trials free-running with the history model and with
    Poisson and compares rate, Fano factor, ISI mean/std, autocorrelation and maximum count with
    the held-out trials' as `ldns evaluate` scores them: the model that does better over the
