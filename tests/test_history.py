@@ -524,7 +524,7 @@ def test_dispersion_matching_weakens_inhibition_that_makes_samples_too_regular()
 
     model = model_with(refractory)
     batches = tensor_batches(counts, rates, mask)
-    scales, _, after = match_free_running_dispersion(model, batches, B, 2, seed=0)
+    scales, _, after, _ = match_free_running_dispersion(model, batches, B, 2, seed=0)
     weakest = min(inh for _, inh, _ in DISPERSION_SCALES)
     assert scales.shape == (N, 3)
     assert (scales[:, 1] == weakest).all(), scales
@@ -540,7 +540,7 @@ def test_dispersion_matching_weakens_inhibition_that_makes_samples_too_regular()
     own = model_with(refractory).sample(rates, [gen(100 + i) for i in range(B)])
     model = model_with(refractory)
     own_batches = tensor_batches(own.float(), rates, mask)
-    scales, _, _ = match_free_running_dispersion(model, own_batches, B, 2, seed=0)
+    scales, _, _, _ = match_free_running_dispersion(model, own_batches, B, 2, seed=0)
     assert (scales[:, 1] == 1.0).sum() >= N - 1, scales
 
 
@@ -559,7 +559,7 @@ def test_dispersion_matching_runs_candidates_in_turn_for_coupled_neurons():
         model.history.copy_(refractory.expand(N, 10))
         model.coupling_out.fill_(0.05)
     coupling = [p.detach().clone() for p in (model.coupling_in, model.coupling_out)]
-    scales, _, after = match_free_running_dispersion(
+    scales, _, after, _ = match_free_running_dispersion(
         model, tensor_batches(counts, rates, mask), B, 2, seed=0
     )
     weakest = min(inh for _, inh, _ in DISPERSION_SCALES)
@@ -596,7 +596,7 @@ def test_dispersion_matching_raises_the_bound_of_units_whose_bursts_it_cuts_shor
     data = model_with(4 * E).sample(rates, [gen(200 + i) for i in range(B)])
     model = model_with(E)
     low = fano(model.sample(rates, [gen(900 + i) for i in range(B)]))
-    scales, _, _ = match_free_running_dispersion(model, tensor_batches(data, rates, mask), B, 2)
+    scales, _, _, _ = match_free_running_dispersion(model, tensor_batches(data, rates, mask), B, 2)
     assert scales.shape == (N, 3)
     assert (scales[:, 2] > 1).sum() >= N - 1, scales
     torch.testing.assert_close(model.excitation_bound, E * torch.as_tensor(scales[:, 2]).float())
@@ -605,7 +605,7 @@ def test_dispersion_matching_raises_the_bound_of_units_whose_bursts_it_cuts_shor
     # data drawn under the default bound: the default bound is kept
     own = model_with(E).sample(rates, [gen(300 + i) for i in range(B)])
     model = model_with(E)
-    scales, _, _ = match_free_running_dispersion(model, tensor_batches(own, rates, mask), B, 2)
+    scales, _, _, _ = match_free_running_dispersion(model, tensor_batches(own, rates, mask), B, 2)
     assert (scales[:, 2] == 1).sum() >= N - 1, scales
 
 

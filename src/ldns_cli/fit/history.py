@@ -64,7 +64,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -131,6 +131,7 @@ DISPERSION_STATS = ("fano", "autocorr")
 # `match_count_dispersion` (0: Poisson counts), and the largest α it gives
 COUNT_DISPERSION_SCALES = (0.0, 0.5, 1.0, 1.5)
 MAX_COUNT_DISPERSION = 10.0
+COUNT_DISPERSION_RATE_ROUNDS = 1
 # free-running sets are repeated up to this many trials, so the model side adds little noise
 # (the dispersion matching runs on the whole training set, which needs fewer repeats)
 MIN_SAMPLED_TRIALS = 512
@@ -332,12 +333,12 @@ def fit_history(
         )
         summary["dispersion_factors_given"] = True
     elif dispersion:
-        scales, before, after = match_free_running_dispersion(
+        scales, before, after, moments = match_free_running_dispersion(
             model, match_set[0], match_set[1], cfg.rate_match_rounds, match_seed
         )
         if cfg.match_count_dispersion:
             _, estimate = match_count_dispersion(
-                model, match_set[0], match_set[1], cfg.rate_match_rounds, match_seed
+                model, match_set[0], match_set[1], cfg.rate_match_rounds, match_seed, moments
             )
             summary["count_dispersion_estimate"] = [round(float(x), 4) for x in estimate]
     if dispersion and model.count_dispersion is not None:
@@ -620,8 +621,9 @@ def match_free_running_dispersion(
     another, each with the same factors for every neuron; the per-neuron mixture is then matched
     to the data's rates once more. Modifies `model` in place (its `excitation_bound` set per
     neuron when bounded); returns the chosen (excitation, inhibition, bound) factors per neuron
-    `[N, 3]` and the sampled/data spike ratio before and after the rate matching (over all
-    candidates; of the mixture with coupling).
+    `[N, 3]`, the sampled/data spike ratio before and after the rate matching (over all
+    candidates; of the mixture with coupling) and the chosen candidates' single-bin moments
+    (for `match_count_dispersion`).
     """
     bounds = model.bounds()  # [N] or None
     # an unbounded model has no bound to raise
@@ -635,7 +637,7 @@ def match_free_running_dispersion(
         if bounds is not None:
             v.set_excitation_bound(bound * bounds)
         variants.append(v)
-    best, before, after = _choose_variants(variants, batches, n_trials, rate_rounds, seed)
+    best, before, after, moments = _choose_variants(variants, batches, n_trials, rate_rounds, seed)
     rows = torch.as_tensor(np.arange(N), device=w.device)
     pick = torch.as_tensor(best, device=w.device)
     model.history.copy_(torch.stack([v.history.detach() for v in variants])[pick, rows])
@@ -655,49 +657,17 @@ def match_free_running_dispersion(
     factors = np.asarray(candidates)[best]  # [N, 3]
     if bounds is not None:
         factors[inert.cpu().numpy(), 2] = 1.0
-    return factors, before, after
+    return factors, before, after, moments
 
 
-def _choose_variants(
-    variants: list[SpikeHistoryObservation],
-    batches: MatchBatches,
-    n_trials: int,
-    rate_rounds: int,
-    seed: int,
-) -> tuple[np.ndarray, float, float]:
-    """Per neuron, the variant whose free-running samples of the matching set bring the Fano
-    factors and autocorrelations (DISPERSION_STATS) closest to the data's, each variant first
-    matched to the data's rates (its intercepts changed in place). Without coupling all variants
-    run side by side in one sampling loop (`_stacked`); with it, one after another. Ties go to
-    the first. Returns the chosen variant per neuron [N] and the sampled/data spike ratio before
-    and after the rate matching (over all variants; of the last with coupling)."""
-    N, S = variants[0].n_neurons, len(variants)
-    if variants[0].coupling_rank == 0:
-        wide = _stacked(variants)
-        wide_batches = _repeated(batches, S)
-        before, after = match_free_running_rates(
-            wide, wide_batches, n_trials, rate_rounds, seed, MIN_DISPERSION_TRIALS
-        )
-        s, s_len, d, d_len, _ = sample_free_running(wide, batches_for_data(batches, wide_batches),
-                                                 n_trials, seed, MIN_DISPERSION_TRIALS)  # fmt: skip
-        sampled = neuron_stats(s, s_len, 1.0)  # Fano and autocorrelation: any bin width
-        per_variant = [_neuron_slice(sampled, j * N, (j + 1) * N) for j in range(S)]
-        for j, v in enumerate(variants):  # the matched intercepts
-            v.bias.copy_(wide.bias.detach()[j * N : (j + 1) * N])
-    else:
-        per_variant = []
-        for v in variants:
-            before, after = match_free_running_rates(
-                v, batches, n_trials, rate_rounds, seed, MIN_DISPERSION_TRIALS
-            )
-            s, s_len, d, d_len, _ = sample_free_running(
-                v, batches, n_trials, seed, MIN_DISPERSION_TRIALS
-            )
-            per_variant.append(neuron_stats(s, s_len, 1.0))
-    data_stats = neuron_stats(d[..., :N], d_len, 1.0)
-    scales = score_scales(d[..., :N], d_len, 1.0, data_stats, seed)
-    best = choose_per_neuron(per_variant, data_stats, scales, DISPERSION_STATS)  # [N]
-    return best, before, after
+class BinMoments(NamedTuple):
+    """Single-bin count moments per neuron [N] of the data and of a model's free-running
+    samples of the same trials (`bin_moments`)."""
+
+    data_ratio: np.ndarray  # variance/mean of the data's counts
+    mean: np.ndarray  # the samples' mean count
+    ratio: np.ndarray  # the samples' variance/mean
+    factorial: np.ndarray  # the samples' E[s(s − 1)]
 
 
 def bin_moments(counts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -712,6 +682,55 @@ def bin_moments(counts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, ..
     return mean, ratio, (x * (x - 1.0)).mean(0)
 
 
+def _choose_variants(
+    variants: list[SpikeHistoryObservation],
+    batches: MatchBatches,
+    n_trials: int,
+    rate_rounds: int,
+    seed: int,
+) -> tuple[np.ndarray, float, float, BinMoments]:
+    """Per neuron, the variant whose free-running samples of the matching set bring the Fano
+    factors and autocorrelations (DISPERSION_STATS) closest to the data's, each variant first
+    matched to the data's rates (its intercepts changed in place). Without coupling all variants
+    run side by side in one sampling loop (`_stacked`); with it, one after another. Ties go to
+    the first. Returns the chosen variant per neuron [N], the sampled/data spike ratio before
+    and after the rate matching (over all variants; of the last with coupling) and the chosen
+    variants' single-bin moments."""
+    N, S = variants[0].n_neurons, len(variants)
+    moments = []  # (mean, ratio, factorial) per variant
+    if variants[0].coupling_rank == 0:
+        wide = _stacked(variants)
+        wide_batches = _repeated(batches, S)
+        before, after = match_free_running_rates(
+            wide, wide_batches, n_trials, rate_rounds, seed, MIN_DISPERSION_TRIALS
+        )
+        s, s_len, d, d_len, _ = sample_free_running(wide, batches_for_data(batches, wide_batches),
+                                                 n_trials, seed, MIN_DISPERSION_TRIALS)  # fmt: skip
+        sampled = neuron_stats(s, s_len, 1.0)  # Fano and autocorrelation: any bin width
+        per_variant = [_neuron_slice(sampled, j * N, (j + 1) * N) for j in range(S)]
+        wide_moments = bin_moments(s, s_len)  # each [S·N]
+        moments = [tuple(m[j * N : (j + 1) * N] for m in wide_moments) for j in range(S)]
+        for j, v in enumerate(variants):  # the matched intercepts
+            v.bias.copy_(wide.bias.detach()[j * N : (j + 1) * N])
+    else:
+        per_variant = []
+        for v in variants:
+            before, after = match_free_running_rates(
+                v, batches, n_trials, rate_rounds, seed, MIN_DISPERSION_TRIALS
+            )
+            s, s_len, d, d_len, _ = sample_free_running(
+                v, batches, n_trials, seed, MIN_DISPERSION_TRIALS
+            )
+            per_variant.append(neuron_stats(s, s_len, 1.0))
+            moments.append(bin_moments(s, s_len))
+    data_stats = neuron_stats(d[..., :N], d_len, 1.0)
+    scales = score_scales(d[..., :N], d_len, 1.0, data_stats, seed)
+    best = choose_per_neuron(per_variant, data_stats, scales, DISPERSION_STATS)  # [N]
+    rows = np.arange(N)
+    chosen = [np.stack([m[k] for m in moments])[best, rows] for k in range(3)]
+    return best, before, after, BinMoments(bin_moments(d[..., :N], d_len)[1], *chosen)
+
+
 @torch.no_grad()
 def match_count_dispersion(
     model: SpikeHistoryObservation,
@@ -719,6 +738,7 @@ def match_count_dispersion(
     n_trials: int,
     rate_rounds: int,
     seed: int = 0,
+    moments: BinMoments | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Give each neuron the count dispersion α (`nn.observation`, over-dispersed counts) whose
     free-running samples match the data's Fano factor and autocorrelation best.
@@ -732,17 +752,20 @@ def match_count_dispersion(
     α̂ = (data's − samples' variance/mean) · mean / E[s(s − 1)], clipped to [0, MAX_COUNT_DISPERSION];
     the multiples COUNT_DISPERSION_SCALES of it are then tried side by side, rates matched, and
     each neuron keeps the one its free-running Fano factor and autocorrelation choose (the first,
-    α = 0, on ties). Modifies `model` in place (count dispersion and intercepts); returns the
-    chosen α [N] and the moment estimates α̂ [N].
+    α = 0, on ties). The gamma gain keeps a bin's mean, so the candidates' rates are matched in
+    at most COUNT_DISPERSION_RATE_ROUNDS rounds (what the cap and the feedback move). `moments`:
+    the model's free-running moments when already sampled (`match_free_running_dispersion`
+    returns them); None draws them. Modifies `model` in place (count dispersion and intercepts);
+    returns the chosen α [N] and the moment estimates α̂ [N].
     """
     N = model.n_neurons
-    s, s_len, d, d_len, _ = sample_free_running(
-        model, batches, n_trials, seed, MIN_DISPERSION_TRIALS
-    )
-    _, data_ratio, _ = bin_moments(d, d_len)
-    mean, model_ratio, factorial = bin_moments(s, s_len)
+    if moments is None:
+        s, s_len, d, d_len, _ = sample_free_running(
+            model, batches, n_trials, seed, MIN_DISPERSION_TRIALS
+        )
+        moments = BinMoments(bin_moments(d, d_len)[1], *bin_moments(s, s_len))
     with np.errstate(invalid="ignore", divide="ignore"):
-        estimate = (data_ratio - model_ratio) * mean / factorial
+        estimate = (moments.data_ratio - moments.ratio) * moments.mean / moments.factorial
     estimate = np.clip(np.nan_to_num(estimate, nan=0.0, posinf=0.0), 0.0, MAX_COUNT_DISPERSION)
     if not (estimate > 0).any():
         return np.zeros(N), estimate
@@ -753,7 +776,8 @@ def match_count_dispersion(
         v = copy.deepcopy(model)
         v.set_count_dispersion(base + scale * alpha_hat)
         variants.append(v)
-    best, _, _ = _choose_variants(variants, batches, n_trials, rate_rounds, seed)
+    rounds = min(rate_rounds, COUNT_DISPERSION_RATE_ROUNDS)
+    best, _, _, _ = _choose_variants(variants, batches, n_trials, rounds, seed)
     rows = torch.as_tensor(np.arange(N), device=base.device)
     pick = torch.as_tensor(best, device=base.device)
     alpha = torch.stack([_dispersion_of(v) for v in variants])[pick, rows]
