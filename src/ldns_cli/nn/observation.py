@@ -694,7 +694,7 @@ class HistoryConfig:
     # with the dispersion matching, also give each neuron the gamma-Poisson count dispersion α
     # whose free-running samples match the data's Fano factor and autocorrelation best (α = 0:
     # Poisson counts; fit.history.match_count_dispersion). On the E/I network bed the test Fano
-    # score went from 0.26 to 0.10 (0.51 to 0.12 with --seed 1); the latent beds scored within
+    # score went from 0.26 to 0.11 (0.51 to 0.13 with --seed 1); the latent beds scored within
     # ±0.02 of before (python bench/quality_realism.py --reuse)
     match_count_dispersion: bool = True
     # clamp each neuron's samples at the most spikes the training data shows in one of its bins
