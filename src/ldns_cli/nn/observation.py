@@ -55,9 +55,9 @@ the kernels already match. α = 0 is Poisson; `fit.history` chooses α on free-r
 The log-likelihood stays exact (the pmf has a closed form).
 
 Per-neuron choice. `set_selection(use_history, count_cap)` makes the neurons with
-use_history = False plain Poisson(r) (w = 0, a = 1, b = 0, α = 0) and clamps every neuron's samples at
-its `count_cap` (the most spikes the data ever shows in one of its bins); `fit.history` picks
-both by comparing free-running samples with held-out trials.
+use_history = False plain Poisson(r) (w = 0, a = 1, b = 0, α = 0) and clamps every neuron's
+samples at its `count_cap` (the most spikes the data ever shows in one of its bins);
+`fit.history` picks both by comparing free-running samples with held-out trials.
 
 Link choice. The authors feed `a·log r` into the softplus, so with w = 0, a = 1, b = 0 their model
 gives softplus(log r) = log(1 + r) ≠ r, i.e. it does *not* contain plain Poisson(r). We feed the
@@ -197,14 +197,26 @@ def gamma_poisson_log_pmf(counts: Tensor, lam: Tensor, alpha: Tensor) -> Tensor:
     return lp
 
 
+def _pmf_zero(lam64: Tensor, a: Tensor | None) -> Tensor:
+    """P(X = 0), X Poisson (`a` None) or gamma-Poisson with dispersion `a` (float64)."""
+    return torch.exp(-lam64 if a is None else -lam64 * _log1p_over(a * lam64))
+
+
+def _pmf_next(p: Tensor, lam64: Tensor, a: Tensor | None, k: int) -> Tensor:
+    """P(X = k) from p = P(X = k − 1), k ≥ 1 (float64)."""
+    if a is None:
+        return p * lam64 / k
+    return p * lam64 * (1 + a * (k - 1)) / (k * (1 + a * lam64))
+
+
 def _count_cdf(lam: Tensor, alpha: Tensor | None, k_max: int) -> Tensor:
     """P(X ≤ k) for k = 0..k_max−1, float64, [..., k_max] (X Poisson or gamma-Poisson)."""
     lam64 = lam.double().clamp_min(MIN_RATE)
     a = None if alpha is None else alpha.double()
-    p = torch.exp(-lam64 if a is None else -lam64 * _log1p_over(a * lam64))
+    p = _pmf_zero(lam64, a)
     out = [p]
     for k in range(1, k_max):
-        p = p * lam64 / k if a is None else p * lam64 * (1 + a * (k - 1)) / (k * (1 + a * lam64))
+        p = _pmf_next(p, lam64, a, k)
         out.append(out[-1] + p)
     return torch.stack(out, -1).clamp_max(1.0)
 
@@ -298,15 +310,12 @@ def inverse_cdf_poisson(
     """
     lam64, u64 = lam.double(), u.double()
     a = None if alpha is None else alpha.double()
-    p = torch.exp(-lam64 if a is None else -lam64 * _log1p_over(a * lam64))  # P(X = 0)
+    p = _pmf_zero(lam64, a)  # P(X = 0)
     cdf = p.clone()
     s = (u64 > cdf).to(lam.dtype)
     k = 1
     while (max_count is None or k < max_count) and bool((u64 > cdf).any()):
-        if a is None:
-            p = p * lam64 / k
-        else:
-            p = p * lam64 * (1 + a * (k - 1)) / (k * (1 + a * lam64))
+        p = _pmf_next(p, lam64, a, k)
         cdf = cdf + p
         s += u64 > cdf
         k += 1
