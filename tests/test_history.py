@@ -854,3 +854,17 @@ def test_count_dispersion_matching_finds_the_over_dispersed_units_and_leaves_poi
     )
     # the intercepts keep the data's rates
     assert abs(float(sampled.sum() / counts.sum()) - 1) < 0.05
+
+
+def test_bin_moments_count_only_valid_bins():
+    from ldns_cli.fit.history import bin_moments
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(0.3, (50, 40, 7)).astype(np.uint8)
+    lengths = rng.integers(10, 41, 50)
+    counts[np.arange(40)[None, :] >= lengths[:, None]] = 9  # padding must not count
+    mean, ratio, factorial = bin_moments(counts, lengths)
+    x = counts[np.arange(40)[None, :] < lengths[:, None]].astype(np.float64)  # [M, N]
+    np.testing.assert_allclose(mean, x.mean(0))
+    np.testing.assert_allclose(ratio, x.var(0) / x.mean(0))
+    np.testing.assert_allclose(factorial, (x * (x - 1)).mean(0))

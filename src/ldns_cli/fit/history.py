@@ -675,11 +675,18 @@ def bin_moments(counts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, ..
     of single bins' counts, and the factorial moment E[s(s − 1)] (= E[λ²] for Poisson counts),
     each [N] (variance/mean NaN for a silent neuron)."""
     valid = np.arange(counts.shape[1])[None, :] < np.asarray(lengths)[:, None]  # [B, L]
-    x = counts[valid].astype(np.float64)  # [M, N]
-    mean = x.mean(0)
+    x = counts[valid]  # [M, N], the counts' own (small) dtype
+    total = np.zeros(x.shape[1])
+    square = np.zeros(x.shape[1])
+    for i in range(0, x.shape[0], 16384):  # float64 in row blocks: the stacked sets are wide
+        block = x[i : i + 16384].astype(np.float64)
+        total += block.sum(0)
+        square += (block * block).sum(0)
+    n = max(x.shape[0], 1)
+    mean = total / n
     with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(mean > 0, x.var(0) / mean, np.nan)
-    return mean, ratio, (x * (x - 1.0)).mean(0)
+        ratio = np.where(mean > 0, np.clip(square / n - mean**2, 0.0, None) / mean, np.nan)
+    return mean, ratio, (square - total) / n
 
 
 def _choose_variants(
