@@ -571,15 +571,8 @@ def _stacked(models: list[SpikeHistoryObservation]) -> SpikeHistoryObservation:
     if any(m.excitation_bound is not None for m in models):
         wide.set_excitation_bound(torch.cat([m.bounds() for m in models]))  # type: ignore[misc]
     if any(m.count_dispersion is not None for m in models):
-        wide.set_count_dispersion(torch.cat([_dispersion_of(m) for m in models]))
+        wide.set_count_dispersion(torch.cat([m.dispersions() for m in models]))
     return wide
-
-
-def _dispersion_of(model: SpikeHistoryObservation) -> Tensor:
-    """The model's count dispersion α [N] (zeros for Poisson counts)."""
-    if model.count_dispersion is None:
-        return torch.zeros_like(model.bias.detach())
-    return model.count_dispersion
 
 
 def _repeated(batches: MatchBatches, copies: int) -> MatchBatches:
@@ -667,13 +660,11 @@ class BinMoments(NamedTuple):
     data_ratio: np.ndarray  # variance/mean of the data's counts
     mean: np.ndarray  # the samples' mean count
     ratio: np.ndarray  # the samples' variance/mean
-    factorial: np.ndarray  # the samples' E[s(s − 1)]
 
 
-def bin_moments(counts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per neuron over the valid bins of `counts` [B, L, N]: the mean count, the variance/mean
-    of single bins' counts, and the factorial moment E[s(s − 1)] (= E[λ²] for Poisson counts),
-    each [N] (variance/mean NaN for a silent neuron)."""
+def bin_moments(counts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per neuron over the valid bins of `counts` [B, L, N]: the mean count and the
+    variance/mean of single bins' counts, each [N] (variance/mean NaN for a silent neuron)."""
     valid = np.arange(counts.shape[1])[None, :] < np.asarray(lengths)[:, None]  # [B, L]
     x = counts[valid]  # [M, N], the counts' own (small) dtype
     total = np.zeros(x.shape[1])
@@ -686,7 +677,7 @@ def bin_moments(counts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, ..
     mean = total / n
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.where(mean > 0, np.clip(square / n - mean**2, 0.0, None) / mean, np.nan)
-    return mean, ratio, (square - total) / n
+    return mean, ratio
 
 
 def _choose_variants(
@@ -704,7 +695,7 @@ def _choose_variants(
     and after the rate matching (over all variants; of the last with coupling) and the chosen
     variants' single-bin moments."""
     N, S = variants[0].n_neurons, len(variants)
-    moments = []  # (mean, ratio, factorial) per variant
+    moments = []  # (mean, ratio) per variant
     if variants[0].coupling_rank == 0:
         wide = _stacked(variants)
         wide_batches = _repeated(batches, S)
@@ -734,7 +725,7 @@ def _choose_variants(
     scales = score_scales(d[..., :N], d_len, 1.0, data_stats, seed)
     best = choose_per_neuron(per_variant, data_stats, scales, DISPERSION_STATS)  # [N]
     rows = np.arange(N)
-    chosen = [np.stack([m[k] for m in moments])[best, rows] for k in range(3)]
+    chosen = [np.stack([m[k] for m in moments])[best, rows] for k in range(2)]
     return best, before, after, BinMoments(bin_moments(d[..., :N], d_len)[1], *chosen)
 
 
@@ -754,9 +745,11 @@ def match_count_dispersion(
     (recurrent E/I networks), its counts vary more within a bin than the model's: on
     `ldns simulate network` the data's single-bin variance/mean is 1.17-1.25 and the model's
     1.03-1.06, and that deficit is what leaves the free-running Fano factors short (history
-    1.01-1.10 against the data's 1.12-1.26). Gamma-Poisson counts add λ·α·E[λ²]/E[λ] to a bin's
-    variance/mean, so the moment estimate from one free-running draw is
-    α̂ = (data's − samples' variance/mean) · mean / E[s(s − 1)], clipped to [0, MAX_COUNT_DISPERSION];
+    1.01-1.10 against the data's 1.12-1.26). Gamma-Poisson counts add α·E[λ²]/E[λ] to a bin's
+    variance/mean, and for Poisson counts E[λ²] = E[s(s − 1)] = mean·(variance/mean − 1 + mean),
+    so the moment estimate from one free-running draw is
+    α̂ = (data's − samples' variance/mean) / (samples' variance/mean − 1 + mean), clipped to
+    [0, MAX_COUNT_DISPERSION];
     the multiples COUNT_DISPERSION_SCALES of it are then tried side by side, rates matched, and
     each neuron keeps the one its free-running Fano factor and autocorrelation choose (the first,
     α = 0, on ties). The gamma gain keeps a bin's mean, so the candidates' rates are matched in
@@ -772,11 +765,11 @@ def match_count_dispersion(
         )
         moments = BinMoments(bin_moments(d, d_len)[1], *bin_moments(s, s_len))
     with np.errstate(invalid="ignore", divide="ignore"):
-        estimate = (moments.data_ratio - moments.ratio) * moments.mean / moments.factorial
+        estimate = (moments.data_ratio - moments.ratio) / (moments.ratio - 1.0 + moments.mean)
     estimate = np.clip(np.nan_to_num(estimate, nan=0.0, posinf=0.0), 0.0, MAX_COUNT_DISPERSION)
     if not (estimate > 0).any():
         return np.zeros(N), estimate
-    base = _dispersion_of(model)
+    base = model.dispersions()
     alpha_hat = torch.as_tensor(estimate, dtype=base.dtype, device=base.device)
     variants = []
     for scale in COUNT_DISPERSION_SCALES:
@@ -787,7 +780,7 @@ def match_count_dispersion(
     best, _, _, _ = _choose_variants(variants, batches, n_trials, rounds, seed)
     rows = torch.as_tensor(np.arange(N), device=base.device)
     pick = torch.as_tensor(best, device=base.device)
-    alpha = torch.stack([_dispersion_of(v) for v in variants])[pick, rows]
+    alpha = torch.stack([v.dispersions() for v in variants])[pick, rows]
     model.set_count_dispersion(alpha)
     model.bias.copy_(torch.stack([v.bias.detach() for v in variants])[pick, rows])
     if model.coupling_rank > 0:  # the mixture's neurons drive one another: match it as a whole
