@@ -51,6 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--beds", default=",".join(BEDS))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-spread", action="store_true", help="the choice only, not the spread")
     args = ap.parse_args()
     set_quiet(True)
     torch.set_num_threads(args.threads)
@@ -72,7 +73,7 @@ def main() -> None:
         # run-to-run spread of fits of 2 latents and of the true size, short and long
         mean_rate = train_t["counts"].sum(dim=(0, 1)) / train_t["mask"].sum()
         spread: dict = {}
-        for steps in (SEARCH_STEPS, SEARCH_STEPS * LONG_FIT_FACTOR):
+        for steps in () if args.no_spread else (SEARCH_STEPS, SEARCH_STEPS * LONG_FIT_FACTOR):
             for size in (2, truth):
                 scores = []
                 for seed in range(SPREAD_SEEDS):

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from ldns_cli.cli import app
 from ldns_cli.core.checkpoint import load_checkpoint
+from ldns_cli.fit.latent_size import candidate_sizes
 from ldns_cli.io.formats import read_spikes, write_spikes
 from ldns_cli.io.simulate import simulate_lorenz
 
@@ -184,9 +185,9 @@ def test_latent_dim_auto_recovers_a_three_dimensional_system(tmp_path: Path) -> 
     assert abs(search["chosen"] - 3) <= 2
     assert ckpt.config["ae"]["latent_dim"] == search["chosen"]
     sizes = [p["latent_dim"] for p in search["curve"]]
-    assert sizes == [2, 4, 6, 8, 12, 16, 24] and all(
-        np.isfinite(p["cobps"]) for p in search["curve"]
-    )
+    # the grid up to half the 48 neurons, scanned upwards; sizes past a fall are not scanned
+    assert sizes + search.get("not_scanned", []) == candidate_sizes(48) == [2, 4, 8, 16]
+    assert all(np.isfinite(p["cobps"]) for p in search["curve"])
     assert "latent size" in res.stderr and f"latent size {search['chosen']}:" in res.stderr
     bad = CliRunner().invoke(app, ["fit-ae", str(data), "-m", str(tmp_path / "x"),
                                    "--latent-dim", "many"])  # fmt: skip

@@ -34,16 +34,62 @@ def test_consistent_short_fits_decide_alone():
     assert chosen == 6
     assert "long_fits" not in record
     assert {steps for _, _, steps in calls} == {SEARCH_STEPS}
-    assert len(calls) == len(SIZES) + 2  # one fit per size, two more seeds of the best
-    assert [p["latent_dim"] for p in record["curve"]] == SIZES
+    # co-smoothing rose no further at 12: 16 is not fitted
+    assert record["not_scanned"] == [16]
+    assert [p["latent_dim"] for p in record["curve"]] == SIZES[:-1]
+    assert len(calls) == len(SIZES) - 1 + 2  # one fit per size scanned, two more seeds of the best
+
+
+def scored_fitter(score: dict[int, float], calls: list[tuple[int, int, int]]):
+    """Fits that reach `score[size]` whatever the seed, with a trial-level noise of sd 2e-4 per
+    trial that differs between sizes (so paired differences have a standard error)."""
+
+    def fit_size(size: int, seed: int, steps: int) -> np.ndarray:
+        calls.append((size, seed, steps))
+        noise = np.random.default_rng([size, 7]).normal(0.0, 2e-4, N_TRIALS)
+        return score[size] / N_TRIALS + noise - noise.mean()
+
+    return fit_size
+
+
+def test_the_scan_stops_where_co_smoothing_rises_no_further():
+    calls: list[tuple[int, int, int]] = []
+    # 8 is 0.0005 above 6, under two standard errors (0.004): the curve has flattened
+    score = {2: 0.040, 4: 0.060, 6: 0.070, 8: 0.0705, 12: 0.080, 16: 0.085}
+    chosen, record = search_latent_dim(SIZES, scored_fitter(score, calls), seed=0)
+    assert record["not_scanned"] == [12, 16]
+    assert {size for size, _, _ in calls} == {2, 4, 6, 8}
+    assert chosen == 6
+
+
+def test_a_curve_that_keeps_rising_is_scanned_to_the_end():
+    calls: list[tuple[int, int, int]] = []
+    score = {2: 0.040, 4: 0.060, 6: 0.070, 8: 0.080, 12: 0.090, 16: 0.100}
+    chosen, record = search_latent_dim(SIZES, scored_fitter(score, calls), seed=0)
+    assert "not_scanned" not in record
+    assert chosen == 16
+    assert len(calls) == len(set(calls)) == len(SIZES) + 2  # no fit is made twice
 
 
 def test_short_fits_that_disagree_are_refitted_longer_and_then_decide():
+    # short fits off their size's converged score by chance, a fifth of the best score: the
+    # first fit of 8 latents falls below 6's, the other seeds of 6 spread 0.045-0.075, and a
+    # 2-latent fit comes out as good as a 6-latent one; longer fits agree within 0.002
+    short = {(2, 0): 0.058, (4, 0): 0.061, (6, 0): 0.066, (8, 0): 0.052,
+             (6, 1): 0.045, (6, 2): 0.075}  # fmt: skip
+    long_fits = fake_fitter(0.0, 0.002, [])
+    trial_noise = np.random.default_rng(0).normal(0.0, 2e-4, N_TRIALS)
     calls: list[tuple[int, int, int]] = []
-    # short fits spread 0.015 bits/spike by chance (a fifth of the best score): a 2-latent fit
-    # can come out as good as a 6-latent one; longer fits agree within 0.002
-    chosen, record = search_latent_dim(SIZES, fake_fitter(0.015, 0.002, calls), seed=0)
+
+    def fit_size(size: int, seed: int, steps: int) -> np.ndarray:
+        calls.append((size, seed, steps))
+        if steps > SEARCH_STEPS:
+            return long_fits(size, seed, steps)
+        return short[size, seed] / N_TRIALS + trial_noise
+
+    chosen, record = search_latent_dim(SIZES, fit_size, seed=0)
     long_steps = SEARCH_STEPS * LONG_FIT_FACTOR
+    assert record["not_scanned"] == [12, 16]  # the short fits rose no further at 8
     assert "long_fits" in record and record["short_fit_spread"] > 0.1
     contenders = [p["latent_dim"] for p in record["curve"] if p["within_noise"]]
     assert 2 in contenders  # the short fits could not rule out 2 latents
@@ -51,3 +97,4 @@ def test_short_fits_that_disagree_are_refitted_longer_and_then_decide():
     assert refitted == contenders  # only the sizes the short fits could not tell apart
     assert chosen == record["long_fits"]["chosen"] == 6
     assert record["chosen"] == 6
+    assert len(calls) == len(set(calls))  # no fit is made twice
