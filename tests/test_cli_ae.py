@@ -185,7 +185,7 @@ def test_latent_dim_auto_recovers_a_three_dimensional_system(tmp_path: Path) -> 
     assert abs(search["chosen"] - 3) <= 2
     assert ckpt.config["ae"]["latent_dim"] == search["chosen"]
     sizes = [p["latent_dim"] for p in search["curve"]]
-    # the grid up to half the 48 neurons, scanned upwards; sizes past a fall are not scanned
+    # the grid up to half the 48 neurons, scanned upwards until a size does not rise
     assert sizes + search.get("not_scanned", []) == candidate_sizes(48) == [2, 4, 8, 16]
     assert all(np.isfinite(p["cobps"]) for p in search["curve"])
     assert "latent size" in res.stderr and f"latent size {search['chosen']}:" in res.stderr

@@ -186,10 +186,7 @@ def search_latent_dim(
         info(f"latent size {z}: {gains[z].sum():.4f} bits/spike")
         if not _rose(gains):
             break
-    skipped = [z for z in sizes if z not in gains]
-    if skipped:
-        info(f"latent sizes {', '.join(map(str, skipped))} not scanned: co-smoothing rose no "
-             f"further at {max(gains)}")  # fmt: skip
+    skipped = [z for z in sizes if z not in gains]  # printed with the curve (`describe_search`)
     chosen, record = _choose(gains, lambda z, k: fit_once(z, seed + 1 + k, steps), steps)
     if skipped:
         record["not_scanned"] = skipped
@@ -276,8 +273,8 @@ def _choose(
         "best_repeats": values,
         "fit_sd": fit_sd,
         "rule": "the smallest latent size whose co-smoothing bits/spike on the validation "
-        "trials is within the noise of the best (the mean of its fits with three seeds): one "
-        "standard error of the evaluation, or the spread of two fits (√2 x the sd of the "
+        f"trials is within the noise of the best (the mean of its fits with {len(runs)} seeds): "
+        "one standard error of the evaluation, or the spread of two fits (√2 x the sd of the "
         "best size's fits)",
     }
     return chosen, record
