@@ -7,7 +7,9 @@
    the longer refits (x `LONG_FIT_FACTOR`) the search falls back on when short fits disagree:
    can fits of that length tell the sizes apart?
 
-    python bench/quality_latent_size.py [--beds lorenz,reach,reach-refractory]
+    python bench/quality_latent_size.py [--beds lorenz,reach,reach-refractory] [--no-spread]
+
+`--no-spread` runs part 1 only.
 """
 
 from __future__ import annotations
