@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
+import pytest
 
 from ldns_cli.fit.latent_size import LONG_FIT_FACTOR, SEARCH_STEPS, search_latent_dim
 
@@ -18,7 +21,7 @@ def fake_fitter(short_sd: float, long_sd: float, calls: list[tuple[int, int, int
     trials with a trial-level noise shared by all sizes (as the same validation trials are)."""
     trial_noise = np.random.default_rng(0).normal(0.0, 2e-4, N_TRIALS)
 
-    def fit_size(size: int, seed: int, steps: int) -> np.ndarray:
+    def fit_size(size: int, seed: int, steps: int, stop=None) -> np.ndarray:
         calls.append((size, seed, steps))
         sd = short_sd if steps <= SEARCH_STEPS else long_sd
         offset = np.random.default_rng([size, seed, steps]).normal(0.0, sd)
@@ -44,7 +47,7 @@ def scored_fitter(score: dict[int, float], calls: list[tuple[int, int, int]]):
     """Fits that reach `score[size]` whatever the seed, with a trial-level noise of sd 2e-4 per
     trial that differs between sizes (so paired differences have a standard error)."""
 
-    def fit_size(size: int, seed: int, steps: int) -> np.ndarray:
+    def fit_size(size: int, seed: int, steps: int, stop=None) -> np.ndarray:
         calls.append((size, seed, steps))
         noise = np.random.default_rng([size, 7]).normal(0.0, 2e-4, N_TRIALS)
         return score[size] / N_TRIALS + noise - noise.mean()
@@ -81,7 +84,7 @@ def test_short_fits_that_disagree_are_refitted_longer_and_then_decide():
     trial_noise = np.random.default_rng(0).normal(0.0, 2e-4, N_TRIALS)
     calls: list[tuple[int, int, int]] = []
 
-    def fit_size(size: int, seed: int, steps: int) -> np.ndarray:
+    def fit_size(size: int, seed: int, steps: int, stop=None) -> np.ndarray:
         calls.append((size, seed, steps))
         if steps > SEARCH_STEPS:
             return long_fits(size, seed, steps)
@@ -108,7 +111,7 @@ def test_the_best_size_is_judged_by_the_mean_of_its_seeds():
     trial_noise = np.random.default_rng(0).normal(0.0, 2e-4, N_TRIALS)
     trial_noise -= trial_noise.mean()  # the gains sum to the scores above
 
-    def fit_size(size: int, seed: int, steps: int) -> np.ndarray:
+    def fit_size(size: int, seed: int, steps: int, stop=None) -> np.ndarray:
         value = first[size] if seed == 0 else others[seed]
         return value / N_TRIALS + trial_noise
 
@@ -116,3 +119,45 @@ def test_the_best_size_is_judged_by_the_mean_of_its_seeds():
     assert record["best"] == 8
     assert abs(record["cobps_best"] - np.mean([0.070, 0.061, 0.062])) < 1e-9
     assert chosen == 4
+
+
+@pytest.mark.parametrize("case", ["plateau", "rising", "disagree"])
+def test_parallel_fits_give_the_serial_search(case):
+    """Two workers fit the next size ahead and the best size's seeds side by side; the choice
+    and the record are those of one worker, and no fit is made twice."""
+
+    def fitter(calls):
+        if case == "plateau":
+            return scored_fitter({2: 0.040, 4: 0.060, 6: 0.070, 8: 0.0705, 12: 0.08, 16: 0.09},
+                                 calls)  # fmt: skip
+        if case == "rising":
+            return scored_fitter({2: 0.040, 4: 0.060, 6: 0.070, 8: 0.080, 12: 0.090, 16: 0.1},
+                                 calls)  # fmt: skip
+        return fake_fitter(0.01, 0.001, calls)  # short fits too noisy: refitted longer
+
+    serial_calls: list[tuple[int, int, int]] = []
+    parallel_calls: list[tuple[int, int, int]] = []
+    serial = search_latent_dim(SIZES, fitter(serial_calls), seed=0)
+    parallel = search_latent_dim(SIZES, fitter(parallel_calls), seed=0, workers=2)
+    assert parallel == serial
+    assert len(parallel_calls) == len(set(parallel_calls))
+    # at most one size beyond where the scan stopped was fitted ahead
+    assert len(set(parallel_calls) - set(serial_calls)) <= 1
+
+
+def test_a_size_fitted_ahead_of_a_scan_that_stops_is_stopped():
+    calls: list[tuple[int, int, int]] = []
+    score = {2: 0.040, 4: 0.060, 6: 0.070, 8: 0.0705, 12: 0.080, 16: 0.085}
+    scored = scored_fitter(score, calls)
+    stopped: list[bool] = []
+
+    def fit_size(size: int, seed: int, steps: int, stop: threading.Event | None = None):
+        if size == 12:  # fitted ahead while 8 is scored; 8 does not rise, so 12 is not needed
+            assert stop is not None
+            stopped.append(stop.wait(timeout=30))
+            return None
+        return scored(size, seed, steps)
+
+    chosen, record = search_latent_dim(SIZES, fit_size, seed=0, workers=2)
+    assert stopped == [True]
+    assert record["not_scanned"] == [12, 16] and chosen == 6

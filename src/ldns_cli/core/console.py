@@ -7,6 +7,7 @@ non-terminal stderr give plain text (rich handles both).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -21,6 +22,7 @@ from rich.progress import (
 )
 
 _state = {"quiet": False}
+_thread = threading.local()  # `quiet_thread`: silence one thread (parallel fits) only
 
 err_console = Console(stderr=True, highlight=False, no_color="NO_COLOR" in os.environ)
 
@@ -31,12 +33,24 @@ def set_quiet(quiet: bool) -> None:
 
 
 def is_quiet() -> bool:
-    return _state["quiet"]
+    return _state["quiet"] or getattr(_thread, "quiet", False)
+
+
+@contextmanager
+def quiet_thread() -> Iterator[None]:
+    """Info messages and progress bars of the calling thread silenced inside the block; other
+    threads (the one that reports on parallel work) print as before."""
+    before = getattr(_thread, "quiet", False)
+    _thread.quiet = True
+    try:
+        yield
+    finally:
+        _thread.quiet = before
 
 
 def info(message: str) -> None:
     """An informational line on stderr (suppressed by --quiet)."""
-    if not _state["quiet"]:
+    if not is_quiet():
         err_console.print(message, markup=False, soft_wrap=True)
 
 
@@ -63,6 +77,6 @@ def progress(description: str, total: int | None) -> Iterator[Progress]:
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
     ]
-    bar = Progress(*columns, console=err_console, disable=_state["quiet"], transient=False)
+    bar = Progress(*columns, console=err_console, disable=is_quiet(), transient=False)
     with bar:
         yield bar

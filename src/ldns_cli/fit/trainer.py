@@ -190,14 +190,19 @@ class _StopOnInterrupt:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, external: threading.Event | None = None) -> None:
+        self._signalled = False
+        self._external = external  # a stop asked for by the caller (a fit no longer needed)
         self._previous: dict[int, Any] = {}
 
+    @property
+    def requested(self) -> bool:
+        return self._signalled or (self._external is not None and self._external.is_set())
+
     def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        if self._signalled:
             raise KeyboardInterrupt
-        self.requested = True
+        self._signalled = True
         if dist.is_main():
             warn("interrupt: saving a resumable checkpoint after this step (Ctrl-C again to abort)")
 
@@ -239,6 +244,7 @@ class _Trainer:
         checkpoint: CheckpointSpec | None,
         val_loss_fn: LossFn | None,
         description: str,
+        stop: threading.Event | None = None,
     ) -> None:
         cfg.validate()
         self.cfg = cfg
@@ -251,6 +257,7 @@ class _Trainer:
         self.val_loss_fn = val_loss_fn or loss_fn
         self.spec = checkpoint
         self.description = description
+        self.stop = stop
 
         self.model: nn.Module = self.net
         if dist.world_size() > 1:
@@ -477,7 +484,10 @@ class _Trainer:
         interrupted = False
         show = main and not is_quiet()
         log_epochs = show and not err_console.is_terminal
-        with _StopOnInterrupt() as stop, progress(self.description, self.total_steps) as bar:
+        with (
+            _StopOnInterrupt(self.stop) as stop,
+            progress(self.description, self.total_steps) as bar,
+        ):
             task = bar.add_task(
                 self.description, total=self.total_steps, completed=self.global_step, status=""
             )
@@ -603,13 +613,17 @@ def fit(
     resume: Checkpoint | None = None,
     val_loss_fn: LossFn | None = None,
     description: str = "training",
+    stop: threading.Event | None = None,
 ) -> FitResult:
-    """Train `model` on `train`, validating on `val` each epoch; see the module docstring."""
+    """Train `model` on `train`, validating on `val` each epoch; see the module docstring.
+
+    `stop`, when set (from another thread), ends training after the current step as a Ctrl-C
+    does: the result is marked interrupted."""
     keep_freed_memory()  # reuse freed activation memory across steps (CPU: 6-7% per step)
     if not dist.is_main():
         set_quiet(True)  # progress and info from rank 0 only
     trainer = _Trainer(
-        model, train, val, loss_fn, cfg, device, checkpoint, val_loss_fn, description
+        model, train, val, loss_fn, cfg, device, checkpoint, val_loss_fn, description, stop
     )
     if resume is not None:
         trainer.restore(resume)
