@@ -198,10 +198,16 @@ def resample_series(
     tol_s = EDGE_TOL_BINS * bin_size_s
     idx = np.searchsorted(times_s, edges.ravel() - tol_s, side="left").reshape(n_trials, n_bins + 1)
     n_in = np.diff(idx, axis=1)  # [B, L]
-    csum = np.concatenate([np.zeros((1, k_dim)), np.cumsum(values, axis=0)])  # [T+1, k]
-    sums = csum[idx[:, 1:]] - csum[idx[:, :-1]]  # [B, L, k]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = sums / n_in[:, :, None]
+    out = np.full((n_trials, n_bins, k_dim), np.nan)  # [B, L, k]
+    # a bin with one sample takes it as it is (a series sampled at the bins' own rate, such as
+    # simulated ground truth, is all such bins): exact, and no cumulative sum over the series
+    one = n_in == 1
+    out[one] = values[idx[:, :-1][one]]
+    many = n_in > 1
+    if many.any():
+        csum = np.concatenate([np.zeros((1, k_dim)), np.cumsum(values, axis=0)])  # [T+1, k]
+        lo, hi = idx[:, :-1][many], idx[:, 1:][many]
+        out[many] = (csum[hi] - csum[lo]) / n_in[many][:, None]
     empty = n_in == 0
     if empty.any():
         centres = (edges[:, :-1] + 0.5 * bin_size_s)[empty]

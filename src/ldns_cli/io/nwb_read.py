@@ -465,8 +465,12 @@ def _resampled(
     times = _series_times(ts)
     if len(times) != len(data) or not np.all(np.diff(times) >= 0):
         return None
-    values = data.astype(np.float64) * float(ts.conversion) + float(getattr(ts, "offset", 0.0))
-    values = values.reshape(len(values), -1)  # [T, k]
+    values = data.astype(np.float64).reshape(len(data), -1)  # [T, k]
+    conversion, offset = float(ts.conversion), float(getattr(ts, "offset", 0.0))
+    if conversion != 1.0:  # in place: ground-truth rates are large series
+        values *= conversion
+    if offset != 0.0:
+        values += offset
     gaps = ~np.isfinite(values)
     if gaps.any():
         # short tracking dropouts are common (NLB fills them the same way, by interpolation)
