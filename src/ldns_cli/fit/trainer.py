@@ -265,7 +265,13 @@ class _Trainer:
             self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         groups = ssm_param_groups(self.net, cfg.lr, cfg.weight_decay, cfg.ssm_lr)
         self.base_lrs = [g["lr"] for g in groups]
-        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # the multi-tensor step on the CPU too (torch's default there is one tensor at a time):
+        # the same numbers, and 300 steps over 36 small parameter tensors took 0.75 s instead
+        # of 1.20 s (2 threads)
+        foreach = True if self.device.type == "cpu" else None
+        self.opt = torch.optim.AdamW(
+            groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=foreach
+        )
         # warm-up min(decay, (1+n)/(10+n)): without it a short run's EMA still holds most of
         # the random initialisation (0.999 over 300 steps keeps e^-0.3 = 74% of it)
         self.ema = EMA(self.net, cfg.ema_decay) if cfg.ema_decay is not None else None
