@@ -69,6 +69,12 @@ def test_resample_series_bin_means_interpolation_and_gaps():
     slow_t = np.arange(0, 1, 0.05)
     slow = resample_series(slow_t, slow_t, np.array([0.2]), np.array([3]), 0.01, 3)
     np.testing.assert_allclose(slow[0, :, 0], [0.2, 0.215, 0.225], atol=1e-6)
+    # sampled at the bins' own rate: every bin takes its sample exactly
+    grid_t = np.arange(200) * 0.005
+    grid = np.random.default_rng(1).normal(size=(200, 3)) * 1e3
+    same = resample_series(grid_t, grid, np.array([0.0, 0.25]), np.array([40, 30]), 0.005, 40)
+    np.testing.assert_array_equal(same[0], grid[:40].astype(np.float32))
+    np.testing.assert_array_equal(same[1, :30], grid[50:80].astype(np.float32))
     # outside the signal: NaN, which readers turn into a skipped series
     late = resample_series(times, values, np.array([2.0]), np.array([2]), 0.005, 2)
     assert np.isnan(late).all()

@@ -869,3 +869,31 @@ def test_bin_moments_count_only_valid_bins():
     np.testing.assert_allclose(ratio, x.var(0) / x.mean(0))
     # the factorial moment the dispersion estimate divides by, from the two
     np.testing.assert_allclose(mean * (ratio - 1 + mean), (x * (x - 1)).mean(0))
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+def test_sparse_and_dense_spike_pushes_sample_the_same_counts(monkeypatch, bounded):
+    """The sampler adds a bin's few spikes to the future drive one by one, or all units at once
+    when many spiked: the two give the same samples and the same drive, bit for bit."""
+    import ldns_cli.nn.observation as observation
+
+    m = known_model(16)
+    if bounded:
+        m.set_excitation_bound(torch.full((16,), 0.5))
+    rates = smooth_rates(12, 80, 16, scale=0.2)
+
+    def above(lam: torch.Tensor, t: int) -> torch.Tensor:
+        # a 'draw' that passes the intensity on where it is high: any difference in the
+        # drive shows in the output
+        return torch.where(lam > 0.25, lam, 0.0)
+
+    runs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, share in (("sparse", 0), ("dense", 10**9)):
+        monkeypatch.setattr(observation, "SPARSE_PUSH_SHARE", share)
+        with torch.no_grad():
+            drawn = m.sample(rates, [gen(i) for i in range(12)])
+            runs[name] = (drawn, m._run(rates, above))
+    assert 0 < float(runs["dense"][0].mean()) < 0.3  # mostly silent bins: the sparse case
+    assert 0 < float((runs["dense"][1] > 0).float().mean()) < 0.25
+    assert torch.equal(runs["sparse"][0], runs["dense"][0])
+    assert torch.equal(runs["sparse"][1], runs["dense"][1])

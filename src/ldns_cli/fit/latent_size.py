@@ -25,6 +25,10 @@ fits scored 0.169 bits/spike with 8 latents, 0.164 with 16 and 0.172 with 32; th
 4 with or without 32 (`python bench/quality_realism.py --beds reach-mixed`). The sizes not
 scanned are printed and stored.
 
+On a CPU the search runs two fits at once (`parallel_fits`): the next size of the scan beside the
+current one (stopped if the scan ends first), and the best size's other seeds side by side. Every
+fit is deterministic in its size, seed and length, so the choice is the same as one at a time.
+
 The size kept is the smallest whose score is within the noise of the best: within one standard
 error of the per-trial paired difference (the evaluation's noise), or within the spread of two
 short fits (√2 x the standard deviation of the best size's fits with `SPREAD_REPEATS` + 1

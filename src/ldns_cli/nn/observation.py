@@ -322,12 +322,14 @@ def inverse_cdf_poisson(
     a = None if alpha is None else alpha.double()
     p = _pmf_zero(lam64, a)  # P(X = 0)
     cdf = p.clone()
-    s = (u64 > cdf).to(lam.dtype)
+    above = u64 > cdf  # the entries whose count is at least k
+    s = above.to(lam.dtype)
     k = 1
-    while (max_count is None or k < max_count) and bool((u64 > cdf).any()):
+    while (max_count is None or k < max_count) and bool(above.any()):
         p = _pmf_next(p, lam64, a, k)
-        cdf = cdf + p
-        s += u64 > cdf
+        cdf += p
+        above = torch.gt(u64, cdf, out=above)
+        s += above
         k += 1
     return s
 
@@ -641,8 +643,9 @@ class SpikeHistoryObservation(nn.Module):
             UK = torch.einsum("rk,nr->krn", self.coupling_kernel.detach(), self.coupling_out)
         # sparse pushes on the CPU only: a GPU's dense add is fast, and finding the spikes syncs
         dense = self.history_input != SPIKES or rates.device.type != "cpu"
-        w_cols = w.squeeze(1)  # [H, N]
-        w_pos_cols = w_pos.squeeze(1) if bounded else None
+        pushes = [(drive, w.squeeze(1))]  # (buffer, kernel [H, N]) pairs a spike adds to
+        if bounded:
+            pushes.append((excite, w_pos.squeeze(1)))
         for t in range(W + L):
             eta = self.combine(drive[t], excite[t]) if bounded else drive[t]
             s = step(F.softplus(eta), t)  # [B, N]
@@ -654,13 +657,13 @@ class SpikeHistoryObservation(nn.Module):
             x = kernel_input(s, rates[:, max(t - W, 0)], self.history_input)  # [B, N]
             spikes = None if dense else x.reshape(-1).nonzero().squeeze(1)  # [K]
             if spikes is not None and spikes.numel() * SPARSE_PUSH_SHARE < x.numel():
-                # few units spiked: push their counts alone (the same sums: w_k·0 adds nothing)
+                # few units spiked: push their counts alone (w_k·0 adds nothing)
                 neuron, count = spikes % N, x.reshape(-1)[spikes]  # [K], [K]
-                rows = drive[t + 1 : t + 1 + H].view(H, B * N)
-                rows.index_add_(1, spikes, w_cols.index_select(1, neuron) * count)
-                if bounded:
-                    rows = excite[t + 1 : t + 1 + H].view(H, B * N)
-                    rows.index_add_(1, spikes, w_pos_cols.index_select(1, neuron) * count)
+                for buffer, cols in pushes:
+                    rows = buffer[t + 1 : t + 1 + H].view(H, B * N)
+                    # the dense path's multiply-add on the spiking columns (its rounding too)
+                    cur = rows.index_select(1, spikes).addcmul_(cols.index_select(1, neuron), count)
+                    rows.index_copy_(1, spikes, cur)
             else:
                 drive[t + 1 : t + 1 + H].addcmul_(w, x.unsqueeze(0))
                 if bounded:
