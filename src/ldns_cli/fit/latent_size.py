@@ -177,10 +177,10 @@ def parallel_fits(device: str) -> int:
     with half of them), else one.
 
     Two 100-step fits of 8 latents on 420 simulated reach trials x 128 units took 19.5 s one
-    after the other with 2 threads and 14.7 s side by side with 1 thread each (`ldns fit-ae`'s
-    search, 2 cores): small fits leave cores idle that a second fit fills, and the gradient
-    steps release the interpreter lock. One process only: under torchrun the ranks' collective
-    calls must come from one thread."""
+    after the other with 2 threads and 14.7 s side by side with 1 thread each (2 cores): small
+    fits leave cores idle that a second fit fills, and the gradient steps release the
+    interpreter lock (`python bench/time_default_pipeline.py` times the whole pipeline). Not
+    under torchrun: the ranks' collective calls must come from one thread."""
     if torch.device(device).type != "cpu" or dist.world_size() > 1:
         return 1
     return 2 if torch.get_num_threads() >= 2 else 1
