@@ -150,12 +150,16 @@ def test_a_size_fitted_ahead_of_a_scan_that_stops_is_stopped():
     score = {2: 0.040, 4: 0.060, 6: 0.070, 8: 0.0705, 12: 0.080, 16: 0.085}
     scored = scored_fitter(score, calls)
     stopped: list[bool] = []
+    started = threading.Event()
 
     def fit_size(size: int, seed: int, steps: int, stop: threading.Event | None = None):
         if size == 12:  # fitted ahead while 8 is scored; 8 does not rise, so 12 is not needed
             assert stop is not None
+            started.set()
             stopped.append(stop.wait(timeout=30))
             return None
+        if size == 8:  # 8 finishes once 12 runs (else 12 may be cancelled before it starts)
+            assert started.wait(timeout=30)
         return scored(size, seed, steps)
 
     chosen, record = search_latent_dim(SIZES, fit_size, seed=0, workers=2)
