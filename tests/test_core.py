@@ -126,3 +126,27 @@ def test_spikedata_validation():
     assert sub.n_trials == 1 and sub.covariates["a"].tolist() == [2.0]
     assert d.fingerprint()["covariates"]["a"]["min"] == 1.0
     np.testing.assert_allclose(d.mean_rate_hz(), [0.0, 2 / (8 * 0.01), 0.0])
+
+
+def test_quiet_thread_silences_only_its_own_thread(capsys):
+    import threading
+
+    from ldns_cli.core.console import info, is_quiet, quiet_thread
+
+    seen: dict[str, bool] = {}
+
+    def worker() -> None:
+        with quiet_thread():
+            seen["inside"] = is_quiet()
+            info("from the worker")
+        seen["after"] = is_quiet()
+
+    with quiet_thread():
+        pass  # entered and left in the main thread: nothing stays silenced
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    info("from the main thread")
+    err = capsys.readouterr().err
+    assert seen == {"inside": True, "after": False}
+    assert "from the main thread" in err and "from the worker" not in err

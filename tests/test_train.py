@@ -223,3 +223,18 @@ def test_allocator_tuning_stops_per_step_page_faults() -> None:
     default, tuned = faults_per_step("default"), faults_per_step("tuned")
     assert default > 200
     assert tuned < 0.25 * default  # measured: 0.25–257 against 2.3k–6.7k
+
+
+def test_a_stop_event_ends_training_after_the_current_step() -> None:
+    import threading
+
+    stop = threading.Event()
+
+    def stopping_loss(model: nn.Module, batch: dict[str, Tensor], gen: torch.Generator) -> tuple:
+        stop.set()  # as if another thread asked during the first step
+        return noisy_loss(model, batch, gen)
+
+    result = fit(TinyNet(), dataset(32, 0), None, stopping_loss, CFG, stop=stop)
+    assert result.interrupted and result.steps_done == 1
+    ran = fit(TinyNet(), dataset(32, 0), None, noisy_loss, CFG, stop=threading.Event())
+    assert not ran.interrupted and ran.steps_done == 3 * 4  # 3 epochs of 32 / 8 trials
