@@ -36,9 +36,12 @@ def ldns(src: Path, threads: int, *args: str) -> float:
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(threads)}
     code = "from ldns_cli.cli import main; main()"
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, *args], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    return time.perf_counter() - t0
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:  # say why: a bench that only says "exit 1" wastes the next run
+        raise SystemExit(f"ldns {args[0]} on {src} failed:\n{done.stderr[-2000:]}")
+    return seconds
 
 
 def pipeline(src: Path, data: Path, models: Path, threads: int) -> dict[str, float]:

@@ -82,6 +82,10 @@ LONG_SPREAD_REPEATS = 1
 MIN_LATENT = 2
 SCAN_STOP_SE = 2.0  # the scan goes on while each size beats the smaller ones by this many SEs
 
+# one search fit: (size, seed, steps, stop event) -> per-validation-trial gains [B], or None
+# when stopped
+FitSize = Callable[[int, int, int, "threading.Event | None"], "np.ndarray | None"]
+
 
 def candidate_sizes(n_neurons: int) -> list[int]:
     """The grid up to half the neurons (at least the smallest size)."""
@@ -184,9 +188,6 @@ def parallel_fits(device: str) -> int:
     if torch.device(device).type != "cpu" or dist.world_size() > 1:
         return 1
     return 2 if torch.get_num_threads() >= 2 else 1
-
-
-FitSize = Callable[[int, int, int, "threading.Event | None"], "np.ndarray | None"]
 
 
 class _Fits:
