@@ -8,8 +8,9 @@ For each test bed, every default as a new user would run them:
     ldns sample -m M --condition-from data.h5 --trials test --seed k   (--guidance auto)
 
 then decoders of the condition (`--condition`, default the angle) fitted on the real *training*
-trials are applied to the real test trials, to Poisson draws of the autoencoder's rates of them,
-and to the samples (`scoring.conditions.stage_checks`); the samples' unconditional fidelity is
+trials are applied to the real test trials, to Poisson draws of the autoencoder's rates of them
+(times the conditions' rate gain when the model kept one, as `sample` draws; the decoded rates
+alone are then reported beside them), and to the samples (`scoring.conditions.stage_checks`); the samples' unconditional fidelity is
 `ldns evaluate`'s score against the test trials. Each stage is the mean over AE_DRAWS Poisson
 draws (autoencoder) or SAMPLE_SEEDS sampling seeds (samples), reported with its range; Poisson
 draws of the simulator's true rates of the test trials are the reference a perfect model would
@@ -38,11 +39,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import log, write_results
+from ldns_cli.conditions.spec import condition_values
 from ldns_cli.io.formats import read_spikes
 from ldns_cli.nn.autoencoder import infer
 from ldns_cli.scoring.conditions import stage_checks
 from ldns_cli.scoring.evaluation import evaluate
-from ldns_cli.store import load_autoencoder
+from ldns_cli.store import load_autoencoder, load_models
 
 AE_DRAWS = 5  # Poisson draws of the autoencoder's rates of the test trials
 SAMPLE_SEEDS = 3  # `ldns sample --seed k` runs for the test trials' conditions
@@ -93,13 +95,25 @@ def run_bed(
     train, test = data.select(data.split == "train"), data.select(data.split == "test")
     gens = [read_spikes(path) for path in sample_paths]
     ae, ckpt = load_autoencoder(models)
-    _, rates = infer(ae, test)
+    _, decoded = infer(ae, test)
+    # the rates the model samples from: the decoded rates times the conditions' gain, when the
+    # conditional model kept one (diffusion/condition_gain.py)
+    gain = load_models(models).diffusion.condition_gain
+    log_gain = None
+    if gain is not None:
+        values = {name: condition_values(test, name) for name in gain.names}
+        log_gain = gain.log_gain(values, decoded.shape[1])
+    out["condition_gain"] = gain is not None
+    rates = decoded if log_gain is None else decoded * np.exp(log_gain)
     # every draw and sample set in one call: the decoder is fitted once on the training trials
     sets: dict = {"real": test}
     for k in range(AE_DRAWS):
         rng = np.random.default_rng([seed, 1, k])
         counts = rng.poisson(rates.astype(np.float64)).astype(np.int32)
         sets[f"autoencoder/{k}"] = dataclasses.replace(test, counts=counts)
+        if log_gain is not None:  # the same draws of the decoded rates alone
+            counts = rng.poisson(decoded.astype(np.float64)).astype(np.int32)
+            sets[f"decoded_only/{k}"] = dataclasses.replace(test, counts=counts)
         if test.rates is not None:  # the simulator's rates: what a perfect model draws
             counts = rng.poisson(test.rates.astype(np.float64)).astype(np.int32)
             sets[f"true_rates/{k}"] = dataclasses.replace(test, counts=counts)
@@ -116,7 +130,7 @@ def run_bed(
     out["stages"]["chance"] = checks[condition]["chance"]
     out["stage_draws"] = stages
     # error (angle) or score (R², accuracy) of each stage over the real test trials'
-    for key in [k for k in ("true_rates", "autoencoder", "samples") if k in stages]:
+    for key in [k for k in ("true_rates", "autoencoder", "decoded_only", "samples") if k in stages]:
         ratios = np.array(stages[key]) / real
         out[f"ratio_{key}"] = float(ratios.mean())
         out[f"ratio_{key}_range"] = [float(ratios.min()), float(ratios.max())]
@@ -144,6 +158,8 @@ def run_bed(
     out["per_condition"] = diff.get("conditions")
     truth = f"true rates {out['ratio_true_rates']:.2f}x, " if "ratio_true_rates" in out else ""
     ae_lo, ae_hi = out["ratio_autoencoder_range"]
+    if "ratio_decoded_only" in out:
+        truth += f"decoded rates without the condition gain {out['ratio_decoded_only']:.2f}x, "
     s_lo, s_hi = out["ratio_samples_range"]
     log(
         f"{name}: Z={out['latent_dim']}, {condition} {out['metric']} real {real:.3g}, {truth}"

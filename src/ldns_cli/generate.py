@@ -2,7 +2,9 @@
 
     x_T ~ N(0, I)  --sampler (the denoiser, guidance)-->  x_0 (normalised latents)
       -> per-channel latent calibration (calibration.py; `--no-calibration` skips it)
-      -> z = x_0·σ + μ (training stats) -> AE decode -> rates -> observation model -> counts
+      -> z = x_0·σ + μ (training stats) -> AE decode -> rates
+      -> × the conditions' rate gain (conditional models that kept one: condition_gain.py)
+      -> observation model -> counts
 
 Trials are generated in chunks (sorted by length, so padding stays small, and capped by a bin
 budget so memory stays bounded for long trials); variable lengths are masked, and because the
@@ -407,6 +409,8 @@ def generate_chunks(
         z = denormalise(x0, model.latent_mean, model.latent_std)  # [b, l, Z]
         with torch.no_grad():
             rates = ae.decode(z).float()  # [b, l, N]
+        if model.condition_gain is not None:  # what the conditions do beyond the latents
+            rates = model.condition_gain.apply(rates, sub)
         rates = rates * mask[:, :, None].to(rates.dtype)
         _check_finite(rates, "the autoencoder's decoded rates", AE_FILE)
         # one generator per trial: a trial's spikes do not depend on its chunk or padding

@@ -87,6 +87,15 @@ def fit_diffusion_cmd(
             "std to the training latents' (default 1000; 0 = none).",
         ),
     ] = None,
+    condition_gain: Annotated[
+        bool | None,
+        typer.Option(
+            "--condition-gain/--no-condition-gain",
+            help="Conditional models: fit a per-neuron rate gain read from the trial conditions, "
+            "kept when it predicts the validation spikes better (default on).",
+            show_default=False,
+        ),
+    ] = None,
     calibrate_only: Annotated[
         bool,
         typer.Option(
@@ -185,6 +194,7 @@ def fit_diffusion_cmd(
         ema_decay=ema_decay,
         kernel_bins=kernel_bins,
         calibration_trials=calibration_trials,
+        condition_gain=condition_gain,
         resume=resume,
         force=force,
         device=device,

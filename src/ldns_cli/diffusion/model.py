@@ -27,6 +27,7 @@ from ldns_cli.core.checkpoint import DAMAGED_HINT, Checkpoint, load_weights
 from ldns_cli.core.config import config_from_dict
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.diffusion.calibration import LatentCalibration, calibration_key, load_calibrations
+from ldns_cli.diffusion.condition_gain import ConditionGain, load_condition_gain
 from ldns_cli.diffusion.schedule import NoiseSchedule, ScheduleConfig
 from ldns_cli.nn.denoiser import CondInput, Denoiser, DenoiserConfig
 
@@ -63,6 +64,10 @@ class DiffusionConfig:
     # training latents' (diffusion.calibration: sampled latents come out a few % too narrow);
     # 0 = off
     calibration_trials: int = 1000
+    # conditional models: a per-neuron rate gain read from the trial conditions, fitted after the
+    # denoiser and kept only when it predicts the validation spikes better
+    # (diffusion/condition_gain.py); False = never fit one
+    condition_gain: bool = True
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
@@ -211,6 +216,8 @@ class DiffusionModel:
     checkpoint: Checkpoint | None = None
     # by `calibration_key(sampler, steps)`; empty: fitted before calibration existed, or without
     calibrations: dict[str, LatentCalibration] = field(default_factory=dict)
+    # the conditions' rate gain applied after decoding; None: not kept or unconditional
+    condition_gain: ConditionGain | None = None
 
     @property
     def ae_id(self) -> str:
@@ -319,6 +326,7 @@ def diffusion_from_checkpoint(ckpt: Checkpoint, device: torch.device | str) -> D
         latent_mean = np.asarray(extra["latent_mean"], dtype=np.float32)  # [Z]
         latent_std = np.asarray(extra["latent_std"], dtype=np.float32)  # [Z]
         calibrations = load_calibrations(ckpt.tensors)
+        gain = load_condition_gain(ckpt.tensors, extra.get("condition_gain"), specs)
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
         raise LdnsError(
             f"'{ckpt.path}' does not hold a usable diffusion model ({type(exc).__name__}: {exc})",
@@ -351,4 +359,5 @@ def diffusion_from_checkpoint(ckpt: Checkpoint, device: torch.device | str) -> D
         fingerprint=dict(ckpt.fingerprint),
         checkpoint=ckpt,
         calibrations=calibrations,
+        condition_gain=gain,
     )

@@ -43,8 +43,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ldns_cli.conditions.spec import condition_values
 from ldns_cli.core.console import info, warn
 from ldns_cli.core.data import SpikeData
+from ldns_cli.diffusion.condition_gain import ConditionGain
 from ldns_cli.diffusion.sampling import SampleSettings, trial_generator
 from ldns_cli.generate import generate, plan_trials
 from ldns_cli.nn.autoencoder import Autoencoder, infer
@@ -139,6 +141,7 @@ def autoencoder_checks(
     names: list[str] | None = None,
     draws: int = AE_DRAWS,
     observation: Observation | None = None,
+    condition_gain: ConditionGain | None = None,
 ) -> dict[str, Any]:
     """Stages "real" and "autoencoder" for `names` (default: every checkable condition).
 
@@ -148,11 +151,20 @@ def autoencoder_checks(
     observation model's kind (`"autoencoder_observation"`) and, for trial-level conditions, how
     much of the validation spikes the condition's PSTHs and the autoencoder's rates explain
     beyond the mean time course (`"explained_bits_per_spike"`,
-    `scoring.conditions.explained_bits_per_spike`)."""
+    `scoring.conditions.explained_bits_per_spike`). With a conditional model's
+    `condition_gain`, the rates are those the model samples from: the decoded rates times the
+    gain of each trial's conditions (`"autoencoder_condition_gain": True`)."""
     names = checkable_conditions(train) if names is None else names
     if not names:
         return {}
     _, rates = infer(model, val, device=device)  # [B, L, N] spikes per bin
+    gained = False
+    if condition_gain is not None:
+        values = {s["name"]: condition_values(val, s["name"]) for s in condition_gain.specs}
+        log_gain = condition_gain.log_gain(values, rates.shape[1])  # [B, L, N]
+        if log_gain is not None:
+            rates = (rates * np.exp(log_gain)).astype(np.float32)
+            gained = True
     stages: dict[str, SpikeData] = {"real": val}
     for k in range(draws):
         counts = observation_draws(rates, val.lengths, observation, seed, k, device)
@@ -164,6 +176,7 @@ def autoencoder_checks(
         c["stages"]["autoencoder"] = float(np.mean(values))
         c["autoencoder_draws"] = [float(v) for v in values]
         c["autoencoder_observation"] = kind
+        c["autoencoder_condition_gain"] = gained
         explained = explained_bits_per_spike(train, val, name, rates)
         if explained is not None:
             c["explained_bits_per_spike"] = explained
@@ -279,7 +292,11 @@ def diffusion_checks(
         stages = {"real": c["stages"]["real"]}
         if ae_value is not None:
             stages["autoencoder"] = ae_value
-            for key in ("autoencoder_draws", "autoencoder_observation"):
+            for key in (
+                "autoencoder_draws",
+                "autoencoder_observation",
+                "autoencoder_condition_gain",
+            ):
                 if key in ae_check:
                     c[key] = ae_check[key]
         stages["samples"] = c["stages"]["samples"]

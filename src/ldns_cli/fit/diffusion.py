@@ -39,6 +39,7 @@ from ldns_cli.core.data import SpikeData
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.core.runtime import resolve_device
 from ldns_cli.diffusion.calibration import LatentCalibration, MomentAccumulator
+from ldns_cli.diffusion.condition_gain import PREFIX as GAIN_PREFIX
 from ldns_cli.diffusion.model import (
     DEFAULT_PRESET,
     PRESETS,
@@ -53,6 +54,7 @@ from ldns_cli.diffusion.model import (
 from ldns_cli.diffusion.samplers import DEFAULT_SAMPLER
 from ldns_cli.diffusion.schedule import NoiseSchedule
 from ldns_cli.fit import distributed as dist
+from ldns_cli.fit.condition_gain import describe_gain, fit_condition_gain
 from ldns_cli.fit.splits import split_masks
 from ldns_cli.fit.trainer import CheckpointSpec, FitResult, TrainConfig, fit
 from ldns_cli.nn.denoiser import Denoiser, DenoiserConfig
@@ -308,7 +310,39 @@ def train_diffusion(
             result.checkpoint, lat, config.calibration_trials, train_config.seed, device
         )
         save_checkpoint(path, result.checkpoint)
+    if not result.interrupted and config.condition_gain and lat.specs and dist.is_main():
+        assert result.checkpoint is not None
+        add_condition_gain(result.checkpoint, data, ae, lat, device)
+        save_checkpoint(path, result.checkpoint)
     return result, path
+
+
+def add_condition_gain(
+    ckpt: Checkpoint, data: SpikeData, ae: torch.nn.Module, lat: LatentData, device: str
+) -> dict[str, Any]:
+    """Fit the conditions' rate gain on the training trials, choose it on the validation trials
+    (`fit/condition_gain.py`) and store it in `ckpt` when kept; the caller saves. Returns the
+    record (also `ckpt.extra["condition_gain"]`)."""
+    from ldns_cli.nn.autoencoder import infer
+
+    for name in [n for n in ckpt.tensors if n.startswith(GAIN_PREFIX + ".")]:
+        del ckpt.tensors[name]  # a refit replaces the gain of an earlier fit
+    train, val = data.select(lat.train), data.select(lat.val)
+    _, train_rates = infer(ae, train, device=device)  # [B, L, N]
+    _, val_rates = infer(ae, val, device=device)
+    gain, record = fit_condition_gain(
+        train,
+        val,
+        train_rates,
+        val_rates,
+        lat.specs,
+        {k: v[lat.train] for k, v in lat.values.items()},
+        {k: v[lat.val] for k, v in lat.values.items()},
+    )
+    if gain is not None:
+        ckpt.tensors.update(gain.tensors())
+    ckpt.extra["condition_gain"] = record
+    return record
 
 
 def _length_histogram(lengths: np.ndarray) -> dict[str, list[int]]:
@@ -514,6 +548,7 @@ def fit_diffusion(
     ema_decay: float | None = None,
     kernel_bins: int | None = None,
     calibration_trials: int | None = None,
+    condition_gain: bool | None = None,
     resume: bool = False,
     force: bool = False,
     device: str = "auto",
@@ -526,7 +561,8 @@ def fit_diffusion(
     keyword arguments. `conditions` names trial covariates or behaviour series of `data` to
     condition on. Writes `folder/diffusion.safetensors` (replacing a fitted one only with
     `force`), then samples `calibration_trials` latent trials and stores the latent calibration
-    for the default sampler. `resume` continues an interrupted fit with its saved settings (only
+    for the default sampler. A conditional model then fits the conditions' rate gain
+    (`condition_gain`, default on; see `diffusion/condition_gain.py`). `resume` continues an interrupted fit with its saved settings (only
     `epochs` and `calibration_trials` may change). Runs under torchrun as one rank. `source` names the data in messages.
     """
     from ldns_cli.store import check_fit_target
@@ -540,6 +576,7 @@ def fit_diffusion(
             "blocks": blocks, "prediction": prediction, "schedule": schedule, "loss": loss,
             "ema_decay": ema_decay, "cond_dropout": cond_dropout, "seed": seed,
             "kernel_bins": kernel_bins, "calibration_trials": calibration_trials,
+            "condition_gain": condition_gain,
             "conditions": tuple(conditions) if conditions else None,
         }  # fmt: skip
         if resume and (
@@ -596,6 +633,11 @@ def fit_diffusion(
             )
             for summary in outcome.calibrations:
                 info(calibration_text(summary))
+            gain_record = (
+                result.checkpoint.extra.get("condition_gain") if result.checkpoint else None
+            )
+            if gain_record:
+                info(describe_gain(gain_record))
             if result.checkpoint is not None and result.checkpoint.extra.get("conditions"):
                 _condition_checks(data, folder, result, path, dev)
         dist.barrier()
@@ -634,7 +676,14 @@ def _condition_checks(
         "weight (sampling at each weight)"
     )
     ae_checks = autoencoder_checks(
-        models.ae, train, val, device, seed, names, observation=models.observation
+        models.ae,
+        train,
+        val,
+        device,
+        seed,
+        names,
+        observation=models.observation,
+        condition_gain=models.diffusion.condition_gain,
     )
     checks, guidance = diffusion_checks(models, train, val, ae_checks, device, seed)
     if not guidance:
