@@ -119,6 +119,11 @@ def test_typed_condition_grid_and_categories(fitted):
     ckpt = load_checkpoint(typed / "diffusion.safetensors", "diffusion")
     assert len(ckpt.extra["train"]["history"]) == 3
     assert ckpt.extra["conditions"][1]["name"] == "condition_id"
+    # the conditions' rate gain was fitted and judged after the resumed fit too
+    gain = ckpt.extra["condition_gain"]
+    assert gain["conditions"] == ["angle", "condition_id"] and len(gain["curve"]) >= 2
+    assert gain["kept"] == any(n.startswith("condition_gain.") for n in ckpt.tensors)
+    assert "condition gain (angle, condition_id)" in res.stderr
 
 
 def test_variable_lengths_and_sampler_choice(fitted):

@@ -693,7 +693,12 @@ def _condition_checks(
     save_checkpoint(path, ckpt)
     for line in describe_guidance(guidance):
         info(line)
-    for line in describe_checks(checks, STAGE_LABELS):
+    labels = dict(STAGE_LABELS)
+    if models.diffusion.condition_gain is not None:  # the rates the model samples from
+        labels["autoencoder"] = labels["autoencoder"].replace(
+            "the autoencoder's rates", "the autoencoder's rates times the condition gain"
+        )
+    for line in describe_checks(checks, labels):
         info(line)
 
 

@@ -114,6 +114,8 @@ def model_check_rows(payload: dict[str, Any]) -> list[tuple[str, ...]]:
         measure = c.get("metric", "")
         if "guidance" in c:
             measure += f" (W={c['guidance']:g})"
+        if c.get("autoencoder_condition_gain"):  # the rates the conditional model samples from
+            measure += " (autoencoder x condition gain)"
         values = [_fmt(stages.get(k)) for k in ("real", "autoencoder", "samples")]
         rows.append((name, measure, *values, _fmt(c.get("chance"))))
     return rows
