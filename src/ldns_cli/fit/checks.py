@@ -214,7 +214,9 @@ def _loss_hint(explained: dict[str, float] | None) -> str:
         return (
             f"its per-group PSTHs explain {said}, the autoencoder's rates {rates:.3g}: the "
             "latents follow the activity that explains the most, and a condition this weak in "
-            "the spikes is rarely kept by more latents or epochs"
+            "the spikes is rarely kept by more latents or epochs; `fit-diffusion --condition "
+            "NAME` fits a rate gain read from it, and keeps it when it predicts the validation "
+            "spikes"
         )
     return (
         f"its per-group PSTHs explain {cond:.3g} bits/spike, the rates {rates:.3g}; part of the "
