@@ -18,7 +18,9 @@ stage_checks`) and applied to
   drawn from the latent distribution of a condition can decode better (on simulated reach they
   decoded the angle 1.04-1.18x the real error against the reconstructions' 1.27-1.40x, `python
   bench/quality_pipeline_conditions.py`), but not much better: a condition the latents do not
-  carry cannot be sampled;
+  carry cannot be sampled. A conditional model that kept a rate gain for its conditions
+  (`diffusion/condition_gain.py`) samples from the decoded rates times that gain, and
+  `fit-diffusion` measures this stage on those rates;
 - "samples": trials generated for the validation trials' conditions (with the guidance weight).
 
 Guidance by measurement (`choose_guidance`): samples are drawn at each weight of
