@@ -148,3 +148,29 @@ def test_generation_applies_the_gain_only_with_the_conditions():
     a = generate(ae, model, obs, lengths, settings, "cpu")
     b = generate(ae, dataclasses.replace(model, condition_gain=gain), obs, lengths, settings, "cpu")
     assert np.array_equal(a.rates, b.rates) and np.array_equal(a.counts, b.counts)
+
+
+def test_large_inputs_are_thinned_and_too_many_weights_refused(monkeypatch):
+    import ldns_cli.fit.condition_gain as fit_gain
+
+    # a quarter of the training trials still finds the tuning
+    monkeypatch.setattr(fit_gain, "GAIN_MAX_ELEMENTS", 75 * L * N)
+    thin, used = fit_gain._thinned, []
+
+    def spy(data, rates, values):
+        out = thin(data, rates, values)
+        used.append(out[0].n_trials)
+        return out
+
+    monkeypatch.setattr(fit_gain, "_thinned", spy)
+    gain, record = _fit(kappa=0.8)
+    assert used == [75, 75]  # of 300 training and 80 validation trials
+    assert gain is not None and record["kept"]
+    # a categorical condition with 300 labels: 300 features x the bumps is too many weights
+    data, _, _ = _tuned(20, 0.0, seed=3)
+    labels = np.arange(20) % 300
+    spec = {"name": "label", "kind": "categorical", "dim": 1, "values": list(range(300))}
+    rates = np.full(data.counts.shape, BASE, np.float32)
+    values = {"label": labels}
+    gain, record = fit_condition_gain(data, data, rates, rates, [spec], values, values)
+    assert gain is None and "exceed" in record["reason"]

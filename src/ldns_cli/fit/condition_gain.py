@@ -38,6 +38,10 @@ from ldns_cli.diffusion.condition_gain import (
 GAIN_SPACINGS_S = (0.1, 0.2)  # bump spacing (time resolution of the gain), seconds
 GAIN_RIDGES = (300.0, 100.0, 30.0, 10.0, 3.0)  # strongest first: each fit starts from the last
 GAIN_KEEP_SE = 2.0
+# the regression reads at most this many neuron-bins of training (and of validation) trials,
+# evenly spread over them: its float64 arrays then stay within about 0.5 GB
+GAIN_MAX_ELEMENTS = 10_000_000
+GAIN_MAX_WEIGHTS = 256  # per neuron (bumps x features): its Hessians are [N, P, P]
 NEWTON_STEPS = 30
 NEWTON_TOL = 1e-7  # stop when no weight moves by more than this
 MIN_RATE = 1e-8  # spikes per bin: the floor of the offset's log
@@ -100,8 +104,28 @@ class _Problem:
         return w
 
 
-def _features(data: SpikeData, specs: list[dict[str, Any]], values: dict[str, np.ndarray]):
+def _features(specs: list[dict[str, Any]], values: dict[str, np.ndarray]) -> np.ndarray:
+    """The trials' gain features `[B, F]`."""
     return np.concatenate([embed_for_gain(s, values[s["name"]]) for s in specs], axis=1)
+
+
+def _first(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v[:1] for k, v in values.items()}
+
+
+def _spacing(spacing_s: float, data: SpikeData) -> float:
+    """Bump spacing in bins (at least one bin)."""
+    return max(spacing_s / data.bin_size_s, 1.0)
+
+
+def _thinned(data: SpikeData, rates: np.ndarray, values: dict[str, np.ndarray]):
+    """At most `GAIN_MAX_ELEMENTS` neuron-bins of `data`: evenly spaced trials (all when fewer)."""
+    per_trial = data.counts.shape[1] * data.counts.shape[2]
+    keep = max(GAIN_MAX_ELEMENTS // max(per_trial, 1), 2)
+    if data.n_trials <= keep:
+        return data, rates, values
+    index = np.unique(np.linspace(0, data.n_trials - 1, keep).round().astype(np.int64))
+    return data.select(index), rates[index], {k: v[index] for k, v in values.items()}
 
 
 def fit_condition_gain(
@@ -130,8 +154,20 @@ def fit_condition_gain(
     if not read or train.n_trials < 2 or val.n_trials < 2:
         record["reason"] = "no trial-level condition or too few trials to choose the gain"
         return None, record
-    x_train = _features(train, read, train_values)
-    x_val = _features(val, read, val_values)
+    n_features = _features(read, _first(train_values)).shape[1]
+    n_weights = n_features * basis_size(
+        int(train.lengths.max()), _spacing(min(GAIN_SPACINGS_S), train)
+    )
+    if n_weights > GAIN_MAX_WEIGHTS:
+        record["reason"] = (
+            f"{n_weights} weights per neuron ({n_features} condition features) exceed "
+            f"{GAIN_MAX_WEIGHTS}"
+        )
+        return None, record
+    train, train_rates, train_values = _thinned(train, train_rates, train_values)
+    val, val_rates, val_values = _thinned(val, val_rates, val_values)
+    x_train = _features(read, train_values)
+    x_val = _features(read, val_values)
     base_nll = _Problem(val_rates, val, x_val, np.zeros((val.counts.shape[1], 1)))
     zero = torch.zeros(1, x_val.shape[1], val.counts.shape[2], dtype=torch.float64)
     base = base_nll.nll_per_trial(zero)  # [B_val] nats
@@ -139,7 +175,7 @@ def fit_condition_gain(
     longest = int(max(train.lengths.max(), val.lengths.max()))
     curve, best = [], None
     for spacing_s in GAIN_SPACINGS_S:
-        spacing = max(spacing_s / train.bin_size_s, 1.0)
+        spacing = _spacing(spacing_s, train)
         n_basis = basis_size(longest, spacing)
         phi = time_basis(longest, spacing, n_basis)
         fit_problem = _Problem(train_rates, train, x_train, phi)
