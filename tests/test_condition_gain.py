@@ -174,3 +174,25 @@ def test_large_inputs_are_thinned_and_too_many_weights_refused(monkeypatch):
     values = {"label": labels}
     gain, record = fit_condition_gain(data, data, rates, rates, [spec], values, values)
     assert gain is None and "exceed" in record["reason"]
+
+
+def test_autoencoder_stage_draws_from_the_gained_rates_and_skips_unseen_values():
+    from conftest import make_tiny_data
+    from ldns_cli.fit.checks import autoencoder_checks
+    from ldns_cli.nn.autoencoder import AEConfig, Autoencoder
+
+    torch.manual_seed(0)
+    ae = Autoencoder(AEConfig(n_neurons=3, latent_dim=2, width=8, blocks=1, state_dim=4)).eval()
+    data = make_tiny_data(n_trials=40, n_bins=16)
+    train, val = data.select(np.arange(30)), data.select(np.arange(30, 40))
+    # label c1 (half the trials) is a category the gain never saw: those trials get none
+    spec = {"name": "label", "kind": "categorical", "dim": 1, "values": ["c0", "c9"]}
+    strong = ConditionGain((ANGLE, spec), 8.0, np.full((3, 4, 3), 3.0, np.float32))
+    out = {}
+    for name, gain in (("plain", None), ("gained", strong)):
+        checks = autoencoder_checks(ae, train, val, "cpu", 0, ["angle"], condition_gain=gain)
+        out[name] = checks["angle"]
+    assert out["gained"]["autoencoder_condition_gain"]
+    assert not out["plain"]["autoencoder_condition_gain"]
+    assert np.isfinite(out["gained"]["autoencoder_draws"]).all()
+    assert out["gained"]["autoencoder_draws"] != out["plain"]["autoencoder_draws"]

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldns_cli.conditions.spec import condition_values
+from ldns_cli.conditions.spec import fit_condition_values
 from ldns_cli.core.console import info, warn
 from ldns_cli.core.data import SpikeData
 from ldns_cli.diffusion.condition_gain import ConditionGain
@@ -162,9 +162,11 @@ def autoencoder_checks(
     _, rates = infer(model, val, device=device)  # [B, L, N] spikes per bin
     gained = False
     if condition_gain is not None:
-        values = {s["name"]: condition_values(val, s["name"]) for s in condition_gain.specs}
+        # a trial whose value is missing or unseen gets no gain, as `sample` gives none
+        values, usable = fit_condition_values(list(condition_gain.specs), val)
         log_gain = condition_gain.log_gain(values, rates.shape[1])  # [B, L, N]
         if log_gain is not None:
+            log_gain[~usable] = 0.0
             rates = (rates * np.exp(log_gain)).astype(np.float32)
             gained = True
     stages: dict[str, SpikeData] = {"real": val}

@@ -562,8 +562,9 @@ def fit_diffusion(
     condition on. Writes `folder/diffusion.safetensors` (replacing a fitted one only with
     `force`), then samples `calibration_trials` latent trials and stores the latent calibration
     for the default sampler. A conditional model then fits the conditions' rate gain
-    (`condition_gain`, default on; see `diffusion/condition_gain.py`). `resume` continues an interrupted fit with its saved settings (only
-    `epochs` and `calibration_trials` may change). Runs under torchrun as one rank. `source` names the data in messages.
+    (`condition_gain`, default on; see `diffusion/condition_gain.py`). `resume` continues an
+    interrupted fit with its saved settings (only `epochs` and `calibration_trials` may change).
+    Runs under torchrun as one rank. `source` names the data in messages.
     """
     from ldns_cli.store import check_fit_target
 
