@@ -73,19 +73,22 @@ class _Problem:
         K, F, N = w.shape
         P = K * F
         phi2 = (self.phi[:, :, None] * self.phi[:, None, :]).reshape(-1, K * K)  # [L, K²]
+        xx = (self.x[:, :, None] * self.x[:, None, :]).reshape(len(self.x), -1)  # [B, F²]
+        # the counts enter the objective and gradient only through these sums: Σ y·η is
+        # Σ y·log r plus Σ W·(Σ y φ x), so each evaluation needs one exp over the bins
+        y_stat = torch.einsum("bkn,bf->kfn", torch.einsum("bln,lk->bkn", self.y, self.phi), self.x)
+        y_log_r = (self.y * self.log_r).sum(dim=(0, 1))  # [N]
 
-        def objective(v: torch.Tensor) -> torch.Tensor:  # per neuron [N]
-            eta = self.eta(v)
-            nll = ((torch.exp(eta) - self.y * eta) * self.mask).sum(dim=(0, 1))
-            return nll + ridge * (v**2).sum(dim=(0, 1))
+        def objective(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            lam = torch.exp(self.eta(v)) * self.mask  # [B, L, N]
+            linear = y_log_r + (v * y_stat).sum(dim=(0, 1))
+            return lam.sum(dim=(0, 1)) - linear + ridge * (v**2).sum(dim=(0, 1)), lam  # [N]
 
-        current = objective(w)
+        current, lam = objective(w)
         for _ in range(NEWTON_STEPS):
-            lam = torch.exp(self.eta(w)) * self.mask  # [B, L, N]
-            resid = torch.einsum("bln,lk->bkn", lam - self.y, self.phi)  # [B, K, N]
-            grad = torch.einsum("bkn,bf->kfn", resid, self.x) + 2 * ridge * w  # [K, F, N]
+            resid = torch.einsum("bln,lk->bkn", lam, self.phi)  # [B, K, N]
+            grad = torch.einsum("bkn,bf->kfn", resid, self.x) - y_stat + 2 * ridge * w
             c = torch.einsum("bln,lq->bnq", lam, phi2).reshape(len(lam), -1)  # [B, N·K²]
-            xx = (self.x[:, :, None] * self.x[:, None, :]).reshape(len(lam), -1)  # [B, F²]
             hess = (c.T @ xx).reshape(N, K, K, F, F).permute(0, 1, 3, 2, 4).reshape(N, P, P)
             hess = hess + 2 * ridge * torch.eye(P, dtype=hess.dtype)
             g = grad.permute(2, 0, 1).reshape(N, P, 1)
@@ -93,7 +96,7 @@ class _Problem:
             scale = torch.ones(N, dtype=w.dtype)
             for _ in range(20):  # halve the step of any neuron whose objective rose
                 trial = w - step * scale
-                value = objective(trial)
+                value, lam = objective(trial)
                 worse = value > current + 1e-9 * current.abs().clamp_min(1.0)
                 if not bool(worse.any()):
                     break
