@@ -196,3 +196,13 @@ def test_autoencoder_stage_draws_from_the_gained_rates_and_skips_unseen_values()
     assert not out["plain"]["autoencoder_condition_gain"]
     assert np.isfinite(out["gained"]["autoencoder_draws"]).all()
     assert out["gained"]["autoencoder_draws"] != out["plain"]["autoencoder_draws"]
+
+
+def test_the_gain_is_bounded_far_outside_the_training_range():
+    from ldns_cli.diffusion.condition_gain import MAX_LOG_GAIN
+
+    speed = {"name": "speed", "kind": "continuous", "dim": 1, "mean": [1.0], "std": [0.5]}
+    gain = ConditionGain((speed,), 10.0, np.ones((1, 1, N), np.float32))  # one bump
+    g = gain.log_gain({"speed": np.array([1.5, 1e6, -1e6])}, 20)
+    assert np.allclose(g[0, 0], 1.0)  # one z-score at the first bump's centre
+    assert g.max() == MAX_LOG_GAIN and g.min() == -MAX_LOG_GAIN

@@ -40,6 +40,10 @@ import torch
 from ldns_cli.conditions.spec import embed_condition_values
 
 PREFIX = "condition_gain"
+# |log gain| at most this (a 20-fold rate change): a continuous condition far outside the
+# training range would otherwise extrapolate the linear read-out into exploding rates (the
+# fitted gains of `ldns simulate network`'s tuning stay within ±1)
+MAX_LOG_GAIN = 3.0
 TRIAL_KINDS = ("circular", "continuous", "categorical")  # kinds with one value per trial
 
 
@@ -102,7 +106,7 @@ class ConditionGain:
             return None
         phi = time_basis(n_bins, self.spacing_bins, self.n_basis)  # [L, K]
         per_trial = np.einsum("bf,kfn->bkn", x, self.weight.astype(np.float64))  # [B, K, N]
-        return np.einsum("lk,bkn->bln", phi, per_trial)
+        return np.clip(np.einsum("lk,bkn->bln", phi, per_trial), -MAX_LOG_GAIN, MAX_LOG_GAIN)
 
     def apply(self, rates: torch.Tensor, conditions: Mapping[str, np.ndarray]) -> torch.Tensor:
         """rates `[B, L, N]` -> rates with the gain (unchanged without the conditions)."""
