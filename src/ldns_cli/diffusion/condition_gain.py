@@ -17,8 +17,9 @@ with r the decoded rates, φ_k Gaussian bumps in time since the trial's first bi
 cos/sin; continuous: z-scored with the training statistics; categorical: one-hot). W is a
 ridge-penalised Poisson regression on the training trials with the decoded rates as offset; its
 time resolution and ridge are chosen by held-out likelihood, and it is kept only when it explains
-the validation spikes beyond their noise (`fit/condition_gain.py`). A gain fitted where the
-latents already carry the condition comes out near zero and is not kept.
+the validation spikes beyond their noise (`fit/condition_gain.py`). Where the latents already
+carry the condition the gain comes out near zero: not kept, or kept at a size that changes
+nothing measurable.
 
 Bins past the last bump centre (samples longer than any training trial) fade to no gain. Time
 series conditions are left to the latents (the gain reads one value per trial). Sampling without
