@@ -85,6 +85,10 @@ def test_no_tuning_no_gain():
 def test_only_trial_level_conditions_are_read():
     assert [s["name"] for s in gain_conditions([ANGLE, SERIES, LABEL])] == ["angle", "label"]
     assert gain_conditions([{**LABEL, "values": None}]) == []
+    data, _, _ = _tuned(8, 0.0, seed=4)
+    rates = np.full(data.counts.shape, BASE, np.float32)
+    gain, record = fit_condition_gain(data, data, rates, rates, [SERIES], {}, {})
+    assert gain is None and "vel varies within trials" in record["reason"]
 
 
 def _gain() -> ConditionGain:

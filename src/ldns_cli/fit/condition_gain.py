@@ -157,8 +157,13 @@ def fit_condition_gain(
     """
     read = gain_conditions(specs)
     record: dict[str, Any] = {"kept": False, "conditions": [str(s["name"]) for s in read]}
-    if not read or train.n_trials < 2 or val.n_trials < 2:
-        record["reason"] = "no trial-level condition or too few trials to choose the gain"
+    if not read:
+        names = ", ".join(str(s["name"]) for s in specs)
+        verb = "varies" if len(specs) == 1 else "vary"
+        record["reason"] = f"it reads one value per trial, and {names} {verb} within trials"
+        return None, record
+    if train.n_trials < 2 or val.n_trials < 2:
+        record["reason"] = "too few training or validation trials to choose it"
         return None, record
     n_features = _features(read, _first(train_values)).shape[1]
     n_weights = n_features * basis_size(
@@ -223,7 +228,7 @@ def fit_condition_gain(
 
 def describe_gain(record: dict[str, Any]) -> str:
     """One line on the gain's choice."""
-    names = ", ".join(record.get("conditions", [])) or "none"
+    names = ", ".join(record.get("conditions", [])) or "no condition"
     if record.get("kept"):
         return (
             f"condition gain ({names}): kept, bumps every {record['spacing_s'] * 1e3:g} ms, "
