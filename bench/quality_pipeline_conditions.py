@@ -39,7 +39,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import log, write_results
-from ldns_cli.conditions.spec import condition_values
 from ldns_cli.io.formats import read_spikes
 from ldns_cli.nn.autoencoder import infer
 from ldns_cli.scoring.conditions import stage_checks
@@ -99,19 +98,15 @@ def run_bed(
     # the rates the model samples from: the decoded rates times the conditions' gain, when the
     # conditional model kept one (diffusion/condition_gain.py)
     gain = load_models(models).diffusion.condition_gain
-    log_gain = None
-    if gain is not None:
-        values = {name: condition_values(test, name) for name in gain.names}
-        log_gain = gain.log_gain(values, decoded.shape[1])
     out["condition_gain"] = gain is not None
-    rates = decoded if log_gain is None else decoded * np.exp(log_gain)
+    rates = decoded if gain is None else gain.gained_rates(decoded, test)
     # every draw and sample set in one call: the decoder is fitted once on the training trials
     sets: dict = {"real": test}
     for k in range(AE_DRAWS):
         rng = np.random.default_rng([seed, 1, k])
         counts = rng.poisson(rates.astype(np.float64)).astype(np.int32)
         sets[f"autoencoder/{k}"] = dataclasses.replace(test, counts=counts)
-        if log_gain is not None:  # the same draws of the decoded rates alone
+        if gain is not None:  # the same draws of the decoded rates alone
             counts = rng.poisson(decoded.astype(np.float64)).astype(np.int32)
             sets[f"decoded_only/{k}"] = dataclasses.replace(test, counts=counts)
         if test.rates is not None:  # the simulator's rates: what a perfect model draws

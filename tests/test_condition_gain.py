@@ -210,3 +210,18 @@ def test_the_gain_is_bounded_far_outside_the_training_range():
     g = gain.log_gain({"speed": np.array([1.5, 1e6, -1e6])}, 20)
     assert np.allclose(g[0, 0], 1.0)  # one z-score at the first bump's centre
     assert g.max() == MAX_LOG_GAIN and g.min() == -MAX_LOG_GAIN
+
+
+def test_feature_count_matches_the_embedding():
+    from ldns_cli.diffusion.condition_gain import embed_for_gain, feature_count
+
+    speed2 = {"name": "v", "kind": "continuous", "dim": 2, "mean": [0.0, 1.0], "std": [1.0, 2.0]}
+    angle2 = {**ANGLE, "dim": 2, "min": [0.0, 0.0], "max": [6.3, 6.3]}
+    cases = [
+        (ANGLE, np.array([0.1, 2.0])),
+        (angle2, np.zeros((2, 2))),
+        (speed2, np.ones((2, 2))),
+        (LABEL, np.array(["b", "c"])),
+    ]
+    for spec, values in cases:
+        assert embed_for_gain(spec, values).shape == (2, feature_count(spec)), spec["name"]

@@ -31,14 +31,14 @@ settings and figures in the checkpoint's `condition_gain` record.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ldns_cli.conditions.spec import embed_condition_values
+from ldns_cli.conditions.spec import embed_condition_values, fit_condition_values
 
 PREFIX = "condition_gain"
 # |log gain| at most this (a 20-fold rate change): a continuous condition far outside the
@@ -64,6 +64,21 @@ def embed_for_gain(spec: Mapping[str, Any], values: np.ndarray) -> np.ndarray:
     if spec["kind"] == "categorical":
         return np.eye(len(spec["values"]))[x]  # [B, K] one-hot
     return np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+
+
+def feature_count(spec: Mapping[str, Any]) -> int:
+    """Gain features of one condition: 2 per circular dimension, 1 per continuous dimension, one
+    per category."""
+    if spec["kind"] == "categorical":
+        return len(spec["values"])
+    return int(spec.get("dim", 1)) * (2 if spec["kind"] == "circular" else 1)
+
+
+def gain_features(
+    specs: Sequence[Mapping[str, Any]], values: Mapping[str, np.ndarray]
+) -> np.ndarray:
+    """The trials' gain features `[B, F]`, the conditions' features side by side."""
+    return np.concatenate([embed_for_gain(s, values[s["name"]]) for s in specs], axis=1)
 
 
 def time_basis(n_bins: int, spacing_bins: float, n_basis: int) -> np.ndarray:
@@ -98,7 +113,7 @@ class ConditionGain:
         """The trials' features `[B, F]`, or None when a condition the gain reads is absent."""
         if not all(name in conditions for name in self.names):
             return None
-        return np.concatenate([embed_for_gain(s, conditions[s["name"]]) for s in self.specs], 1)
+        return gain_features(self.specs, conditions)
 
     def log_gain(self, conditions: Mapping[str, np.ndarray], n_bins: int) -> np.ndarray | None:
         """log of the rate factor `[B, L, N]` for trials of `n_bins` bins (None: see features)."""
@@ -115,6 +130,16 @@ class ConditionGain:
         if g is None:
             return rates
         return rates * torch.exp(torch.as_tensor(g, dtype=rates.dtype, device=rates.device))
+
+    def gained_rates(self, rates: np.ndarray, data: Any) -> np.ndarray:
+        """The rates `[B, L, N]` of `data`'s trials times the gain of their own conditions, as
+        the model samples from them; a trial whose value is missing or unseen in training gets
+        no gain (`sample` refuses such values)."""
+        values, usable = fit_condition_values(list(self.specs), data)
+        log_gain = self.log_gain(values, rates.shape[1])  # [B, L, N]
+        assert log_gain is not None  # fit_condition_values returns every condition
+        log_gain[~usable] = 0.0
+        return (rates * np.exp(log_gain)).astype(np.float32)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f"{PREFIX}.weight": torch.as_tensor(self.weight, dtype=torch.float32)}
@@ -137,14 +162,7 @@ def load_condition_gain(
     read = tuple(by_name[str(name)] for name in record["conditions"])
     spacing = float(record["spacing_bins"])
     w = weight.detach().cpu().numpy().astype(np.float32)
-    n_features = sum(embed_for_gain(s, _example(s)).shape[1] for s in read)
+    n_features = sum(feature_count(s) for s in read)
     if w.ndim != 3 or w.shape[1] != n_features or not (spacing > 0) or not np.isfinite(w).all():
         raise ValueError(f"condition gain weights {tuple(w.shape)} do not fit its record")
     return ConditionGain(specs=read, spacing_bins=spacing, weight=w)
-
-
-def _example(spec: Mapping[str, Any]) -> np.ndarray:
-    """One valid value of a condition (to count its features)."""
-    if spec["kind"] == "categorical":
-        return np.asarray([spec["values"][0]], dtype=object)
-    return np.zeros((1, int(spec.get("dim", 1))))

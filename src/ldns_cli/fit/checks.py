@@ -45,7 +45,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldns_cli.conditions.spec import fit_condition_values
 from ldns_cli.core.console import info, warn
 from ldns_cli.core.data import SpikeData
 from ldns_cli.diffusion.condition_gain import ConditionGain
@@ -70,6 +69,11 @@ STAGE_LABELS = {
     "real": "real validation trials",
     "autoencoder": f"draws of the autoencoder's rates (mean of {AE_DRAWS})",
     "samples": "samples",
+}
+# the autoencoder stage of a conditional model that kept a condition gain
+GAINED_LABELS = {
+    **STAGE_LABELS,
+    "autoencoder": f"draws of the autoencoder's rates times the condition gain (mean of {AE_DRAWS})",
 }
 AE_TOLERANCE = 1.15  # the autoencoder loses a condition when its error is beyond 1.15x real
 # a lost condition is "weak" when its PSTHs explain less than this share of what the
@@ -160,15 +164,8 @@ def autoencoder_checks(
     if not names:
         return {}
     _, rates = infer(model, val, device=device)  # [B, L, N] spikes per bin
-    gained = False
     if condition_gain is not None:
-        # a trial whose value is missing or unseen gets no gain, as `sample` gives none
-        values, usable = fit_condition_values(list(condition_gain.specs), val)
-        log_gain = condition_gain.log_gain(values, rates.shape[1])  # [B, L, N]
-        if log_gain is not None:
-            log_gain[~usable] = 0.0
-            rates = (rates * np.exp(log_gain)).astype(np.float32)
-            gained = True
+        rates = condition_gain.gained_rates(rates, val)
     stages: dict[str, SpikeData] = {"real": val}
     for k in range(draws):
         counts = observation_draws(rates, val.lengths, observation, seed, k, device)
@@ -180,7 +177,7 @@ def autoencoder_checks(
         c["stages"]["autoencoder"] = float(np.mean(values))
         c["autoencoder_draws"] = [float(v) for v in values]
         c["autoencoder_observation"] = kind
-        c["autoencoder_condition_gain"] = gained
+        c["autoencoder_condition_gain"] = condition_gain is not None
         explained = explained_bits_per_spike(train, val, name, rates)
         if explained is not None:
             c["explained_bits_per_spike"] = explained
@@ -378,6 +375,7 @@ def describe_guidance(record: dict[str, Any]) -> list[str]:
 
 
 __all__ = [
+    "GAINED_LABELS",
     "STAGE_LABELS",
     "autoencoder_checks",
     "describe_guidance",

@@ -33,8 +33,9 @@ from ldns_cli.core.data import SpikeData
 from ldns_cli.diffusion.condition_gain import (
     ConditionGain,
     basis_size,
-    embed_for_gain,
+    feature_count,
     gain_conditions,
+    gain_features,
     time_basis,
 )
 
@@ -110,15 +111,6 @@ class _Problem:
         return w
 
 
-def _features(specs: list[dict[str, Any]], values: dict[str, np.ndarray]) -> np.ndarray:
-    """The trials' gain features `[B, F]`."""
-    return np.concatenate([embed_for_gain(s, values[s["name"]]) for s in specs], axis=1)
-
-
-def _first(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: v[:1] for k, v in values.items()}
-
-
 def _spacing(spacing_s: float, data: SpikeData) -> float:
     """Bump spacing in bins (at least one bin)."""
     return max(spacing_s / data.bin_size_s, 1.0)
@@ -165,10 +157,9 @@ def fit_condition_gain(
     if train.n_trials < 2 or val.n_trials < 2:
         record["reason"] = "too few training or validation trials to choose it"
         return None, record
-    n_features = _features(read, _first(train_values)).shape[1]
-    n_weights = n_features * basis_size(
-        int(train.lengths.max()), _spacing(min(GAIN_SPACINGS_S), train)
-    )
+    longest = int(max(train.lengths.max(), val.lengths.max()))
+    n_features = sum(feature_count(s) for s in read)
+    n_weights = n_features * basis_size(longest, _spacing(min(GAIN_SPACINGS_S), train))
     if n_weights > GAIN_MAX_WEIGHTS:
         record["reason"] = (
             f"{n_weights} weights per neuron ({n_features} condition features) exceed "
@@ -177,13 +168,9 @@ def fit_condition_gain(
         return None, record
     train, train_rates, train_values = _thinned(train, train_rates, train_values)
     val, val_rates, val_values = _thinned(val, val_rates, val_values)
-    x_train = _features(read, train_values)
-    x_val = _features(read, val_values)
-    base_nll = _Problem(val_rates, val, x_val, np.zeros((val.counts.shape[1], 1)))
-    zero = torch.zeros(1, x_val.shape[1], val.counts.shape[2], dtype=torch.float64)
-    base = base_nll.nll_per_trial(zero)  # [B_val] nats
+    x_train = gain_features(read, train_values)  # [B, F]
+    x_val = gain_features(read, val_values)
     val_spikes = float(val.counts.sum())
-    longest = int(max(train.lengths.max(), val.lengths.max()))
     curve, best = [], None
     for spacing_s in GAIN_SPACINGS_S:
         spacing = _spacing(spacing_s, train)
@@ -192,6 +179,7 @@ def fit_condition_gain(
         fit_problem = _Problem(train_rates, train, x_train, phi)
         val_problem = _Problem(val_rates, val, x_val, phi)
         w = torch.zeros(n_basis, x_train.shape[1], train.counts.shape[2], dtype=torch.float64)
+        base = val_problem.nll_per_trial(w)  # [B_val] nats: the decoded rates alone
         for ridge in GAIN_RIDGES:
             w = fit_problem.newton(w, ridge)
             per_trial = (base - val_problem.nll_per_trial(w)) / math.log(2)  # bits [B_val]

@@ -653,6 +653,7 @@ def _condition_checks(
     """Stage checks of the model's conditions and the measured guidance weight (`fit.checks`),
     printed and stored in the checkpoint (rank 0, after training and calibration)."""
     from ldns_cli.fit.checks import (
+        GAINED_LABELS,
         STAGE_LABELS,
         autoencoder_checks,
         describe_guidance,
@@ -694,12 +695,8 @@ def _condition_checks(
     save_checkpoint(path, ckpt)
     for line in describe_guidance(guidance):
         info(line)
-    labels = dict(STAGE_LABELS)
-    if models.diffusion.condition_gain is not None:  # the rates the model samples from
-        labels["autoencoder"] = labels["autoencoder"].replace(
-            "the autoencoder's rates", "the autoencoder's rates times the condition gain"
-        )
-    for line in describe_checks(checks, labels):
+    gained = models.diffusion.condition_gain is not None  # the rates the model samples from
+    for line in describe_checks(checks, GAINED_LABELS if gained else STAGE_LABELS):
         info(line)
 
 
