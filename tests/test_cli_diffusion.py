@@ -269,6 +269,14 @@ def test_evaluate_reports_per_condition_and_the_report_plots_training(fitted):
     payload = json.loads(_ok([*args, "--json", "-q"]).stdout)
     assert set(payload["conditions"]) == {"angle", "hand_vel"}
     assert payload["generated"]["provenance"]["conditions"] == "angle,hand_vel"
+    # the stored stage checks: each stage's cell holds its value and its value/real interval
+    from ldns_cli.scoring.report import model_check_rows
+
+    stored = payload["model_checks"]["diffusion"]["angle"]
+    rows = {row[0]: row for row in model_check_rows(payload)}
+    for column, stage in ((3, "autoencoder"), (4, "samples")):
+        lo, hi = stored["ratio_interval"][stage]
+        assert rows["angle"][column].endswith(f"(×{lo:.2f}-{hi:.2f})"), rows["angle"]
     off = json.loads(_ok([*args, "--json", "-q", "--condition", "none"]).stdout)
     assert off["conditions"] == {}
     report = root / "report"
@@ -288,6 +296,12 @@ def test_guidance_auto_resolves_to_the_measured_weight(fitted):
     checks = ckpt.extra["condition_checks"]
     assert set(checks) == {"angle", "hand_vel"}
     assert set(checks["angle"]["stages"]) == {"real", "autoencoder", "samples"}
+    for c in checks.values():  # each later stage's value/real, with its 95% interval
+        assert set(c["ratio_interval"]) == {"autoencoder", "samples"}
+        for stage, interval in c["ratio_interval"].items():
+            if interval is not None:  # None: a real R² at or below 0 has no ratio
+                ratio = c["stages"][stage] / c["stages"]["real"]
+                assert interval[0] <= ratio <= interval[1], (stage, c)
     args = ["sample", "-m", str(models), "--condition-from", str(data), "--trials", "test", "-q"]
     _ok([*args, "-o", str(root / "auto.h5")])
     assert read_spikes(root / "auto.h5").provenance["guidance"] == f"{record['weight']:g}"

@@ -7,6 +7,7 @@ closed-form leave-one-out error equals refitting without each trial."""
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -201,6 +202,68 @@ def test_stage_checks_read_chance_for_ignoring_samples_and_real_values_for_copie
         spread = abs(stages["real"] - c["chance"])
         assert abs(stages["ignoring"] - c["chance"]) < 0.25 * spread, (name, stages, c["chance"])
     assert checks["angle"]["stages"]["real"] < 15 and checks["angle"]["chance"] > 60
+
+
+def test_stage_check_intervals_are_exact_for_copies_and_exclude_no_loss_for_ignoring_sets():
+    from ldns_cli.scoring.conditions import stage_checks
+
+    data = simulate_reach(300, 32, 80, seed=4)
+    train, val = data.select(np.arange(200)), data.select(np.arange(200, 300))
+    other = data.select(np.arange(150, 250))  # real trials, half of them the validation ones
+    checks = stage_checks(
+        train,
+        {"real": val, "copies": [val, val], "ignoring": _shuffled(val, 3), "other": other},
+        ["angle", "condition_id", "hand_vel"],
+    )
+    for name, c in checks.items():
+        lo_hi = c["ratio_interval"]
+        # copies hold the same trials: resampled together, their ratio is 1 in every resample
+        assert lo_hi["copies"] == [1.0, 1.0], name
+        assert c["draws"]["copies"] == [c["stages"]["real"]] * 2, name
+        assert "real" not in lo_hi and set(c["draws"]) == {"copies"}
+        # a set that ignores its condition is clearly worse than the real trials
+        lo, hi = lo_hi["ignoring"]
+        if c["lower_is_better"]:
+            assert lo > 1.5, (name, lo_hi)
+        else:
+            assert hi < 0.7, (name, lo_hi)
+        # other real trials of the same recording: no loss is within the interval, which
+        # holds their own ratio
+        ratio = c["stages"]["other"] / c["stages"]["real"]
+        lo, hi = lo_hi["other"]
+        assert lo <= min(1.0, ratio) and max(1.0, ratio) <= hi, (name, lo_hi, ratio)
+
+
+def test_ratio_interval_covers_equal_stages_at_its_level_and_r2_pieces_give_pooled_r2():
+    from ldns_cli.scoring.conditions import CHECK_RESAMPLES, _ratio_intervals
+    from ldns_cli.scoring.decoding import _r2_pieces, metric_of_trials, r2_pooled
+
+    class Errors:  # a decoder whose per-trial errors are the trials' own values
+        kind = "circular"
+
+        def trial_stats(self, counts, lengths, values):
+            return np.asarray(counts, dtype=np.float64)[:, None]
+
+    def stage(errors: np.ndarray, conditions: np.ndarray):
+        return [(SimpleNamespace(counts=errors, lengths=None), conditions)]
+
+    rng = np.random.default_rng(0)
+    covered = 0
+    for trial in range(200):  # two independent sets of 100 errors from one distribution
+        kept = {
+            "real": stage(np.abs(rng.normal(0, 3, 100)), rng.uniform(size=100)),
+            "model": stage(np.abs(rng.normal(0, 3, 100)), rng.uniform(size=100)),
+        }
+        lo, hi = _ratio_intervals(Errors(), kept, np.random.default_rng(trial))["model"]
+        covered += lo <= 1.0 <= hi
+    assert CHECK_RESAMPLES >= 1000
+    assert 0.90 <= covered / 200 <= 0.995, covered  # a 95% interval, within sampling noise
+    # R² from per-trial pieces equals the pooled R² of all rows, bins kept with their trial
+    true = rng.normal(size=(60, 2)) + np.array([2.0, -1.0])
+    pred = true + 0.5 * rng.normal(size=(60, 2))
+    pieces = _r2_pieces(pred, true, np.repeat(np.arange(12), 5), 12)
+    assert metric_of_trials("timeseries", pieces)[0] == pytest.approx(r2_pooled(pred, true))
+    assert metric_of_trials("circular", np.array([[3.0], [1.0], [2.0]]))[0] == 2.0
 
 
 def test_autoencoder_check_averages_several_draws_and_reads_chance_for_a_flat_model():

@@ -166,16 +166,16 @@ def autoencoder_checks(
     _, rates = infer(model, val, device=device)  # [B, L, N] spikes per bin
     if condition_gain is not None:
         rates = condition_gain.gained_rates(rates, val)
-    stages: dict[str, SpikeData] = {"real": val}
-    for k in range(draws):
-        counts = observation_draws(rates, val.lengths, observation, seed, k, device)
-        stages[f"autoencoder{k}"] = dataclasses.replace(val, counts=counts)
-    checks = stage_checks(train, stages, names, seed)
+    drawn = [
+        dataclasses.replace(
+            val, counts=observation_draws(rates, val.lengths, observation, seed, k, device)
+        )
+        for k in range(draws)
+    ]
+    checks = stage_checks(train, {"real": val, "autoencoder": drawn}, names, seed)
     kind = "poisson" if observation is None else observation.kind
     for name, c in checks.items():
-        values = [c["stages"].pop(f"autoencoder{k}") for k in range(draws)]
-        c["stages"]["autoencoder"] = float(np.mean(values))
-        c["autoencoder_draws"] = [float(v) for v in values]
+        c["autoencoder_draws"] = [float(v) for v in c.pop("draws")["autoencoder"]]
         c["autoencoder_observation"] = kind
         c["autoencoder_condition_gain"] = condition_gain is not None
         explained = explained_bits_per_spike(train, val, name, rates)
@@ -190,13 +190,26 @@ def report_checks(checks: dict[str, Any]) -> None:
         info(line)
     for name, c in checks.items():
         rel = _relative(c, "autoencoder", "real")
-        if rel is not None and rel > AE_TOLERANCE:
-            warn(
-                f"the autoencoder loses part of condition {name}: {c['metric']} "
-                f"{c['stages']['autoencoder']:.3g} decoded from its rates against "
-                f"{c['stages']['real']:.3g} from real trials; samples seldom carry much more "
-                f"({_loss_hint(c.get('explained_bits_per_spike'))})"
-            )
+        if rel is None or rel <= AE_TOLERANCE:
+            continue
+        interval = c.get("ratio_interval", {}).get("autoencoder")
+        # the interval is of value/real; a loss is beyond the noise when it excludes 1
+        clear = interval is None or (
+            interval[0] > 1.0 if c["lower_is_better"] else interval[1] < 1.0
+        )
+        span = "" if interval is None else f" (value/real {interval[0]:.2f}-{interval[1]:.2f}, 95%)"
+        verb = "loses" if clear else "may lose"
+        doubt = (
+            ""
+            if clear
+            else "; the interval includes no loss: the validation trials are too few to tell"
+        )
+        warn(
+            f"the autoencoder {verb} part of condition {name}: {c['metric']} "
+            f"{c['stages']['autoencoder']:.3g} decoded from its rates against "
+            f"{c['stages']['real']:.3g} from real trials{span}{doubt}; samples seldom carry "
+            f"much more ({_loss_hint(c.get('explained_bits_per_spike'))})"
+        )
 
 
 def _loss_hint(explained: dict[str, float] | None) -> str:
@@ -293,8 +306,10 @@ def diffusion_checks(
         ae_check = ae_checks.get(name, {})
         ae_value = ae_check.get("stages", {}).get("autoencoder")
         stages = {"real": c["stages"]["real"]}
+        intervals = {}
         if ae_value is not None:
             stages["autoencoder"] = ae_value
+            intervals["autoencoder"] = ae_check.get("ratio_interval", {}).get("autoencoder")
             for key in (
                 "autoencoder_draws",
                 "autoencoder_observation",
@@ -303,7 +318,9 @@ def diffusion_checks(
                 if key in ae_check:
                     c[key] = ae_check[key]
         stages["samples"] = c["stages"]["samples"]
+        intervals["samples"] = c["ratio_interval"]["samples"]
         c["stages"] = stages
+        c["ratio_interval"] = intervals
         c["guidance"] = weight
     return chosen, {"weight": weight, "reason": reason, "curve": curve}
 

@@ -38,6 +38,7 @@ from ldns_cli.scoring.decoding import (
     LOWER_IS_BETTER,
     METRIC_OF_KIND,
     fit_decoder,
+    metric_of_trials,
 )
 from ldns_cli.scoring.metrics import fold_stats
 
@@ -441,7 +442,7 @@ def checkable_conditions(data: SpikeData) -> list[str]:
 
 def stage_checks(
     train: SpikeData,
-    stages: dict[str, SpikeData],
+    stages: dict[str, SpikeData | list[SpikeData]],
     names: list[str],
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -449,44 +450,112 @@ def stage_checks(
     real training trials and applied to every stage's trials (each carrying the conditions it
     should express: e.g. real validation trials, Poisson draws from the autoencoder's rates of
     them, samples generated for their conditions), next to chance (the first stage's trials with
-    their conditions permuted).
+    their conditions permuted). A stage given as a list of sets of the same trials (draws) is
+    the mean of their values.
 
-    Returns `{name: {"kind", "metric", "lower_is_better", "chance", "stages": {stage: value}}}`;
-    conditions missing from the training trials or any stage are left out."""
+    Each later stage's value relative to the first's (value/first) comes with a 95% bootstrap
+    interval over trials (`ratio_interval`): a median error on a hundred trials moves by a
+    fifth from one set of trials to the next, so a ratio without one cannot tell a loss from
+    noise. A stage whose conditions are the first stage's, trial by trial (draws of the same
+    trials, or samples generated for them), is resampled with the same trials; others on their
+    own.
+
+    Returns `{name: {"kind", "metric", "lower_is_better", "chance", "stages": {stage: value},
+    "ratio_interval": {stage: [lo, hi] | None}, "draws": {stage: [values]}}}` ("draws" for list
+    stages only); conditions missing from the training trials or any stage are left out."""
     rng = np.random.default_rng([seed, 0x57A6E])
     out: dict[str, Any] = {}
-    for name in names:
-        sets = {"train": train, **stages}
-        if not all(name in d.covariates or name in d.behavior for d in sets.values()):
+    sets = {key: v if isinstance(v, list) else [v] for key, v in stages.items()}
+    for i, name in enumerate(names):
+        every = [train, *(d for group in sets.values() for d in group)]
+        if not all(name in d.covariates or name in d.behavior for d in every):
             continue
-        kind = condition_kind(train, next(iter(stages.values())), name)
-        kept = {}
-        for key, d in sets.items():
-            values = _values(d, name)
-            ok = _known(values)
-            if ok.sum() >= 2:
-                kept[key] = (d.select(ok), values[ok])
-        if len(kept) != len(sets) or kept["train"][0].n_trials < 4:
+        kind = condition_kind(train, next(iter(sets.values()))[0], name)
+        kept: dict[str, list[tuple[SpikeData, np.ndarray]]] = {}
+        for key, group in {"train": [train], **sets}.items():
+            known = []
+            for d in group:
+                values = _values(d, name)
+                ok = _known(values)
+                if ok.sum() >= 2:
+                    known.append((d.select(ok), values[ok]))
+            if len(known) == len(group):
+                kept[key] = known
+        if len(kept) != len(sets) + 1 or kept["train"][0][0].n_trials < 4:
             continue
-        n_bins = int(min(d.lengths.min() for d, _ in kept.values()))
-        fit_set, fit_values = kept.pop("train")
+        n_bins = int(min(d.lengths.min() for group in kept.values() for d, _ in group))
+        fit_set, fit_values = kept.pop("train")[0]
         decoder = fit_decoder(
             kind, fit_set.counts, fit_set.lengths, fit_values, fit_set.bin_size_s, n_bins
         )
         metric, _ = METRIC_OF_KIND[kind]
-        results = {
-            key: decoder.score(d.counts, d.lengths, values) for key, (d, values) in kept.items()
+        draws = {
+            key: [decoder.score(d.counts, d.lengths, values) for d, values in group]
+            for key, group in kept.items()
         }
-        first, first_values = next(iter(kept.values()))
+        first, first_values = next(iter(kept.values()))[0]
         shuffled = first_values[rng.permutation(len(first_values))]
         chance = decoder.score(first.counts, first.lengths, shuffled)
+        # its own generator: the chance values stay those of the same seed without intervals
+        intervals = _ratio_intervals(decoder, kept, np.random.default_rng([seed, 0xB0075, i]))
         out[name] = {
             "kind": kind,
             "metric": metric,
             "lower_is_better": LOWER_IS_BETTER[kind],
             "chance": chance,
-            "stages": results,
+            "stages": {key: float(np.mean(v)) for key, v in draws.items()},
+            "ratio_interval": intervals,
         }
+        listed = {key: v for key, v in draws.items() if isinstance(stages[key], list)}
+        if listed:
+            out[name]["draws"] = listed
+    return out
+
+
+CHECK_RESAMPLES = 1000  # bootstrap resamples of the trials behind each stage's ratio interval
+CHECK_INTERVAL = 0.95
+
+
+def _same_trials(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two stages hold the same trials' conditions, in the same order."""
+    if a.shape != b.shape:
+        return False
+    if a.dtype.kind in "fc" and b.dtype.kind in "fc":
+        return bool(np.array_equal(a, b))
+    return bool(np.array_equal(a.astype(str), b.astype(str)))
+
+
+def _ratio_intervals(
+    decoder: Any, kept: dict[str, list[tuple[SpikeData, np.ndarray]]], rng: np.random.Generator
+) -> dict[str, list[float] | None]:
+    """95% percentile-bootstrap interval of each later stage's value/first stage's value."""
+    stats = {
+        key: [decoder.trial_stats(d.counts, d.lengths, values) for d, values in group]
+        for key, group in kept.items()
+    }
+    keys = list(kept)
+    first_key = keys[0]
+    first_values = kept[first_key][0][1]
+    n_first = len(first_values)
+    picks_first = rng.integers(0, n_first, size=(CHECK_RESAMPLES, n_first))
+    base = metric_of_trials(decoder.kind, stats[first_key][0], picks_first)  # [R]
+    tail = (1.0 - CHECK_INTERVAL) / 2
+    out: dict[str, list[float] | None] = {}
+    for key in keys[1:]:
+        group = kept[key]
+        n = len(group[0][1])
+        if all(_same_trials(values, first_values) for _, values in group):
+            picks = picks_first
+        else:
+            picks = rng.integers(0, n, size=(CHECK_RESAMPLES, n))
+        value = np.mean([metric_of_trials(decoder.kind, st, picks) for st in stats[key]], axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = value / base
+        if not (base > 0).all() or not np.isfinite(ratio).all():
+            out[key] = None  # a ratio to a value at or below zero (R²) has no meaning
+            continue
+        lo, hi = np.quantile(ratio, [tail, 1.0 - tail])
+        out[key] = [float(lo), float(hi)]
     return out
 
 
@@ -538,7 +607,8 @@ def explained_bits_per_spike(
 
 
 def describe_checks(checks: dict[str, Any], labels: dict[str, str]) -> list[str]:
-    """One line per condition: each stage's value (and its ratio to the first stage's)."""
+    """One line per condition: each stage's value (and its ratio to the first stage's, with the
+    ratio's 95% interval when the record has one)."""
     lines = []
     units = {"angle_error_deg": "°", "accuracy": "", "r2": ""}
     for name, c in checks.items():
@@ -548,10 +618,12 @@ def describe_checks(checks: dict[str, Any], labels: dict[str, str]) -> list[str]
         parts = []
         for i, (stage, v) in enumerate(values):
             text = f"{labels.get(stage, stage)} {v:.3g}{unit}"
+            interval = c.get("ratio_interval", {}).get(stage)
+            span = "" if interval is None else f", 95% interval {interval[0]:.2f}-{interval[1]:.2f}"
             if i and c["lower_is_better"] and base > 0:
-                text += f" ({v / base:.2f}×)"
+                text += f" ({v / base:.2f}×{span})"
             elif i and not c["lower_is_better"] and base > 0 and v > 0:
-                text += f" ({v / base:.2f} of the real value)"
+                text += f" ({v / base:.2f} of the real value{span})"
             parts.append(text)
         direction = "lower" if c["lower_is_better"] else "higher"
         lines.append(

@@ -151,6 +151,59 @@ class Decoder:
             return score_values(self.kind, self.model.predict(x), y)
         return score_values(self.kind, self.predict(counts, lengths), values)
 
+    def trial_stats(
+        self, counts: np.ndarray, lengths: np.ndarray, values: np.ndarray
+    ) -> np.ndarray:
+        """Per-trial pieces of the metric `[B, C]`, from which `metric_of_trials` gives it for
+        any multiset of the trials (a bootstrap resamples rows): the circular error (C = 1), the
+        0/1 hit (C = 1), or for R² the rows, squared error, Σy and Σy² per column
+        (C = 2 + 2K; a time series' bins stay with their trial)."""
+        if self.kind == "timeseries":
+            values = np.asarray(values)
+            x, y = series_pairs(counts, lengths, values, self.bin_size_s)
+            cut = np.minimum(lengths, min(values.shape[1], counts.shape[1]))  # as series_pairs
+            trial = np.repeat(np.arange(len(cut)), cut)  # [V] the trial of each row
+            return _r2_pieces(self.model.predict(x), y, trial, len(cut))
+        pred = self.predict(counts, lengths)
+        true = np.asarray(values)
+        if self.kind == "circular":
+            return circular_error_deg(pred, true.astype(np.float64))[:, None]
+        if self.kind == "categorical":
+            hit = [str(p) == str(t) for p, t in zip(pred, true, strict=True)]
+            return np.asarray(hit, dtype=np.float64)[:, None]
+        return _r2_pieces(pred, true, np.arange(len(true)), len(true))
+
+
+def _r2_pieces(pred: np.ndarray, true: np.ndarray, trial: np.ndarray, n_trials: int) -> np.ndarray:
+    """Per trial `[B, 2 + 2K]`: its rows, Σ squared error, Σy and Σy² per column."""
+    true = np.asarray(true, dtype=np.float64).reshape(len(true), -1)  # [V, K]
+    pred = np.asarray(pred, dtype=np.float64).reshape(true.shape)
+    rows = np.concatenate(
+        [np.ones((len(true), 1)), ((pred - true) ** 2).sum(1, keepdims=True), true, true**2], 1
+    )  # [V, 2 + 2K]
+    out = np.zeros((n_trials, rows.shape[1]))
+    np.add.at(out, trial, rows)
+    return out
+
+
+def metric_of_trials(kind: str, stats: np.ndarray, picks: np.ndarray | None = None) -> np.ndarray:
+    """The kind's metric from `Decoder.trial_stats` rows, for each row of trial indices `picks`
+    `[R, n]` (a bootstrap's resamples; None: all trials once) → `[R]`: the median error, the
+    mean hit, or R² pooled as `r2_pooled` (SST about each column's mean); NaN without trials."""
+    picks = np.arange(len(stats))[None, :] if picks is None else picks
+    if picks.shape[1] == 0:
+        return np.full(len(picks), np.nan)
+    if kind == "circular":
+        return np.median(stats[picks, 0], axis=1)
+    if kind == "categorical":
+        return stats[picks, 0].mean(axis=1)
+    total = stats[picks].sum(axis=1)  # [R, 2 + 2K]
+    k = (total.shape[1] - 2) // 2
+    n, sse = total[:, 0], total[:, 1]
+    sst = np.sum(total[:, 2 + k :] - total[:, 2 : 2 + k] ** 2 / np.maximum(n, 1.0)[:, None], 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(sst > 0, 1.0 - sse / sst, np.nan)
+
 
 def score_values(kind: str, pred: np.ndarray, true: np.ndarray) -> float:
     """The kind's metric of decoded `pred` against `true` (same shapes as `Decoder.predict`)."""

@@ -104,7 +104,8 @@ MODEL_CHECK_HEADER = ("condition", "measure", "real", "autoencoder", "samples", 
 
 
 def model_check_rows(payload: dict[str, Any]) -> list[tuple[str, ...]]:
-    """The stage checks stored with the models (`evaluate -m`): one row per condition."""
+    """The stage checks stored with the models (`evaluate -m`): one row per condition; a stage's
+    cell holds its value and, when stored, the 95% interval of its value/real."""
     stored = payload.get("model_checks") or {}
     checks = dict(stored.get("autoencoder", {}))
     checks.update(stored.get("diffusion", {}))  # the diffusion stage holds all three stages
@@ -116,7 +117,13 @@ def model_check_rows(payload: dict[str, Any]) -> list[tuple[str, ...]]:
             measure += f" (W={c['guidance']:g})"
         if c.get("autoencoder_condition_gain"):  # the rates the conditional model samples from
             measure += " (autoencoder x condition gain)"
-        values = [_fmt(stages.get(k)) for k in ("real", "autoencoder", "samples")]
+        intervals = c.get("ratio_interval") or {}
+        values = [_fmt(stages.get("real"))]
+        for k in ("autoencoder", "samples"):
+            text, interval = _fmt(stages.get(k)), intervals.get(k)
+            if interval is not None and stages.get(k) is not None:  # value/real, 95%
+                text += f" (×{interval[0]:.2f}-{interval[1]:.2f})"
+            values.append(text)
         rows.append((name, measure, *values, _fmt(c.get("chance"))))
     return rows
 
