@@ -276,7 +276,7 @@ def test_evaluate_reports_per_condition_and_the_report_plots_training(fitted):
     rows = {row[0]: row for row in model_check_rows(payload)}
     for column, stage in ((3, "autoencoder"), (4, "samples")):
         lo, hi = stored["ratio_interval"][stage]
-        assert rows["angle"][column].endswith(f"(×{lo:.2f}-{hi:.2f})"), rows["angle"]
+        assert rows["angle"][column].endswith(f"(×{lo:.2f} to {hi:.2f})"), rows["angle"]
     off = json.loads(_ok([*args, "--json", "-q", "--condition", "none"]).stdout)
     assert off["conditions"] == {}
     report = root / "report"

@@ -56,6 +56,7 @@ from ldns_cli.scoring.conditions import (
     checkable_conditions,
     describe_checks,
     explained_bits_per_spike,
+    interval_text,
     stage_checks,
 )
 from ldns_cli.scoring.evaluation import evaluate_full
@@ -197,7 +198,7 @@ def report_checks(checks: dict[str, Any]) -> None:
         clear = interval is None or (
             interval[0] > 1.0 if c["lower_is_better"] else interval[1] < 1.0
         )
-        span = "" if interval is None else f" (value/real {interval[0]:.2f}-{interval[1]:.2f}, 95%)"
+        span = "" if interval is None else f" (value/real {interval_text(interval)}, 95%)"
         verb = "loses" if clear else "may lose"
         doubt = (
             ""

@@ -520,8 +520,8 @@ def _same_trials(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two stages hold the same trials' conditions, in the same order."""
     if a.shape != b.shape:
         return False
-    if a.dtype.kind in "fc" and b.dtype.kind in "fc":
-        return bool(np.array_equal(a, b))
+    if a.dtype.kind in "fc" and b.dtype.kind in "fc":  # series padded with NaN past the end
+        return bool(np.array_equal(a, b, equal_nan=True))
     return bool(np.array_equal(a.astype(str), b.astype(str)))
 
 
@@ -606,6 +606,11 @@ def explained_bits_per_spike(
     return out
 
 
+def interval_text(interval: list[float]) -> str:
+    """A ratio interval as printed: "0.93 to 1.41" (a hyphen would read as a minus sign)."""
+    return f"{interval[0]:.2f} to {interval[1]:.2f}"
+
+
 def describe_checks(checks: dict[str, Any], labels: dict[str, str]) -> list[str]:
     """One line per condition: each stage's value (and its ratio to the first stage's, with the
     ratio's 95% interval when the record has one)."""
@@ -619,7 +624,7 @@ def describe_checks(checks: dict[str, Any], labels: dict[str, str]) -> list[str]
         for i, (stage, v) in enumerate(values):
             text = f"{labels.get(stage, stage)} {v:.3g}{unit}"
             interval = c.get("ratio_interval", {}).get(stage)
-            span = "" if interval is None else f", 95% interval {interval[0]:.2f}-{interval[1]:.2f}"
+            span = "" if interval is None else f", 95% interval {interval_text(interval)}"
             if i and c["lower_is_better"] and base > 0:
                 text += f" ({v / base:.2f}×{span})"
             elif i and not c["lower_is_better"] and base > 0 and v > 0:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ldns_cli.scoring.conditions import interval_text
 from ldns_cli.scoring.evaluation import Evaluation
 from ldns_cli.scoring.metrics import kde_on_grid
 
@@ -122,7 +123,7 @@ def model_check_rows(payload: dict[str, Any]) -> list[tuple[str, ...]]:
         for k in ("autoencoder", "samples"):
             text, interval = _fmt(stages.get(k)), intervals.get(k)
             if interval is not None and stages.get(k) is not None:  # value/real, 95%
-                text += f" (×{interval[0]:.2f}-{interval[1]:.2f})"
+                text += f" (×{interval_text(interval)})"
             values.append(text)
         rows.append((name, measure, *values, _fmt(c.get("chance"))))
     return rows
