@@ -409,6 +409,32 @@ def test_per_trial_generators_are_batch_independent():
         m.sample(rates, [gen(0)])
 
 
+@pytest.mark.parametrize("dispersed", [False, True])
+@pytest.mark.parametrize("cap", [None, 5, 1])
+def test_inversion_counts_every_cdf_step_the_uniform_lies_above(cap, dispersed):
+    """Counts by inversion equal #{k : u > F(k)} (capped), F from scipy, at low and high rates:
+    the entries that stop early and the few that go on are both counted right."""
+    from ldns_cli.nn.observation import inverse_cdf_poisson
+
+    g = gen(5)
+    lam = torch.cat([torch.rand(300, 8, generator=g) * 0.1, torch.rand(300, 8, generator=g) * 6])
+    u = torch.rand(lam.shape, generator=g)
+    alpha = torch.rand(8, generator=g) * 3 if dispersed else None
+    s = inverse_cdf_poisson(u, lam, cap, alpha).numpy()
+    k = np.arange(80)[None, None, :]
+    lam64 = lam.double().numpy()[..., None]
+    if dispersed:
+        n = 1.0 / alpha.double().numpy()[None, :, None]
+        cdf = stats.nbinom.cdf(k, n, n / (n + lam64))
+    else:
+        cdf = stats.poisson.cdf(k, lam64)
+    uncapped = (u.double().numpy()[..., None] > cdf).sum(-1)
+    assert (uncapped == 0).mean() > 0.3 and (uncapped > 2).sum() > 100  # both kinds of entry
+    want = uncapped if cap is None else np.minimum(uncapped, cap)
+    assert s.dtype == np.float32
+    np.testing.assert_array_equal(s, want)
+
+
 @pytest.mark.parametrize("cap", [None, 2])
 def test_inversion_sampler_matches_capped_poisson(cap):
     """The per-trial-generator path (inversion) draws min(Poisson(r), cap) exactly."""

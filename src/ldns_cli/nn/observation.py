@@ -317,19 +317,29 @@ def inverse_cdf_poisson(
 
     s = #{k ≥ 0 : u > F(k)}, F the CDF, accumulated term by term in float64. With a cap
     only F(0..cap-1) are needed; without one the loop runs until no entry can go higher.
+    Only the entries still above F(k − 1) compute the next term: at spiking rates most counts
+    are 0 or 1, and each entry goes through the same float64 operations as over the whole
+    array, so the counts are the same.
     """
-    lam64, u64 = lam.double(), u.double()
-    a = None if alpha is None else alpha.double()
+    lam64, u64 = lam.double(), u.double().expand_as(lam)
+    a = None if alpha is None else alpha.double().expand_as(lam64)
     p = _pmf_zero(lam64, a)  # P(X = 0)
-    cdf = p.clone()
-    above = u64 > cdf  # the entries whose count is at least k
+    above = u64 > p  # the entries whose count is at least 1
     s = above.to(lam.dtype)
+    flat = s.view(-1)
+    live = above.view(-1).nonzero().squeeze(1)  # [K] entries still above F(k − 1)
+    p, cdf = p.reshape(-1)[live], p.reshape(-1)[live].clone()
+    lam_k, u_k = lam64.reshape(-1)[live], u64.reshape(-1)[live]
+    a_k = None if a is None else a.reshape(-1)[live]
     k = 1
-    while (max_count is None or k < max_count) and bool(above.any()):
-        p = _pmf_next(p, lam64, a, k)
+    while (max_count is None or k < max_count) and live.numel() > 0:
+        p = _pmf_next(p, lam_k, a_k, k)
         cdf += p
-        above = torch.gt(u64, cdf, out=above)
-        s += above
+        more = u_k > cdf  # [K] the entries whose count is at least k + 1
+        live = live[more]
+        flat.index_fill_(0, live, k + 1.0)
+        p, cdf, lam_k, u_k = p[more], cdf[more], lam_k[more], u_k[more]
+        a_k = None if a_k is None else a_k[more]
         k += 1
     return s
 
