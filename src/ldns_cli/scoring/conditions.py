@@ -456,9 +456,9 @@ def stage_checks(
     Each later stage's value relative to the first's (value/first) comes with a 95% bootstrap
     interval over trials (`ratio_interval`): the first stage's own value moves with its trials
     as much as the others', so a ratio without one cannot tell a loss from noise (on the 200 test
-    trials of 800 simulated reach trials of 150-400 bins, samples decoded the angle 1.42x the
-    real error, interval 1.05-1.67: `python bench/quality_pipeline_conditions.py --beds
-    reachvar800 --extra-test 0`). A stage whose conditions are the first stage's, trial by trial
+    trials of `ldns simulate reach --trials 1000 --length 150:400`, samples decoded the angle
+    1.42x the real error, interval 1.05-1.67: `python bench/quality_pipeline_conditions.py
+    --beds reachvar800 --extra-test 0`). A stage whose conditions are the first stage's, trial by trial
     (draws of the same trials, or one sample generated for each, in order), is resampled with
     the same trials; others on their own.
 
