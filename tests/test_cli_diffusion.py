@@ -319,7 +319,7 @@ def test_guidance_auto_resolves_to_the_measured_weight(fitted):
 
 def _guidance_curve(decoding: dict[float, float], fidelity: dict[float, float]):
     curve = [
-        {"guidance": w, "fidelity_score": fidelity[w], "fidelity_spread": 0.05,
+        {"guidance": w, "fidelity_score": fidelity.get(w, 0.0), "fidelity_spread": 0.05,
          "worst_decoding_score": d / 90.0, "decoding": {"angle": d}}
         for w, d in decoding.items()
     ]  # fmt: skip
@@ -328,6 +328,25 @@ def _guidance_curve(decoding: dict[float, float], fidelity: dict[float, float]):
         for w, d in decoding.items()
     }
     return curve, by_weight
+
+
+def test_guidance_rejects_a_weight_that_worsens_one_fidelity_score_beyond_its_noise():
+    from ldns_cli.fit.checks import _choose
+
+    ae = {"angle": {"stages": {"real": 2.4, "autoencoder": 3.9}}}
+    curve, by_weight = _guidance_curve({1.0: 5.1, 1.5: 3.2, 2.0: 3.1, 3.0: 3.0}, {})
+    names = [f"m{k}" for k in range(10)]
+    for row in curve:
+        # nine scores stay near W = 1's; the population count's grows with the weight
+        w = row["guidance"]
+        row["fidelity_scores"] = {n: 0.02 for n in names} | {"psc_w1": 0.02 + 1.1 * (w - 1)}
+        row["fidelity_spreads"] = {n: 0.05 for n in names} | {"psc_w1": 0.05 + 0.3 * (w - 1)}
+        row["fidelity_score"] = float(np.mean(list(row["fidelity_scores"].values())))
+        row["fidelity_spread"] = 0.1 * w  # the mean alone would let W = 2 through
+    assert _choose(curve, ae, by_weight)[0] == 1.0
+    for row in curve:  # the same scores, each within its noise: the weight that decodes
+        row["fidelity_scores"]["psc_w1"] = 0.02 + 0.05 * (row["guidance"] - 1)
+    assert _choose(curve, ae, by_weight)[0] == 1.5
 
 
 def test_guidance_targets_the_better_of_the_ceiling_and_the_best_weight():
