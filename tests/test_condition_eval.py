@@ -374,3 +374,24 @@ def test_series_decoder_pairs_each_bin_with_its_own_value_when_the_series_is_sho
     series = drive[:, :25, None]  # the series stops 5 bins early
     decoder = fit_decoder("timeseries", counts, lengths, series, 0.01, 30)
     assert decoder.score(counts, lengths, series) > 0.8
+
+
+def test_autoencoder_warning_says_when_the_trials_are_too_few_to_tell_a_loss(capsys):
+    from ldns_cli.fit.checks import report_checks
+
+    def check(interval):
+        return {"angle": {"kind": "circular", "metric": "angle_error_deg", "lower_is_better": True,
+                          "chance": 90.0, "stages": {"real": 3.0, "autoencoder": 4.0},
+                          "ratio_interval": {"autoencoder": interval}}}  # fmt: skip
+
+    report_checks(check([1.1, 1.6]))  # 1.33x, and beyond the noise
+    err = capsys.readouterr().err
+    assert "autoencoder loses part of condition angle" in err and "1.10 to 1.60" in err
+    assert "too few to tell" not in err
+    report_checks(check([0.9, 1.8]))  # 1.33x, but no loss is within the interval
+    err = capsys.readouterr().err
+    assert "may lose part of condition angle" in err and "too few to tell" in err
+    within = check([0.9, 1.3])
+    within["angle"]["stages"]["autoencoder"] = 3.3  # 1.1x: within the tolerance, no warning
+    report_checks(within)
+    assert "lose" not in capsys.readouterr().err
