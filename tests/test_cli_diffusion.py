@@ -320,6 +320,7 @@ def test_guidance_auto_resolves_to_the_measured_weight(fitted):
 def _guidance_curve(decoding: dict[float, float], fidelity: dict[float, float]):
     curve = [
         {"guidance": w, "fidelity_score": fidelity.get(w, 0.0), "fidelity_spread": 0.05,
+         "fidelity_scores": {"mean": fidelity.get(w, 0.0)}, "fidelity_spreads": {"mean": 0.05},
          "worst_decoding_score": d / 90.0, "decoding": {"angle": d}}
         for w, d in decoding.items()
     ]  # fmt: skip

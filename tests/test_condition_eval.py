@@ -7,7 +7,6 @@ closed-form leave-one-out error equals refitting without each trial."""
 from __future__ import annotations
 
 import dataclasses
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -238,23 +237,12 @@ def test_ratio_interval_covers_equal_stages_at_its_level_and_r2_pieces_give_pool
     from ldns_cli.scoring.conditions import CHECK_RESAMPLES, _ratio_intervals
     from ldns_cli.scoring.decoding import _r2_pieces, metric_of_trials, r2_pooled
 
-    class Errors:  # a decoder whose per-trial errors are the trials' own values
-        kind = "circular"
-
-        def trial_stats(self, counts, lengths, values):
-            return np.asarray(counts, dtype=np.float64)[:, None]
-
-    def stage(errors: np.ndarray, conditions: np.ndarray):
-        return [(SimpleNamespace(counts=errors, lengths=None), conditions)]
-
     rng = np.random.default_rng(0)
     covered = 0
     for trial in range(200):  # two independent sets of 100 errors from one distribution
-        kept = {
-            "real": stage(np.abs(rng.normal(0, 3, 100)), rng.uniform(size=100)),
-            "model": stage(np.abs(rng.normal(0, 3, 100)), rng.uniform(size=100)),
-        }
-        lo, hi = _ratio_intervals(Errors(), kept, np.random.default_rng(trial))["model"]
+        stats = {key: [np.abs(rng.normal(0, 3, (100, 1)))] for key in ("real", "model")}
+        values = {key: [rng.uniform(size=100)] for key in ("real", "model")}
+        lo, hi = _ratio_intervals("circular", stats, values, np.random.default_rng(trial))["model"]
         covered += lo <= 1.0 <= hi
     assert CHECK_RESAMPLES >= 1000
     assert 0.90 <= covered / 200 <= 0.995, covered  # a 95% interval, within sampling noise

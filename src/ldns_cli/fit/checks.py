@@ -293,11 +293,7 @@ def _keeps_fidelity(row: dict[str, Any], base: dict[str, Any]) -> bool:
     against W = 1's 0.06 ± 0.06), and its samples' population-count score on the test trials
     was 2.16, worse than naive (`python bench/quality_pipeline_conditions.py --beds
     reach400`)."""
-    scores, base_scores = row.get("fidelity_scores"), base.get("fidelity_scores")
-    if scores is None or base_scores is None:  # a curve stored with the means only
-        return not np.isfinite(row["fidelity_score"]) or row["fidelity_score"] <= base[
-            "fidelity_score"
-        ] + 2 * max(base["fidelity_spread"], row["fidelity_spread"])
+    scores, base_scores = row["fidelity_scores"], base["fidelity_scores"]
     for name in scores.keys() & base_scores.keys():
         noise = math.hypot(row["fidelity_spreads"][name], base["fidelity_spreads"][name])
         if scores[name] > base_scores[name] + 2 * noise + FIDELITY_MARGIN:

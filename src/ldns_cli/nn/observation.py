@@ -328,7 +328,8 @@ def inverse_cdf_poisson(
     s = above.to(lam.dtype)
     flat = s.view(-1)
     live = above.view(-1).nonzero().squeeze(1)  # [K] entries still above F(k − 1)
-    p, cdf = p.reshape(-1)[live], p.reshape(-1)[live].clone()
+    p = p.reshape(-1)[live]  # indexing copies: p and cdf are the live entries alone
+    cdf = p.clone()
     lam_k, u_k = lam64.reshape(-1)[live], u64.reshape(-1)[live]
     a_k = None if a is None else a.reshape(-1)[live]
     k = 1

@@ -39,6 +39,8 @@ from ldns_cli.scoring.decoding import (
     METRIC_OF_KIND,
     fit_decoder,
     metric_of_trials,
+    score_values,
+    trial_stats,
 )
 from ldns_cli.scoring.metrics import fold_stats
 
@@ -491,15 +493,21 @@ def stage_checks(
             kind, fit_set.counts, fit_set.lengths, fit_values, fit_set.bin_size_s, n_bins
         )
         metric, _ = METRIC_OF_KIND[kind]
-        draws = {
-            key: [decoder.score(d.counts, d.lengths, values) for d, values in group]
-            for key, group in kept.items()
-        }
+        # each set decoded once: its value and its per-trial pieces for the intervals
+        draws: dict[str, list[float]] = {}
+        stats: dict[str, list[np.ndarray]] = {}
+        for key, group in kept.items():
+            for d, values in group:
+                pred, true, trial = decoder.pairs(d.counts, d.lengths, values)
+                draws.setdefault(key, []).append(score_values(kind, pred, true))
+                stats.setdefault(key, []).append(trial_stats(kind, pred, true, trial, len(values)))
         first, first_values = next(iter(kept.values()))[0]
         shuffled = first_values[rng.permutation(len(first_values))]
         chance = decoder.score(first.counts, first.lengths, shuffled)
         # its own generator: the chance values stay those of the same seed without intervals
-        intervals = _ratio_intervals(decoder, kept, np.random.default_rng([seed, 0xB0075, i]))
+        values_of = {key: [v for _, v in group] for key, group in kept.items()}
+        rng_interval = np.random.default_rng([seed, 0xB0075, i])
+        intervals = _ratio_intervals(kind, stats, values_of, rng_interval)
         out[name] = {
             "kind": kind,
             "metric": metric,
@@ -528,29 +536,28 @@ def _same_trials(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _ratio_intervals(
-    decoder: Any, kept: dict[str, list[tuple[SpikeData, np.ndarray]]], rng: np.random.Generator
+    kind: str,
+    stats: dict[str, list[np.ndarray]],
+    values: dict[str, list[np.ndarray]],
+    rng: np.random.Generator,
 ) -> dict[str, list[float] | None]:
-    """95% percentile-bootstrap interval of each later stage's value/first stage's value."""
-    stats = {
-        key: [decoder.trial_stats(d.counts, d.lengths, values) for d, values in group]
-        for key, group in kept.items()
-    }
-    keys = list(kept)
-    first_key = keys[0]
-    first_values = kept[first_key][0][1]
+    """95% percentile-bootstrap interval of each later stage's value/first stage's value, from
+    each stage's per-trial pieces (`scoring.decoding.trial_stats`, one array per set of trials)
+    and its sets' condition values."""
+    first_key, *later = list(stats)
+    first_values = values[first_key][0]
     n_first = len(first_values)
     picks_first = rng.integers(0, n_first, size=(CHECK_RESAMPLES, n_first))
-    base = metric_of_trials(decoder.kind, stats[first_key][0], picks_first)  # [R]
+    base = metric_of_trials(kind, stats[first_key][0], picks_first)  # [R]
     tail = (1.0 - CHECK_INTERVAL) / 2
     out: dict[str, list[float] | None] = {}
-    for key in keys[1:]:
-        group = kept[key]
-        n = len(group[0][1])
-        if all(_same_trials(values, first_values) for _, values in group):
+    for key in later:
+        if all(_same_trials(v, first_values) for v in values[key]):
             picks = picks_first
         else:
+            n = len(values[key][0])
             picks = rng.integers(0, n, size=(CHECK_RESAMPLES, n))
-        value = np.mean([metric_of_trials(decoder.kind, st, picks) for st in stats[key]], axis=0)
+        value = np.mean([metric_of_trials(kind, st, picks) for st in stats[key]], axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = value / base
         if not (base > 0).all() or not np.isfinite(ratio).all():

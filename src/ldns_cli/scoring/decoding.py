@@ -144,34 +144,37 @@ class Decoder:
             return np.asarray(self.labels, dtype=object)[out]
         return out
 
-    def score(self, counts: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> float:
-        """The kind's metric (see `METRIC_OF_KIND`) of the decoded against the true values."""
-        if self.kind == "timeseries":
-            x, y = series_pairs(counts, lengths, np.asarray(values), self.bin_size_s)
-            return score_values(self.kind, self.model.predict(x), y)
-        return score_values(self.kind, self.predict(counts, lengths), values)
-
-    def trial_stats(
+    def pairs(
         self, counts: np.ndarray, lengths: np.ndarray, values: np.ndarray
-    ) -> np.ndarray:
-        """Per-trial pieces of the metric `[B, C]`, from which `metric_of_trials` gives it for
-        any multiset of the trials (a bootstrap resamples rows): the circular error (C = 1), the
-        0/1 hit (C = 1), or for R² the rows, squared error, Σy and Σy² per column
-        (C = 2 + 2K; a time series' bins stay with their trial)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(decoded, true, trial of each row `[V]`): one row per trial, or per valid bin of a
+        time series (its bins stay with their trial)."""
         if self.kind == "timeseries":
             values = np.asarray(values)
             x, y = series_pairs(counts, lengths, values, self.bin_size_s)
             cut = np.minimum(lengths, min(values.shape[1], counts.shape[1]))  # as series_pairs
-            trial = np.repeat(np.arange(len(cut)), cut)  # [V] the trial of each row
-            return _r2_pieces(self.model.predict(x), y, trial, len(cut))
-        pred = self.predict(counts, lengths)
-        true = np.asarray(values)
-        if self.kind == "circular":
-            return circular_error_deg(pred, true.astype(np.float64))[:, None]
-        if self.kind == "categorical":
-            hit = [str(p) == str(t) for p, t in zip(pred, true, strict=True)]
-            return np.asarray(hit, dtype=np.float64)[:, None]
-        return _r2_pieces(pred, true, np.arange(len(true)), len(true))
+            return self.model.predict(x), y, np.repeat(np.arange(len(cut)), cut)
+        return self.predict(counts, lengths), np.asarray(values), np.arange(len(values))
+
+    def score(self, counts: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> float:
+        """The kind's metric (see `METRIC_OF_KIND`) of the decoded against the true values."""
+        pred, true, _ = self.pairs(counts, lengths, values)
+        return score_values(self.kind, pred, true)
+
+
+def trial_stats(
+    kind: str, pred: np.ndarray, true: np.ndarray, trial: np.ndarray, n_trials: int
+) -> np.ndarray:
+    """Per-trial pieces of the metric `[B, C]` from `Decoder.pairs`, from which
+    `metric_of_trials` gives it for any multiset of the trials (a bootstrap resamples rows):
+    the circular error (C = 1), the 0/1 hit (C = 1), or for R² the rows, squared error, Σy and
+    Σy² per column (C = 2 + 2K)."""
+    if kind == "circular":
+        return circular_error_deg(pred, true.astype(np.float64))[:, None]
+    if kind == "categorical":
+        hit = [str(p) == str(t) for p, t in zip(pred, true, strict=True)]
+        return np.asarray(hit, dtype=np.float64)[:, None]
+    return _r2_pieces(pred, true, trial, n_trials)
 
 
 def _r2_pieces(pred: np.ndarray, true: np.ndarray, trial: np.ndarray, n_trials: int) -> np.ndarray:
@@ -187,7 +190,7 @@ def _r2_pieces(pred: np.ndarray, true: np.ndarray, trial: np.ndarray, n_trials: 
 
 
 def metric_of_trials(kind: str, stats: np.ndarray, picks: np.ndarray | None = None) -> np.ndarray:
-    """The kind's metric from `Decoder.trial_stats` rows, for each row of trial indices `picks`
+    """The kind's metric from `trial_stats` rows, for each row of trial indices `picks`
     `[R, n]` (a bootstrap's resamples; None: all trials once) → `[R]`: the median error, the
     mean hit, or R² pooled as `r2_pooled` (SST about each column's mean); NaN without trials."""
     picks = np.arange(len(stats))[None, :] if picks is None else picks
