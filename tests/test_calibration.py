@@ -6,11 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from ldns_cli.diffusion.calibration import LatentCalibration, MomentAccumulator, load_calibrations
+import ldns_cli.fit.diffusion as fit_diffusion_module
+from ldns_cli.diffusion.calibration import (
+    LatentCalibration,
+    MomentAccumulator,
+    calibration_key,
+    load_calibrations,
+    parse_calibration_key,
+    resolve_calibration,
+)
 from ldns_cli.diffusion.model import DiffusionConfig, DiffusionModel, denoiser_config
 from ldns_cli.diffusion.sampling import SampleSettings, calibration_label, sample_latents
 from ldns_cli.diffusion.schedule import NoiseSchedule
-from ldns_cli.fit.diffusion import fit_latent_calibration, pick_calibration_trials
+from ldns_cli.fit.diffusion import fit_latent_calibrations, pick_calibration_trials
 from ldns_cli.nn.denoiser import Denoiser
 
 Z = 3
@@ -111,7 +119,7 @@ def test_fitted_calibration_maps_the_samplers_own_draws_onto_the_training_moment
     latents, mask, train = _training_set()
     angles = np.linspace(-3, 3, latents.shape[0])
     values = {"angle": angles} if specs else {}
-    cal, summary = fit_latent_calibration(
+    [(cal, summary)] = fit_latent_calibrations(
         model, latents, mask, train, values, n_trials=40, seed=3, device="cpu", batch_size=16
     )
     target = _masked_moments(latents[train], mask[train])
@@ -150,3 +158,115 @@ def test_fitted_calibration_maps_the_samplers_own_draws_onto_the_training_moment
     assert np.all(np.abs(mean1 - target[0]) < 0.25) and np.all(
         np.abs(np.log(std1 / target[1])) < 0.15
     )
+
+
+def test_calibration_keys_carry_the_guidance_weight_and_round_trip():
+    assert calibration_key("dpm++", 20) == "dpm++/20"  # W = 1 keeps the plain key
+    assert calibration_key("dpm++", 20, 1.5) == "dpm++/20@w1.5"
+    assert parse_calibration_key("dpm++/20@w1.5") == ("dpm++", 20, 1.5)
+    assert parse_calibration_key("ddpm/1000") == ("ddpm", 1000, 1.0)
+    for junk in ("dpm++", "dpm++/x", "/20", "dpm++/20@wx", "dpm++/20@w-1", "dpm++/20@wnan"):
+        assert parse_calibration_key(junk) is None
+    one = LatentCalibration(np.ones(Z), np.zeros(Z))
+    two = LatentCalibration(np.full(Z, 0.5), np.full(Z, 0.2), guidance=2.0)
+    back = load_calibrations({**one.tensors(), **two.tensors()})
+    assert sorted(back) == ["dpm++/20", "dpm++/20@w2"]
+    assert back["dpm++/20@w2"].guidance == 2.0 and back["dpm++/20"].guidance == 1.0
+    assert np.allclose(back["dpm++/20@w2"].scale, 0.5)
+
+
+def test_resolve_calibration_exact_interpolated_nearest_and_per_setting():
+    cals = {
+        c.key: c
+        for c in (
+            LatentCalibration(np.full(Z, 1.0), np.zeros(Z)),
+            LatentCalibration(np.full(Z, 0.9), np.full(Z, 0.1), guidance=2.0),
+            LatentCalibration(np.full(Z, 0.7), np.full(Z, 0.3), guidance=3.0),
+            LatentCalibration(np.full(Z, 2.0), np.zeros(Z), "ddim", 5),
+        )
+    }
+    cal, how = resolve_calibration(cals, "dpm++", 20, 2.0)
+    assert how == "fitted at W=2" and np.allclose(cal.scale, 0.9)
+    cal, how = resolve_calibration(cals, "dpm++", 20, 1.5)  # halfway between W = 1 and 2
+    assert how == "interpolated between W=1 and W=2"
+    assert np.allclose(cal.scale, 0.95) and np.allclose(cal.shift, 0.05) and cal.guidance == 1.5
+    cal, how = resolve_calibration(cals, "dpm++", 20, 5.0)  # beyond the grid: the nearest
+    assert "nearest" in how and np.allclose(cal.scale, 0.7)
+    cal, _ = resolve_calibration(cals, "dpm++", 20, 0.5)
+    assert np.allclose(cal.scale, 1.0)
+    # another setting fitted at W = 1 only serves every weight with that map
+    cal, how = resolve_calibration(cals, "ddim", 5, 2.5)
+    assert np.allclose(cal.scale, 2.0) and cal.sampler == "ddim"
+    assert resolve_calibration(cals, "ddpm", 1000, 1.0) is None
+
+
+def test_guided_calibration_maps_draws_at_the_weight_onto_the_training_moments():
+    """Oracle: when the paired subset is every calibration trial, the weight's estimated
+    moments are its draws' own, so redrawing at W with the map gives the training moments
+    exactly; W = 1's map is the one an unguided fit gives, and unguided draws keep it."""
+    model = _model(ANGLE)
+    latents, mask, train = _training_set()
+    angles = np.linspace(-3, 3, latents.shape[0])
+    fitted = fit_latent_calibrations(
+        model, latents, mask, train, {"angle": angles}, n_trials=40, seed=3, device="cpu",
+        batch_size=16, guidances=(1.0, 2.0),
+    )  # fmt: skip
+    assert [c.key for c, _ in fitted] == ["dpm++/20", "dpm++/20@w2"]
+    [(alone, _)] = fit_latent_calibrations(
+        model, latents, mask, train, {"angle": angles}, n_trials=40, seed=3, device="cpu",
+        batch_size=16,
+    )  # fmt: skip
+    assert np.array_equal(alone.scale, fitted[0][0].scale)
+    assert fitted[1][1]["guidance"] == 2.0 and fitted[1][1]["trials"] == 40
+    # guidance changes the draws here, so the two maps differ
+    assert np.max(np.abs(fitted[1][0].scale - fitted[0][0].scale)) > 1e-3
+    target = _masked_moments(latents[train], mask[train])
+    picked, sample_seed = pick_calibration_trials(np.flatnonzero(train), 40, seed=3)
+    lengths = mask[picked].sum(1)
+    model.calibrations = {c.key: c for c, _ in fitted}
+    settings = SampleSettings(seed=sample_seed, guidance=2.0)
+    x0, m = sample_latents(model, lengths, {"angle": angles[picked]}, settings, "cpu")
+    got = _masked_moments(x0.numpy(), m.numpy())
+    assert np.allclose(got[0], target[0], atol=1e-4) and np.allclose(got[1], target[1], rtol=1e-4)
+    assert calibration_label(model, settings) == "applied (dpm++ 20 steps, fitted at W=2)"
+    # without conditions the weight does not apply: W = 1's map
+    assert calibration_label(model, settings, guided=False) == (
+        "applied (dpm++ 20 steps, fitted at W=1)"
+    )
+    raw, _ = sample_latents(model, lengths, None, SampleSettings(seed=1, calibrate=False), "cpu")
+    cal, _ = sample_latents(model, lengths, None, SampleSettings(seed=1, guidance=2.0), "cpu")
+    assert torch.allclose(fitted[0][0].apply(raw, m), cal, atol=1e-5)
+    # an unconditional fit ignores the weights
+    unconditional = fit_latent_calibrations(
+        _model(), latents, mask, train, {}, n_trials=20, seed=3, device="cpu", batch_size=16,
+        guidances=(1.0, 2.0),
+    )  # fmt: skip
+    assert [c.key for c, _ in unconditional] == ["dpm++/20"]
+
+
+def test_guided_calibration_from_a_paired_subset_is_close_to_all_draws(monkeypatch):
+    """With fewer paired trials than calibration trials, the weight's moments are W = 1's moved
+    by the paired change: close to those of all draws at the weight, closer than the subset's
+    own moments."""
+    monkeypatch.setattr(fit_diffusion_module, "GUIDED_CALIBRATION_TRIALS", 12)
+    model = _model(ANGLE)
+    latents, mask, train = _training_set(n_trials=80)
+    angles = np.linspace(-3, 3, latents.shape[0])
+    kwargs = dict(n_trials=60, seed=3, device="cpu", batch_size=32)
+    fitted = fit_latent_calibrations(
+        model, latents, mask, train, {"angle": angles}, guidances=(3.0,), **kwargs
+    )
+    summary = fitted[1][1]
+    assert summary["trials"] == 12 and summary["guidance"] == 3.0
+    picked, sample_seed = pick_calibration_trials(np.flatnonzero(train), 60, seed=3)
+    lengths = mask[picked].sum(1)
+    settings = SampleSettings(seed=sample_seed, guidance=3.0, calibrate=False)
+    every, m = sample_latents(model, lengths, {"angle": angles[picked]}, settings, "cpu")
+    truth = _masked_moments(every.numpy(), m.numpy())[1]
+    estimate = np.asarray(summary["sampled_std"])
+    assert np.max(np.abs(estimate / truth - 1)) < 0.03
+    # the paired trials' own moments (the same choice of positions) are much further off
+    rng = np.random.default_rng([fit_diffusion_module.CALIBRATION_SEED_STREAM, 3, 1])
+    paired = np.sort(rng.choice(60, 12, replace=False))
+    own = _masked_moments(every.numpy()[paired], m.numpy()[paired])[1]
+    assert np.max(np.abs(estimate / truth - 1)) < np.max(np.abs(own / truth - 1)) / 3

@@ -194,32 +194,54 @@ def test_denoiser_kernels_reach_the_longest_training_trial(fitted):
 
 
 def test_latent_calibration_is_fitted_applied_and_refittable(fitted):
-    """fit-diffusion stores a per-channel latent calibration for dpm++ 20; sample applies it
-    unless told not to (an exact affine map of the same draws) and only for that sampler
-    setting; --calibrate-only refits it, or adds one for another setting, without training."""
+    """fit-diffusion stores a per-channel latent calibration for dpm++ 20, at each weight of the
+    guidance grid for this conditional model; sample applies the one of its weight unless told
+    not to (an exact affine map of the same draws) and only for that sampler setting;
+    --calibrate-only refits them, or adds them for another setting, without training."""
     from ldns_cli.core.checkpoint import load_checkpoint, save_checkpoint
+    from ldns_cli.diffusion.calibration import calibration_key
+    from ldns_cli.fit.checks import GUIDANCE_GRID
     from ldns_cli.store import load_diffusion
 
     root, data, models = fitted
     ckpt = load_checkpoint(models / "diffusion.safetensors", "diffusion")
     summary = ckpt.extra["latent_calibration"]["dpm++/20"]
     assert summary["trials"] == 1000 and summary["sampler"] == "dpm++" and summary["steps"] == 20
+    keys = sorted(calibration_key("dpm++", 20, w) for w in GUIDANCE_GRID)
+    assert sorted(ckpt.extra["latent_calibration"]) == keys
+    assert ckpt.extra["latent_calibration"]["dpm++/20@w2"]["trials"] == 256
     model = load_diffusion(models, "cpu")
     cal_model = model.calibration_for("dpm++", 20)
-    assert sorted(model.calibrations) == ["dpm++/20"] and cal_model is not None
+    assert sorted(model.calibrations) == keys and cal_model is not None
     base = ["sample", "-m", str(models), "-n", "4", "--length", "16", "--save-latents", "-q"]
     _ok([*base, "-o", str(root / "cal.h5")])
     _ok([*base, "--no-calibration", "-o", str(root / "raw.h5")])
     cal, raw = read_spikes(root / "cal.h5"), read_spikes(root / "raw.h5")
-    assert cal.provenance["settings.latent_calibration"] == "applied (dpm++ 20 steps)"
+    # unconditional draws are not guided: W = 1's map
+    applied = "applied (dpm++ 20 steps, fitted at W=1)"
+    assert cal.provenance["settings.latent_calibration"] == applied
     assert raw.provenance["settings.latent_calibration"] == "off"
     mu, sd = model.latent_mean, model.latent_std
     expected = ((raw.latents - mu) / sd * cal_model.scale + cal_model.shift) * sd + mu
     assert np.allclose(cal.latents, expected, atol=1e-4)
     assert not np.allclose(cal.latents, raw.latents, atol=1e-3)
+    # guided draws get their weight's map, interpolated between fitted weights
+    cond = ["sample", "-m", str(models), "--condition-from", str(data), "--trials", "test",
+            "--save-latents", "-q"]  # fmt: skip
+    for w, how in (("2", "fitted at W=2"), ("2.5", "interpolated between W=2 and W=3")):
+        _ok([*cond, "--guidance", w, "-o", str(root / f"g{w}.h5")])
+        _ok([*cond, "--guidance", w, "--no-calibration", "-o", str(root / f"g{w}raw.h5")])
+        got, unmapped = read_spikes(root / f"g{w}.h5"), read_spikes(root / f"g{w}raw.h5")
+        label = got.provenance["settings.latent_calibration"]
+        assert label == f"applied (dpm++ 20 steps, {how})"
+        at_w = model.calibration_for("dpm++", 20, float(w))
+        z = (unmapped.latents - mu) / sd * at_w.scale + at_w.shift
+        assert np.allclose(got.latents, z * sd + mu, atol=1e-4)
+    assert not np.allclose(model.calibration_for("dpm++", 20, 2.0).scale, cal_model.scale)
     # another setting has no calibration: raw draws, and the log says how to add one
     res = _ok(["sample", "-m", str(models), "-n", "2", "--length", "16", "--steps", "10",
                "-o", str(root / "s10.h5")])  # fmt: skip
+    assert "calibration is for dpm++/20;" in res.stderr
     assert "--calibrate-only --sampler dpm++ --steps 10" in res.stderr
     s10 = read_spikes(root / "s10.h5").provenance["settings.latent_calibration"]
     assert s10 == "none for dpm++ 10 steps"
@@ -235,21 +257,30 @@ def test_latent_calibration_is_fitted_applied_and_refittable(fitted):
     back = read_spikes(root / "o.h5")
     assert back.provenance["settings.latent_calibration"] == "none for dpm++ 20 steps"
     assert np.array_equal(back.counts, raw.counts)
-    # --calibrate-only adds it back: same seed, same calibration as the fit's
+    # --calibrate-only adds them back: same seed, same calibrations as the fit's; they are what
+    # the guidance curve samples with, so the guidance weight is measured again
     res = _ok(["fit-diffusion", str(data), "-m", str(old), "--calibrate-only", "--device", "cpu"])
     assert "latent calibration on 1000 sampled trials (dpm++ 20 steps)" in res.stderr
-    again = load_diffusion(old, "cpu").calibration_for("dpm++", 20)
-    assert again is not None
-    assert np.allclose(again.scale, cal_model.scale, rtol=1e-5)
-    assert np.allclose(again.shift, cal_model.shift, atol=1e-5)
-    # ... and one for another setting, next to it
-    _ok(["fit-diffusion", str(data), "-m", str(old), "--calibrate-only", "--sampler", "ddim",
-         "--steps", "5", "--calibration-trials", "50", "-q"])  # fmt: skip
+    assert "256 sampled trials (dpm++ 20 steps at guidance W=2, paired" in res.stderr
+    assert "guidance for `sample --guidance auto`" in res.stderr
+    again = load_diffusion(old, "cpu")
+    assert sorted(again.calibrations) == keys
+    for key in keys:
+        assert np.allclose(again.calibrations[key].scale, model.calibrations[key].scale, rtol=1e-5)
+        assert np.allclose(again.calibrations[key].shift, model.calibrations[key].shift, atol=1e-5)
+    remeasured = load_checkpoint(old / "diffusion.safetensors", "diffusion").extra
+    assert remeasured["guidance"]["weight"] == ckpt.extra["guidance"]["weight"]
+    # ... and another setting's, next to them (its guidance is not what `auto` measured)
+    res = _ok(["fit-diffusion", str(data), "-m", str(old), "--calibrate-only", "--sampler",
+               "ddim", "--steps", "5", "--calibration-trials", "50"])  # fmt: skip
+    assert "guidance for `sample --guidance auto`" not in res.stderr
     both = load_diffusion(old, "cpu")
-    assert sorted(both.calibrations) == ["ddim/5", "dpm++/20"]
+    ddim = sorted(calibration_key("ddim", 5, w) for w in GUIDANCE_GRID)
+    assert sorted(both.calibrations) == sorted(ddim + keys)
     assert np.allclose(both.calibrations["dpm++/20"].scale, cal_model.scale, rtol=1e-5)
     stored = load_checkpoint(old / "diffusion.safetensors", "diffusion").extra
     assert stored["latent_calibration"]["ddim/5"]["trials"] == 50
+    assert stored["latent_calibration"]["ddim/5@w3"]["trials"] == 50  # fewer than 256 in all
     _fails(["fit-diffusion", str(data), "-m", str(old), "--calibrate-only", "--resume"], "train")
     _fails(
         ["fit-diffusion", str(data), "-m", str(old), "--calibrate-only",

@@ -365,7 +365,7 @@ def sample_metadata(
         "diffusion_id": model.id if model.checkpoint is not None else "",
         "ae_id": model.ae_id,
         "conditions": ",".join(sorted(conditions)) or "none",
-        "latent_calibration": calibration_label(model, settings),
+        "latent_calibration": calibration_label(model, settings, guided=bool(conditions)),
     }
     alignment = plan.alignment if plan is not None else None
     if alignment is not None:

@@ -201,19 +201,21 @@ def sample(
         )
     n_steps = settings.resolved_steps()
     cond_text = ", ".join(plan.conditions) if plan.conditions else "none"
-    guided = ""
-    if plan.conditions:
+    guided = bool(plan.conditions)
+    guidance_text = ""
+    if guided:
         measured = auto and model.measured_guidance is not None
-        guided = f", guidance {settings.guidance:g}" + (" (measured)" if measured else "")
+        guidance_text = f", guidance {settings.guidance:g}" + (" (measured)" if measured else "")
     info(
         f"sample: {plan.n_trials} trials of {_length_text(plan.lengths)} bins "
-        f"({model.bin_size_s * 1e3:g} ms), {settings.sampler} {n_steps} steps{guided}, conditions: "
+        f"({model.bin_size_s * 1e3:g} ms), {settings.sampler} {n_steps} steps{guidance_text}, conditions: "
         f"{cond_text}, {models_.observation.kind} spikes, latent calibration "
-        f"{calibration_label(model, settings)}; device {dev}"
+        f"{calibration_label(model, settings, guided)}; device {dev}"
     )
     if calibration and model.calibrations and active_calibration(model, settings) is None:
+        fitted = sorted({f"{c.sampler}/{c.steps}" for c in model.calibrations.values()})
         info(
-            f"the model's latent calibration is for {', '.join(sorted(model.calibrations))}; "
+            f"the model's latent calibration is for {', '.join(fitted)}; "
             f"add one for this setting with: ldns fit-diffusion DATA -m {models} --calibrate-only "
             f"--sampler {settings.sampler} --steps {n_steps}"
         )

@@ -24,9 +24,24 @@ A calibration belongs to one sampler setting: how narrow the draws come out depe
 sampler and its steps (on that Lorenz model the dpm++ 20 map, applied to 1000-step DDPM draws,
 over-widened them and made every metric worse). Sampling with a setting that has no calibration
 gives the raw network's draws and says so; `fit-diffusion --calibrate-only --sampler S --steps K`
-adds one for another setting. Conditional models are calibrated at guidance W = 1 with the
-training trials' conditions; the same map is applied at any W (on the shipped reach model the
-calibrated samples' largest |score| over six seeds averaged 0.21 at W = 2 against 0.24 raw).
+adds one for another setting.
+
+A conditional model's calibration also belongs to a guidance weight. Guidance W > 1 pushes each
+draw away from the unconditional one and widens the latents: on 400 simulated reach trials the
+sampled std was 0.96-1.01x the training latents' at W = 1, 0.99-1.10x at 1.5, 1.03-1.18x at 2 and
+1.12-1.34x at 3 (`fit-diffusion`'s printed calibration lines, `python
+bench/quality_pipeline_conditions.py --beds reach400`), and with W = 1's map at W = 2 the samples'
+population-count score was 2.16, worse than homogeneous Poisson. So conditional models are
+calibrated at W = 1 on `calibration_trials` draws with the training trials' conditions, and at
+each further weight of the guidance grid on `GUIDED_CALIBRATION_TRIALS` of the same trials, drawn
+from the same initial noise: the weight's moments are W = 1's times (std) or plus (mean) the
+change the paired draws show. That is less noisy than the draws' own moments: against the std
+of all 1000 draws at the weight, the paired estimate was off by at most 0.5-1.8% per channel,
+the same 256 draws' own std by 1.3-2.3% (reach400 and reachvar800 models of
+`bench/quality_pipeline_conditions.py`, `python bench/quality_guided_calibration.py DATA
+MODELS`). A weight between two fitted ones gets the map interpolated
+linearly between theirs, one outside them the nearest one's (`resolve_calibration`); a model
+calibrated at W = 1 only (fitted before per-weight calibration) uses that map at every weight.
 
 Measured (bench/quality_diffusion.py on that Lorenz setup, 1000 samples vs the 1000 held-out
 trials): the mean-ISI score went from 0.26 to 0.07, and psc W1, correlation, Fano factor and
@@ -47,24 +62,46 @@ from ldns_cli.diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 PREFIX = "calibration"
 
 
-def calibration_key(sampler: str, steps: int) -> str:
-    """Calibrations are per sampler setting: how narrow the draws come out depends on it."""
-    return f"{sampler}/{int(steps)}"
+# paired draws per further guidance weight (see the module docstring)
+GUIDED_CALIBRATION_TRIALS = 256
+_GUIDANCE_MARK = "@w"
+
+
+def calibration_key(sampler: str, steps: int, guidance: float = 1.0) -> str:
+    """Calibrations are per sampler setting and guidance weight: how narrow the draws come out
+    depends on both. W = 1 keeps the plain `sampler/steps` key."""
+    key = f"{sampler}/{int(steps)}"
+    return key if float(guidance) == 1.0 else f"{key}{_GUIDANCE_MARK}{float(guidance):g}"
+
+
+def parse_calibration_key(key: str) -> tuple[str, int, float] | None:
+    """(sampler, steps, guidance) of a `calibration_key`, or None when it is not one."""
+    setting, mark, weight = key.partition(_GUIDANCE_MARK)
+    sampler, _, steps = setting.rpartition("/")
+    if not sampler or not steps.isdigit():
+        return None
+    try:
+        guidance = float(weight) if mark else 1.0
+    except ValueError:
+        return None
+    return (sampler, int(steps), guidance) if np.isfinite(guidance) and guidance > 0 else None
 
 
 @dataclass(frozen=True)
 class LatentCalibration:
     """Per-channel affine map x → scale·x + shift on normalised latents `[..., Z]`, fitted on
-    draws of one sampler setting (`sampler`, `steps`) and valid for that setting only."""
+    draws of one sampler setting (`sampler`, `steps`) at one guidance weight and valid for
+    those only."""
 
     scale: np.ndarray  # [Z]
     shift: np.ndarray  # [Z]
     sampler: str = DEFAULT_SAMPLER
     steps: int = DEFAULT_STEPS[DEFAULT_SAMPLER]
+    guidance: float = 1.0
 
     @property
     def key(self) -> str:
-        return calibration_key(self.sampler, self.steps)
+        return calibration_key(self.sampler, self.steps, self.guidance)
 
     def apply(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x `[B, L, Z]` (mask `[B, L]`: padded bins stay zero) -> calibrated `[B, L, Z]`."""
@@ -87,13 +124,20 @@ class LatentCalibration:
         target: tuple[np.ndarray, np.ndarray],
         sampler: str = DEFAULT_SAMPLER,
         steps: int = DEFAULT_STEPS[DEFAULT_SAMPLER],
+        guidance: float = 1.0,
     ) -> LatentCalibration:
         """The map taking per-channel (mean, std) `sampled` to `target`."""
         m_s, s_s = (np.asarray(a, dtype=np.float64) for a in sampled)
         m_t, s_t = (np.asarray(a, dtype=np.float64) for a in target)
         # a channel the sampler leaves constant keeps its scale (no division by ~0)
         scale = np.where(s_s > 1e-8, s_t / np.maximum(s_s, 1e-8), 1.0)
-        return cls(scale=scale, shift=m_t - scale * m_s, sampler=sampler, steps=int(steps))
+        return cls(
+            scale=scale,
+            shift=m_t - scale * m_s,
+            sampler=sampler,
+            steps=int(steps),
+            guidance=float(guidance),
+        )
 
 
 def load_calibrations(tensors: dict[str, Tensor]) -> dict[str, LatentCalibration]:
@@ -105,16 +149,51 @@ def load_calibrations(tensors: dict[str, Tensor]) -> dict[str, LatentCalibration
             continue
         key = name[len(PREFIX) + 1 : -len(".scale")]
         shift = tensors.get(f"{PREFIX}.{key}.shift")
-        sampler, _, steps = key.rpartition("/")
-        if shift is None or not steps.isdigit():
+        parsed = parse_calibration_key(key)
+        if shift is None or parsed is None:
             continue
+        sampler, steps, guidance = parsed
         out[key] = LatentCalibration(
             scale=tensors[name].double().numpy(),
             shift=shift.double().numpy(),
             sampler=sampler,
-            steps=int(steps),
+            steps=steps,
+            guidance=guidance,
         )
     return out
+
+
+def resolve_calibration(
+    calibrations: dict[str, LatentCalibration], sampler: str, steps: int, guidance: float = 1.0
+) -> tuple[LatentCalibration, str] | None:
+    """The calibration to sample with at this setting and weight, and where it comes from:
+    the one fitted at the weight; between two fitted weights, their maps interpolated linearly
+    (the widening grows smoothly with W); outside them, the nearest one's. None when the
+    setting has none (the raw network's draws)."""
+    fitted = sorted(
+        (c for c in calibrations.values() if c.sampler == sampler and c.steps == int(steps)),
+        key=lambda c: c.guidance,
+    )
+    if not fitted:
+        return None
+    w = float(guidance)
+    below = [c for c in fitted if c.guidance <= w]
+    above = [c for c in fitted if c.guidance >= w]
+    if below and above:
+        lo, hi = below[-1], above[0]
+        if lo.guidance == hi.guidance:
+            return lo, f"fitted at W={lo.guidance:g}"
+        f = (w - lo.guidance) / (hi.guidance - lo.guidance)
+        mixed = LatentCalibration(
+            scale=(1 - f) * lo.scale + f * hi.scale,
+            shift=(1 - f) * lo.shift + f * hi.shift,
+            sampler=lo.sampler,
+            steps=lo.steps,
+            guidance=w,
+        )
+        return mixed, f"interpolated between W={lo.guidance:g} and W={hi.guidance:g}"
+    nearest = above[0] if above else below[-1]
+    return nearest, f"fitted at W={nearest.guidance:g}, the nearest fitted weight"
 
 
 class MomentAccumulator:

@@ -26,7 +26,11 @@ from ldns_cli.conditions.spec import embed_condition_values
 from ldns_cli.core.checkpoint import DAMAGED_HINT, Checkpoint, load_weights
 from ldns_cli.core.config import config_from_dict
 from ldns_cli.core.errors import LdnsError
-from ldns_cli.diffusion.calibration import LatentCalibration, calibration_key, load_calibrations
+from ldns_cli.diffusion.calibration import (
+    LatentCalibration,
+    load_calibrations,
+    resolve_calibration,
+)
 from ldns_cli.diffusion.condition_gain import ConditionGain, load_condition_gain
 from ldns_cli.diffusion.schedule import NoiseSchedule, ScheduleConfig
 from ldns_cli.nn.denoiser import CondInput, Denoiser, DenoiserConfig
@@ -214,7 +218,8 @@ class DiffusionModel:
     conditions: list[dict[str, Any]] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     checkpoint: Checkpoint | None = None
-    # by `calibration_key(sampler, steps)`; empty: fitted before calibration existed, or without
+    # by `calibration_key(sampler, steps, guidance)`; empty: fitted before calibration existed,
+    # or with `--calibration-trials 0`
     calibrations: dict[str, LatentCalibration] = field(default_factory=dict)
     # the conditions' rate gain applied after decoding; None: not kept or unconditional
     condition_gain: ConditionGain | None = None
@@ -249,9 +254,13 @@ class DiffusionModel:
         assert self.checkpoint is not None
         return weights_id(self.checkpoint.tensors)
 
-    def calibration_for(self, sampler: str, steps: int) -> LatentCalibration | None:
-        """The latent calibration fitted for this sampler setting, if any."""
-        return self.calibrations.get(calibration_key(sampler, steps))
+    def calibration_for(
+        self, sampler: str, steps: int, guidance: float = 1.0
+    ) -> LatentCalibration | None:
+        """The latent calibration for this sampler setting and guidance weight (see
+        `resolve_calibration`), if the setting has any."""
+        found = resolve_calibration(self.calibrations, sampler, steps, guidance)
+        return None if found is None else found[0]
 
     def condition(self, name: str) -> dict[str, Any] | None:
         return next((c for c in self.conditions if c["name"] == name), None)

@@ -22,7 +22,7 @@ import torch
 
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.core.runtime import check_seed
-from ldns_cli.diffusion.calibration import LatentCalibration
+from ldns_cli.diffusion.calibration import LatentCalibration, resolve_calibration
 from ldns_cli.diffusion.model import DiffusionModel, condition_features
 from ldns_cli.diffusion.samplers import (
     DEFAULT_SAMPLER,
@@ -150,25 +150,44 @@ def trial_generator(
     return gen
 
 
-def active_calibration(model: DiffusionModel, settings: SampleSettings) -> LatentCalibration | None:
-    """The latent calibration `settings` sample with: the model's one for this sampler setting,
-    or None (switched off, or none fitted for the setting)."""
+def _calibration_weight(settings: SampleSettings, guided: bool) -> float:
+    """The guidance weight the draws are made at: W only when conditions guide them."""
+    return float(settings.guidance) if guided else 1.0
+
+
+def active_calibration(
+    model: DiffusionModel, settings: SampleSettings, guided: bool = True
+) -> LatentCalibration | None:
+    """The latent calibration `settings` sample with: the model's one for this sampler setting
+    and guidance weight (`guided`: conditions are given, so the weight applies), or None
+    (switched off, or none fitted for the setting)."""
     if not settings.calibrate:
         return None
-    return model.calibration_for(resolve_sampler_name(settings.sampler), settings.resolved_steps())
+    return model.calibration_for(
+        resolve_sampler_name(settings.sampler),
+        settings.resolved_steps(),
+        _calibration_weight(settings, guided),
+    )
 
 
-def calibration_label(model: DiffusionModel, settings: SampleSettings) -> str:
-    """Provenance of the latent calibration: 'applied (dpm++ 20 steps)', 'off' (asked), or
-    'none for <setting>' (the model has no calibration for this sampler setting)."""
-    setting = f"{resolve_sampler_name(settings.sampler)} {settings.resolved_steps()} steps"
+def calibration_label(model: DiffusionModel, settings: SampleSettings, guided: bool = True) -> str:
+    """Provenance of the latent calibration: 'applied (dpm++ 20 steps)', with the guidance
+    weight it was fitted at when the model has calibrations for several ('applied (dpm++ 20
+    steps, fitted at W=2)'), 'off' (asked), or 'none for <setting>' (the model has no
+    calibration for this sampler setting)."""
+    sampler, steps = resolve_sampler_name(settings.sampler), settings.resolved_steps()
+    setting = f"{sampler} {steps} steps"
     if not settings.calibrate:
         return "off"
-    return (
-        "none for " + setting
-        if active_calibration(model, settings) is None
-        else f"applied ({setting})"
+    found = resolve_calibration(
+        model.calibrations, sampler, steps, _calibration_weight(settings, guided)
     )
+    if found is None:
+        return "none for " + setting
+    weights = {
+        c.guidance for c in model.calibrations.values() if (c.sampler, c.steps) == (sampler, steps)
+    }
+    return f"applied ({setting})" if weights == {1.0} else f"applied ({setting}, {found[1]})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +280,7 @@ def sample_latents(
             denoise, (b, n_bins, n_lat), sampler, ancestral, device, callback,
             initial_noise=noise.to(device),
         )  # fmt: skip
-    calibration = active_calibration(model, settings)
+    calibration = active_calibration(model, settings, guided=cond is not None)
     if calibration is not None:
         x0 = calibration.apply(x0)  # the training latents' per-channel mean and std
     return x0 * mask[:, :, None].to(x0.dtype), mask

@@ -292,7 +292,8 @@ def _keeps_fidelity(row: dict[str, Any], base: dict[str, Any]) -> bool:
     own: on 400 simulated reach trials the mean over scores let W = 2 through (0.71 ± 0.34
     against W = 1's 0.06 ± 0.06), and its samples' population-count score on the test trials
     was 2.16, worse than naive (`python bench/quality_pipeline_conditions.py --beds
-    reach400`)."""
+    reach400`, with W = 1's latent calibration applied at W = 2, as for a model calibrated at
+    W = 1 only: `diffusion/calibration.py`)."""
     scores, base_scores = row["fidelity_scores"], base["fidelity_scores"]
     for name in scores.keys() & base_scores.keys():
         noise = math.hypot(row["fidelity_spreads"][name], base["fidelity_spreads"][name])

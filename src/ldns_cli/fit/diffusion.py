@@ -38,7 +38,13 @@ from ldns_cli.core.console import info, warn
 from ldns_cli.core.data import SpikeData
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.core.runtime import resolve_device
-from ldns_cli.diffusion.calibration import LatentCalibration, MomentAccumulator
+from ldns_cli.diffusion.calibration import (
+    GUIDED_CALIBRATION_TRIALS,
+    LatentCalibration,
+    MomentAccumulator,
+    load_calibrations,
+)
+from ldns_cli.diffusion.calibration import PREFIX as CALIBRATION_PREFIX
 from ldns_cli.diffusion.condition_gain import PREFIX as GAIN_PREFIX
 from ldns_cli.diffusion.model import (
     DEFAULT_PRESET,
@@ -360,22 +366,33 @@ def add_calibration(
     device: torch.device | str,
     sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
-) -> dict[str, Any]:
-    """Fit the latent calibration of the model in `ckpt` for one sampler setting (see
-    `calibration.py`) and store it there, next to those of other settings.
+) -> list[dict[str, Any]]:
+    """Fit the latent calibrations of the model in `ckpt` for one sampler setting (see
+    `calibration.py`): at W = 1, and for a conditional model at each weight of the guidance
+    grid. They replace the setting's earlier ones, next to those of other settings.
 
-    Returns its summary (also in `ckpt.extra["latent_calibration"][key]`); the caller saves.
+    Returns their summaries, W = 1's first (also in `ckpt.extra["latent_calibration"]`); the
+    caller saves.
     """
+    from ldns_cli.fit.checks import GUIDANCE_GRID  # the weights the guidance choice samples at
+
     model = diffusion_from_checkpoint(ckpt, device)  # calibrations are never applied in the fit
-    cal, summary = fit_latent_calibration(
-        model, lat.latents, lat.mask, lat.train, lat.values, n_trials, seed, device, sampler, steps
-    )
-    ckpt.tensors.update(cal.tensors())  # replaces an earlier fit of the same setting
-    ckpt.extra["latent_calibration"] = {
-        **ckpt.extra.get("latent_calibration", {}),
-        cal.key: summary,
-    }
-    return summary
+    fitted = fit_latent_calibrations(
+        model, lat.latents, lat.mask, lat.train, lat.values, n_trials, seed, device, sampler,
+        steps, guidances=GUIDANCE_GRID,
+    )  # fmt: skip
+    setting = (fitted[0][0].sampler, fitted[0][0].steps)
+    records = dict(ckpt.extra.get("latent_calibration", {}))
+    for key, cal in load_calibrations(ckpt.tensors).items():
+        if (cal.sampler, cal.steps) == setting:  # a refit replaces every weight of the setting
+            del ckpt.tensors[f"{CALIBRATION_PREFIX}.{key}.scale"]
+            del ckpt.tensors[f"{CALIBRATION_PREFIX}.{key}.shift"]
+            records.pop(key, None)
+    for cal, summary in fitted:
+        ckpt.tensors.update(cal.tensors())
+        records[cal.key] = summary
+    ckpt.extra["latent_calibration"] = records
+    return [summary for _, summary in fitted]
 
 
 def calibrate_diffusion(
@@ -386,8 +403,9 @@ def calibrate_diffusion(
     device: str = "cpu",
     sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
-) -> tuple[dict[str, Any], Path]:
-    """Add (or refit) a latent calibration of an existing diffusion model, without training.
+) -> tuple[list[dict[str, Any]], Path]:
+    """Add (or refit) the latent calibrations of an existing diffusion model for one sampler
+    setting, without training. Returns their summaries (W = 1's first) and the file.
 
     For checkpoints fitted before calibration existed, for another sampler setting, or to change
     `n_trials`. Uses the checkpoint's own normalisation statistics and condition specs; writes the
@@ -407,9 +425,9 @@ def calibrate_diffusion(
     lat = prepare_latents(data, ae, config, device, seed, stats=stats, specs=specs)
     if not lat.train.any():
         raise LdnsError("no training trials", "the data's split labels hold no 'train' trials")
-    summary = add_calibration(ckpt, lat, n_trials, seed, device, sampler, steps)
+    summaries = add_calibration(ckpt, lat, n_trials, seed, device, sampler, steps)
     save_checkpoint(path, ckpt)
-    return summary, path
+    return summaries, path
 
 
 CALIBRATION_SEED_STREAM = 7919  # keeps calibration draws apart from seeds a user samples with
@@ -429,7 +447,7 @@ def pick_calibration_trials(
     return picked, int(rng.integers(0, 2**31 - 1))
 
 
-def fit_latent_calibration(
+def fit_latent_calibrations(
     model: DiffusionModel,
     latents: np.ndarray,
     mask: np.ndarray,
@@ -441,8 +459,10 @@ def fit_latent_calibration(
     sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
     batch_size: int = 128,
-) -> tuple[LatentCalibration, dict[str, Any]]:
-    """Fit the per-channel calibration of `model` (a `DiffusionModel` without calibration).
+    guidances: Sequence[float] = (),
+) -> list[tuple[LatentCalibration, dict[str, Any]]]:
+    """Fit the per-channel calibrations of `model` (a `DiffusionModel` without calibration):
+    at W = 1, and at each further guidance weight of `guidances` (conditional models).
 
     Args:
         model: the freshly trained diffusion model (EMA weights); its own calibration is ignored.
@@ -450,40 +470,87 @@ def fit_latent_calibration(
         mask: valid bins `[B, L]`.
         train: training trials `[B]` bool (the target moments and the lengths/conditions drawn).
         condition_values: raw condition values of every trial, by name (`fit_condition_values`).
-        n_trials: calibration samples to draw.
+        n_trials: calibration samples to draw at W = 1.
         seed: fixes the trials picked and the samples.
         device: where the denoiser runs.
         sampler: the sampler setting calibrated (the map is applied only when sampling with it).
         steps: its steps (None: the sampler's default).
         batch_size: trials per network batch.
+        guidances: further weights to calibrate (ignored without conditions; 1 is skipped):
+            each from `GUIDED_CALIBRATION_TRIALS` of the W = 1 trials, drawn from the same
+            noise and compared with their W = 1 draws (see `calibration.py`).
 
     Returns:
-        the calibration and a JSON summary (sampler, moments before and after).
+        [(calibration, JSON summary)], W = 1's first, then by weight.
     """
     from ldns_cli.diffusion.sampling import SampleSettings, chunks, sample_latents
 
+    n_lat = latents.shape[-1]
     train_index = np.flatnonzero(train)
-    target = MomentAccumulator(latents.shape[-1])
+    target = MomentAccumulator(n_lat)
     target.add(latents[train_index], mask[train_index])  # exact moments: a constant channel keeps
     # std 0 here (diffusion.latent_stats puts 1 there, fit for dividing by, not for matching)
     picked, sample_seed = pick_calibration_trials(train_index, n_trials, seed)
     lengths = mask[picked].sum(axis=1).astype(np.int64)
-    settings = SampleSettings(
-        sampler=sampler, steps=steps, seed=sample_seed, batch_size=batch_size, calibrate=False
-    )
-    sampled = MomentAccumulator(latents.shape[-1])
-    for idx in chunks(lengths, batch_size):
-        conds = {name: v[picked[idx]] for name, v in condition_values.items()}
-        x0, m = sample_latents(model, lengths[idx], conds, settings, device, idx)
-        sampled.add(x0.cpu(), m.cpu())
-    (m_s, s_s), (m_t, s_t) = sampled.moments(), target.moments()
-    n_steps = settings.resolved_steps()
-    cal = LatentCalibration.from_moments((m_s, s_s), (m_t, s_t), settings.sampler, n_steps)
+    weights = sorted({float(w) for w in guidances} - {1.0}) if condition_values else []
+    # the paired subset: positions into `picked`, their own stream so W = 1's draws stay put
+    rng = np.random.default_rng([CALIBRATION_SEED_STREAM, int(seed), 1])
+    paired = np.sort(rng.choice(n_trials, min(GUIDED_CALIBRATION_TRIALS, n_trials), replace=False))
+    in_paired = np.isin(np.arange(n_trials), paired)
+
+    def draw(guidance: float, positions: np.ndarray) -> tuple[MomentAccumulator, ...]:
+        """Moments of draws at `guidance` for `picked[positions]`: all, and the paired ones."""
+        settings = SampleSettings(
+            sampler=sampler, steps=steps, seed=sample_seed, batch_size=batch_size,
+            guidance=guidance, calibrate=False,
+        )  # fmt: skip
+        every, pair = MomentAccumulator(n_lat), MomentAccumulator(n_lat)
+        for chunk in chunks(lengths[positions], batch_size):
+            idx = positions[chunk]  # the trial's position seeds its noise: the same at each W
+            conds = {name: v[picked[idx]] for name, v in condition_values.items()}
+            x0, m = sample_latents(model, lengths[idx], conds, settings, device, idx)
+            x0, m = x0.cpu().numpy(), m.cpu().numpy()
+            every.add(x0, m)
+            keep = in_paired[idx]
+            pair.add(x0[keep], m[keep])
+        return every, pair
+
+    probe = SampleSettings(sampler=sampler, steps=steps)
+    name, n_steps = probe.sampler, probe.resolved_steps()
+    all_1, paired_1 = draw(1.0, np.arange(n_trials))
+    (m_1, s_1), (m_t, s_t) = all_1.moments(), target.moments()
+    out = [_calibration_and_summary((m_1, s_1), (m_t, s_t), name, n_steps, 1.0, n_trials, seed)]
+    if weights:
+        m_1p, s_1p = paired_1.moments()
+        for w in weights:
+            _, paired_w = draw(w, paired)
+            m_wp, s_wp = paired_w.moments()
+            # W = 1's moments moved by what the same draws change at W (paired: little noise)
+            ratio = np.where(s_1p > 1e-8, s_wp / np.maximum(s_1p, 1e-8), 1.0)
+            moved = (m_1 + (m_wp - m_1p), s_1 * ratio)
+            out.append(
+                _calibration_and_summary(moved, (m_t, s_t), name, n_steps, w, len(paired), seed)
+            )
+    return out
+
+
+def _calibration_and_summary(
+    sampled: tuple[np.ndarray, np.ndarray],
+    target: tuple[np.ndarray, np.ndarray],
+    sampler: str,
+    steps: int,
+    guidance: float,
+    n_trials: int,
+    seed: int,
+) -> tuple[LatentCalibration, dict[str, Any]]:
+    (m_s, s_s), (m_t, s_t) = sampled, target
+    cal = LatentCalibration.from_moments(sampled, target, sampler, steps, guidance)
     summary = {
         "trials": int(n_trials),
         "seed": int(seed),
-        "sampler": settings.sampler,
-        "steps": n_steps,
+        "sampler": sampler,
+        "steps": int(steps),
+        "guidance": float(guidance),
         "sampled_mean": m_s.tolist(),
         "sampled_std": s_s.tolist(),
         "target_mean": m_t.tolist(),
@@ -521,9 +588,11 @@ class DiffusionFit:
 
 def calibration_text(summary: dict[str, Any]) -> str:
     """One line on a fitted latent calibration."""
+    guidance = float(summary.get("guidance", 1.0))
+    at = "" if guidance == 1.0 else f" at guidance W={guidance:g}, paired with their W = 1 draws"
     return (
         f"latent calibration on {summary['trials']} sampled trials ({summary['sampler']} "
-        f"{summary['steps']} steps): sampled std {summary['std_ratio_min']:.3f}-"
+        f"{summary['steps']} steps{at}): sampled std {summary['std_ratio_min']:.3f}-"
         f"{summary['std_ratio_max']:.3f} x the training latents', largest mean offset "
         f"{summary['max_abs_mean_shift']:.3f} sd; both corrected per channel at sampling"
     )
@@ -640,7 +709,7 @@ def fit_diffusion(
             if gain_record:
                 info(describe_gain(gain_record))
             if result.checkpoint is not None and result.checkpoint.extra.get("conditions"):
-                _condition_checks(data, folder, result, path, dev)
+                _condition_checks(data, folder, result.checkpoint, path, dev)
         dist.barrier()
         return outcome
     finally:
@@ -648,7 +717,7 @@ def fit_diffusion(
 
 
 def _condition_checks(
-    data: SpikeData, folder: str | Path, result: FitResult, path: Path, device: str
+    data: SpikeData, folder: str | Path, ckpt: Checkpoint, path: Path, device: str
 ) -> None:
     """Stage checks of the model's conditions and the measured guidance weight (`fit.checks`),
     printed and stored in the checkpoint (rank 0, after training and calibration)."""
@@ -662,8 +731,6 @@ def _condition_checks(
     from ldns_cli.scoring.conditions import describe_checks
     from ldns_cli.store import load_models
 
-    ckpt = result.checkpoint
-    assert ckpt is not None
     seed = int(ckpt.config["train"].get("seed", 0))
     val_fraction = float(ckpt.config["diffusion"].get("val_fraction", 0.1))
     train_mask, val_mask, _ = split_masks(data, val_fraction, seed)
@@ -709,10 +776,13 @@ def calibrate_only(
     calibration_trials: int | None = None,
     seed: int | None = None,
     device: str = "auto",
-) -> tuple[dict[str, Any], Path] | None:
-    """Add or refit the latent calibration of the fitted model in `folder` for one sampler
-    setting, without training. Returns (summary, path) on rank 0, None on other ranks."""
+) -> tuple[list[dict[str, Any]], Path] | None:
+    """Add or refit the latent calibrations of the fitted model in `folder` for one sampler
+    setting, without training. A conditional model's calibrations at the default setting are
+    what its guidance curve samples with, so the condition checks and the guidance weight are
+    measured again. Returns (summaries, path) on rank 0, None on other ranks."""
     from ldns_cli.diffusion.samplers import resolve_sampler_name
+    from ldns_cli.diffusion.sampling import SampleSettings
 
     n = DiffusionConfig.calibration_trials if calibration_trials is None else calibration_trials
     if n < 1:
@@ -722,11 +792,20 @@ def calibrate_only(
     try:
         if not dist.is_main():
             return None
-        summary, path = calibrate_diffusion(
+        summaries, path = calibrate_diffusion(
             data, folder, n, 0 if seed is None else seed, dev, name, steps
         )
         info(f"updated {path}")
-        info(calibration_text(summary))
-        return summary, path
+        for summary in summaries:
+            info(calibration_text(summary))
+        default = SampleSettings()  # the setting the condition checks sample with
+        ckpt = load_checkpoint(path, "diffusion", fit_command="ldns fit-diffusion DATA")
+        calibrated = (summaries[0]["sampler"], summaries[0]["steps"])
+        if ckpt.extra.get("conditions") and calibrated == (
+            resolve_sampler_name(default.sampler),
+            default.resolved_steps(),
+        ):
+            _condition_checks(data, folder, ckpt, path, dev)
+        return summaries, path
     finally:
         dist.shutdown()
