@@ -99,7 +99,8 @@ def sample(
         typer.Option(
             "--calibration/--no-calibration",
             help="Apply the model's per-channel latent calibration for this sampler setting "
-            "(fit-diffusion fits dpm++ 20).",
+            "and guidance weight (fit-diffusion fits dpm++ 20; a conditional model at W = 1, "
+            "1.5, 2 and 3, interpolated between them).",
         ),
     ] = True,
     save_latents: Annotated[
