@@ -335,7 +335,11 @@ def test_guidance_auto_resolves_to_the_measured_weight(fitted):
                 assert interval[0] <= ratio <= interval[1], (stage, c)
     args = ["sample", "-m", str(models), "--condition-from", str(data), "--trials", "test", "-q"]
     _ok([*args, "-o", str(root / "auto.h5")])
-    assert read_spikes(root / "auto.h5").provenance["guidance"] == f"{record['weight']:g}"
+    auto = read_spikes(root / "auto.h5").provenance
+    assert auto["guidance"] == f"{record['weight']:g}"
+    # ... sampled with the latent calibration fitted at that weight
+    fitted_at = f"applied (dpm++ 20 steps, fitted at W={record['weight']:g})"
+    assert auto["settings.latent_calibration"] == fitted_at
     _ok([*args, "--guidance", "2.5", "-o", str(root / "fixed.h5")])
     assert read_spikes(root / "fixed.h5").provenance["guidance"] == "2.5"
     _fails([*args, "--guidance", "strong", "-o", str(root / "x.h5")], "--guidance")
