@@ -15,9 +15,10 @@ stage_checks`) and applied to
   no better than the trial they are inferred from, and a new draw adds its own noise; the best
   reconstruction the simulator's own model makes of each simulated reach trial decoded the angle
   1.19-1.27x worse than draws of the true rates (`python bench/quality_ae_floor.py`). Samples
-  drawn from the latent distribution of a condition can decode better (on simulated reach they
-  decoded the angle 1.04-1.18x the real error against the reconstructions' 1.27-1.40x, `python
-  bench/quality_pipeline_conditions.py`), but not much better: a condition the latents do not
+  drawn from the latent distribution of a condition can decode better (on simulated reach of
+  400-1000 trials, two datasets each, they decoded the angle 1.11-1.24x the real error against
+  the reconstructions' 1.31-1.39x, `python bench/quality_pipeline_conditions.py --beds
+  reach400,reach600,reach1000 [--seed 1]`), but not much better: a condition the latents do not
   carry cannot be sampled. A conditional model that kept a rate gain for its conditions
   (`diffusion/condition_gain.py`) samples from the decoded rates times that gain, and
   `fit-diffusion` measures this stage on those rates;
