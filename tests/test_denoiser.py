@@ -221,3 +221,25 @@ def test_kernel_bins_caps_every_s4_layer_and_changes_only_longer_inputs():
         torch.testing.assert_close(capped(short, t), global_model(short, t), atol=1e-5, rtol=0)
         long = torch.randn(2, 64, 4, generator=gen)  # beyond it: a shorter receptive field
         assert not torch.allclose(capped(long, t), global_model(long, t), atol=1e-3)
+
+
+def test_conditional_fits_get_the_larger_step_floor_unless_told_otherwise(tmp_path):
+    """The default preset's 2000-step floor becomes CONDITIONAL_MIN_STEPS for a conditional model
+    (named by flag or by config file); --epochs drops the floor and a config file's min_steps
+    wins; presets without a floor keep none."""
+    import json
+
+    from ldns_cli.fit.diffusion import CONDITIONAL_MIN_STEPS, resolve_diffusion_configs
+
+    assert CONDITIONAL_MIN_STEPS > 2000
+    angle = {"conditions": ("angle",)}
+    assert resolve_diffusion_configs()[1].min_steps == 2000
+    assert resolve_diffusion_configs(overrides=angle)[1].min_steps == CONDITIONAL_MIN_STEPS
+    in_file = tmp_path / "cond.json"
+    in_file.write_text(json.dumps({"conditions": ["angle"]}))
+    assert resolve_diffusion_configs(config_file=in_file)[1].min_steps == CONDITIONAL_MIN_STEPS
+    assert resolve_diffusion_configs(overrides={**angle, "epochs": 5})[1].min_steps == 0
+    floor = tmp_path / "floor.json"
+    floor.write_text(json.dumps({"min_steps": 1500}))
+    assert resolve_diffusion_configs(config_file=floor, overrides=angle)[1].min_steps == 1500
+    assert resolve_diffusion_configs("lorenz", overrides=angle)[1].min_steps == 0

@@ -119,8 +119,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         # ~ 150): eps gave latents 2-6x too wide and 49 Hz samples of 13 Hz data; v gave
         # normalised scores <= 0.05 on psc/corr/std-ISI/autocorr (demo data, same budget)
         # budget: at most 100 epochs, at least 2000 optimiser steps (small recordings get more
-        # epochs: 600 trials at 10 steps per epoch ran only 1000 steps), and a stop once the
-        # validation loss has not improved for 20 epochs past the floor
+        # epochs: 600 trials at 10 steps per epoch ran only 1000 steps; a conditional model gets
+        # at least fit.diffusion.CONDITIONAL_MIN_STEPS), and a stop once the validation loss has
+        # not improved for 20 epochs past the floor
         "width": 32, "blocks": 2, "state_dim": 32, "epochs": 100, "batch_size": 64,
         "warmup_epochs": 5, "lr": 2e-3, "ema_decay": 0.995, "prediction": "v",
         "min_steps": 2000, "patience": 20,
