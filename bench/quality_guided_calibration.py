@@ -29,14 +29,14 @@ import torch
 
 from ldns_cli.core.checkpoint import load_checkpoint
 from ldns_cli.core.config import config_from_dict
-from ldns_cli.diffusion.calibration import GUIDED_CALIBRATION_TRIALS, MomentAccumulator
+from ldns_cli.diffusion.calibration import MomentAccumulator
 from ldns_cli.diffusion.model import DiffusionConfig
 from ldns_cli.diffusion.sampling import SampleSettings, chunks, sample_latents
 from ldns_cli.fit.checks import GUIDANCE_GRID
 from ldns_cli.fit.diffusion import (
-    CALIBRATION_SEED_STREAM,
     fit_latent_calibrations,
     pick_calibration_trials,
+    pick_paired_trials,
     prepare_latents,
 )
 from ldns_cli.io.formats import read_spikes
@@ -77,8 +77,7 @@ def main() -> None:
     # the same trials, noise and paired positions as the fit
     picked, sample_seed = pick_calibration_trials(np.flatnonzero(lat.train), n, args.seed)
     lengths = lat.mask[picked].sum(axis=1).astype(np.int64)
-    rng = np.random.default_rng([CALIBRATION_SEED_STREAM, args.seed, 1])
-    paired = np.isin(np.arange(n), rng.choice(n, min(GUIDED_CALIBRATION_TRIALS, n), replace=False))
+    paired = np.isin(np.arange(n), pick_paired_trials(n, args.seed))
     results: dict = {"data": str(args.data), "models": str(args.models), "trials": n,
                      "paired_trials": int(paired.sum()), "weights": {}}  # fmt: skip
     for w in GUIDANCE_GRID:

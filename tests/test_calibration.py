@@ -266,7 +266,7 @@ def test_guided_calibration_from_a_paired_subset_is_close_to_all_draws(monkeypat
     estimate = np.asarray(summary["sampled_std"])
     assert np.max(np.abs(estimate / truth - 1)) < 0.03
     # the paired trials' own moments (the same choice of positions) are much further off
-    rng = np.random.default_rng([fit_diffusion_module.CALIBRATION_SEED_STREAM, 3, 1])
-    paired = np.sort(rng.choice(60, 12, replace=False))
+    paired = fit_diffusion_module.pick_paired_trials(60, seed=3)
+    assert len(paired) == 12
     own = _masked_moments(every.numpy()[paired], m.numpy()[paired])[1]
     assert np.max(np.abs(estimate / truth - 1)) < np.max(np.abs(own / truth - 1)) / 3

@@ -49,7 +49,6 @@ from ldns_cli.diffusion.calibration import (
     MomentAccumulator,
     load_calibrations,
 )
-from ldns_cli.diffusion.calibration import PREFIX as CALIBRATION_PREFIX
 from ldns_cli.diffusion.condition_gain import PREFIX as GAIN_PREFIX
 from ldns_cli.diffusion.model import (
     DEFAULT_PRESET,
@@ -403,8 +402,8 @@ def add_calibration(
     records = dict(ckpt.extra.get("latent_calibration", {}))
     for key, cal in load_calibrations(ckpt.tensors).items():
         if (cal.sampler, cal.steps) == setting:  # a refit replaces every weight of the setting
-            del ckpt.tensors[f"{CALIBRATION_PREFIX}.{key}.scale"]
-            del ckpt.tensors[f"{CALIBRATION_PREFIX}.{key}.shift"]
+            for name in cal.tensors():
+                del ckpt.tensors[name]
             records.pop(key, None)
     for cal, summary in fitted:
         ckpt.tensors.update(cal.tensors())
@@ -465,6 +464,15 @@ def pick_calibration_trials(
     return picked, int(rng.integers(0, 2**31 - 1))
 
 
+def pick_paired_trials(n_trials: int, seed: int) -> np.ndarray:
+    """Positions into the calibration trials (`pick_calibration_trials`) that are drawn again at
+    each further guidance weight `[min(GUIDED_CALIBRATION_TRIALS, n_trials)]`, sorted; their own
+    stream, so W = 1's draws stay as they are."""
+    rng = np.random.default_rng([CALIBRATION_SEED_STREAM, int(seed), 1])
+    size = min(GUIDED_CALIBRATION_TRIALS, n_trials)
+    return np.sort(rng.choice(n_trials, size, replace=False))
+
+
 def fit_latent_calibrations(
     model: DiffusionModel,
     latents: np.ndarray,
@@ -511,9 +519,7 @@ def fit_latent_calibrations(
     picked, sample_seed = pick_calibration_trials(train_index, n_trials, seed)
     lengths = mask[picked].sum(axis=1).astype(np.int64)
     weights = sorted({float(w) for w in guidances} - {1.0}) if condition_values else []
-    # the paired subset: positions into `picked`, their own stream so W = 1's draws stay put
-    rng = np.random.default_rng([CALIBRATION_SEED_STREAM, int(seed), 1])
-    paired = np.sort(rng.choice(n_trials, min(GUIDED_CALIBRATION_TRIALS, n_trials), replace=False))
+    paired = pick_paired_trials(n_trials, seed)
     in_paired = np.isin(np.arange(n_trials), paired)
 
     def draw(guidance: float, positions: np.ndarray) -> tuple[MomentAccumulator, ...]:
