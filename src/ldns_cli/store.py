@@ -181,8 +181,9 @@ def load_history(
     """Load the fitted spike-history model; a clean `LdnsError` if there is none.
 
     The per-neuron ceiling (`selection.count_cap`), excitation bound
-    (`selection.excitation_bound`) and count dispersion (`selection.count_dispersion`) are
-    applied when stored; the per-neuron choice
+    (`selection.excitation_bound`), count dispersion (`selection.count_dispersion`) and the
+    copula's count correlation (`selection.count_correlation`, [N, N]) are applied when stored;
+    the per-neuron choice
     (`selection.use_history`, [N] bool) is attached as `neuron_choice` but not applied (see
     `load_observation`). A checkpoint whose settings predate `max_excitation` has no bound.
     """
@@ -213,6 +214,7 @@ def load_history(
         model.set_selection(None, cap)
         model.set_excitation_bound(per_neuron_bound)
         model.set_count_dispersion(dispersion)
+        model.set_count_correlation(selection.get("count_correlation"))
         model.neuron_choice = None if choice is None else choice.bool()  # type: ignore[attr-defined]
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         raise LdnsError(

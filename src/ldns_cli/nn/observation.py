@@ -54,6 +54,18 @@ A gain that is new in every bin adds that variance without adding correlation be
 the kernels already match. α = 0 is Poisson; `fit.history` chooses α on free-running samples.
 The log-likelihood stays exact (the pmf has a closed form).
 
+Correlated counts. `set_count_correlation(R)` draws the neurons' counts of one bin through a
+Gaussian copula: the uniforms that the inverse-CDF draw turns into counts are u = Φ(F·z) instead of
+independent ones, z ~ N(0, I) fresh in every bin and F·Fᵀ = R a correlation matrix [N, N]. Each
+neuron's u stays uniform and independent across bins, so every single-neuron law is unchanged
+exactly (rates, Fano factors, ISIs, autocorrelations, and `log_prob`, which scores each neuron's
+marginal); only the dependence between neurons within a bin changes. It stands for fast input
+shared by particular pairs of units: in a recurrent E/I network the units a presynaptic spike
+reaches fire together within a few milliseconds, a pair-specific correlation that the decoder's
+low-dimensional rates do not carry and independent draws cannot give (the dichotomised-Gaussian
+construction of correlated spike counts, Macke et al. 2009). `fit.history` estimates R from the
+counts' covariance that the free-running samples miss.
+
 Per-neuron choice. `set_selection(use_history, count_cap)` makes the neurons with
 use_history = False plain Poisson(r) (w = 0, a = 1, b = 0, α = 0) and clamps every neuron's
 samples at its `count_cap` (the most spikes the data ever shows in one of its bins);
@@ -75,7 +87,9 @@ Interface (all tensors on one device; legend B trials, L bins, N neurons):
   probability in nats (the full log pmf, with the log s! term), 0 where `mask` is False. Sum it
   for a total. The history model scores under teacher forcing: each bin is conditioned on the
   observed past counts of the same trial. With a cap, counts ≥ cap are scored as the censored
-  event {X ≥ cap}, the exact pmf of min(Poisson(λ), cap) (or of the gamma-Poisson).
+  event {X ≥ cap}, the exact pmf of min(Poisson(λ), cap) (or of the gamma-Poisson). With a
+  count correlation it is each neuron's marginal pmf: the copula's dependence within a bin is
+  not scored.
 - `mean(rates, counts=None) -> [B,L,N]`: expected counts. Poisson: `rates`. History: with
   `counts`, the exact conditional mean E[s_t | observed past] (teacher forcing); without, a
   deterministic mean-field approximation of the free-running mean (the recursion run with the
@@ -227,6 +241,25 @@ def _count_cdf(lam: Tensor, alpha: Tensor | None, k_max: int) -> Tensor:
     return torch.stack(out, -1).clamp_max(1.0)
 
 
+def copula_hermite(lam: Tensor, alpha: Tensor | None, caps: Tensor, order: int = 1) -> Tensor:
+    """The Hermite coefficients c_1..c_order [order, ..., N] (float64) of counts min(X, cap_n)
+    as functions of their copula normal z, X Poisson(lam) (or gamma-Poisson with `alpha` [N])
+    and `caps` [N] each neuron's cap: the count is #{k < cap: z > z_k} with z_k = Φ⁻¹(P(X ≤ k)),
+    so c_n = E[count·He_n(z)] = Σ_k φ(z_k)·He_{n−1}(z_k). Two counts whose normals correlate by
+    ρ covary by Σ_n ρⁿ/n!·c_n,i·c_n,j (Mehler's expansion), ρ·c_1,i·c_1,j to first order."""
+    k_max = int(caps.max())
+    cdf = _count_cdf(lam, None if alpha is None else alpha.expand_as(lam), k_max)  # [..., N, K]
+    z = torch.special.ndtri(cdf.clamp(1e-12, 1.0 - 1e-12))
+    below = torch.arange(k_max, device=lam.device) < caps.to(lam.device)[:, None]  # [N, K]
+    density = torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi) * below  # φ(z_k), 0 past the cap
+    he_prev, he = torch.zeros_like(z), torch.ones_like(z)  # He_{-1} = 0, He_0 = 1
+    out = []
+    for n in range(order):
+        out.append((density * he).sum(-1))
+        he_prev, he = he, z * he - n * he_prev  # He_{n+1} = z·He_n − n·He_{n−1}
+    return torch.stack(out)
+
+
 def capped_count_log_prob(
     counts: Tensor, lam: Tensor, max_count: int | None, alpha: Tensor | None
 ) -> Tensor:
@@ -295,6 +328,9 @@ SPARSE_PUSH_SHARE = 4
 # with one generator per trial, uniforms are drawn per trial in blocks of this many bins, so a
 # trial's stream depends only on its own generator (not on batch size or padded length)
 UNIFORM_BLOCK_BINS = 1024
+# the copula's uniforms are kept this far inside (0, 1): Φ⁻¹(0) is −∞, and a float32 Φ rounds
+# to exactly 1 above z ≈ 5.4
+COPULA_TINY = 2.0**-24
 
 
 def _check_generator(generator: Generators, rates: Tensor) -> None:
@@ -415,6 +451,10 @@ class SpikeHistoryObservation(nn.Module):
         # per-neuron count dispersion α [N] (None = Poisson counts); see set_count_dispersion
         self.count_dispersion: Tensor | None = None
         self.use_history: Tensor | None = None  # [N] bool, None = every neuron
+        # the copula's correlation R [N, N] and a factor F with F·Fᵀ = R (None = independent
+        # draws); see set_count_correlation
+        self.count_correlation: Tensor | None = None
+        self.copula_factor: Tensor | None = None
         # the neurons form this many equal blocks that draw from the same uniforms (neuron n of
         # every block sees the same random numbers): variants of one model side by side then
         # differ by their parameters, not by their draws (common random numbers, see sample)
@@ -492,6 +532,42 @@ class SpikeHistoryObservation(nn.Module):
         if alpha.shape != (self.n_neurons,) or not bool(((alpha >= 0) & alpha.isfinite()).all()):
             raise ValueError("the count dispersion needs one finite value ≥ 0 per neuron")
         self.count_dispersion = alpha if bool((alpha > 0).any()) else None
+
+    @torch.no_grad()
+    def set_count_correlation(self, correlation: Tensor | None) -> None:
+        """Draw the neurons' counts of each bin through a Gaussian copula with correlation
+        `correlation` [N, N] (symmetric, unit diagonal, positive semi-definite; None or the
+        identity: independent draws). Not a weight: the fit estimates it from free-running
+        samples (`fit.history.fit_count_correlation`)."""
+        if correlation is None:
+            self.count_correlation = self.copula_factor = None
+            return
+        R = correlation.to(device=self.history.device, dtype=torch.float64)
+        N = self.n_neurons
+        if R.shape != (N, N) or not bool(R.isfinite().all()):
+            raise ValueError("the count correlation needs a finite [N, N] matrix")
+        eye = torch.eye(N, dtype=R.dtype, device=R.device)
+        if not torch.allclose(R, R.t(), atol=1e-6) or not torch.allclose(
+            R.diagonal(), eye.diagonal(), atol=1e-5
+        ):
+            raise ValueError("the count correlation must be symmetric with a unit diagonal")
+        values, vectors = torch.linalg.eigh(R)
+        if float(values.min()) < -1e-4:
+            raise ValueError("the count correlation must be positive semi-definite")
+        if torch.equal(R, eye):
+            self.count_correlation = self.copula_factor = None
+            return
+        dtype = self.history.dtype
+        self.count_correlation = R.to(dtype)
+        self.copula_factor = (vectors * values.clamp_min(0.0).sqrt()).to(dtype)  # [N, N]
+
+    def _copula(self, u: Tensor) -> Tensor:
+        """Independent uniforms [..., N] -> the copula's uniforms Φ(F·Φ⁻¹(u)) [..., N] (`u` as it
+        is without a copula)."""
+        if self.copula_factor is None:
+            return u
+        z = torch.special.ndtri(u.clamp_min(COPULA_TINY))  # [..., N] standard normals
+        return torch.special.ndtr(z @ self.copula_factor.t()).clamp(COPULA_TINY, 1.0 - COPULA_TINY)
 
     @torch.no_grad()
     def set_selection(self, use_history: Tensor | None, count_cap: Tensor | None) -> None:
@@ -577,12 +653,15 @@ class SpikeHistoryObservation(nn.Module):
         N = rates.shape[-1]
         if N % blocks:
             raise ValueError(f"{N} neurons do not split into {blocks} blocks of shared draws")
-        if isinstance(generator, torch.Generator) and (alpha is not None or blocks > 1):
+        copula = self.copula_factor is not None
+        if copula and blocks > 1:
+            raise ValueError("a count correlation needs one block of draws per neuron")
+        if isinstance(generator, torch.Generator) and (alpha is not None or blocks > 1 or copula):
 
             def draw(lam: Tensor, t: int) -> Tensor:
                 shape = (lam.shape[0], N // blocks)
                 u = torch.rand(shape, generator=generator, device=lam.device).repeat(1, blocks)
-                return inverse_cdf_poisson(u, lam, cap, alpha)
+                return inverse_cdf_poisson(self._copula(u), lam, cap, alpha)
 
         elif isinstance(generator, torch.Generator):
 
@@ -607,7 +686,8 @@ class SpikeHistoryObservation(nn.Module):
                         rows = min(rows, total - t)
                     width = N // blocks
                     u = [torch.rand(rows, width, generator=g, device=lam.device) for g in gens]
-                    block[:] = [torch.stack(u, 1).repeat(1, 1, blocks)]  # [block, B, N]
+                    u = self._copula(torch.stack(u, 1))  # [block, B, N / blocks]
+                    block[:] = [u.repeat(1, 1, blocks)]  # [block, B, N]
                 return inverse_cdf_poisson(block[0][j], lam, cap, alpha)
 
         s = self._run(rates, draw)
@@ -691,6 +771,7 @@ class SpikeHistoryObservation(nn.Module):
             f"max_excitation={self.max_excitation}, "
             f"per_neuron_bound={self.excitation_bound is not None}, "
             f"count_dispersion={self.count_dispersion is not None}, "
+            f"count_correlation={self.count_correlation is not None}, "
             f"history_input={self.history_input}"
         )
 
@@ -753,6 +834,11 @@ class HistoryConfig:
     # score went from 0.26 to 0.11 (0.51 to 0.13 with --seed 1); the latent beds' scores moved
     # by at most 0.02 but for two ISI scores (at most 0.09; python bench/quality_realism.py --reuse)
     match_count_dispersion: bool = True
+    # where the free-running validation samples miss the pairwise correlations, estimate a
+    # Gaussian copula between the units' counts (see the module docstring) from the training
+    # trials, and keep it when it generates the validation trials' population statistics clearly
+    # better (fit.history.choose_count_correlation)
+    count_correlation: bool = True
     # clamp each neuron's samples at the most spikes the training data shows in one of its bins
     cap_from_data: bool = True
     # keep, per neuron, whichever of history and Poisson generates statistics closer to the
