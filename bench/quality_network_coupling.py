@@ -19,7 +19,10 @@ Each variant samples the test trials free-running from their own autoencoder rat
 sample` draws spikes, one generator per trial) and is scored with `ldns.evaluate` against those
 trials. Also reported: the teacher-forced training NLL, the correlation of the fitted J (summed
 over kernels) with the simulator's true coupling, off the diagonal, and the same scores for
-the fitted history model alone, with its count dispersion switched off, and for Poisson draws.
+the fitted history model alone (and without its copula, when it has one), with its count
+dispersion switched off, and for Poisson draws; and, for comparison, the history model with a
+copula between its units' counts estimated on the training trials (`fit_count_correlation`),
+which leaves every unit's own law as it is.
 
 Any further `--models` folders (e.g. autoencoders fitted with another `--latent-dim` on the same
 data) are scored with their own history model and Poisson only.
@@ -51,7 +54,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import log, write_results
 from ldns_cli.core.data import SpikeData
 from ldns_cli.fit.checks import observation_draws
-from ldns_cli.fit.history import match_free_running_rates, tensor_batches
+from ldns_cli.fit.history import (
+    fit_count_correlation,
+    match_free_running_rates,
+    tensor_batches,
+)
 from ldns_cli.fit.splits import split_train_val
 from ldns_cli.io.formats import read_spikes
 from ldns_cli.nn.autoencoder import infer
@@ -197,6 +204,10 @@ def main() -> None:
         test_rates = infer(ae, test)[1]
         row: dict[str, Any] = {"latent_dim": int(ae.config.latent_dim)}
         row["history"] = scores(base, test_rates, test)
+        if base.count_correlation is not None:  # as stored, and with its units drawn independently
+            base = copy.deepcopy(base)
+            base.set_count_correlation(None)
+            row["history_independent"] = scores(base, test_rates, test)
         plain = copy.deepcopy(base)
         plain.count_dispersion = None
         row["history_without_dispersion"] = scores(plain, test_rates, test)
@@ -241,6 +252,16 @@ def main() -> None:
                     key = f"coupled_{coupling_input}_l2_{l2:g}"
                     row[key] = entry
                     log(f"  {key}: {entry}")
+            # the alternative that leaves each unit's own law alone: a copula between the counts
+            t0 = time.perf_counter()
+            R, figures = fit_count_correlation(base, batches, train.n_trials, seed)
+            if R is not None:
+                copula = copy.deepcopy(base)
+                copula.set_count_correlation(R)
+                figures["scores"] = scores(copula, test_rates, test)
+            figures["fit_s"] = round(time.perf_counter() - t0, 1)
+            row["copula"] = figures
+            log(f"  copula: {figures}")
         results[str(folder)] = row
     write_results("quality_network_coupling", results)
 

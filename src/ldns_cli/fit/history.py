@@ -50,7 +50,12 @@ step is judged on free-running samples:
    model with a coupling between units is fitted the same way and kept if it generates the
    validation trials' population statistics clearly better (`choose_coupling`): when the units
    drive one another, the autoencoder's smooth rates lack the fast shared fluctuations that
-   independent units cannot put back.
+   independent units cannot put back;
+6. with `count_correlation` (the default), where the free-running validation samples still miss
+   the pairwise correlations, a Gaussian copula between the units' counts is estimated from the
+   covariance the training trials' free-running samples miss and kept if it generates the
+   validation trials' population statistics clearly better (`choose_count_correlation`): it
+   leaves every unit's own law exactly as it is, so nothing chosen before changes.
 
 Stored as checkpoint kind "history" at `<models>/history.safetensors`; `store.load_observation`
 loads it back.
