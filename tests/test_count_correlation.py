@@ -162,18 +162,23 @@ def test_the_copula_is_kept_only_where_held_out_samples_miss_the_correlations(co
         source.set_count_correlation(block_correlation(N, 3, 0.5))
     counts = _draws(source, rates, seed=4)
     train, held = slice(0, 240), slice(240, None)
-    model = poisson_model(N)
-    model.fit_summary = {}
-    choose_count_correlation(
-        model,
-        tensor_batches(counts[train], rates[train], mask[train]),
-        240,
-        (counts[held], rates[held], mask[held]),
-        _spike_data(counts[train]),
-        "validation",
-        seed=9,
-        quiet=True,
-    )
+
+    def choose(trials: int, split: str | None) -> SpikeHistoryObservation:
+        model = poisson_model(N)
+        model.fit_summary = {}
+        choose_count_correlation(
+            model,
+            tensor_batches(counts[train], rates[train], mask[train]),
+            240,
+            (counts[held][:trials], rates[held][:trials], mask[held][:trials]),
+            _spike_data(counts[train]),
+            split,
+            seed=9,
+            quiet=True,
+        )
+        return model
+
+    model = choose(60, "validation")
     figures = model.fit_summary["count_correlation"]
     assert figures["kept"] is correlated
     if correlated:
@@ -184,22 +189,12 @@ def test_the_copula_is_kept_only_where_held_out_samples_miss_the_correlations(co
     else:
         assert model.count_correlation is None and "≤" in figures["reason"]
     # with too few held-out trials, or none, nothing is tried
-    few = poisson_model(N)
-    few.fit_summary = {}
-    choose_count_correlation(
-        few,
-        tensor_batches(counts[train], rates[train], mask[train]),
-        240,
-        (counts[held][:10], rates[held][:10], mask[held][:10]),
-        _spike_data(counts[train]),
-        "validation",
-        seed=9,
-        quiet=True,
-    )
-    assert (
-        few.count_correlation is None
-        and "too few" in few.fit_summary["count_correlation"]["reason"]
-    )
+    few = choose(10, "validation")
+    assert few.count_correlation is None
+    assert "too few" in few.fit_summary["count_correlation"]["reason"]
+    none = choose(60, None)
+    assert none.count_correlation is None
+    assert "no validation trials" in none.fit_summary["count_correlation"]["reason"]
 
 
 def test_the_copula_survives_a_save_and_load_and_a_damaged_one_is_refused(tmp_path):
