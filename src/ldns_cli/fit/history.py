@@ -1527,13 +1527,14 @@ def fit_count_correlation(
     The model (without a copula) samples every trial free-running (repeated up to
     MIN_SAMPLED_TRIALS trials); the missing covariance is Δ = Cov(data) − Cov(samples), both
     pooled over valid bins. A copula correlation ρ_ij adds Σ_n ρ_ijⁿ·E[c_n,i·c_n,j]/n! to it
-    (`copula_hermite`, HERMITE_ORDER terms), and R_ij solves that for κ·Δ_ij. Δ is estimated from a few hundred trials,
-    and on held-out trials the full estimate overshoots (the E/I network bed: corr score 0.30
-    → 0.27 at κ = 1, 0.16 at κ = 0.5; ad hoc probe), so κ is Δ's reliability: with Δ_A and Δ_B
-    from two halves of the trials, κ = mean(Δ_A·Δ_B) / mean(Δ·Δ) over the pairs, the share of
-    Δ's spread that both halves agree on (the best linear shrinkage when the halves' errors are
-    independent), within [0, 1]. The correlations stay within ±COPULA_MAX_CORRELATION, and the
-    matrix is made positive semi-definite with a unit diagonal (`_unit_diagonal_psd`). Returns R and figures
+    (`copula_hermite`, HERMITE_ORDER terms), and R_ij solves that for κ·Δ_ij. Δ comes from a
+    few hundred trials, and on held-out trials the full estimate overshoots (the E/I network
+    bed, a first-order estimate: test correlation score 0.30 without a copula, 0.27 at κ = 1,
+    0.16 at κ = 0.5; ad hoc probe), so κ is Δ's reliability: with Δ_A and Δ_B from two halves
+    of the trials, κ = mean(Δ_A·Δ_B) / mean(Δ·Δ) over the pairs, the share of Δ's spread that
+    both halves agree on (the best linear shrinkage when the halves' errors are independent),
+    within [0, 1]. The correlations stay within ±COPULA_MAX_CORRELATION, and the matrix is made
+    positive semi-definite with a unit diagonal (`_unit_diagonal_psd`). Returns R and figures
     (κ, the pairs' spread, the clipped eigenvalue share).
     """
     if model.count_correlation is not None:
