@@ -100,6 +100,9 @@ def test_copula_draws_depend_only_on_each_trials_generator():
     batch = m.sample(rates, [gen(10), gen(11), gen(12)], torch.tensor([1100, 1050, 7]))
     alone = m.sample(rates[1:2, :1050], [gen(11)])
     torch.testing.assert_close(batch[1:2, :1050], alone)
+    # and the copula is what drew them: independent draws from the same generators differ
+    independent = poisson_model(3).sample(rates[1:2, :1050], [gen(11)])
+    assert not torch.equal(alone, independent)
 
 
 def test_hermite_coefficient_predicts_the_covariance_of_weakly_correlated_counts():
@@ -237,3 +240,16 @@ def test_stacked_variants_cannot_share_draws_with_a_copula():
     m.shared_draw_blocks = 2
     with pytest.raises(ValueError, match="one block"):
         m.sample(torch.full((2, 5, 4), 0.2), gen(0))
+
+
+def test_hermite_moments_do_not_depend_on_the_chunk_size(monkeypatch):
+    import ldns_cli.fit.history as history
+
+    N, B, L = 5, 30, 40
+    rates = varying_rates(B, L, N, seed=8)
+    batches = tensor_batches(torch.zeros(B, L, N), rates, torch.ones(B, L, dtype=torch.bool))
+    model = poisson_model(N)
+    whole = history._hermite_moments(model, batches)
+    monkeypatch.setattr(history, "HERMITE_CHUNK_ELEMENTS", 7 * N)  # 7 bins per chunk
+    np.testing.assert_allclose(history._hermite_moments(model, batches), whole, rtol=1e-10)
+    assert whole.shape == (history.HERMITE_ORDER, N, N) and (np.diag(whole[0]) > 0).all()

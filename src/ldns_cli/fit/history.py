@@ -1371,6 +1371,22 @@ def _cost_difference_se(
     return float(np.std(diffs, ddof=1))
 
 
+def _cannot_judge(
+    held_out: tuple[Tensor, Tensor, Tensor], split: str | None, what: str
+) -> str | None:
+    """Why the held-out trials cannot judge `what` (none, or fewer than MIN_COUPLING_TRIALS),
+    or None when they can."""
+    n_held = int(held_out[0].shape[0])
+    if split is None:
+        return f"no validation trials to judge {what} on"
+    if n_held < MIN_COUPLING_TRIALS:
+        return (
+            f"{n_held} {split} trials are too few to judge {what} on "
+            f"(at least {MIN_COUPLING_TRIALS})"
+        )
+    return None
+
+
 def choose_coupling(
     uncoupled: SpikeHistoryObservation,
     fit_coupled: Callable[[int], SpikeHistoryObservation],
@@ -1400,14 +1416,9 @@ def choose_coupling(
             console.info(f"spike history: no coupling between units: {reason}")
         return uncoupled
 
-    n_held = int(held_out[0].shape[0])
-    if split is None:
-        return uncoupled_because("no validation trials to judge a coupling on")
-    if n_held < MIN_COUPLING_TRIALS:
-        return uncoupled_because(
-            f"{n_held} {split} trials are too few to judge a coupling on "
-            f"(at least {MIN_COUPLING_TRIALS})"
-        )
+    unjudged = _cannot_judge(held_out, split, "a coupling")
+    if unjudged:
+        return uncoupled_because(unjudged)
     before, before_sets = population_check(uncoupled, held_out, other, seed)
     summary["uncoupled"] = before
     missed = {
@@ -1461,6 +1472,9 @@ HERMITE_UNCAPPED_COUNTS = 16
 # puts a correlation of 0.4 between Poisson units at 0.53 (the skewed counts' second term is
 # large), four recover it (tests/test_count_correlation.py)
 HERMITE_ORDER = 4
+# bins × units per chunk of the Hermite moments: their float64 buffers [bins, N, cap] stay within
+# tens of MB whatever the recording's size
+HERMITE_CHUNK_ELEMENTS = 1_000_000
 
 
 def _pooled_covariance(counts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -1484,11 +1498,13 @@ def _hermite_moments(model: SpikeHistoryObservation, batches: MatchBatches) -> n
     alpha = None if model.count_dispersion is None else model.count_dispersion.detach().cpu()
     N = model.n_neurons
     total, bins = np.zeros((HERMITE_ORDER, N, N)), 0
+    rows = max(1, HERMITE_CHUNK_ELEMENTS // N)  # bins per chunk: [M, N, cap] float64 buffers
     for _, rates, mask in batches():
         lam = rates[mask].detach().cpu()  # [M, N]
-        c = copula_hermite(lam, alpha, caps, HERMITE_ORDER).numpy()  # [order, M, N]
-        total += np.einsum("omi,omj->oij", c, c)
-        bins += c.shape[1]
+        for lo in range(0, lam.shape[0], rows):
+            c = copula_hermite(lam[lo : lo + rows], alpha, caps, HERMITE_ORDER).numpy()
+            total += np.einsum("omi,omj->oij", c, c)  # c [order, m, N]
+            bins += c.shape[1]
     factorial = np.array([math.factorial(n + 1) for n in range(HERMITE_ORDER)])[:, None, None]
     return total / max(bins, 1) / factorial
 
@@ -1598,11 +1614,9 @@ def choose_count_correlation(
         if not quiet:
             console.info(f"spike history: units drawn independently: {reason}")
 
-    n_held = int(held_out[0].shape[0])
-    if split is None:
-        return without("no validation trials to judge a count correlation on")
-    if n_held < MIN_COUPLING_TRIALS:
-        return without(f"{n_held} {split} trials are too few to judge a count correlation on")
+    unjudged = _cannot_judge(held_out, split, "a count correlation")
+    if unjudged:
+        return without(unjudged)
     # the coupling choice has scored this model's free-running held-out samples already
     coupling = model.fit_summary.get("coupling", {})  # type: ignore[attr-defined]
     scored = coupling.get("coupled" if coupling.get("rank") else "uncoupled")
