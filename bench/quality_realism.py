@@ -21,6 +21,9 @@ for larger beds and for timing the refit.
 `--coupling-rank R|auto` refits the history model with that coupling between units (0: none; by
 default the fit's own default, auto) before sampling.
 
+`--count-correlation auto|always|never` refits the history model with that copula setting
+(`HistoryConfig.count_correlation`) before sampling.
+
 `--history-input spikes|residuals` refits the history model with its kernels filtering the
 past counts or their deviations from the rates (`HistoryConfig.history_input`).
 
@@ -117,6 +120,7 @@ def run_bed(
     reuse: bool = False,
     coupling_rank: str | None = None,
     history_input: str | None = None,
+    count_correlation: str | None = None,
 ) -> dict:
     dataset, history, trials, neurons, length = BEDS[name]
     data = ldns.simulate(
@@ -127,6 +131,7 @@ def run_bed(
     reused = reuse and (folder / "ae.safetensors").exists()
     settings = {} if coupling_rank is None else {"coupling_rank": coupling_rank}
     settings |= {} if history_input is None else {"history_input": history_input}
+    settings |= {} if count_correlation is None else {"count_correlation": count_correlation}
     config = work / f"{folder.name}_history.json"
     config.write_text(json.dumps(settings))
     if reused:  # the stored autoencoder; the history model refitted with the current code
@@ -216,6 +221,9 @@ def main() -> None:
     parser.add_argument("--history-input", choices=("spikes", "residuals"), default=None,
                         help="refit the history model with this kernel input (default: the "
                              "fit's own default)")  # fmt: skip
+    parser.add_argument("--count-correlation", choices=("auto", "always", "never"), default=None,
+                        help="refit the history model with this copula setting (default: the "
+                             "fit's own default)")  # fmt: skip
     parser.add_argument("--work", type=Path, default=None,
                         help="keep the model folders here (default: a temporary folder)")  # fmt: skip
     parser.add_argument("--reuse", action="store_true",
@@ -229,6 +237,7 @@ def main() -> None:
     tag += "" if args.coupling_rank is None else f"_coupling{args.coupling_rank}"
     tag += "" if args.latent_dim is None else f"_z{args.latent_dim}"
     tag += "" if args.history_input is None else f"_{args.history_input}"
+    tag += "" if args.count_correlation is None else f"_copula_{args.count_correlation}"
     tag += "" if args.seed == 0 else f"_seed{args.seed}"  # another dataset of the same beds
     out["match_dispersion"] = args.match_dispersion
     out["latent_dim"] = args.latent_dim
@@ -239,7 +248,7 @@ def main() -> None:
         for name in args.beds:
             out["beds"][name] = run_bed(
                 name, args.epochs, args.seed, work, args.match_dispersion, args.latent_dim,
-                args.reuse, args.coupling_rank, args.history_input,
+                args.reuse, args.coupling_rank, args.history_input, args.count_correlation,
             )  # fmt: skip
             write_results(tag, out)
     print(json.dumps(out["beds"], indent=1, default=str))

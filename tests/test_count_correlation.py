@@ -166,7 +166,7 @@ def test_the_copula_is_kept_only_where_held_out_samples_miss_the_correlations(co
     counts = _draws(source, rates, seed=4)
     train, held = slice(0, 240), slice(240, None)
 
-    def choose(trials: int, split: str | None) -> SpikeHistoryObservation:
+    def choose(trials: int, split: str | None, always: bool = False) -> SpikeHistoryObservation:
         model = poisson_model(N)
         model.fit_summary = {}
         choose_count_correlation(
@@ -178,6 +178,7 @@ def test_the_copula_is_kept_only_where_held_out_samples_miss_the_correlations(co
             split,
             seed=9,
             quiet=True,
+            always=always,
         )
         return model
 
@@ -198,6 +199,27 @@ def test_the_copula_is_kept_only_where_held_out_samples_miss_the_correlations(co
     none = choose(60, None)
     assert none.count_correlation is None
     assert "no validation trials" in none.fit_summary["count_correlation"]["reason"]
+    # "always": kept wherever the training halves agree, judged or not; the held-out figures
+    # are still reported when there are enough held-out trials
+    for trials, split in ((60, "validation"), (10, "validation"), (60, None)):
+        forced = choose(trials, split, always=True)
+        figures = forced.fit_summary["count_correlation"]
+        if correlated:
+            assert figures["kept"] and forced.count_correlation is not None
+            assert "always" in figures["reason"]
+            assert ("correlated" in figures) is (trials == 60 and split is not None)
+        elif forced.count_correlation is not None:  # independent counts: shrunk to ~nothing
+            off = ~torch.eye(N, dtype=torch.bool)
+            assert float(forced.count_correlation[off].abs().max()) < 0.1
+
+
+def test_the_count_correlation_setting_reads_its_earlier_on_off_form_and_refuses_others():
+    assert HistoryConfig().count_correlation == "auto"
+    assert HistoryConfig(count_correlation=True).count_correlation == "auto"
+    assert HistoryConfig(count_correlation=False).count_correlation == "never"
+    assert HistoryConfig(count_correlation="always").count_correlation == "always"
+    with pytest.raises(LdnsError, match="count_correlation must be one of"):
+        HistoryConfig(count_correlation="sometimes")
 
 
 def test_the_copula_survives_a_save_and_load_and_a_damaged_one_is_refused(tmp_path):

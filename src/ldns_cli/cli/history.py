@@ -82,6 +82,18 @@ def fit_history_cmd(
             "cuts short.",
         ),
     ] = None,
+    count_correlation: Annotated[
+        str | None,
+        flag_opt(
+            "--count-correlation",
+            "A Gaussian copula between the units' counts (each unit's own statistics "
+            "unchanged): auto (the default) keeps it where free-running validation samples "
+            "miss the pairwise correlations and it generates them clearly better; always keeps "
+            "it wherever the training trials show the covariance the samples miss (for "
+            "validation sets too small to see it); never.",
+            metavar="auto|always|never",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     trials: TrialsOpt = None,
     bin_ms: BinMsOpt = None,
@@ -127,6 +139,7 @@ def fit_history_cmd(
         ),
         rate_match_rounds=rate_match_rounds,
         max_excitation=max_excitation,
+        count_correlation=count_correlation,
         config=config,
         seed=seed,
         device=device,

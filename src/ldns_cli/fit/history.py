@@ -51,11 +51,13 @@ step is judged on free-running samples:
    validation trials' population statistics clearly better (`choose_coupling`): when the units
    drive one another, the autoencoder's smooth rates lack the fast shared fluctuations that
    independent units cannot put back;
-6. with `count_correlation` (the default), where the free-running validation samples still miss
-   the pairwise correlations, a Gaussian copula between the units' counts is estimated from the
-   covariance the training trials' free-running samples miss and kept if it generates the
-   validation trials' population statistics clearly better (`choose_count_correlation`): it
-   leaves every unit's own law exactly as it is, so nothing chosen before changes.
+6. with `count_correlation` "auto" (the default), where the free-running validation samples
+   still miss the pairwise correlations, a Gaussian copula between the units' counts is
+   estimated from the covariance the training trials' free-running samples miss and kept if it
+   generates the validation trials' population statistics clearly better
+   (`choose_count_correlation`; "always" keeps it wherever the training trials show that
+   covariance repeatably): it leaves every unit's own law exactly as it is, so nothing chosen
+   before changes.
 
 Stored as checkpoint kind "history" at `<models>/history.safetensors`; `store.load_observation`
 loads it back.
@@ -83,6 +85,8 @@ from ldns_cli.core.data import SpikeData
 from ldns_cli.nn.observation import (
     AUTO,
     AUTO_COUPLING_RANK,
+    COPULA_ALWAYS,
+    COPULA_NEVER,
     MIN_RATE,
     SPIKES,
     HistoryConfig,
@@ -1159,7 +1163,7 @@ def fit_history_for_ae(
             coupling_seed,
             quiet,
         )
-    if cfg.count_correlation:
+    if cfg.count_correlation != COPULA_NEVER:
         copula_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         choose_count_correlation(
             model,
@@ -1170,6 +1174,7 @@ def fit_history_for_ae(
             None if val is None else split,
             copula_seed,
             quiet,
+            always=cfg.count_correlation == COPULA_ALWAYS,
         )
     # the training data's per-neuron range, for `sample`'s out-of-range warnings
     model.fit_summary["data_range"] = neuron_range(  # type: ignore[attr-defined]
@@ -1595,6 +1600,7 @@ def choose_count_correlation(
     split: str | None,
     seed: int,
     quiet: bool = False,
+    always: bool = False,
 ) -> None:
     """Give `model` a copula between its units' counts where that generates the held-out trials'
     population statistics clearly better (`HistoryConfig.count_correlation`).
@@ -1603,8 +1609,10 @@ def choose_count_correlation(
     COUPLING_TRIGGER on pairwise correlations; estimated on the trials of `batches` (the
     training trials, `fit_count_correlation`) and kept when the summed squared scores of
     COPULA_METRICS fall by more than COUPLING_Z standard errors of the paired difference, as
-    for a coupling (`choose_coupling`). Sets the copula in place; the figures go to
-    `fit_summary["count_correlation"]`.
+    for a coupling (`choose_coupling`). With `always` it is tried whatever the held-out score
+    and kept wherever the estimate finds a repeatable deficit; the held-out figures are still
+    measured and reported when there are enough held-out trials. Sets the copula in place; the
+    figures go to `fit_summary["count_correlation"]`.
     """
     summary: dict[str, Any] = {"kept": False}
     model.fit_summary["count_correlation"] = summary  # type: ignore[attr-defined]
@@ -1615,39 +1623,51 @@ def choose_count_correlation(
             console.info(f"spike history: units drawn independently: {reason}")
 
     unjudged = _cannot_judge(held_out, split, "a count correlation")
-    if unjudged:
+    before, before_sets, score = None, None, None
+    if unjudged and not always:
         return without(unjudged)
-    # the coupling choice has scored this model's free-running held-out samples already
-    coupling = model.fit_summary.get("coupling", {})  # type: ignore[attr-defined]
-    scored = coupling.get("coupled" if coupling.get("rank") else "uncoupled")
-    before, before_sets = None, None
-    if scored is None:
-        before, before_sets = population_check(model, held_out, other, seed, COPULA_METRICS)
-        scored = before
-    score = scored["scores"]["corr_rmse"]["score"] or 0.0
-    if score <= COUPLING_TRIGGER:
-        return without(
-            f"free-running {split} samples score {score:.2f} ≤ {COUPLING_TRIGGER} on correlations"
-        )
-    if before is None:  # this seed's samples, for the paired comparison below
-        before, before_sets = population_check(model, held_out, other, seed, COPULA_METRICS)
-    summary["independent"] = before
+    if not unjudged:
+        # the coupling choice has scored this model's free-running held-out samples already
+        coupling = model.fit_summary.get("coupling", {})  # type: ignore[attr-defined]
+        scored = coupling.get("coupled" if coupling.get("rank") else "uncoupled")
+        if scored is None or always:  # always: this seed's samples, for the figures below
+            before, before_sets = population_check(model, held_out, other, seed, COPULA_METRICS)
+            scored = before
+        score = scored["scores"]["corr_rmse"]["score"] or 0.0
+        if score <= COUPLING_TRIGGER and not always:
+            return without(
+                f"free-running {split} samples score {score:.2f} ≤ {COUPLING_TRIGGER} on "
+                "correlations"
+            )
+        if before is None:  # this seed's samples, for the paired comparison below
+            before, before_sets = population_check(model, held_out, other, seed, COPULA_METRICS)
+        summary["independent"] = before
     R, figures = fit_count_correlation(auto_selected(model), batches, n_trials, seed)
     summary.update(figures)
     if R is None:
         return without(
             "the covariance the samples miss does not repeat between halves of the training trials"
         )
+    if before is None or before_sets is None:  # always, with no held-out trials to report on
+        summary.update({"kept": True, "reason": f"always; {unjudged}"})
+        model.set_count_correlation(R)
+        if not quiet:
+            console.info(f"spike history: count correlation kept (always; {unjudged})")
+        return None
     candidate = copy.deepcopy(model)
     candidate.set_count_correlation(R)
     after, after_sets = population_check(candidate, held_out, other, seed, COPULA_METRICS)
     se = _cost_difference_se(before_sets, after_sets, other, seed, COPULA_METRICS)
     summary.update({"correlated": after, "cost_difference_se": se})
-    keep = before["cost"] - after["cost"] > COUPLING_Z * se
+    keep = always or before["cost"] - after["cost"] > COUPLING_Z * se
+    rule = (
+        "kept always"
+        if always
+        else f"kept when lower by more than {COUPLING_Z:g} standard errors, {COUPLING_Z * se:.3f}"
+    )
     detail = (
         f"population score² sum {after['cost']:.3f} with vs {before['cost']:.3f} without on "
-        f"{split} trials (kept when lower by more than {COUPLING_Z:g} standard errors, "
-        f"{COUPLING_Z * se:.3f}); correlations {score:.2f} → "
+        f"{split} trials ({rule}); correlations {score:.2f} → "
         f"{after['scores']['corr_rmse']['score'] or 0.0:.2f}"
     )
     summary.update({"kept": bool(keep), "reason": detail})
@@ -1656,6 +1676,7 @@ def choose_count_correlation(
     if not quiet:
         verdict = "count correlation kept" if keep else "count correlation not kept"
         console.info(f"spike history: {verdict}: {detail}")
+    return None
 
 
 _POPULATION_LABELS = {
@@ -1680,6 +1701,7 @@ def refit_history(
     coupling_rank: int | str | None = None,
     rate_match_rounds: int | None = None,
     max_excitation: float | None = None,
+    count_correlation: str | None = None,
     config: str | Path | None = None,
     seed: int | None = None,
     device: str = "auto",
@@ -1692,7 +1714,8 @@ def refit_history(
 
     Settings: defaults < `config` (a JSON file) < keyword arguments; `max_count=0` means no cap;
     `coupling_rank="auto"` (the default) fits a coupling only where it generates the validation
-    trials better (`choose_coupling`).
+    trials better (`choose_coupling`); `count_correlation` is "auto" (the default), "always" or
+    "never" (`HistoryConfig.count_correlation`).
     `seed` defaults to the autoencoder's. The fit summary is the model's `fit_summary`.
     """
     from ldns_cli.core.checkpoint import check_data_matches
@@ -1714,6 +1737,7 @@ def refit_history(
         "coupling_rank": coupling_rank,
         "rate_match_rounds": rate_match_rounds,
         "max_excitation": max_excitation,
+        "count_correlation": count_correlation,
     }
     if max_count is not None:
         if max_count < 0:

@@ -131,6 +131,10 @@ AUTO_COUPLING_RANK = 1
 # the rates
 SPIKES, RESIDUALS = "spikes", "residuals"
 HISTORY_INPUTS = (SPIKES, RESIDUALS)
+# HistoryConfig.count_correlation: AUTO, or the copula kept always (where the training trials
+# show a repeatable deficit) or never
+COPULA_ALWAYS, COPULA_NEVER = "always", "never"
+COPULA_SETTINGS = (AUTO, COPULA_ALWAYS, COPULA_NEVER)
 
 
 def kernel_input(capped: Tensor, rates: Tensor | None, history_input: str) -> Tensor:
@@ -834,11 +838,14 @@ class HistoryConfig:
     # score went from 0.26 to 0.11 (0.51 to 0.13 with --seed 1); the latent beds' scores moved
     # by at most 0.02 but for two ISI scores (at most 0.09; python bench/quality_realism.py --reuse)
     match_count_dispersion: bool = True
-    # where the free-running validation samples miss the pairwise correlations, estimate a
-    # Gaussian copula between the units' counts (see the module docstring) from the training
-    # trials, and keep it when it generates the validation trials' population statistics clearly
-    # better (fit.history.choose_count_correlation)
-    count_correlation: bool = True
+    # a Gaussian copula between the units' counts (see the module docstring), estimated from
+    # the training trials (fit.history.choose_count_correlation). "auto": tried where the
+    # free-running validation samples miss the pairwise correlations, and kept when it generates
+    # the validation trials' population statistics clearly better. "always": kept wherever the
+    # two halves of the training trials agree on the covariance the samples miss (a validation
+    # set of a few dozen trials can be too small to see it). "never": units drawn independently.
+    # A saved true/false reads as auto/never.
+    count_correlation: str = AUTO
     # clamp each neuron's samples at the most spikes the training data shows in one of its bins
     cap_from_data: bool = True
     # keep, per neuron, whichever of history and Poisson generates statistics closer to the
@@ -863,6 +870,16 @@ class HistoryConfig:
             raise LdnsError(
                 f"coupling_rank must be a whole number ≥ 0 or 'auto', got {rank!r}",
                 "e.g. 1; 0 = no coupling; auto = only where validation samples need it",
+            )
+        if isinstance(self.count_correlation, bool):  # the setting's earlier on/off form
+            object.__setattr__(
+                self, "count_correlation", AUTO if self.count_correlation else COPULA_NEVER
+            )
+        if self.count_correlation not in COPULA_SETTINGS:
+            raise LdnsError(
+                f"count_correlation must be one of {', '.join(COPULA_SETTINGS)}, got "
+                f"{self.count_correlation!r}",
+                "auto: kept where validation samples need it; always; never",
             )
         if self.history_input not in HISTORY_INPUTS:
             raise LdnsError(
