@@ -554,10 +554,8 @@ def draw_sized_max(counts: np.ndarray, lengths: np.ndarray, source: np.ndarray) 
     over R repeats a model exactly like the data shows more than the data's maximum. So the
     sampled trials are split into the R draws of one trial each, and the draws' maxima are
     averaged."""
-    if not source.size:
-        return np.zeros(counts.shape[2])
-    n_sources = int(source.max()) + 1
-    repeats = len(source) // n_sources
+    n_sources = int(source.max()) + 1 if source.size else 0
+    repeats = len(source) // max(n_sources, 1)
     order = np.argsort(source, kind="stable")  # the repeats of each trial, in drawing order
     draw = np.empty(len(source), dtype=np.int64)
     draw[order] = np.tile(np.arange(repeats), n_sources)  # [R·B] which draw a row belongs to
