@@ -1307,7 +1307,9 @@ COUPLING_METRICS = ("psc_w1", "corr_rmse", "psd_log_mse", "fano_rmse", "autocorr
 # estimate itself was noisy enough to decide: on 400 E/I network trials (`ldns simulate network
 # --seed 1`) the copula's standard error came out 0.036 and 0.050 in two fits differing in a few
 # units' history/Poisson choice, against 0.026 and 0.031 with 64 resamples, and the copula was
-# kept in one fit and not the other (its cost fell 0.08 in both)
+# kept in one fit and not the other (its cost fell 0.08 in both). The price: where a choice is
+# tried, each standard error takes about 40 s instead of 11 s on that bed's 35 validation
+# trials repeated to 512 (1 thread, a shared box; synthetic counts of its size)
 COUPLING_Z = 2.0
 COUPLING_BOOTSTRAP = 64
 # fewer held-out trials than this cannot judge a coupling: their population scores are noise
