@@ -108,7 +108,7 @@ from ldns_cli.scoring.neurons import (
     neuron_stats,
     score_scales,
 )
-from ldns_cli.scoring.population import population_scores
+from ldns_cli.scoring.population import population_scores_of
 from ldns_cli.store import history_path
 
 # per-neuron (excitation, inhibition, bound) factors tried by the dispersion matching: the
@@ -1308,7 +1308,7 @@ COUPLING_METRICS = ("psc_w1", "corr_rmse", "psd_log_mse", "fano_rmse", "autocorr
 # --seed 1`) the copula's standard error came out 0.036 and 0.050 in two fits differing in a few
 # units' history/Poisson choice, against 0.026 and 0.031 with 64 resamples, and the copula was
 # kept in one fit and not the other (its cost fell 0.08 in both). The price: where a choice is
-# tried, each standard error takes about 40 s instead of 11 s on that bed's 35 validation
+# tried, each standard error takes about 35 s instead of 10 s on that bed's 35 validation
 # trials repeated to 512 (1 thread, a shared box; synthetic counts of its size)
 COUPLING_Z = 2.0
 COUPLING_BOOTSTRAP = 64
@@ -1334,28 +1334,33 @@ def population_check(
     sets = sample_free_running(
         auto_selected(model), tensor_batches(counts, rates, mask), n, seed, MIN_SAMPLED_TRIALS
     )
-    scores, cost = _population_cost(sets, other, seed, metrics)
+    scores, cost = _population_costs([sets], other, seed, metrics)[0]
     return {"scores": scores, "cost": cost}, sets
 
 
-def _population_cost(
-    sets: FreeRunningSets,
+def _population_costs(
+    candidates: list[FreeRunningSets],
     other: SpikeData,
     seed: int,
     metrics: tuple[str, ...],
     trials: np.ndarray | None = None,
     rows: np.ndarray | None = None,
-) -> tuple[dict[str, dict[str, float | None]], float]:
-    """Scores and cost of free-running `sets`; with `trials` (held-out trial indices, repeats
-    allowed) and `rows` (the sampled trials drawn for them), of that resample only."""
-    s, s_len, d, d_len, _ = sets
+) -> list[tuple[dict[str, dict[str, float | None]], float]]:
+    """Scores and cost of each candidate's free-running sets, all sampled for the same held-out
+    trials in the same order (the data, floor and naive sets are scored once); with `trials`
+    (held-out trial indices, repeats allowed) and `rows` (the sampled trials drawn for them),
+    of that resample only."""
+    _, s_len, d, d_len, _ = candidates[0]
+    sampled = [c[0] for c in candidates]
     if trials is not None:
-        s, s_len, d, d_len = s[rows], s_len[rows], d[trials], d_len[trials]
-    scores = population_scores(
-        s, s_len, d, d_len, other.counts, other.lengths, other.bin_size_s, seed
+        sampled, s_len, d, d_len = [s[rows] for s in sampled], s_len[rows], d[trials], d_len[trials]
+    all_scores = population_scores_of(
+        sampled, s_len, d, d_len, other.counts, other.lengths, other.bin_size_s, seed
     )
-    cost = sum(max(scores[m]["score"] or 0.0, 0.0) ** 2 for m in metrics)
-    return scores, float(cost)
+    return [
+        (scores, float(sum(max(scores[m]["score"] or 0.0, 0.0) ** 2 for m in metrics)))
+        for scores in all_scores
+    ]
 
 
 def _cost_difference_se(
@@ -1376,8 +1381,7 @@ def _cost_difference_se(
     for _ in range(COUPLING_BOOTSTRAP):
         trials = rng.integers(0, n, n)
         rows = np.concatenate([by_trial[i] for i in trials])
-        a = _population_cost(first, other, seed, metrics, trials, rows)[1]
-        b = _population_cost(second, other, seed, metrics, trials, rows)[1]
+        (_, a), (_, b) = _population_costs([first, second], other, seed, metrics, trials, rows)
         diffs.append(b - a)
     return float(np.std(diffs, ddof=1))
 
@@ -1629,17 +1633,18 @@ def choose_count_correlation(
             console.info(f"spike history: units drawn independently: {reason}")
 
     unjudged = _cannot_judge(held_out, split, "a count correlation")
-    before, before_sets, score = None, None, None
     if unjudged and not always:
         return without(unjudged)
+    before = before_sets = None
     if not unjudged:
         # the coupling choice has scored this model's free-running held-out samples already
         coupling = model.fit_summary.get("coupling", {})  # type: ignore[attr-defined]
-        scored = coupling.get("coupled" if coupling.get("rank") else "uncoupled")
-        if scored is None or always:  # always: this seed's samples, for the figures below
+        scored = (
+            None if always else coupling.get("coupled" if coupling.get("rank") else "uncoupled")
+        )
+        if scored is None:
             before, before_sets = population_check(model, held_out, other, seed, COPULA_METRICS)
-            scored = before
-        score = scored["scores"]["corr_rmse"]["score"] or 0.0
+        score = (scored or before)["scores"]["corr_rmse"]["score"] or 0.0
         if score <= COUPLING_TRIGGER and not always:
             return without(
                 f"free-running {split} samples score {score:.2f} ≤ {COUPLING_TRIGGER} on "
@@ -1654,35 +1659,29 @@ def choose_count_correlation(
         return without(
             "the covariance the samples miss does not repeat between halves of the training trials"
         )
-    if before is None or before_sets is None:  # always, with no held-out trials to report on
-        summary.update({"kept": True, "reason": f"always; {unjudged}"})
-        model.set_count_correlation(R)
-        if not quiet:
-            console.info(f"spike history: count correlation kept (always; {unjudged})")
-        return None
-    candidate = copy.deepcopy(model)
-    candidate.set_count_correlation(R)
-    after, after_sets = population_check(candidate, held_out, other, seed, COPULA_METRICS)
-    se = _cost_difference_se(before_sets, after_sets, other, seed, COPULA_METRICS)
-    summary.update({"correlated": after, "cost_difference_se": se})
-    keep = always or before["cost"] - after["cost"] > COUPLING_Z * se
-    rule = (
-        "kept always"
-        if always
-        else f"kept when lower by more than {COUPLING_Z:g} standard errors, {COUPLING_Z * se:.3f}"
-    )
-    detail = (
-        f"population score² sum {after['cost']:.3f} with vs {before['cost']:.3f} without on "
-        f"{split} trials ({rule}); correlations {score:.2f} → "
-        f"{after['scores']['corr_rmse']['score'] or 0.0:.2f}"
-    )
+    if before is None or before_sets is None:  # always, with no held-out trials to judge on
+        keep, detail = True, f"always; {unjudged}"
+    else:
+        candidate = copy.deepcopy(model)
+        candidate.set_count_correlation(R)
+        after, after_sets = population_check(candidate, held_out, other, seed, COPULA_METRICS)
+        se = _cost_difference_se(before_sets, after_sets, other, seed, COPULA_METRICS)
+        summary.update({"correlated": after, "cost_difference_se": se})
+        keep = always or before["cost"] - after["cost"] > COUPLING_Z * se
+        rule = "kept always" if always else (
+            f"kept when lower by more than {COUPLING_Z:g} standard errors, {COUPLING_Z * se:.3f}"
+        )  # fmt: skip
+        detail = (
+            f"population score² sum {after['cost']:.3f} with vs {before['cost']:.3f} without on "
+            f"{split} trials ({rule}); correlations {score:.2f} → "
+            f"{after['scores']['corr_rmse']['score'] or 0.0:.2f}"
+        )
     summary.update({"kept": bool(keep), "reason": detail})
     if keep:
         model.set_count_correlation(R)
     if not quiet:
         verdict = "count correlation kept" if keep else "count correlation not kept"
         console.info(f"spike history: {verdict}: {detail}")
-    return None
 
 
 _POPULATION_LABELS = {

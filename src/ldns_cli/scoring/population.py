@@ -53,29 +53,54 @@ def population_scores(
     Welch segment is the data's longest trial or `settings.psd_segment_bins`, whichever is
     shorter, for every set alike.
     """
+    return population_scores_of(
+        [model_counts], model_lengths, data_counts, data_lengths, floor_counts, floor_lengths,
+        bin_size_s, seed, settings,
+    )[0]  # fmt: skip
+
+
+def population_scores_of(
+    models: list[np.ndarray],
+    model_lengths: np.ndarray,
+    data_counts: np.ndarray,
+    data_lengths: np.ndarray,
+    floor_counts: np.ndarray,
+    floor_lengths: np.ndarray,
+    bin_size_s: float,
+    seed: int = 0,
+    settings: MetricSettings | None = None,
+) -> list[dict[str, dict[str, float | None]]]:
+    """`population_scores` of several model sets that share `model_lengths` (candidates sampled
+    for the same trials), one per set: the data, floor and naive sets are summarised once."""
     settings = settings or MetricSettings()
     data_lengths = np.asarray(data_lengths, dtype=np.int64)
     valid = valid_mask(data_lengths, data_counts.shape[1])  # [B, L]
     rate_per_bin = data_counts[valid].astype(np.float64).mean(axis=0)  # [N]
     rng = np.random.default_rng(seed)
-    naive_counts = draw_naive(rate_per_bin, model_lengths, model_counts.shape[1], rng)
+    naive_counts = draw_naive(rate_per_bin, model_lengths, models[0].shape[1], rng)
     proj = fit_projection(data_counts, data_lengths, bin_size_s, settings)
     seg = int(min(settings.psd_segment_bins, np.max(data_lengths)))
-    sets = {
-        "data": (data_counts, data_lengths),
-        "model": (model_counts, model_lengths),
-        "floor": (floor_counts, floor_lengths),
-        "naive": (naive_counts, model_lengths),
+
+    def summary(counts: np.ndarray, lengths: np.ndarray) -> object:
+        ln = np.asarray(lengths)
+        return finalise(summarise(counts, ln, bin_size_s, settings, proj, segment_bins=seg))
+
+    data = summary(data_counts, data_lengths)
+    shared = {
+        k: compare(summary(c, ln), data, settings)
+        for k, (c, ln) in {
+            "floor": (floor_counts, floor_lengths),
+            "naive": (naive_counts, model_lengths),
+        }.items()
     }
-    summaries = {
-        k: finalise(summarise(c, np.asarray(ln), bin_size_s, settings, proj, segment_bins=seg))
-        for k, (c, ln) in sets.items()
-    }
-    values = {k: compare(summaries[k], summaries["data"], settings) for k in sets if k != "data"}
-    out: dict[str, dict[str, float | None]] = {}
-    for metric in SCORED_METRICS:
-        m, f, n = (float(values[k][metric]) for k in ("model", "floor", "naive"))
-        gap = n - f
-        score = (m - f) / gap if np.isfinite(gap) and gap > 0 and np.isfinite(m) else None
-        out[metric] = {"model": m, "floor": f, "naive": n, "score": score}
+    out = []
+    for counts in models:
+        m_values = compare(summary(counts, model_lengths), data, settings)
+        scores: dict[str, dict[str, float | None]] = {}
+        for metric in SCORED_METRICS:
+            m, f, n = (float(v[metric]) for v in (m_values, shared["floor"], shared["naive"]))
+            gap = n - f
+            score = (m - f) / gap if np.isfinite(gap) and gap > 0 and np.isfinite(m) else None
+            scores[metric] = {"model": m, "floor": f, "naive": n, "score": score}
+        out.append(scores)
     return out
