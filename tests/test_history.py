@@ -692,8 +692,10 @@ def test_population_scores_put_other_real_trials_near_0_and_homogeneous_poisson_
     data, floor, same = c[:120], c[120:300], c[300:]  # three sets of one recording
     naive = np.random.default_rng(0).poisson(data.mean(axis=(0, 1)), same.shape)
     args = (data, lengths[:120], floor, lengths[120:300], d.bin_size_s)
-    like = population_scores(same, lengths[300:], *args, seed=1)
-    flat = population_scores(naive, lengths[300:], *args, seed=1)
+    like = population_scores([same], lengths[300:], *args, seed=1)[0]
+    flat = population_scores([naive], lengths[300:], *args, seed=1)[0]
+    # candidates scored together share the data, floor and naive sets: the same figures
+    assert population_scores([same, naive], lengths[300:], *args, seed=1) == [like, flat]
     assert set(like) == set(SCORED_METRICS)
     for metric in SCORED_METRICS:
         assert abs(like[metric]["score"]) < 0.2, (metric, like[metric])

@@ -108,7 +108,7 @@ from ldns_cli.scoring.neurons import (
     neuron_stats,
     score_scales,
 )
-from ldns_cli.scoring.population import population_scores_of
+from ldns_cli.scoring.population import population_scores
 from ldns_cli.store import history_path
 
 # per-neuron (excitation, inhibition, bound) factors tried by the dispersion matching: the
@@ -1354,7 +1354,7 @@ def _population_costs(
     sampled = [c[0] for c in candidates]
     if trials is not None:
         sampled, s_len, d, d_len = [s[rows] for s in sampled], s_len[rows], d[trials], d_len[trials]
-    all_scores = population_scores_of(
+    all_scores = population_scores(
         sampled, s_len, d, d_len, other.counts, other.lengths, other.bin_size_s, seed
     )
     return [

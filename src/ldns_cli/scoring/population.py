@@ -35,31 +35,6 @@ SCORED_METRICS = ("psc_w1", "corr_rmse", "psd_log_mse", "fano_rmse", "autocorr_r
 
 
 def population_scores(
-    model_counts: np.ndarray,
-    model_lengths: np.ndarray,
-    data_counts: np.ndarray,
-    data_lengths: np.ndarray,
-    floor_counts: np.ndarray,
-    floor_lengths: np.ndarray,
-    bin_size_s: float,
-    seed: int = 0,
-    settings: MetricSettings | None = None,
-) -> dict[str, dict[str, float | None]]:
-    """Per metric of SCORED_METRICS: model, floor and naive values against `data`, and the
-    score (None where naive is not above the floor: the metric cannot tell models apart here).
-
-    `floor_*` are other real trials of the same recording (e.g. the training trials); the naive
-    set has the model set's lengths. The PCA behind the spectra is fitted on `data`, and the
-    Welch segment is the data's longest trial or `settings.psd_segment_bins`, whichever is
-    shorter, for every set alike.
-    """
-    return population_scores_of(
-        [model_counts], model_lengths, data_counts, data_lengths, floor_counts, floor_lengths,
-        bin_size_s, seed, settings,
-    )[0]  # fmt: skip
-
-
-def population_scores_of(
     models: list[np.ndarray],
     model_lengths: np.ndarray,
     data_counts: np.ndarray,
@@ -70,8 +45,16 @@ def population_scores_of(
     seed: int = 0,
     settings: MetricSettings | None = None,
 ) -> list[dict[str, dict[str, float | None]]]:
-    """`population_scores` of several model sets that share `model_lengths` (candidates sampled
-    for the same trials), one per set: the data, floor and naive sets are summarised once."""
+    """Per model set (candidates sampled for the same trials, so sharing `model_lengths`), per
+    metric of SCORED_METRICS: model, floor and naive values against `data`, and the score (None
+    where naive is not above the floor: the metric cannot tell models apart here).
+
+    `floor_*` are other real trials of the same recording (e.g. the training trials); the naive
+    set has the model sets' lengths. The PCA behind the spectra is fitted on `data`, and the
+    Welch segment is the data's longest trial or `settings.psd_segment_bins`, whichever is
+    shorter, for every set alike. The data, floor and naive sets are summarised once for all
+    model sets.
+    """
     settings = settings or MetricSettings()
     data_lengths = np.asarray(data_lengths, dtype=np.int64)
     valid = valid_mask(data_lengths, data_counts.shape[1])  # [B, L]
