@@ -448,24 +448,71 @@ def match_free_running_rates(
     """
     if rounds <= 0:
         return 1.0, 1.0
+    before, after, _ = _match_rates(model, batches, n_trials, rounds, seed, min_sampled_trials)
+    return before, after
+
+
+@torch.no_grad()
+def match_and_sample(
+    model: SpikeHistoryObservation,
+    batches: MatchBatches,
+    data_batches: MatchBatches,
+    n_trials: int,
+    rounds: int,
+    seed: int,
+    min_trials: int,
+) -> tuple[float, float, FreeRunningSets]:
+    """`match_free_running_rates`, then `sample_free_running` of the matched model, in one go:
+    the last round's check already samples the matched model with the sampling's own streams,
+    so those draws are kept instead of drawn again (the same counts, one pass fewer).
+    `data_batches` yields the data side's counts (`batches_for_data`)."""
+    if rounds <= 0:
+        return 1.0, 1.0, sample_free_running(model, data_batches, n_trials, seed, min_trials)
+    before, after, sets = _match_rates(
+        model, batches, n_trials, rounds, seed, min_trials, data_batches
+    )
+    assert sets is not None
+    return before, after, sets
+
+
+def _match_rates(
+    model: SpikeHistoryObservation,
+    batches: MatchBatches,
+    n_trials: int,
+    rounds: int,
+    seed: int,
+    min_sampled_trials: int,
+    data_batches: MatchBatches | None = None,
+) -> tuple[float, float, FreeRunningSets | None]:
+    """The rounds of `match_free_running_rates` (`rounds` ≥ 1); with `data_batches`, the last
+    round's draws are also returned as `sample_free_running` returns them."""
     # the sampled side repeats the trials up to `min_sampled_trials`, so its own draw adds
     # little noise when the matching set is small
     repeats = max(1, math.ceil(min_sampled_trials / max(n_trials, 1)))
     data_sum = torch.zeros(())
     before = after = 1.0
     last: tuple[Tensor, Tensor] | None = None  # (b, log sampled) of the previous round
+    sets: FreeRunningSets | None = None
     for r in range(rounds + 1):
+        keep = data_batches is not None and r == rounds
         sampled = torch.zeros(())
+        kept = _SampleSets()
         first = 0  # global index of the chunk's first trial: its uniforms are fixed across rounds
         for counts, rates, mask in batches():
             valid = mask[..., None].to(rates.dtype)  # [b, L, 1]
             if r == 0:
                 data_sum = data_sum + (counts.to(rates.dtype) * valid).sum((0, 1))  # [N]
             for k in range(repeats):
-                gens = [torch.Generator(device=rates.device).manual_seed(seed + i * repeats + k)
-                        for i in range(first, first + rates.shape[0])]  # fmt: skip
-                sampled = sampled + (model.sample(rates, gens, mask.sum(1)) * valid).sum((0, 1))
+                draws = _draw_chunk(model, rates, mask, seed, first, repeats, k) * valid
+                sampled = sampled + draws.sum((0, 1))
+                if keep:
+                    kept.add_sampled(draws, mask, first)
             first += rates.shape[0]
+        if keep:
+            assert data_batches is not None
+            for counts, _, mask in data_batches():
+                kept.add_data(counts, mask)
+            sets = kept.arrays()
         target = data_sum * repeats  # [N]
         ratio = float(sampled.sum() / target.sum().clamp_min(1.0))
         if r == 0:
@@ -491,7 +538,17 @@ def match_free_running_rates(
         last = (bias, log_sampled)
         step = (error / gain).clamp(-1.0, 1.0)
         model.bias.add_(step.to(model.bias.dtype))
-    return before, after
+    return before, after, sets
+
+
+def _draw_chunk(
+    model: Observation, rates: Tensor, mask: Tensor, seed: int, first: int, repeats: int, k: int
+) -> Tensor:
+    """Repeat k of a chunk of trials whose first has global index `first`, free-running: trial
+    i draws from the generator seeded seed + i·repeats + k, whatever the chunking. [b, L, N]"""
+    gens = [torch.Generator(device=rates.device).manual_seed(seed + i * repeats + k)
+            for i in range(first, first + rates.shape[0])]  # fmt: skip
+    return model.sample(rates, gens, mask.sum(1))
 
 
 @torch.no_grad()
@@ -523,27 +580,46 @@ def sample_free_running(
     the data trial it was drawn for [R·B].
     """
     repeats = max(1, math.ceil(min_trials / max(n_trials, 1)))
-    sampled, s_len, data, d_len, source = [], [], [], [], []
+    sets = _SampleSets()
     first = 0
     for counts, rates, mask in batches():
-        lengths = mask.sum(1)
         valid = mask[..., None].to(rates.dtype)
-        data.append(_as_counts(counts * valid))
-        d_len.append(lengths.cpu().numpy())
+        sets.add_data(counts, mask)
         for k in range(repeats):
-            gens = [torch.Generator(device=rates.device).manual_seed(seed + i * repeats + k)
-                    for i in range(first, first + rates.shape[0])]  # fmt: skip
-            sampled.append(_as_counts(model.sample(rates, gens, lengths) * valid))
-            s_len.append(lengths.cpu().numpy())
-            source.append(np.arange(first, first + rates.shape[0]))
+            sets.add_sampled(_draw_chunk(model, rates, mask, seed, first, repeats, k) * valid,
+                             mask, first)  # fmt: skip
         first += rates.shape[0]
-    return (
-        np.concatenate(sampled),
-        np.concatenate(s_len),
-        np.concatenate(data),
-        np.concatenate(d_len),
-        np.concatenate(source),
-    )
+    return sets.arrays()
+
+
+class _SampleSets:
+    """`FreeRunningSets` gathered chunk by chunk (counts stored in their smallest dtype)."""
+
+    def __init__(self) -> None:
+        self.sampled: list[np.ndarray] = []
+        self.s_len: list[np.ndarray] = []
+        self.data: list[np.ndarray] = []
+        self.d_len: list[np.ndarray] = []
+        self.source: list[np.ndarray] = []
+
+    def add_sampled(self, draws: Tensor, mask: Tensor, first: int) -> None:
+        """Draws [b, L, N] (zero past each trial's end) of trials first..first + b − 1."""
+        self.sampled.append(_as_counts(draws))
+        self.s_len.append(mask.sum(1).cpu().numpy())
+        self.source.append(np.arange(first, first + draws.shape[0]))
+
+    def add_data(self, counts: Tensor, mask: Tensor) -> None:
+        self.data.append(_as_counts(counts * mask[..., None].to(counts.dtype)))
+        self.d_len.append(mask.sum(1).cpu().numpy())
+
+    def arrays(self) -> FreeRunningSets:
+        return (
+            np.concatenate(self.sampled),
+            np.concatenate(self.s_len),
+            np.concatenate(self.data),
+            np.concatenate(self.d_len),
+            np.concatenate(self.source),
+        )
 
 
 def _as_counts(x: Tensor) -> np.ndarray:
@@ -709,11 +785,15 @@ def _choose_variants(
     if variants[0].coupling_rank == 0:
         wide = _stacked(variants)
         wide_batches = _repeated(batches, S)
-        before, after = match_free_running_rates(
-            wide, wide_batches, n_trials, rate_rounds, seed, MIN_DISPERSION_TRIALS
+        before, after, (s, s_len, d, d_len, _) = match_and_sample(
+            wide,
+            wide_batches,
+            batches_for_data(batches, wide_batches),
+            n_trials,
+            rate_rounds,
+            seed,
+            MIN_DISPERSION_TRIALS,
         )
-        s, s_len, d, d_len, _ = sample_free_running(wide, batches_for_data(batches, wide_batches),
-                                                 n_trials, seed, MIN_DISPERSION_TRIALS)  # fmt: skip
         sampled = neuron_stats(s, s_len, 1.0)  # Fano and autocorrelation: any bin width
         per_variant = [_neuron_slice(sampled, j * N, (j + 1) * N) for j in range(S)]
         wide_moments = bin_moments(s, s_len)  # each [S·N]
@@ -723,11 +803,8 @@ def _choose_variants(
     else:
         per_variant = []
         for v in variants:
-            before, after = match_free_running_rates(
-                v, batches, n_trials, rate_rounds, seed, MIN_DISPERSION_TRIALS
-            )
-            s, s_len, d, d_len, _ = sample_free_running(
-                v, batches, n_trials, seed, MIN_DISPERSION_TRIALS
+            before, after, (s, s_len, d, d_len, _) = match_and_sample(
+                v, batches, batches, n_trials, rate_rounds, seed, MIN_DISPERSION_TRIALS
             )
             per_variant.append(neuron_stats(s, s_len, 1.0))
             moments.append(bin_moments(s, s_len))
