@@ -33,9 +33,9 @@ GOLDEN = {
     "sample_reach": "72bf544d90891704027e9e907a506e2ccc3cf8bf938dfccefa5bd8d54000ce6d",
     "sample_lorenz": "a11f9345899e10af602d7cea3e300922ef1df67c28054d690d3288ce7611c997",
     "fit_ae": "c84d0365b53f0e862fdd59d4ecf323811884284df5e377df0350069cd342a240",
-    "fit_history": "9be4f6ffb0e6f744b553a312be43fd4dff44a63d9c75f7624d65ae648987bbc7",
+    "fit_history": "fac6427820e152bf77dd58bbabacb79237e79ae8331852fb43b687174d5bf6c0",
     "fit_diffusion": "c8a565a21d63311059d867f9e7e83a64f6977cdbd2ac87436fb74c22454f3403",
-    "evaluate_json": "a9e4fdc15b9120095096b30be6942d8f51ce20c78e344f8b0b439b0b49367f74",
+    "evaluate_json": "151cc545fe86e265673d8326f8c9210ba15c99ecff848bd3ee75fe71a55b3695",
 }
 
 

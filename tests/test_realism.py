@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ldns_cli.core.errors import LdnsError
-from ldns_cli.fit.history import save_history, select_neurons
+from ldns_cli.fit.history import draw_sized_max, save_history, select_neurons
 from ldns_cli.io.formats import read_spikes, write_spikes
 from ldns_cli.io.simulate import (
     CELL_TYPES,
@@ -155,6 +155,35 @@ def test_selection_keeps_history_for_refractory_and_poisson_for_a_runaway_fit():
     d_h, d_p = figures["discrepancy_history"], figures["discrepancy_poisson"]
     assert d_h[0] < d_p[0] and d_p[1] < d_h[1]
     assert figures["stats_history"]["rate_hz"][1] > 3 * figures["stats_data"]["rate_hz"][1]
+
+
+def test_the_sampled_maximum_count_is_compared_at_the_data_s_size():
+    """Free-running sets repeat each held-out trial R times, and a maximum grows with the
+    number of trials: draws of the data's own law, R = 8 times as many, show more than the
+    data's maximum; `draw_sized_max` (the mean of the R draws' maxima) does not."""
+    rng = np.random.default_rng(3)
+    B, L, N, R = 60, 100, 40, 8
+
+    def heavy_tailed(trials: int) -> np.ndarray:  # gamma-Poisson counts, mean 0.2 per bin
+        lam = rng.gamma(0.5, 0.4, size=(trials, L, N))
+        return rng.poisson(lam)
+
+    data = heavy_tailed(B)
+    data_max = data.max(axis=(0, 1))
+    # the layout of `sample_free_running`: chunks of trials, each chunk's repeats in turn
+    chunks = [np.arange(0, 25), np.arange(25, B)]
+    source = np.concatenate([np.tile(c, R) for c in chunks])
+    sampled = heavy_tailed(len(source))
+    s_len = np.full(len(source), L)
+    whole = sampled.max(axis=(0, 1))
+    sized = draw_sized_max(sampled, s_len, source)
+    assert np.mean(whole - data_max) > 1.0  # the bias the comparison must not have
+    assert abs(np.mean(sized - data_max)) < 0.4
+    # oracle: R exact copies of the data give its maximum exactly, whatever the layout
+    np.testing.assert_array_equal(draw_sized_max(data[source], s_len, source), data_max)
+    # bins past a trial's length do not count
+    short = draw_sized_max(data[source], np.full(len(source), L // 2), source)
+    np.testing.assert_array_equal(short, data[:, : L // 2].max(axis=(0, 1)))
 
 
 def test_score_scales_measure_the_naive_error_and_the_data_noise():

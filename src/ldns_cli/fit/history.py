@@ -622,6 +622,28 @@ class _SampleSets:
         )
 
 
+def draw_sized_max(counts: np.ndarray, lengths: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Each neuron's most spikes in one bin, as a draw of the data's size shows it [N] (float).
+
+    Free-running sets repeat every data trial (`sample_free_running`; `source` [R·B] names the
+    trial each sampled one was drawn for), and the maximum grows with the number of trials:
+    over R repeats a model exactly like the data shows more than the data's maximum. So the
+    sampled trials are split into the R draws of one trial each, and the draws' maxima are
+    averaged."""
+    if not source.size:
+        return np.zeros(counts.shape[2])
+    n_sources = int(source.max()) + 1
+    repeats = len(source) // n_sources
+    order = np.argsort(source, kind="stable")  # the repeats of each trial, in drawing order
+    draw = np.empty(len(source), dtype=np.int64)
+    draw[order] = np.tile(np.arange(repeats), n_sources)  # [R·B] which draw a row belongs to
+    valid = np.arange(counts.shape[1])[None, :] < np.asarray(lengths)[:, None]  # [R·B, L]
+    per_trial = np.where(valid[..., None], counts, 0).max(axis=1)  # [R·B, N]
+    per_draw = np.zeros((repeats, counts.shape[2]))
+    np.maximum.at(per_draw, draw, per_trial)  # [R, N]
+    return per_draw.mean(axis=0)
+
+
 def _as_counts(x: Tensor) -> np.ndarray:
     a = x.detach().cpu().numpy()
     return a.astype(np.uint8 if a.max(initial=0) <= 255 else np.int32)
@@ -941,8 +963,9 @@ def select_neurons(
     Both candidates sample the held-out trials free-running from the same rates (each trial
     repeated up to MIN_SAMPLED_TRIALS times); the Poisson candidate carries the history model's
     per-neuron count cap, as `--observation auto` applies it. Each neuron's rate, Fano factor,
-    ISI mean and std, autocorrelation (lags 1..10) and maximum count are compared with the
-    held-out trials', choosing for the population as `ldns evaluate` will score it
+    ISI mean and std, autocorrelation (lags 1..10) and maximum count (as a draw of the held-out
+    set's size shows it, `draw_sized_max`) are compared with the held-out trials', choosing for
+    the population as `ldns evaluate` will score it
     (`scoring.neurons.choose_per_neuron`: the squared scores summed over statistics, each RMSE
     over the neurons on the scale between the data's noise and a homogeneous Poisson process);
     ties go to Poisson, the simpler model. `discrepancy_*` record how far each neuron lands.
@@ -959,10 +982,11 @@ def select_neurons(
     candidates = [model, poisson]
     if model.coupling_rank == 0:  # both candidates in one sampling loop
         wide = _stacked(candidates)
-        s, s_len, d, d_len, _ = sample_free_running(
+        s, s_len, d, d_len, source = sample_free_running(
             wide, batches_for_data(batches, _repeated(batches, 2)), n, seed, MIN_SAMPLED_TRIALS
         )
         sampled = neuron_stats(s, s_len, bin_size_s)
+        sampled = dataclasses.replace(sampled, max_count=draw_sized_max(s, s_len, source))
         stats = {
             "data": neuron_stats(d, d_len, bin_size_s),
             "history": _neuron_slice(sampled, 0, N),
@@ -971,10 +995,12 @@ def select_neurons(
     else:
         stats = {}
         for name, candidate in zip(("history", "poisson"), candidates, strict=True):
-            s, s_len, d, d_len, _ = sample_free_running(
+            s, s_len, d, d_len, source = sample_free_running(
                 candidate, batches, n, seed, MIN_SAMPLED_TRIALS
             )
-            stats[name] = neuron_stats(s, s_len, bin_size_s)
+            stats[name] = dataclasses.replace(
+                neuron_stats(s, s_len, bin_size_s), max_count=draw_sized_max(s, s_len, source)
+            )
             stats["data"] = neuron_stats(d, d_len, bin_size_s)
     scales = score_scales(d, d_len, bin_size_s, stats["data"], seed)
     # Poisson first: ties keep the simpler model

@@ -63,7 +63,7 @@ class NeuronStats:
     isi_mean_s: np.ndarray  # [N]
     isi_std_s: np.ndarray  # [N]
     autocorr: np.ndarray  # [K, N] lags 1..K
-    max_count: np.ndarray  # [N] most spikes in one bin
+    max_count: np.ndarray  # [N] most spikes in one bin (float: the mean over draws of one size)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready lists (NaN as None), autocorrelation as its lag-1 value and RMS over lags."""
@@ -77,7 +77,9 @@ class NeuronStats:
             "isi_mean_s": clean(self.isi_mean_s),
             "isi_std_s": clean(self.isi_std_s),
             "autocorr_lag1": clean(self.autocorr[0]),
-            "max_count": [int(v) for v in self.max_count],
+            "max_count": [
+                int(v) if float(v).is_integer() else round(float(v), 3) for v in self.max_count
+            ],
         }
 
 
@@ -271,7 +273,8 @@ def choose_per_neuron(
     (`ScoreScales.neuron_se`): for candidates a and b and a statistic's row l, the gain moves
     by 2·(a_l − b_l)·δd_l when the data move by δd_l. Rate and maximum-count gains count as
     exact: the rates are matched for every candidate, and a count above the data's maximum is
-    no accident of noise.
+    no accident of noise once the candidates' maxima are taken over draws of the data's size
+    (a larger sampled set shows larger maxima; the fit's free-running sets are repeated).
     """
     names = [k for k in stats if k in SCALED_STATS and scales.informative(k)]
     d = np.stack([discrepancy(c, data, scales, stats) for c in candidates])  # [C, N]
