@@ -519,6 +519,36 @@ def test_rate_matching_converges_for_units_whose_self_excitation_amplifies_the_i
     assert model.bias.abs().max() < 0.2, model.bias
 
 
+def test_matching_and_sampling_in_one_go_gives_the_separate_steps_results():
+    """`match_and_sample` keeps the rate matching's last draws instead of sampling again: the
+    same intercepts and the same samples, data side and trial sources as matching, then
+    `sample_free_running` (with the trials repeated and in chunks of several batches)."""
+    from ldns_cli.fit.history import (
+        match_and_sample,
+        match_free_running_rates,
+        sample_free_running,
+        tensor_batches,
+    )
+
+    B, L, N = 24, 50, 8
+    rates = smooth_rates(B, L, N, scale=0.3)
+    mask = torch.arange(L)[None, :] < torch.randint(30, L + 1, (B, 1), generator=gen(3))
+    data = known_model(N).sample(rates, [gen(100 + i) for i in range(B)], mask.sum(1))
+    batches = tensor_batches(data, rates, mask, trials_per_batch=10)
+    separate, together = known_model(N), known_model(N)
+    with torch.no_grad():
+        separate.bias.add_(0.4)
+        together.bias.add_(0.4)
+    ratios = match_free_running_rates(separate, batches, B, 3, seed=7, min_sampled_trials=60)
+    sets = sample_free_running(separate, batches, B, seed=7, min_trials=60)
+    *ratios_one_go, sets_one_go = match_and_sample(together, batches, batches, B, 3, 7, 60)
+    assert tuple(ratios_one_go) == ratios
+    assert torch.equal(separate.bias, together.bias)
+    assert sets[0].shape[0] == 3 * B  # each trial drawn 3 times
+    for a, b in zip(sets, sets_one_go, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def poisson_data_and_refractory_kernel(seed: int):
     """6 units of Poisson data (64 trials x 80 bins at 0.15 spikes per bin) and a strongly
     refractory 10-bin kernel: N, B, rates, counts, mask, kernel."""
