@@ -488,15 +488,14 @@ def _match_rates(
     round's draws are also returned as `sample_free_running` returns them."""
     # the sampled side repeats the trials up to `min_sampled_trials`, so its own draw adds
     # little noise when the matching set is small
-    repeats = max(1, math.ceil(min_sampled_trials / max(n_trials, 1)))
+    repeats = _repeats(min_sampled_trials, n_trials)
     data_sum = torch.zeros(())
     before = after = 1.0
     last: tuple[Tensor, Tensor] | None = None  # (b, log sampled) of the previous round
     sets: FreeRunningSets | None = None
     for r in range(rounds + 1):
-        keep = data_batches is not None and r == rounds
+        kept = _SampleSets() if data_batches is not None and r == rounds else None
         sampled = torch.zeros(())
-        kept = _SampleSets()
         first = 0  # global index of the chunk's first trial: its uniforms are fixed across rounds
         for counts, rates, mask in batches():
             valid = mask[..., None].to(rates.dtype)  # [b, L, 1]
@@ -505,10 +504,10 @@ def _match_rates(
             for k in range(repeats):
                 draws = _draw_chunk(model, rates, mask, seed, first, repeats, k) * valid
                 sampled = sampled + draws.sum((0, 1))
-                if keep:
+                if kept is not None:
                     kept.add_sampled(draws, mask, first)
             first += rates.shape[0]
-        if keep:
+        if kept is not None:
             assert data_batches is not None
             for counts, _, mask in data_batches():
                 kept.add_data(counts, mask)
@@ -539,6 +538,13 @@ def _match_rates(
         step = (error / gain).clamp(-1.0, 1.0)
         model.bias.add_(step.to(model.bias.dtype))
     return before, after, sets
+
+
+def _repeats(min_trials: int, n_trials: int) -> int:
+    """How many times each of `n_trials` trials is drawn to reach `min_trials` draws (at least
+    once). `match_and_sample` keeps the matching's draws as the free-running samples, so both
+    must repeat alike."""
+    return max(1, math.ceil(min_trials / max(n_trials, 1)))
 
 
 def _draw_chunk(
@@ -579,7 +585,7 @@ def sample_free_running(
     numpy), the data's counts [B, L, N] and lengths [B], and for each sampled trial the index of
     the data trial it was drawn for [R·B].
     """
-    repeats = max(1, math.ceil(min_trials / max(n_trials, 1)))
+    repeats = _repeats(min_trials, n_trials)
     sets = _SampleSets()
     first = 0
     for counts, rates, mask in batches():
@@ -1011,7 +1017,7 @@ def select_neurons(
     d_pois = discrepancy(stats["poisson"], stats["data"], scales)
     figures: dict[str, Any] = {
         "trials": n,
-        "sampled_trials": int(n * max(1, math.ceil(MIN_SAMPLED_TRIALS / max(n, 1)))),
+        "sampled_trials": n * _repeats(MIN_SAMPLED_TRIALS, n),
         "use_history": [bool(x) for x in use_history],
         "discrepancy_history": [round(float(x), 4) for x in d_hist],
         "discrepancy_poisson": [round(float(x), 4) for x in d_pois],
