@@ -414,8 +414,8 @@ def fit_autoencoder(
     Settings resolve as defaults < `preset` (default "small") < `config` (a JSON file) < the
     keyword arguments; `resume` continues an interrupted fit with its saved settings.
     `latent_dim="auto"` (the default when neither `preset` nor `config` is given) chooses the
-    latent size by co-smoothing on the validation trials (`fit.latent_size`) and continues the
-    chosen size's search fit, whose steps count towards the step floor. Training uses the data's train/val split (test trials never), else a seeded `val_frac` of the trials.
+    latent size by co-smoothing on the validation trials (`fit.latent_size`). Training
+    uses the data's train/val split (test trials never), else a seeded `val_frac` of the trials.
     After training the decoder intercepts are refit with no inputs dropped, the checkpoint gets
     a summary (validation Poisson NLL, bits/spike), and with `spike_history` the spike-history
     observation model is fitted on the frozen autoencoder. Runs under torchrun as one rank.
