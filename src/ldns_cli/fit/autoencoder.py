@@ -460,7 +460,6 @@ def fit_autoencoder(
         train, val, split_desc = split_train_val(data, val_frac, train_cfg.seed)
         search = None
         warm: SearchFit | None = None
-        floor = train_cfg.min_steps  # the stage's step floor, before the search's steps count
         if auto_latent and resume_ckpt is None:
             if val is None:
                 warn(
@@ -479,7 +478,9 @@ def fit_autoencoder(
                 ae_cfg = dataclasses.replace(ae_cfg, latent_dim=z)
                 # the main fit continues the chosen size's search fit (same settings and
                 # seed), so the search's steps count towards the stage's step floor
-                train_cfg = dataclasses.replace(train_cfg, min_steps=max(floor - warm.steps, 0))
+                train_cfg = dataclasses.replace(
+                    train_cfg, min_steps=max(train_cfg.min_steps - warm.steps, 0)
+                )
         info(
             f"fit-ae: {train.n_trials} training / {val.n_trials if val else 0} validation trials "
             f"({split_desc}), {data.n_neurons} neurons, {data.n_bins} bins of "
@@ -490,10 +491,9 @@ def fit_autoencoder(
         train_t = tensors_from_data(train)
         if warm is not None:
             model.load_state_dict(warm.state)
-            counted = f"; its steps count towards the {floor}-step floor" if floor else ""
             info(
                 f"fit-ae: continuing the search's {warm.steps}-step fit of {warm.latent_dim} "
-                f"latents (seed {train_cfg.seed}){counted}"
+                f"latents (seed {train_cfg.seed})"
             )
         else:
             mean_rate = train_t["counts"].sum(dim=(0, 1)) / train_t["mask"].sum()
