@@ -37,12 +37,7 @@ from ldns_cli.core.data import SpikeData
 from ldns_cli.core.errors import LdnsError
 from ldns_cli.core.runtime import resolve_device
 from ldns_cli.fit import distributed as dist
-from ldns_cli.fit.latent_size import (
-    SearchFit,
-    candidate_sizes,
-    choose_latent_dim,
-    log_search,
-)
+from ldns_cli.fit.latent_size import candidate_sizes, choose_latent_dim, log_search
 from ldns_cli.fit.splits import split_train_val
 from ldns_cli.fit.trainer import CheckpointSpec, FitResult, TrainConfig, fit
 from ldns_cli.io.common import READ_OPTIONS_KEY
@@ -341,11 +336,6 @@ def _resumed_configs(
     return dataclasses.replace(ae_cfg, **regularisers), train_cfg
 
 
-def _warm_record(warm: SearchFit, seed: int) -> dict[str, int]:
-    """Which search fit the main fit continued, for the checkpoint."""
-    return {"latent_dim": warm.latent_dim, "seed": seed, "steps": warm.steps}
-
-
 def _read_options(data: SpikeData) -> dict[str, Any]:
     """How `data` was read (when it was read from a file), for the model folder to remember."""
     recorded = data.provenance.get(READ_OPTIONS_KEY)
@@ -459,7 +449,6 @@ def fit_autoencoder(
 
         train, val, split_desc = split_train_val(data, val_frac, train_cfg.seed)
         search = None
-        warm: SearchFit | None = None
         if auto_latent and resume_ckpt is None:
             if val is None:
                 warn(
@@ -471,16 +460,11 @@ def fit_autoencoder(
                     f"choosing the latent size by co-smoothing on {val.n_trials} validation "
                     f"trials (sizes {', '.join(map(str, candidate_sizes(data.n_neurons)))})"
                 )
-                z, search, warm = choose_latent_dim(
+                z, search = choose_latent_dim(
                     ae_cfg, train_cfg, tensors_from_data(train), val, ae_loss, dev
                 )
                 log_search(search)
                 ae_cfg = dataclasses.replace(ae_cfg, latent_dim=z)
-                # the main fit continues the chosen size's search fit (same settings and
-                # seed), so the search's steps count towards the stage's step floor
-                train_cfg = dataclasses.replace(
-                    train_cfg, min_steps=max(train_cfg.min_steps - warm.steps, 0)
-                )
         info(
             f"fit-ae: {train.n_trials} training / {val.n_trials if val else 0} validation trials "
             f"({split_desc}), {data.n_neurons} neurons, {data.n_bins} bins of "
@@ -489,15 +473,8 @@ def fit_autoencoder(
         )
         model = Autoencoder(ae_cfg, torch.Generator().manual_seed(train_cfg.seed))
         train_t = tensors_from_data(train)
-        if warm is not None:
-            model.load_state_dict(warm.state)
-            info(
-                f"fit-ae: continuing the search's {warm.steps}-step fit of {warm.latent_dim} "
-                f"latents (seed {train_cfg.seed})"
-            )
-        else:
-            mean_rate = train_t["counts"].sum(dim=(0, 1)) / train_t["mask"].sum()
-            model.init_rate_bias(mean_rate)
+        mean_rate = train_t["counts"].sum(dim=(0, 1)) / train_t["mask"].sum()
+        model.init_rate_bias(mean_rate)
         n_params = sum(p.numel() for p in model.parameters())
         info(
             f"autoencoder: {n_params:,} parameters, Z={ae_cfg.latent_dim}, width {ae_cfg.width}, "
@@ -519,7 +496,6 @@ def fit_autoencoder(
                     **_read_options(data),
                 },
                 **({"latent_search": search} if search is not None else {}),
-                **({"continues_search_fit": _warm_record(warm, train_cfg.seed)} if warm else {}),
             },
             # Poisson NLL of the held-out (coordinated-dropout) entries plus the latent penalty
             loss_name="objective_nats_per_neuron_bin",
