@@ -159,8 +159,8 @@ def make_loss_fn(schedule: NoiseSchedule, config: DiffusionConfig):
 # ---------------------------------------------------------------------------------------------
 
 
-# A conditional denoiser also has to learn how the latents depend on the condition, and on the
-# preset's 2000-step floor its validation loss was still falling. With 4000 steps, samples
+# A conditional denoiser also has to learn how the latents depend on the condition, and after
+# 2000 steps its validation loss was still falling. With 4000 steps, samples
 # conditioned on the test trials' angles decoded 1.12x, 1.19x and 0.97x the real trials' error
 # on 400, 600 and 1000 fixed-length and 1.21x on 800 variable-length reach trials, against
 # 1.17x, 1.24x, 1.11x and 1.41x (`python bench/quality_pipeline_conditions.py --beds
