@@ -124,7 +124,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # not improved for 20 epochs past the floor. 1500 steps sample as well as 2000: on 600
         # simulated reach trials and 400 trials of the E/I network, the evaluate scores of
         # unconditional samples against the test trials (3 seeds) were within each other's
-        # range over seeds on every statistic, in a fifth less training time
+        # range over seeds on every statistic, with a quarter fewer steps
         # (`python bench/quality_diffusion_floor.py`)
         "width": 32, "blocks": 2, "state_dim": 32, "epochs": 100, "batch_size": 64,
         "warmup_epochs": 5, "lr": 2e-3, "ema_decay": 0.995, "prediction": "v",
