@@ -67,7 +67,7 @@ def main() -> None:
         train, val, _ = split_train_val(data, 0.1, 0)
         train_t = tensors_from_data(train)
         t0 = time.perf_counter()
-        z, record = choose_latent_dim(ae_cfg, train_cfg, train_t, val, ae_loss, "cpu")
+        z, record, _ = choose_latent_dim(ae_cfg, train_cfg, train_t, val, ae_loss, "cpu")
         seconds = time.perf_counter() - t0
         log(f"{name}: true {truth}, chosen {z} ({seconds:.0f} s); curve " + ", ".join(
             f"{p['latent_dim']}: {p['cobps']:.4f}" for p in record["curve"])

@@ -184,6 +184,18 @@ def test_latent_dim_auto_recovers_a_three_dimensional_system(tmp_path: Path) -> 
     search = ckpt.extra["latent_search"]
     assert abs(search["chosen"] - 3) <= 2
     assert ckpt.config["ae"]["latent_dim"] == search["chosen"]
+    # the main fit continued the chosen size's search fit with the stage's seed, at a lower
+    # peak learning rate
+    from ldns_cli.fit.autoencoder import CONTINUED_LR_FACTOR, resolve_ae_configs
+
+    stage_lr = resolve_ae_configs(None, None, {}, 48)[1].lr
+    assert ckpt.config["train"]["lr"] == pytest.approx(stage_lr * CONTINUED_LR_FACTOR)
+    deciding = search.get("long_fits", search)
+    assert ckpt.extra["continues_search_fit"] == {
+        "latent_dim": search["chosen"],
+        "seed": 0,
+        "steps": deciding["steps_per_size"],
+    }
     sizes = [p["latent_dim"] for p in search["curve"]]
     # the grid up to half the 48 neurons, scanned upwards until a size does not rise
     assert sizes + search.get("not_scanned", []) == candidate_sizes(48) == [2, 4, 8, 16]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -165,3 +166,36 @@ def test_a_size_fitted_ahead_of_a_scan_that_stops_is_stopped():
     chosen, record = search_latent_dim(SIZES, fit_size, seed=0, workers=2)
     assert stopped == [True]
     assert record["not_scanned"] == [12, 16] and chosen == 6
+
+
+def test_the_kept_fit_is_the_one_the_search_scored():
+    """`fit-ae` continues the chosen size's search fit: the weights `choose_latent_dim` keeps,
+    loaded into a freshly initialised model, give the co-smoothing score the search recorded
+    for that size."""
+    import math
+
+    import torch
+
+    from ldns_cli.fit.autoencoder import ae_loss, resolve_ae_configs, tensors_from_data
+    from ldns_cli.fit.latent_size import choose_latent_dim, cosmoothing_per_trial
+    from ldns_cli.fit.splits import split_train_val
+    from ldns_cli.io.simulate import simulate_lorenz
+    from ldns_cli.nn.autoencoder import Autoencoder
+
+    data = simulate_lorenz(90, 16, 32, seed=3)
+    train, val, _ = split_train_val(data, 0.3, seed=0)
+    overrides = {"width": 16, "blocks": 1, "state_dim": 8, "epochs": 1, "seed": 5}
+    ae_cfg, train_cfg = resolve_ae_configs(None, None, overrides, data.n_neurons)
+    train_t = tensors_from_data(train)
+    chosen, record, kept = choose_latent_dim(
+        ae_cfg, train_cfg, train_t, val, ae_loss, "cpu", steps=12
+    )
+    deciding = record.get("long_fits", record)  # the longer fits decide when short ones disagree
+    assert kept.latent_dim == chosen and kept.steps == deciding["steps_per_size"]
+    cfg = dataclasses.replace(ae_cfg, latent_dim=chosen)
+    model = Autoencoder(cfg, torch.Generator().manual_seed(123))
+    model.load_state_dict(kept.state)
+    null_rate = (train_t["counts"].sum(dim=(0, 1)) / train_t["mask"].sum()).numpy()
+    gain, spikes = cosmoothing_per_trial(model, val, null_rate.astype(np.float64), "cpu")
+    recorded = {p["latent_dim"]: p["cobps"] for p in deciding["curve"]}[chosen]
+    assert gain.sum() / (math.log(2) * spikes) == pytest.approx(recorded, rel=1e-5, abs=1e-7)

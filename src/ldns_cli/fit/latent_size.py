@@ -29,6 +29,12 @@ On a CPU the search runs two fits at once (`parallel_fits`): the next size of th
 current one (stopped if the scan ends first), and the best size's other seeds side by side. Every
 fit is deterministic in its size, seed and length, so the choice is the same as one at a time.
 
+The chosen size's fit with the stage's own seed is kept (`SearchFit`): it was trained on the same
+data with the main fit's settings and seed, only for fewer steps, so `fit-ae` continues it (a new
+warm-up and decay over the remaining steps, at a lower peak learning rate:
+`fit.autoencoder.CONTINUED_LR_FACTOR`) and counts its steps towards the stage's step floor
+instead of starting again.
+
 The size kept is the smallest whose score is within the noise of the best: within one standard
 error of the per-trial paired difference (the evaluation's noise), or within the spread of two
 short fits (√2 x the standard deviation of the best size's fits with `SPREAD_REPEATS` + 1
@@ -135,6 +141,21 @@ def cosmoothing_per_trial(
     return gain, n_spikes
 
 
+@dataclasses.dataclass(frozen=True)
+class SearchFit:
+    """The chosen size's search fit with the stage's own seed, which `fit-ae` continues.
+
+    Attributes:
+        state: the autoencoder's weights (`state_dict`) after the fit.
+        latent_dim: its latent size.
+        steps: the optimiser steps it was trained for.
+    """
+
+    state: dict[str, torch.Tensor]
+    latent_dim: int
+    steps: int
+
+
 def choose_latent_dim(
     ae_cfg: AEConfig,
     train_cfg: TrainConfig,
@@ -143,9 +164,10 @@ def choose_latent_dim(
     loss_fn: LossFn,
     device: str,
     steps: int = SEARCH_STEPS,
-) -> tuple[int, dict[str, Any]]:
-    """The latent size by co-smoothing (module docstring) and its record: the curve (size,
-    bits per spike, standard error of the difference to the best), the rule and the choice.
+) -> tuple[int, dict[str, Any], SearchFit]:
+    """The latent size by co-smoothing (module docstring), its record (the curve of size, bits
+    per spike and standard error of the difference to the best; the rule and the choice), and
+    the chosen size's fit with `train_cfg.seed` at the steps that decided (`SearchFit`).
 
     `train_t`: the training trials as the stage's tensors ({"counts", "mask"}); `loss_fn`: the
     stage's training loss."""
@@ -155,6 +177,9 @@ def choose_latent_dim(
     )
     mean_rate = train_t["counts"].sum(dim=(0, 1)) / train_t["mask"].sum()
     null_rate = mean_rate.numpy().astype(np.float64)
+    # the weights of the fits with the stage's seed, by (size, steps): the main fit continues
+    # the chosen one (a few 63K-parameter models)
+    kept: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
 
     def short_fit(
         z: int, seed: int, n_steps: int, stop: threading.Event | None
@@ -170,10 +195,17 @@ def choose_latent_dim(
             if stop is not None and stop.is_set():
                 return None  # no longer needed
             raise KeyboardInterrupt  # Ctrl-C during the search: stop the whole fit
+        if seed == train_cfg.seed:
+            state = result.model.state_dict()
+            kept[z, n_steps] = {k: v.detach().clone() for k, v in state.items()}
         gain, spikes = cosmoothing_per_trial(result.model, val, null_rate, device)
         return gain / (math.log(2) * max(spikes, 1.0))  # per trial, in bits per spike
 
-    return search_latent_dim(sizes, short_fit, train_cfg.seed, steps, parallel_fits(device))
+    chosen, record = search_latent_dim(
+        sizes, short_fit, train_cfg.seed, steps, parallel_fits(device)
+    )
+    deciding_steps = record.get("long_fits", record)["steps_per_size"]
+    return chosen, record, SearchFit(kept[chosen, deciding_steps], chosen, deciding_steps)
 
 
 def parallel_fits(device: str) -> int:

@@ -116,7 +116,8 @@ AE_PRESETS: dict[str, dict[str, Any]] = {
     # 2 threads); min_steps gives small datasets enough optimiser steps: on 600 simulated reach
     # trials (4 latents) Poisson draws of the held-out trials' rates decoded the angle 1.58x worse
     # than the real trials after 250 steps and 1.27x after 600 (mean of 3 draws), on 1000 trials
-    # (8 latents) 1.87x after 250 and 1.51x after 660
+    # (8 latents) 1.87x after 250 and 1.51x after 660; the steps of the latent-size search's
+    # fit that fit-ae continues count towards it
     "small": {
         "latent_dim": 8, "width": 64, "blocks": 2, "bidirectional": True, "state_dim": 32,
         "dropout_p": 0.2, "l2": 0.01, "smooth": 0.01,
