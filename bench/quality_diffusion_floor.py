@@ -21,6 +21,7 @@ the model folders; with `--reuse` a bed whose autoencoder is there is not refitt
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -73,7 +74,8 @@ def floor_run(data: Path, bed: Path, floor: int, length: int, threads: int) -> d
     ldns(threads, "fit-diffusion", str(data), "-m", str(folder), "--seed", "0",
          "--config", str(config), "--force", "-q")  # fmt: skip
     fit_s = time.perf_counter() - t0
-    rows = list(csv_rows(folder / "diffusion_training.csv"))
+    with (folder / "diffusion_training.csv").open() as f:
+        rows = list(csv.DictReader(f))
     val_key = "val_denoising_loss_per_latent_bin"
     scores: dict[str, list[float]] = {}
     n_test = test_trials(data)
@@ -97,13 +99,6 @@ def floor_run(data: Path, bed: Path, floor: int, length: int, threads: int) -> d
             if len(v) == SAMPLE_SEEDS
         },
     }
-
-
-def csv_rows(path: Path):
-    import csv
-
-    with path.open() as f:
-        yield from csv.DictReader(f)
 
 
 def main() -> None:

@@ -170,14 +170,18 @@ def test_help_has_an_example() -> None:
 
 def test_latent_dim_auto_recovers_a_three_dimensional_system(tmp_path: Path) -> None:
     """Lorenz spikes come from a 3-D latent state: co-smoothing picks a size within ±2 of it
-    and stores its curve."""
+    and stores its curve; the main fit continues the chosen size's search fit, whose steps
+    count towards the step floor."""
     data = tmp_path / "lorenz.h5"
     write_spikes(simulate_lorenz(400, 48, 64, seed=2), data)
     models = tmp_path / "m"
+    floor = tmp_path / "floor.json"
+    floor.write_text('{"min_steps": 400}')
     res = CliRunner().invoke(
         app,
         ["fit-ae", str(data), "-m", str(models), "--latent-dim", "auto", "--width", "32",
-         "--blocks", "1", "--epochs", "1", "--no-spike-history", "--device", "cpu"],
+         "--blocks", "1", "--epochs", "1", "--config", str(floor), "--no-spike-history",
+         "--device", "cpu"],
     )  # fmt: skip
     assert res.exit_code == 0, res.stderr
     ckpt = load_checkpoint(models / "ae.safetensors", "ae")
@@ -191,6 +195,7 @@ def test_latent_dim_auto_recovers_a_three_dimensional_system(tmp_path: Path) -> 
     stage_lr = resolve_ae_configs(None, None, {}, 48)[1].lr
     assert ckpt.config["train"]["lr"] == pytest.approx(stage_lr * CONTINUED_LR_FACTOR)
     deciding = search.get("long_fits", search)
+    assert ckpt.config["train"]["min_steps"] == max(400 - deciding["steps_per_size"], 0)
     assert ckpt.extra["continues_search_fit"] == {
         "latent_dim": search["chosen"],
         "seed": 0,
