@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from ldns_cli.core.data import SpikeData
 from ldns_cli.core.errors import LdnsError
-from ldns_cli.fit.history import draw_sized_max, save_history, select_neurons
+from ldns_cli.fit.history import data_draw_max, draw_sized_max, save_history, select_neurons
 from ldns_cli.io.formats import read_spikes, write_spikes
 from ldns_cli.io.simulate import (
     CELL_TYPES,
@@ -184,6 +185,41 @@ def test_the_sampled_maximum_count_is_compared_at_the_data_s_size():
     # bins past a trial's length do not count
     short = draw_sized_max(data[source], np.full(len(source), L // 2), source)
     np.testing.assert_array_equal(short, data[:, : L // 2].max(axis=(0, 1)))
+
+
+def test_the_data_s_maximum_count_is_averaged_over_draws_of_the_held_out_size():
+    """The held-out maximum is one draw of a noisy statistic; `data_draw_max` averages it with
+    blocks of as many training trials: the same expectation, a fraction of the spread."""
+    rng = np.random.default_rng(5)
+    L, N, n_val, n_train = 100, 30, 60, 480
+
+    def bursty(trials: int) -> np.ndarray:  # gamma-Poisson counts: a heavy, noisy maximum
+        return rng.poisson(rng.gamma(0.3, 0.6, size=(trials, L, N))).astype(np.uint8)
+
+    def spikes(counts: np.ndarray) -> SpikeData:
+        return SpikeData(counts=counts, lengths=np.full(len(counts), L), bin_size_s=0.005)
+
+    single, averaged = [], []
+    for _ in range(12):  # twelve recordings of the same law
+        held_out, train = bursty(n_val), spikes(bursty(n_train))
+        single.append(held_out.max(axis=(0, 1)))
+        averaged.append(data_draw_max(held_out, np.full(n_val, L), train, seed=1))
+    single, averaged = np.array(single, dtype=float), np.array(averaged)  # [12, N]
+    assert abs(np.mean(averaged) - np.mean(single)) < 0.3  # the same expectation
+    assert np.mean(averaged.std(axis=0)) < 0.5 * np.mean(single.std(axis=0))
+    # oracle: training trials that each peak at exactly 7 spikes, 8 blocks of 60 trials
+    held_out = np.zeros((n_val, L, N), dtype=np.uint8)
+    held_out[0, 3] = 3
+    flat = np.zeros((n_train, L, N), dtype=np.uint8)
+    flat[:, 10] = 7
+    got = data_draw_max(held_out, np.full(n_val, L), spikes(flat), seed=2)
+    np.testing.assert_allclose(got, (3 + 8 * 7) / 9)
+    # too few training trials for a block: the held-out maximum alone
+    few = data_draw_max(held_out, np.full(n_val, L), spikes(flat[:59]), seed=2)
+    np.testing.assert_array_equal(few, 3.0)
+    # held-out bins past a trial's length do not count
+    got = data_draw_max(held_out, np.full(n_val, 3), spikes(flat), seed=2)
+    np.testing.assert_allclose(got, 8 * 7 / 9)
 
 
 def test_score_scales_measure_the_naive_error_and_the_data_noise():
