@@ -92,7 +92,7 @@ def generate_pipeline(folder: Path, kind: str, test: SpikeData, seed: int) -> Sp
     with the test trials' lengths, decoded and drawn with observation `kind` (the same seed
     gives every kind the same latents)."""
     models = ldns.load(folder, device="cpu", observation=kind)
-    gen = models.sample(lengths_from=test, seed=seed)
+    gen = models.sample(test.n_trials, lengths_from=test, seed=seed)
     assert gen.n_trials == test.n_trials
     return gen
 
