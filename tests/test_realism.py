@@ -156,6 +156,14 @@ def test_selection_keeps_history_for_refractory_and_poisson_for_a_runaway_fit():
     d_h, d_p = figures["discrepancy_history"], figures["discrepancy_poisson"]
     assert d_h[0] < d_p[0] and d_p[1] < d_h[1]
     assert figures["stats_history"]["rate_hz"][1] > 3 * figures["stats_data"]["rate_hz"][1]
+    # with training trials at hand, the data's maximum is that of draws of the held-out size
+    train = refractory_and_poisson_truth().sample(torch.full((4 * B, L, 2), 0.15), gens(4 * B, 2))
+    more = SpikeData(counts=train.numpy().astype(np.int32), lengths=np.full(4 * B, L),
+                     bin_size_s=0.005)  # fmt: skip
+    use, figures = select_neurons(cand, counts, rates, mask, 0.005, seed=5, more=more)
+    assert use.tolist() == [True, False]
+    expected = data_draw_max(counts.numpy(), np.full(B, L), more, seed=5)
+    np.testing.assert_allclose(figures["stats_data"]["max_count"], expected, atol=1e-3)
 
 
 def test_the_sampled_maximum_count_is_compared_at_the_data_s_size():
