@@ -12,8 +12,9 @@ which is what differs between the three; but those rates were inferred from the 
 are scored against, so a model that follows the rates closely (Poisson) inherits some of the test
 trials' own fluctuations. `--pipeline` scores what a user gets instead: the default denoiser is
 fitted on the autoencoder, and each observation model draws from its decoded latent samples with
-the test trials' lengths (the same latents for all three). Per cell type (truth stored in the file), the RMSE
-across units of rate, Fano factor and lag-1 autocorrelation against the test trials.
+the test trials' lengths (the same latents for all three). Per cell type (truth stored in the
+file), the RMSE across units of rate, Fano factor and lag-1 autocorrelation against the test
+trials.
 
 Bars (issue): every evaluate score ≤ 0.3 (goal 0.1), and for every statistic the default is no
 worse than the better of history and Poisson beyond the fold spread. The real validation trials

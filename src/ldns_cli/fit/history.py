@@ -1000,8 +1000,7 @@ def select_neurons(
     ISI mean and std, autocorrelation (lags 1..10) and maximum count (as a draw of the held-out
     set's size shows it, `draw_sized_max`) are compared with the held-out trials' (the maximum
     as the held-out set and blocks of as many trials of `more` show it, `data_draw_max`),
-    choosing for
-    the population as `ldns evaluate` will score it
+    choosing for the population as `ldns evaluate` will score it
     (`scoring.neurons.choose_per_neuron`: the squared scores summed over statistics, each RMSE
     over the neurons on the scale between the data's noise and a homogeneous Poisson process);
     ties go to Poisson, the simpler model. `discrepancy_*` record how far each neuron lands.
@@ -1285,7 +1284,9 @@ def fit_history_for_ae(
     split = "validation" if val is not None else "training"
     sel_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
     select = cfg.select_per_neuron
-    more = None if val is None else all_train  # the held-out trials are training trials
+    # the training trials refine the data's maximum counts; without a validation split they are
+    # the held-out set themselves
+    more = None if val is None else all_train
     _validate(model, select, vc, vr, vm, ref.bin_size_s, split, sel_seed, quiet, more)
     if auto_coupling:
         coupling_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
