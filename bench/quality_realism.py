@@ -54,6 +54,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import ldns_cli as ldns
 from common import environment, write_results
 from ldns_cli.core.data import SpikeData
-from ldns_cli.scoring.neurons import neuron_stats
+from ldns_cli.scoring.neurons import NeuronStats, neuron_stats
 from ldns_cli.store import load_autoencoder, load_observation
 
 BEDS = {
@@ -77,35 +78,47 @@ BEDS = {
 OBSERVATIONS = ("auto", "history", "poisson")
 
 
-def generate(folder: Path, kind: str, test: SpikeData, seed: int) -> SpikeData:
-    """Spikes drawn with observation `kind` from the AE rates of the test trials."""
+def autoencoder_rates(folder: Path, test: SpikeData) -> torch.Tensor:
+    """The autoencoder's rates for the test trials [B, L, N]."""
     from ldns_cli.nn.autoencoder import infer
 
     ae, _ = load_autoencoder(folder, "cpu")
     _, rates = infer(ae, test, 64, "cpu")
+    return torch.as_tensor(np.asarray(rates, dtype=np.float32))
+
+
+def sampler(
+    folder: Path, kind: str, test: SpikeData, rates: torch.Tensor | None
+) -> Callable[[int], SpikeData]:
+    """Draws of the test trials with observation `kind`, by seed: free-running from `rates` (the
+    test trials' autoencoder rates), or with `rates` None through the whole default pipeline, as
+    a user gets them (the denoiser's latent samples with the test trials' lengths, decoded; the
+    same seed gives every kind the same latents)."""
+    if rates is None:
+        models = ldns.load(folder, device="cpu", observation=kind)
+
+        def pipeline(seed: int) -> SpikeData:
+            gen = models.sample(test.n_trials, lengths_from=test, seed=seed)
+            assert gen.n_trials == test.n_trials
+            return gen
+
+        return pipeline
     obs = load_observation(folder, kind, "cpu")
-    r = torch.as_tensor(np.asarray(rates, dtype=np.float32))
-    gens = [torch.Generator().manual_seed(seed * 100_003 + i) for i in range(test.n_trials)]
-    counts = obs.sample(r, gens, torch.as_tensor(test.lengths)).numpy().astype(np.int32)
-    return SpikeData(counts=counts, lengths=test.lengths, bin_size_s=test.bin_size_s)
+
+    def free_running(seed: int) -> SpikeData:
+        gens = [torch.Generator().manual_seed(seed * 100_003 + i) for i in range(test.n_trials)]
+        counts = obs.sample(rates, gens, torch.as_tensor(test.lengths)).numpy().astype(np.int32)
+        return SpikeData(counts=counts, lengths=test.lengths, bin_size_s=test.bin_size_s)
+
+    return free_running
 
 
-def generate_pipeline(folder: Path, kind: str, test: SpikeData, seed: int) -> SpikeData:
-    """Spikes of the whole default pipeline, as a user gets them: the denoiser's latent samples
-    with the test trials' lengths, decoded and drawn with observation `kind` (the same seed
-    gives every kind the same latents)."""
-    models = ldns.load(folder, device="cpu", observation=kind)
-    gen = models.sample(test.n_trials, lengths_from=test, seed=seed)
-    assert gen.n_trials == test.n_trials
-    return gen
-
-
-def per_type(test: SpikeData, gen: SpikeData) -> dict[str, dict[str, float]]:
-    """RMSE across units of each cell type: rate (Hz), Fano factor, lag-1 autocorrelation."""
+def per_type(test: SpikeData, d: NeuronStats, gen: SpikeData) -> dict[str, dict[str, float]]:
+    """RMSE across units of each cell type: rate (Hz), Fano factor, lag-1 autocorrelation
+    (`d`: the test trials' statistics)."""
     types = test.unit_info.get("cell_type")
     if types is None:
         return {}
-    d = neuron_stats(test.counts, test.lengths, test.bin_size_s)
     g = neuron_stats(gen.counts, gen.lengths, gen.bin_size_s)
     out = {}
     for kind in np.unique(types.astype(str)):
@@ -178,20 +191,23 @@ def run_bed(
         t0 = time.perf_counter()
         ldns.fit_history(data, folder, config=config, seed=seed, device="cpu", quiet=True)
         result["refit_history_seconds"] = round(time.perf_counter() - t0, 1)
-    draw = generate
+    rates = None
     if pipeline:  # the denoiser too, on the autoencoder in the folder
         if not (reused and (folder / "diffusion.safetensors").exists()):
             t0 = time.perf_counter()
             ldns.fit_diffusion(data, folder, seed=seed, device="cpu", force=True)
             result["fit_diffusion_seconds"] = round(time.perf_counter() - t0, 1)
-        draw = generate_pipeline
+    else:
+        rates = autoencoder_rates(folder, test)
+    test_stats = neuron_stats(test.counts, test.lengths, test.bin_size_s)
     for kind in OBSERVATIONS:
         # several free-running draws of the same rates: one draw's statistics move by about a
         # fold sd between draws, which alone could decide a comparison between the observations
-        gens = [draw(folder, kind, test, seed + 1 + d) for d in range(draws)]
+        draw = sampler(folder, kind, test, rates)
+        gens = [draw(seed + 1 + d) for d in range(draws)]
         evs = [ldns.evaluate(test, g, folds=5, seed=seed)["metrics"] for g in gens]
         scores = {k: _over_draws([ev[k] for ev in evs]) for k in evs[0]}
-        types = [per_type(test, g) for g in gens]
+        types = [per_type(test, test_stats, g) for g in gens]
         result["observations"][kind] = {
             "scores": scores,
             "per_type": {

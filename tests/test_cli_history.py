@@ -161,3 +161,26 @@ def test_condition_checks_draw_through_the_fitted_observation_model(tmp_path):
     assert check["stages"]["autoencoder"] == pytest.approx(
         float(np.mean(check["autoencoder_draws"]))
     )
+
+
+def test_the_choice_takes_the_data_s_maximum_from_training_blocks_too(fitted, monkeypatch):
+    """The per-neuron choice compares with the data's maximum counts as the validation trials and
+    blocks of as many training trials show them, computed once for every candidate."""
+    import ldns_cli.fit.history as history
+
+    calls = []
+    real = history.data_draw_max
+
+    def spy(held_out, lengths, more, seed):
+        out = real(held_out, lengths, more, seed)
+        calls.append((len(lengths), more.n_trials, out))
+        return out
+
+    monkeypatch.setattr(history, "data_draw_max", spy)
+    _, data, models, _ = fitted
+    _ok(["fit-history", str(data), "-m", str(models), "--iterations", "20", "-q"])
+    assert len(calls) == 1
+    n_held_out, n_more, expected = calls[0]
+    assert n_more > n_held_out  # the training trials, not the held-out ones again
+    stored = load_history(models)[1].extra["selection"]["stats_data"]["max_count"]
+    np.testing.assert_allclose(stored, expected, atol=1e-3)

@@ -990,7 +990,7 @@ def select_neurons(
     mask: Tensor,
     bin_size_s: float,
     seed: int = 0,
-    more: SpikeData | None = None,
+    data_max: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Per neuron, history or Poisson: whichever generates statistics closer to held-out trials.
 
@@ -998,9 +998,9 @@ def select_neurons(
     repeated up to MIN_SAMPLED_TRIALS times); the Poisson candidate carries the history model's
     per-neuron count cap, as `--observation auto` applies it. Each neuron's rate, Fano factor,
     ISI mean and std, autocorrelation (lags 1..10) and maximum count (as a draw of the held-out
-    set's size shows it, `draw_sized_max`) are compared with the held-out trials' (the maximum
-    as the held-out set and blocks of as many trials of `more` show it, `data_draw_max`),
-    choosing for the population as `ldns evaluate` will score it
+    set's size shows it, `draw_sized_max`) are compared with the held-out trials' (the maximum:
+    `data_max` [N] where given, `data_draw_max`), choosing for the population as `ldns evaluate`
+    will score it
     (`scoring.neurons.choose_per_neuron`: the squared scores summed over statistics, each RMSE
     over the neurons on the scale between the data's noise and a homogeneous Poisson process);
     ties go to Poisson, the simpler model. `discrepancy_*` record how far each neuron lands.
@@ -1037,10 +1037,8 @@ def select_neurons(
                 neuron_stats(s, s_len, bin_size_s), max_count=draw_sized_max(s, s_len, source)
             )
             stats["data"] = neuron_stats(d, d_len, bin_size_s)
-    if more is not None:
-        stats["data"] = dataclasses.replace(
-            stats["data"], max_count=data_draw_max(d, d_len, more, seed)
-        )
+    if data_max is not None:
+        stats["data"] = dataclasses.replace(stats["data"], max_count=data_max)
     scales = score_scales(d, d_len, bin_size_s, stats["data"], seed)
     # Poisson first: ties keep the simpler model
     use_history = (
@@ -1284,10 +1282,13 @@ def fit_history_for_ae(
     split = "validation" if val is not None else "training"
     sel_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
     select = cfg.select_per_neuron
-    # the training trials refine the data's maximum counts; without a validation split they are
-    # the held-out set themselves
-    more = None if val is None else all_train
-    _validate(model, select, vc, vr, vm, ref.bin_size_s, split, sel_seed, quiet, more)
+    # the training trials refine the data's maximum counts (once for every candidate); without a
+    # validation split they are the held-out set themselves
+    data_max = None
+    if select and val is not None:
+        held_out = (vc * vm[..., None].to(vc.dtype)).cpu().numpy()  # [B, L, N]
+        data_max = data_draw_max(held_out, vm.sum(1).cpu().numpy(), all_train, sel_seed)
+    _validate(model, select, vc, vr, vm, ref.bin_size_s, split, sel_seed, quiet, data_max)
     if auto_coupling:
         coupling_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         # the coupled candidate takes the uncoupled fit's dispersion factors: searching them
@@ -1302,7 +1303,7 @@ def fit_history_for_ae(
                 factors,
             ),
             lambda m: _validate(
-                m, select, vc, vr, vm, ref.bin_size_s, split, sel_seed, quiet, more
+                m, select, vc, vr, vm, ref.bin_size_s, split, sel_seed, quiet, data_max
             ),
             (vc, vr, vm),
             all_train,
@@ -1389,11 +1390,11 @@ def _validate(
     split: str,
     sel_seed: int,
     quiet: bool,
-    more: SpikeData | None = None,
+    data_max: np.ndarray | None = None,
 ) -> None:
     """Teacher-forced NLL against Poisson and, with `select` (`select_per_neuron`), the
-    free-running per-neuron choice on the held-out tensors (`more`: the training trials, for the
-    data's maximum counts); reported and added to `fit_summary`."""
+    free-running per-neuron choice on the held-out tensors (`data_max`: the data's maximum counts,
+    `data_draw_max`); reported and added to `fit_summary`."""
     nll_h = validation_nll(model, vc, vr, vm)
     nll_p = validation_nll(PoissonObservation(), vc, vr, vm)
     n_spikes = float(vc.sum())
@@ -1407,7 +1408,7 @@ def _validate(
         )
     if not select:
         return
-    use_history, figures = select_neurons(model, vc, vr, vm, bin_size_s, sel_seed, more)
+    use_history, figures = select_neurons(model, vc, vr, vm, bin_size_s, sel_seed, data_max)
     model.neuron_choice = use_history  # type: ignore[attr-defined]
     rmse = free_running_rmse(figures)
     figures["rmse"] = rmse
